@@ -1,0 +1,239 @@
+//! The `geokv` command line: run one node, or a local development cluster.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, Member};
+use crate::{Node, serve};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "geokv",
+    version,
+    about = "geokv: a strongly consistent, geo-replicated key-value store",
+    long_about = "Runs one geokv node. Settings come from built-in defaults, then the TOML file \
+                  given with --config, then GEOKV_* environment variables, then flags.\n\n\
+                  `geokv dev` instead starts a three-node cluster on this machine.",
+    after_help = "EXAMPLES:\n  \
+        geokv dev                                   # three local nodes on 127.0.0.1:7001-7003\n  \
+        geokv --config config/geokv.toml            # one node from a config file\n  \
+        geokv --node-id 2 --listen 127.0.0.1:7002 --data-dir /var/lib/geokv \\\n        \
+        --initial-cluster 1=10.0.0.1:7001@us-east,2=10.0.0.2:7002@us-west,3=10.0.0.3:7003@eu-west"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local three-node cluster (regions us-east, us-west, eu-west) on
+    /// 127.0.0.1:7001-7003; Ctrl-C stops it. `kvctl` talks to it by default.
+    Dev {
+        /// Where the three nodes keep their data (one subdirectory each).
+        #[arg(long, default_value = "geokv-dev-data")]
+        data_dir: PathBuf,
+        /// First gRPC port; the nodes use PORT, PORT+1, PORT+2.
+        #[arg(long, default_value_t = 7001)]
+        port: u16,
+        /// First Prometheus metrics port (0: no metrics endpoint).
+        #[arg(long, default_value_t = 9101)]
+        metrics_port: u16,
+    },
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// TOML config file (see config/geokv.toml).
+    #[arg(long, env = "GEOKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, listed in --initial-cluster).
+    #[arg(long, env = "GEOKV_NODE_ID")]
+    node_id: Option<u64>,
+    /// IP:PORT to serve gRPC on.
+    #[arg(long, env = "GEOKV_LISTEN")]
+    listen: Option<String>,
+    /// IP:PORT for the Prometheus /metrics endpoint.
+    #[arg(long, env = "GEOKV_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    #[arg(long, env = "GEOKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Every initial member as ID=HOST:PORT@REGION[/ZONE], comma-separated;
+    /// identical on every node.
+    #[arg(long, env = "GEOKV_INITIAL_CLUSTER", value_delimiter = ',')]
+    initial_cluster: Vec<String>,
+    /// Keys at which data shards are pre-split, comma-separated, increasing.
+    #[arg(long, env = "GEOKV_SPLIT_POINTS", value_delimiter = ',')]
+    split_points: Option<Vec<String>>,
+    #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    #[arg(long, env = "GEOKV_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
+    snapshot_every_entries: Option<u64>,
+    #[arg(long, env = "GEOKV_LOGS_KEPT_AFTER_SNAPSHOT")]
+    logs_kept_after_snapshot: Option<u64>,
+    #[arg(long, env = "GEOKV_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+    #[arg(long, env = "GEOKV_SESSION_TTL_MS")]
+    session_ttl_ms: Option<u64>,
+    #[arg(long, env = "GEOKV_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    #[arg(long, env = "GEOKV_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:expr => $value:expr),* $(,)?) => { $(if let Some(v) = $value { $field = v; })* };
+        }
+        set! {
+            c.node_id => self.node_id,
+            c.listen => self.listen,
+            c.metrics_listen => self.metrics_listen,
+            c.data_dir => self.data_dir,
+            c.split_points => self.split_points,
+            c.replication_factor => self.replication_factor,
+            c.raft.heartbeat_interval_ms => self.heartbeat_interval_ms,
+            c.raft.election_timeout_min_ms => self.election_timeout_min_ms,
+            c.raft.election_timeout_max_ms => self.election_timeout_max_ms,
+            c.raft.snapshot_every_entries => self.snapshot_every_entries,
+            c.raft.logs_kept_after_snapshot => self.logs_kept_after_snapshot,
+            c.limits.request_timeout_ms => self.request_timeout_ms,
+            c.limits.session_ttl_ms => self.session_ttl_ms,
+            c.limits.max_key_bytes => self.max_key_bytes,
+            c.limits.max_value_bytes => self.max_value_bytes,
+        }
+        if !self.initial_cluster.is_empty() {
+            c.initial_cluster = self.initial_cluster.iter().map(|s| Member::parse(s)).collect::<Result<_, _>>()?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_node(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another node running there?)", config.listen))?;
+    let node = Node::open(config)?;
+    let mut stop = stop;
+    serve(node, listener, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+}
+
+fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16) -> Vec<Config> {
+    let regions = ["us-east", "us-west", "eu-west"];
+    let members: Vec<Member> = (0..3u16)
+        .map(|i| Member {
+            id: u64::from(i) + 1,
+            addr: format!("127.0.0.1:{}", port + i),
+            region: regions[usize::from(i)].into(),
+            zone: format!("{}-a", regions[usize::from(i)]),
+        })
+        .collect();
+    members
+        .iter()
+        .map(|m| {
+            let mut c = Config {
+                node_id: m.id,
+                listen: m.addr.clone(),
+                data_dir: data_dir.join(format!("node-{}", m.id)),
+                initial_cluster: members.clone(),
+                ..Config::default()
+            };
+            if metrics_port != 0 {
+                c.metrics_listen = format!("127.0.0.1:{}", metrics_port + (m.id as u16) - 1);
+            }
+            // No WAN on loopback: react faster than the WAN-tuned defaults.
+            c.raft.heartbeat_interval_ms = 150;
+            c.raft.election_timeout_min_ms = 1000;
+            c.raft.election_timeout_max_ms = 2000;
+            c
+        })
+        .collect()
+}
+
+/// Entry point of the `geokv` binary.
+pub fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
+        .init();
+    let cli = Cli::parse();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.send_replace(true);
+    });
+    match cli.command {
+        None => run_node(cli.node.into_config()?, stop_rx).await,
+        Some(Command::Dev { data_dir, port, metrics_port }) => {
+            let configs = dev_configs(data_dir.clone(), port, metrics_port);
+            for c in &configs {
+                c.validate()?;
+            }
+            let endpoints: Vec<_> = configs.iter().map(|c| c.listen.clone()).collect();
+            let mut nodes = tokio::task::JoinSet::new();
+            for c in configs {
+                nodes.spawn(run_node(c, stop_rx.clone()));
+            }
+            println!(
+                "geokv dev: 3 nodes (us-east, us-west, eu-west) on {}; data in {}\n\
+                 try:  cargo run --bin kvctl -- put hello world && cargo run --bin kvctl -- get hello\n\
+                 Ctrl-C stops the cluster.",
+                endpoints.join(", "),
+                data_dir.display()
+            );
+            // One node failing stops the others: a dev cluster is all or nothing.
+            let mut first_error = None;
+            while let Some(done) = nodes.join_next().await {
+                if let Err(e) = done? {
+                    tracing::error!(cause = %e, "node failed; stopping the dev cluster");
+                    stop_tx.send_replace(true);
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+    }
+}

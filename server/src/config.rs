@@ -1,0 +1,379 @@
+//! Node configuration: defaults → TOML file → `GEOKV_*` environment → flags,
+//! then validated into a [`Config`] the rest of the node can trust.
+//!
+//! Every limit is a named field with its unit in the name; `validate()`
+//! refuses nonsense (a zero limit, an election timeout not above the heartbeat,
+//! a node that is not among the initial members, unsorted split points) with a
+//! message that names the field. `config/geokv.toml` is the commented template.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shards::NodeDesc;
+
+/// One member of the initial cluster (shared, identical, by every node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    /// host:port the member serves gRPC on, as other nodes and clients reach it.
+    pub addr: String,
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+}
+
+impl Member {
+    pub fn desc(&self) -> NodeDesc {
+        NodeDesc { id: self.id, addr: self.addr.clone(), region: self.region.clone(), zone: self.zone.clone() }
+    }
+
+    /// Parses `ID=HOST:PORT@REGION[/ZONE]`.
+    pub fn parse(s: &str) -> Result<Member, ConfigError> {
+        let bad = || ConfigError::Invalid {
+            field: "initial_cluster",
+            reason: format!("{s:?} is not ID=HOST:PORT@REGION[/ZONE]"),
+        };
+        let (id, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (addr, place) = rest.split_once('@').ok_or_else(bad)?;
+        let (region, zone) = place.split_once('/').unwrap_or((place, ""));
+        Ok(Member {
+            id: id.trim().parse().map_err(|_| bad())?,
+            addr: addr.trim().to_string(),
+            region: region.trim().to_string(),
+            zone: zone.trim().to_string(),
+        })
+    }
+}
+
+/// Raft timing and log compaction, per Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period; also openraft's timeout for one append RPC,
+    /// so it must exceed the largest RTT between replicas.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range. The minimum is also the vote RPC timeout; the
+    /// maximum is the leader lease.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot (lets slightly lagging followers
+    /// catch up from the log instead of a whole snapshot).
+    pub logs_kept_after_snapshot: u64,
+    /// The most entries one append message carries.
+    pub max_append_entries: u64,
+    /// Time allowed to send one whole snapshot to a peer.
+    pub snapshot_send_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        // Tuned for a WAN with RTTs up to ~150 ms (see docs/operations.md).
+        Self {
+            heartbeat_interval_ms: 300,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_every_entries: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            max_append_entries: 512,
+            snapshot_send_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Request limits. Requests beyond them are refused before reaching Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Ops (writes plus conditions) in one `Batch`.
+    pub max_batch_ops: usize,
+    /// Sum of key and value bytes in one `Batch`.
+    pub max_batch_bytes: usize,
+    /// Page size of a scan that asks for none.
+    pub default_scan_limit: u32,
+    /// The largest page a scan may ask for.
+    pub max_scan_limit: u32,
+    /// How long a request may wait for Raft (commit, ReadIndex) before the
+    /// node answers: unavailable for reads, indeterminate for writes.
+    pub request_timeout_ms: u64,
+    /// A client idle this long loses its exactly-once session.
+    pub session_ttl_ms: u64,
+    /// Requests served concurrently by this node; more wait in the gRPC
+    /// layer (backpressure) instead of piling up memory.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_batch_ops: 128,
+            max_batch_bytes: 4 * 1024 * 1024,
+            default_scan_limit: 1_000,
+            max_scan_limit: 10_000,
+            request_timeout_ms: 10_000,
+            session_ttl_ms: 60 * 60 * 1000,
+            max_concurrent_requests: 1_024,
+        }
+    }
+}
+
+/// A node's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id: non-zero, unique, and listed in `initial_cluster`.
+    pub node_id: u64,
+    /// Address to bind for gRPC (client API, Raft, admin).
+    pub listen: String,
+    /// Address to bind the Prometheus `/metrics` HTTP endpoint; empty: off.
+    pub metrics_listen: String,
+    pub data_dir: PathBuf,
+    /// Every member of the initial cluster. Identical on every node: the
+    /// initial shard map is computed from it.
+    pub initial_cluster: Vec<Member>,
+    /// Keys at which data shards are pre-split, in increasing order.
+    pub split_points: Vec<String>,
+    /// Replicas per data shard (capped at the number of nodes).
+    pub replication_factor: usize,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: "127.0.0.1:7001".into(),
+            metrics_listen: String::new(),
+            data_dir: PathBuf::from("geokv-data"),
+            initial_cluster: Vec::new(),
+            split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
+            replication_factor: 3,
+            raft: RaftConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("config file {path} is not valid: {cause}")]
+    Parse { path: PathBuf, cause: String },
+    #[error("config `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), cause: e.to_string() })
+    }
+
+    /// This node's own entry in the initial cluster.
+    pub fn me(&self) -> &Member {
+        self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated: node is a member")
+    }
+
+    pub fn split_point_bytes(&self) -> Vec<Vec<u8>> {
+        self.split_points.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be non-zero"));
+        }
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen", format!("{:?} is not IP:PORT: {e}", self.listen)))?;
+        if !self.metrics_listen.is_empty() {
+            self.metrics_listen
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("metrics_listen", format!("{:?} is not IP:PORT: {e}", self.metrics_listen)))?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must be set"));
+        }
+        if self.initial_cluster.is_empty() {
+            return Err(invalid("initial_cluster", "must list at least this node"));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for m in &self.initial_cluster {
+            if m.id == 0 || !ids.insert(m.id) {
+                return Err(invalid("initial_cluster", format!("node id {} is zero or listed twice", m.id)));
+            }
+            if !addrs.insert(m.addr.as_str()) {
+                return Err(invalid("initial_cluster", format!("address {} is listed twice", m.addr)));
+            }
+            if m.addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(invalid(
+                    "initial_cluster",
+                    format!("address {:?} of node {} is not HOST:PORT", m.addr, m.id),
+                ));
+            }
+            if m.region.is_empty() {
+                return Err(invalid("initial_cluster", format!("node {} has no region", m.id)));
+            }
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(invalid("node_id", format!("node {} is not in initial_cluster {ids:?}", self.node_id)));
+        }
+        for pair in self.split_points.windows(2) {
+            if pair[0] >= pair[1] {
+                return Err(invalid("split_points", format!("must increase strictly: {:?} >= {:?}", pair[0], pair[1])));
+            }
+        }
+        if self.split_points.iter().any(String::is_empty) {
+            return Err(invalid("split_points", "the empty key cannot be a split point"));
+        }
+        if self.replication_factor == 0 {
+            return Err(invalid("replication_factor", "must be at least 1"));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return Err(invalid("raft.heartbeat_interval_ms", "must be positive"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                format!("{} must exceed heartbeat_interval_ms {}", r.election_timeout_min_ms, r.heartbeat_interval_ms),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid("raft.election_timeout_max_ms", "must exceed election_timeout_min_ms"));
+        }
+        for (field, v) in [
+            ("raft.snapshot_every_entries", r.snapshot_every_entries),
+            ("raft.max_append_entries", r.max_append_entries),
+            ("raft.snapshot_send_timeout_ms", r.snapshot_send_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.max_key_bytes", l.max_key_bytes as u64),
+            ("limits.max_value_bytes", l.max_value_bytes as u64),
+            ("limits.max_batch_ops", l.max_batch_ops as u64),
+            ("limits.max_batch_bytes", l.max_batch_bytes as u64),
+            ("limits.default_scan_limit", l.default_scan_limit as u64),
+            ("limits.max_scan_limit", l.max_scan_limit as u64),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.session_ttl_ms", l.session_ttl_ms),
+            ("limits.max_concurrent_requests", l.max_concurrent_requests as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if l.default_scan_limit > l.max_scan_limit {
+            return Err(invalid("limits.default_scan_limit", "must not exceed max_scan_limit"));
+        }
+        let max_message = geokv_proto::MAX_GRPC_MESSAGE_BYTES;
+        if l.max_value_bytes + l.max_key_bytes >= max_message || l.max_batch_bytes >= max_message {
+            return Err(invalid("limits", format!("values and batches must fit a {max_message}-byte gRPC message")));
+        }
+        Ok(())
+    }
+
+    /// openraft's configuration for every group of this node.
+    pub fn openraft(&self) -> openraft::Config {
+        let r = &self.raft;
+        openraft::Config {
+            cluster_name: "geokv".into(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            install_snapshot_timeout: r.snapshot_send_timeout_ms,
+            max_payload_entries: r.max_append_entries,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_nodes() -> Config {
+        Config {
+            initial_cluster: vec![
+                Member::parse("1=127.0.0.1:7001@us-east").unwrap(),
+                Member::parse("2=127.0.0.1:7002@us-west/b").unwrap(),
+                Member::parse("3=127.0.0.1:7003@eu-west").unwrap(),
+            ],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn defaults_with_members_are_valid() {
+        three_nodes().validate().unwrap();
+        assert_eq!(three_nodes().initial_cluster[1].zone, "b");
+        three_nodes().openraft().validate().unwrap();
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_field_named() {
+        let mut c = three_nodes();
+        c.raft.election_timeout_min_ms = c.raft.heartbeat_interval_ms;
+        assert!(c.validate().unwrap_err().to_string().contains("raft.election_timeout_min_ms"));
+
+        let mut c = three_nodes();
+        c.limits.max_value_bytes = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("limits.max_value_bytes"));
+
+        let mut c = three_nodes();
+        c.node_id = 9;
+        assert!(c.validate().unwrap_err().to_string().contains("node_id"));
+
+        let mut c = three_nodes();
+        c.split_points = vec!["n".into(), "g".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("split_points"));
+
+        assert!(Member::parse("x=1.2.3.4:5@r").is_err());
+        assert!(Member::parse("1=1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn the_shipped_template_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/geokv.toml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.initial_cluster.len(), 3);
+        assert_eq!(c.raft, RaftConfig::default());
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn toml_with_unknown_fields_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "node_id = 1\nlisten_addr = \"x\"\n").unwrap();
+        assert!(matches!(Config::from_file(&path), Err(ConfigError::Parse { .. })));
+        std::fs::write(&path, "node_id = 2\n[raft]\nheartbeat_interval_ms = 100\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!((c.node_id, c.raft.heartbeat_interval_ms, c.raft.election_timeout_min_ms), (2, 100, 1500));
+    }
+}

@@ -1,0 +1,122 @@
+//! Errors of the request path, classified for clients.
+//!
+//! Routing errors carry what the client needs to fix its cache (the leader
+//! hint, the current shard descriptor) and travel as an encoded
+//! `geokv.kv.ErrorDetail` in the gRPC status details, so clients never parse
+//! messages. Each variant maps to one stable gRPC code.
+
+use geokv_proto::kv::{self, ErrorDetail, error_detail};
+use prost::Message;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: not retryable, nothing was done.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// This node does not lead the shard.
+    #[error("node does not lead shard {shard}; leader is {}", leader_id.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader { shard: u64, leader_id: Option<u64>, leader_addr: Option<String>, term: u64 },
+    /// The client routed with a stale view of the shard map.
+    #[error("stale shard routing: {reason}")]
+    WrongShard { reason: String, current: Option<kv::ShardInfo>, map_version: u64 },
+    /// The write was proposed but its fate is unknown: it may still commit.
+    #[error("outcome unknown for shard {shard}: {cause}; retrying with the same session is safe")]
+    Indeterminate { shard: u64, cause: String },
+    /// Temporarily unable to serve (starting, no quorum, shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The exactly-once session no longer remembers this write's result.
+    #[error("{0}")]
+    SessionExpired(String),
+    /// A bug or a storage failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether the same request may succeed if retried (possibly elsewhere).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. } | Error::WrongShard { .. } | Error::Indeterminate { .. } | Error::Unavailable(_)
+        )
+    }
+
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotLeader { .. } | Error::WrongShard { .. } | Error::SessionExpired(_) => Code::FailedPrecondition,
+            Error::Indeterminate { .. } => Code::Unknown,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let message = e.to_string();
+        let code = e.code();
+        let with_detail = |kind: error_detail::Kind| {
+            let detail = ErrorDetail { kind: Some(kind) };
+            Status::with_details(code, message.clone(), detail.encode_to_vec().into())
+        };
+        match e {
+            Error::NotLeader { shard, leader_id, leader_addr, term } => {
+                with_detail(error_detail::Kind::NotLeader(kv::NotLeader {
+                    shard_id: shard,
+                    leader_id: leader_id.unwrap_or(0),
+                    leader_addr: leader_addr.unwrap_or_default(),
+                    term,
+                }))
+            }
+            Error::WrongShard { current, map_version, .. } => {
+                with_detail(error_detail::Kind::WrongShard(kv::WrongShard { current, map_version }))
+            }
+            Error::Indeterminate { shard, .. } => {
+                with_detail(error_detail::Kind::Indeterminate(kv::Indeterminate { shard_id: shard }))
+            }
+            Error::InvalidArgument(_) | Error::Unavailable(_) | Error::SessionExpired(_) | Error::Internal(_) => {
+                Status::new(code, message)
+            }
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<crate::storage::StorageError> for Error {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_hints_survive_the_status() {
+        let status: Status =
+            Error::NotLeader { shard: 3, leader_id: Some(2), leader_addr: Some("h:1".into()), term: 7 }.into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let detail = ErrorDetail::decode(status.details()).unwrap();
+        match detail.kind {
+            Some(error_detail::Kind::NotLeader(n)) => assert_eq!((n.shard_id, n.leader_id, n.term), (3, 2, 7)),
+            other => panic!("unexpected detail {other:?}"),
+        }
+        let status: Status = Error::invalid("empty key").into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.details().is_empty());
+    }
+}

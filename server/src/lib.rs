@@ -1,0 +1,31 @@
+//! geokv-server: a geokv node.
+//!
+//! A node hosts many Raft groups, one per shard (a contiguous key range) it
+//! holds a replica of, plus the meta shard that replicates the shard map. All
+//! groups share the node's RocksDB instance, its group-commit fsync thread and
+//! its gRPC connections to peers. Layers, bottom up (see `docs/architecture.md`):
+//!
+//! - [`storage`]: RocksDB column families and group-commit durability; the only
+//!   module that names `rocksdb`;
+//! - [`raft`]: openraft's type configuration, log store, state machine and
+//!   network over storage;
+//! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
+//! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`) and [`metrics`];
+//! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings.
+//!
+//! What a node deliberately does not do yet: split, merge or move shards,
+//! change membership, follower/bounded reads, or the eventual mode. The types
+//! (epochs on every request and shard, per-shard sessions) are shaped for them.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+pub mod service;
+pub mod shards;
+pub mod storage;
+
+pub use config::Config;
+pub use node::{Node, serve};

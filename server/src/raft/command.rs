@@ -1,0 +1,159 @@
+//! What goes into the Raft log, and what applying it returns.
+//!
+//! These types are the contract between the request path (which proposes
+//! commands) and the state machine (which applies them on every replica, in
+//! log order, deterministically). Anything non-deterministic — the proposing
+//! leader's wall clock, for session expiry — is decided before proposal and
+//! carried inside the command.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shards::ShardMap;
+
+/// A Raft log payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// An atomic group of writes (and conditions) to one data shard.
+    Write(WriteCommand),
+    /// A change to the shard map (meta shard only).
+    Meta(MetaCommand),
+}
+
+/// Exactly-once identity of a write (Raft thesis §6.3, extended for clients
+/// with several writes in flight).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// 0 disables deduplication (the write is applied every time it is
+    /// proposed).
+    pub client_id: u64,
+    pub sequence: u64,
+    /// Results of this client's sequences below this may be forgotten.
+    pub first_incomplete: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCommand {
+    pub session: Session,
+    /// The proposing leader's wall clock, in ms since the Unix epoch; the only
+    /// notion of time the state machine has (session expiry).
+    pub proposed_at_ms: u64,
+    /// The shard epoch the request was routed with.
+    pub epoch: u64,
+    /// All must hold, else nothing is written.
+    pub conditions: Vec<Condition>,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub key: Vec<u8>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    Absent,
+    Value(Vec<u8>),
+    Version(u64),
+}
+
+impl Expect {
+    pub fn holds(&self, current: Option<&Record>) -> bool {
+        match (self, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Value(v), Some(r)) => r.value == *v,
+            (Expect::Version(v), Some(r)) => r.version == *v,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Installs the initial map if the meta shard has none yet; a no-op
+    /// otherwise (every initial member may propose it).
+    Bootstrap(ShardMap),
+}
+
+/// A stored value and the log index of the write that produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// What applying an entry returned to its proposer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    Write(WriteOutcome),
+    /// The command was not applied, for a reason the proposer must report.
+    Rejected(Rejection),
+    /// A meta command was applied; the map is now at this version.
+    Meta {
+        map_version: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// False when a condition failed: nothing was written.
+    pub applied: bool,
+    /// The log index of this write: the new version of every written key.
+    pub version: u64,
+    /// Per op: whether the key existed before the op.
+    pub existed: Vec<bool>,
+    /// When not applied: the current record of every conditioned key, in order.
+    pub current: Vec<Option<Record>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The client's result for this sequence was already forgotten: the
+    /// earlier attempt's outcome cannot be reported.
+    #[error("session result forgotten: sequence {sequence} of client {client_id} is older than the session keeps")]
+    SessionExpired { client_id: u64, sequence: u64 },
+    /// A key lies outside the shard's range (the request raced a map change).
+    #[error("key outside the range of shard {shard}")]
+    KeyOutsideShard { shard: u64 },
+    /// The request was routed with an older epoch than the shard's.
+    #[error("stale epoch {request_epoch} for shard {shard} at epoch {epoch}")]
+    StaleEpoch { shard: u64, request_epoch: u64, epoch: u64 },
+    /// A command that this shard kind does not accept.
+    #[error("command not accepted by shard {shard}: {reason}")]
+    WrongKind { shard: u64, reason: String },
+}
+
+impl std::fmt::Display for Command {
+    /// A one-line summary for logs: never the values (they may be large or
+    /// sensitive), only the shape of the command.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Write(w) => write!(
+                f,
+                "write(client={}, seq={}, conditions={}, ops={})",
+                w.session.client_id,
+                w.session.sequence,
+                w.conditions.len(),
+                w.ops.len()
+            ),
+            Command::Meta(MetaCommand::Bootstrap(map)) => write!(f, "bootstrap-map(shards={})", map.shards.len()),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! openraft's log storage for one shard, over the node's shared RocksDB.
+//!
+//! Contract with openraft, and how it is met:
+//! - entries are readable as soon as `append` returns (they are written to
+//!   RocksDB inline), and durable when the callback fires (after the node's
+//!   group-commit fsync, shared with every other shard);
+//! - the vote is fsynced before `save_vote` returns;
+//! - the committed id and the purge marker need no fsync: openraft recovers
+//!   from losing them.
+//!
+//! Invariants (asserted): entries handed to `append` are consecutive and
+//! stored under their own index; an entry read back sits at the index it was
+//! stored under.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+
+use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
+use crate::storage::{MetaFamily, Storage, raft_meta_tag};
+
+/// One shard's Raft log, vote and commit marker.
+#[derive(Clone)]
+pub struct ShardLogStore {
+    shard: u64,
+    storage: Arc<Storage>,
+}
+
+impl ShardLogStore {
+    pub fn new(shard: u64, storage: Arc<Storage>) -> Self {
+        Self { shard, storage }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, io::Error> {
+        match self.storage.get_meta(MetaFamily::Raft, self.shard, tag)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry, io::Error> {
+        let entry: Entry = decode(bytes)?;
+        assert_eq!(
+            entry.index(),
+            index,
+            "shard {}: log entry stored at index {index} claims index {}",
+            self.shard,
+            entry.index()
+        );
+        Ok(entry)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for ShardLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let from = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.storage
+            .read_log(self.shard, from, to)?
+            .into_iter()
+            .map(|(index, bytes)| self.decode_entry(index, &bytes))
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.meta(raft_meta_tag::VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for ShardLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.meta(raft_meta_tag::LAST_PURGED)?;
+        let last_log_id = match self.storage.last_log(self.shard)? {
+            Some((index, bytes)) => Some(self.decode_entry(index, &bytes)?.log_id()),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = self.storage.batch();
+        batch.put_meta(MetaFamily::Raft, self.shard, raft_meta_tag::VOTE, &encode(vote));
+        self.storage.write_durable(batch)?.await?;
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut batch = self.storage.batch();
+        match committed {
+            Some(c) => batch.put_meta(MetaFamily::Raft, self.shard, raft_meta_tag::COMMITTED, &encode(&c)),
+            None => batch.delete_meta(MetaFamily::Raft, self.shard, raft_meta_tag::COMMITTED),
+        }
+        self.storage.write_relaxed(batch)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.meta(raft_meta_tag::COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.storage.batch();
+        let mut previous: Option<u64> = None;
+        for entry in entries {
+            let index = entry.index();
+            if let Some(p) = previous {
+                assert_eq!(index, p + 1, "shard {}: non-consecutive append {p} then {index}", self.shard);
+            }
+            previous = Some(index);
+            batch.put_log(self.shard, index, &encode(&entry));
+        }
+        self.storage.write_relaxed(batch)?;
+        self.storage.on_durable(move |res| callback.io_completed(res.map_err(io::Error::from)));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        let mut batch = self.storage.batch();
+        batch.delete_log_from(self.shard, from);
+        // A truncation that is lost in a crash leaves entries that openraft
+        // truncates again: no fsync needed.
+        self.storage.write_relaxed(batch)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = self.storage.batch();
+        // The marker goes in the same batch as the deletion: the log state
+        // never shows a hole without the marker that explains it.
+        batch.put_meta(MetaFamily::Raft, self.shard, raft_meta_tag::LAST_PURGED, &encode(&log_id));
+        batch.delete_log_range(self.shard, 0, log_id.index() + 1);
+        self.storage.write_relaxed(batch)?;
+        Ok(())
+    }
+}

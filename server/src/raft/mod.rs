@@ -1,0 +1,63 @@
+//! Raft for geokv: openraft's type configuration, the log store and state
+//! machine adapters over [`crate::storage`], and the node-to-node network.
+//!
+//! Every shard is its own openraft group (`Raft<TypeConfig, ShardStateMachine>`)
+//! with its own log, vote and state machine, all living in the node's one
+//! RocksDB instance. Groups are independent: they elect leaders, replicate and
+//! snapshot on their own. What they share is the node's storage (and its group
+//! commit fsync), and the network: one gRPC channel per peer node, every
+//! message tagged with its shard id.
+//!
+//! The protocol is openraft's (0.10 alpha, pinned; see `docs/architecture.md`
+//! for why and the risk): Raft with pre-vote, leader lease, ReadIndex reads and
+//! pipelined (streamed) appends. Timing is configuration, tuned for WAN RTTs:
+//! in openraft the append/heartbeat RPC timeout is the heartbeat interval and
+//! the vote timeout is the minimum election timeout.
+//!
+//! This module does not route client requests or interpret the shard map;
+//! `service/` and `node.rs` do.
+
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use command::{Command, CommandResult};
+pub use state_machine::ShardStateMachine;
+
+openraft::declare_raft_types!(
+    /// geokv's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+/// One shard's Raft group handle.
+pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotBlob>;
+
+/// A whole shard snapshot, encoded (see `state_machine::SnapshotPayload`).
+pub type SnapshotBlob = Vec<u8>;
+
+/// Encodes a value stored on disk or sent between nodes.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")
+}
+
+/// Decodes a value read from disk or received from a peer; corruption is an
+/// I/O error (`InvalidData`), never a panic.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
+    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}

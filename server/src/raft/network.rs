@@ -1,0 +1,268 @@
+//! The node-to-node Raft transport, client side.
+//!
+//! One gRPC channel (one HTTP/2 connection) per peer *node*, shared by every
+//! Raft group the two nodes have in common; each message carries its shard id.
+//! Replication uses a bidirectional stream per (peer, shard): openraft feeds
+//! append requests in and reads one result per request back, so appends are
+//! pipelined rather than stop-and-wait. Heartbeats are one-message streams on
+//! the same connection.
+//!
+//! Dead or stalled peers are detected by HTTP/2 keep-alive pings (a stalled
+//! link stops answering pings and the connection is torn down), so a stream
+//! never hangs forever. Unary calls are bounded by openraft's per-RPC TTL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use geokv_proto::raft::RaftMessage;
+use geokv_proto::raft::raft_client::RaftClient;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Snapshot, SnapshotBlob, TypeConfig, Vote, decode, encode};
+
+type RpcError = RPCError<TypeConfig>;
+
+/// gRPC metadata naming the shard of a `StreamAppend` stream, so the server
+/// can answer before the first message arrives.
+pub const SHARD_METADATA_KEY: &str = "geokv-shard";
+
+/// Connection settings for peer channels.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    pub connect: Duration,
+    /// HTTP/2 ping interval; a peer that does not answer within
+    /// `keepalive_timeout` is considered gone and its streams fail.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Bound on sending a whole snapshot.
+    pub snapshot: Duration,
+}
+
+/// The node's channels to its peers, one per address.
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    timeouts: PeerTimeouts,
+}
+
+impl Peers {
+    pub fn new(timeouts: PeerTimeouts) -> Arc<Self> {
+        Arc::new(Self { channels: Mutex::new(HashMap::new()), timeouts })
+    }
+
+    /// The channel to `addr`, created (lazily connecting) on first use.
+    pub fn channel(&self, addr: &str) -> Channel {
+        let mut channels = self.channels.lock().expect("peer channel lock");
+        if let Some(c) = channels.get(addr) {
+            return c.clone();
+        }
+        let t = self.timeouts;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("peer address was validated as host:port")
+            .connect_timeout(t.connect)
+            .http2_keep_alive_interval(t.keepalive_interval)
+            .keep_alive_timeout(t.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        channel
+    }
+
+    pub fn timeouts(&self) -> PeerTimeouts {
+        self.timeouts
+    }
+}
+
+/// Creates per-peer links for one shard's Raft group.
+pub struct ShardNetwork {
+    shard: u64,
+    peers: Arc<Peers>,
+}
+
+impl ShardNetwork {
+    pub fn new(shard: u64, peers: Arc<Peers>) -> Self {
+        Self { shard, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink {
+        let client = RaftClient::new(self.peers.channel(&node.addr))
+            .max_decoding_message_size(geokv_proto::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(geokv_proto::MAX_GRPC_MESSAGE_BYTES);
+        PeerLink { shard: self.shard, target, client, snapshot_timeout: self.peers.timeouts.snapshot }
+    }
+}
+
+/// One shard's link to one peer.
+pub struct PeerLink {
+    shard: u64,
+    target: u64,
+    client: RaftClient<Channel>,
+    snapshot_timeout: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum Unary {
+    Vote,
+    PreVote,
+    Append,
+    Snapshot,
+    TransferLeader,
+}
+
+fn unreachable(msg: impl ToString) -> RpcError {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn network(msg: impl ToString) -> RpcError {
+    RPCError::Network(NetworkError::from_string(msg))
+}
+
+/// Maps a transport status to openraft's error classes: peers that cannot be
+/// reached (or do not host the shard yet) make openraft back off.
+fn status_to_rpc(status: tonic::Status) -> RpcError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::DeadlineExceeded => unreachable(status),
+        _ => network(status),
+    }
+}
+
+fn reply_payload(reply: RaftMessage) -> Result<Vec<u8>, RpcError> {
+    if reply.error.is_empty() { Ok(reply.payload) } else { Err(unreachable(reply.error)) }
+}
+
+impl PeerLink {
+    fn message<T: Serialize>(&self, body: &T) -> RaftMessage {
+        RaftMessage { shard_id: self.shard, payload: encode(body), error: String::new() }
+    }
+
+    async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        kind: Unary,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcError> {
+        let mut request = tonic::Request::new(self.message(req));
+        request.set_timeout(ttl);
+        let mut client = self.client.clone();
+        let call = async move {
+            match kind {
+                Unary::Vote => client.vote(request).await,
+                Unary::PreVote => client.pre_vote(request).await,
+                Unary::Append => client.append_entries(request).await,
+                Unary::Snapshot => client.install_snapshot(request).await,
+                Unary::TransferLeader => client.transfer_leader(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Ok(r) => r.map_err(status_to_rpc)?.into_inner(),
+            Err(_) => return Err(unreachable(format!("no reply from node {} within {ttl:?}", self.target))),
+        };
+        decode(&reply_payload(reply)?).map_err(|e| network(format!("bad reply from node {}: {e}", self.target)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerLink {
+    type SnapshotData = SnapshotBlob;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
+        self.unary(Unary::Append, &rpc, option.hard_ttl()).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcError>>, RpcError>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let shard = self.shard;
+        let target = self.target;
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let outbound =
+                input.map(move |req| RaftMessage { shard_id: shard, payload: encode(&req), error: String::new() });
+            let mut request = tonic::Request::new(outbound);
+            request.metadata_mut().insert(SHARD_METADATA_KEY, shard.into());
+            let opened = tokio::time::timeout(option.hard_ttl(), client.stream_append(request)).await;
+            let inbound = match opened {
+                Ok(r) => r.map_err(status_to_rpc)?.into_inner(),
+                Err(_) => return Err(unreachable(format!("node {target} did not open an append stream"))),
+            };
+            let results = inbound.map(move |item| {
+                let reply = item.map_err(status_to_rpc)?;
+                decode::<StreamAppendResult<TypeConfig>>(&reply_payload(reply)?)
+                    .map_err(|e| network(format!("bad append reply from node {target}: {e}")))
+            });
+            let boxed: openraft::base::BoxStream<'s, _> = Box::pin(results);
+            Ok(boxed)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        self.unary(Unary::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        self.unary(Unary::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let body = (vote, snapshot.meta, snapshot.snapshot);
+        let ttl = self.snapshot_timeout;
+        let send = self.unary::<_, SnapshotResponse<TypeConfig>>(Unary::Snapshot, &body, ttl);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = send => res.map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Timeout(t) => StreamingError::Timeout(t),
+                other => StreamingError::Network(NetworkError::from_string(other)),
+            }),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
+        self.unary(Unary::TransferLeader, &req, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,583 @@
+//! openraft's state machine for one shard.
+//!
+//! Applying a run of committed entries builds one RocksDB batch holding the
+//! data changes, the session records and the applied log id (and membership),
+//! writes it and waits for the node's group-commit fsync before any proposer is
+//! answered: what a client was told is applied is on disk, and the applied id
+//! can never run ahead of, or behind, the data it describes.
+//!
+//! Exactly-once writes: a write carrying `(client_id, sequence)` stores its
+//! result under that pair; a retry finds the result and returns it without
+//! applying again. The client's `first_incomplete` lets results below it be
+//! dropped, and sessions idle longer than `session_ttl_ms` (measured on the
+//! proposing leaders' clocks, carried in the log, so every replica agrees)
+//! are garbage-collected. Session state is part of the snapshot.
+//!
+//! Invariants (asserted):
+//! - applied indexes strictly increase;
+//! - every key written lies in the shard's range (commands are validated
+//!   against it at apply time and rejected otherwise);
+//! - snapshot data installed lies in the shard's range.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::command::{Command, CommandResult, MetaCommand, Record, Rejection, WriteCommand, WriteOutcome};
+use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
+use crate::shards::ShardMap;
+use crate::storage::{Batch, MetaFamily, Storage, apply_meta_tag};
+
+/// What a shard's state machine holds.
+#[derive(Debug, Clone)]
+pub enum ShardKind {
+    /// The meta shard: holds the shard map, no user data.
+    Meta { map_tx: watch::Sender<Arc<ShardMap>> },
+    /// A data shard owning user keys in `[start, end)`.
+    Data { start: Vec<u8>, end: Option<Vec<u8>>, epoch: u64 },
+}
+
+impl ShardKind {
+    fn range(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        match self {
+            ShardKind::Meta { .. } => None,
+            ShardKind::Data { start, end, .. } => Some((start, end.as_deref())),
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self.range() {
+            None => false,
+            Some((start, end)) => key >= start && end.is_none_or(|e| key < e),
+        }
+    }
+}
+
+/// Session bookkeeping limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// A client idle this long loses its session (and its saved results).
+    pub ttl_ms: u64,
+    /// How often (in log time) idle sessions are looked for.
+    pub gc_interval_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    shard: u64,
+    kind: ShardKind,
+    storage: Arc<Storage>,
+    limits: SessionLimits,
+    /// The last applied index, to assert monotonicity.
+    last_applied_index: Option<u64>,
+}
+
+/// The encoded body of a shard snapshot.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SnapshotPayload {
+    /// `(user key, encoded Record)` in key order.
+    data: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `(session key without shard prefix, value)`.
+    sessions: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The encoded shard map (meta shard only).
+    shard_map: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct SessionHeader {
+    first_incomplete: u64,
+    last_active_ms: u64,
+}
+
+fn header_key(client_id: u64) -> [u8; 8] {
+    client_id.to_be_bytes()
+}
+
+fn result_key(client_id: u64, sequence: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&client_id.to_be_bytes());
+    k[8..].copy_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+/// Writes of the current apply run that readers of the batch must see before
+/// it reaches RocksDB.
+#[derive(Default)]
+struct Overlay {
+    data: HashMap<Vec<u8>, Option<Record>>,
+    sessions: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl ShardStateMachine {
+    pub fn new(shard: u64, kind: ShardKind, storage: Arc<Storage>, limits: SessionLimits) -> io::Result<Self> {
+        let mut sm = Self { shard, kind, storage, limits, last_applied_index: None };
+        sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
+        if let ShardKind::Meta { map_tx } = &sm.kind
+            && let Some(map) = sm.stored_map()?
+        {
+            map_tx.send_replace(Arc::new(map));
+        }
+        Ok(sm)
+    }
+
+    fn apply_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
+        match self.storage.get_meta(MetaFamily::Apply, self.shard, tag)? {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn applied_log_id(&self) -> io::Result<Option<LogId>> {
+        self.apply_meta(apply_meta_tag::APPLIED)
+    }
+
+    fn stored_map(&self) -> io::Result<Option<ShardMap>> {
+        self.apply_meta(apply_meta_tag::SHARD_MAP)
+    }
+
+    fn read_record(&self, key: &[u8], overlay: &Overlay) -> io::Result<Option<Record>> {
+        if let Some(r) = overlay.data.get(key) {
+            return Ok(r.clone());
+        }
+        match self.storage.get_data(key)? {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_session(&self, key: &[u8], overlay: &Overlay) -> io::Result<Option<Vec<u8>>> {
+        if let Some(v) = overlay.sessions.get(key) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(self.storage.get_session(self.shard, key)?)
+    }
+
+    fn apply_write(
+        &self,
+        index: u64,
+        cmd: &WriteCommand,
+        batch: &mut Batch<'_>,
+        overlay: &mut Overlay,
+    ) -> io::Result<CommandResult> {
+        let s = cmd.session;
+        if s.client_id != 0 {
+            if let Some(saved) = self.read_session(&result_key(s.client_id, s.sequence), overlay)? {
+                return decode(&saved);
+            }
+            let header: SessionHeader = self
+                .read_session(&header_key(s.client_id), overlay)?
+                .map(|b| decode(&b))
+                .transpose()?
+                .unwrap_or_default();
+            if s.sequence < header.first_incomplete {
+                let r = Rejection::SessionExpired { client_id: s.client_id, sequence: s.sequence };
+                return Ok(CommandResult::Rejected(r));
+            }
+        }
+
+        let ShardKind::Data { epoch, .. } = &self.kind else {
+            let reason = "the meta shard holds no user keys".to_string();
+            return Ok(CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }));
+        };
+        if cmd.epoch != 0 && cmd.epoch < *epoch {
+            let r = Rejection::StaleEpoch { shard: self.shard, request_epoch: cmd.epoch, epoch: *epoch };
+            return Ok(CommandResult::Rejected(r));
+        }
+        let keys = cmd.conditions.iter().map(|c| c.key.as_slice()).chain(cmd.ops.iter().map(|o| o.key()));
+        for key in keys {
+            if !self.kind.contains(key) {
+                return Ok(CommandResult::Rejected(Rejection::KeyOutsideShard { shard: self.shard }));
+            }
+        }
+
+        let mut current = Vec::with_capacity(cmd.conditions.len());
+        let mut all_hold = true;
+        for c in &cmd.conditions {
+            let record = self.read_record(&c.key, overlay)?;
+            all_hold &= c.expect.holds(record.as_ref());
+            current.push(record);
+        }
+        let outcome = if !all_hold {
+            WriteOutcome { applied: false, version: index, existed: Vec::new(), current }
+        } else {
+            let mut existed = Vec::with_capacity(cmd.ops.len());
+            for op in &cmd.ops {
+                existed.push(self.read_record(op.key(), overlay)?.is_some());
+                match op {
+                    super::command::Op::Put { key, value } => {
+                        let record = Record { value: value.clone(), version: index };
+                        batch.put_data(key, &encode(&record));
+                        overlay.data.insert(key.clone(), Some(record));
+                    }
+                    super::command::Op::Delete { key } => {
+                        batch.delete_data(key);
+                        overlay.data.insert(key.clone(), None);
+                    }
+                }
+            }
+            WriteOutcome { applied: true, version: index, existed, current: Vec::new() }
+        };
+        let result = CommandResult::Write(outcome);
+
+        if s.client_id != 0 {
+            let rk = result_key(s.client_id, s.sequence);
+            let saved = encode(&result);
+            batch.put_session(self.shard, &rk, &saved);
+            overlay.sessions.insert(rk.to_vec(), saved);
+            let previous: SessionHeader = self
+                .read_session(&header_key(s.client_id), overlay)?
+                .map(|b| decode(&b))
+                .transpose()?
+                .unwrap_or_default();
+            let header = SessionHeader {
+                first_incomplete: previous.first_incomplete.max(s.first_incomplete),
+                last_active_ms: previous.last_active_ms.max(cmd.proposed_at_ms),
+            };
+            if header.first_incomplete > previous.first_incomplete {
+                let from = result_key(s.client_id, 0);
+                let to = result_key(s.client_id, header.first_incomplete);
+                batch.delete_session_range(self.shard, &from, &to);
+                overlay.sessions.retain(|k, _| !(k.as_slice() >= &from[..] && k.as_slice() < &to[..]));
+            }
+            let encoded = encode(&header);
+            batch.put_session(self.shard, &header_key(s.client_id), &encoded);
+            overlay.sessions.insert(header_key(s.client_id).to_vec(), encoded);
+        }
+        Ok(result)
+    }
+
+    /// Applies a run of committed entries as one durable batch and returns
+    /// one result per entry. Nothing is answered before the batch is on disk.
+    pub async fn apply_run(&mut self, run: &[Entry]) -> io::Result<Vec<CommandResult>> {
+        let mut batch = self.storage.batch();
+        let mut overlay = Overlay::default();
+        let mut last_applied: Option<LogId> = None;
+        let mut membership: Option<StoredMembership> = None;
+        let mut new_map: Option<ShardMap> = None;
+        let mut latest_time_ms = 0u64;
+        let mut results = Vec::with_capacity(run.len());
+
+        for entry in run {
+            let index = entry.log_id.index;
+            assert!(
+                self.last_applied_index.is_none_or(|last| index > last),
+                "shard {}: applying index {index} after {:?}",
+                self.shard,
+                self.last_applied_index
+            );
+            self.last_applied_index = Some(index);
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    CommandResult::None
+                }
+                EntryPayload::Normal(Command::Write(cmd)) => {
+                    latest_time_ms = latest_time_ms.max(cmd.proposed_at_ms);
+                    self.apply_write(index, cmd, &mut batch, &mut overlay)?
+                }
+                EntryPayload::Normal(Command::Meta(MetaCommand::Bootstrap(map))) => match &self.kind {
+                    ShardKind::Meta { .. } => {
+                        let current = match &new_map {
+                            Some(m) => Some(m.clone()),
+                            None => self.stored_map()?,
+                        };
+                        match current {
+                            Some(existing) => CommandResult::Meta { map_version: existing.version },
+                            None => {
+                                let mut map = map.clone();
+                                map.version = index;
+                                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
+                                new_map = Some(map);
+                                CommandResult::Meta { map_version: index }
+                            }
+                        }
+                    }
+                    ShardKind::Data { .. } => CommandResult::Rejected(Rejection::WrongKind {
+                        shard: self.shard,
+                        reason: "shard map commands go to the meta shard".into(),
+                    }),
+                },
+            };
+            last_applied = Some(entry.log_id);
+            results.push(result);
+        }
+
+        let Some(last_applied) = last_applied else { return Ok(results) };
+        if latest_time_ms > 0 {
+            self.collect_sessions(latest_time_ms, &mut batch)?;
+        }
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED, &encode(&last_applied));
+        if let Some(m) = &membership {
+            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(m));
+        }
+        self.storage.write_durable(batch)?.await?;
+
+        if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
+            map_tx.send_replace(Arc::new(map));
+        }
+        Ok(results)
+    }
+
+    /// Drops sessions idle for longer than the TTL, at most once per GC
+    /// interval of log time.
+    fn collect_sessions(&self, now_ms: u64, batch: &mut Batch<'_>) -> io::Result<()> {
+        let last_gc: u64 = self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0);
+        if now_ms < last_gc.saturating_add(self.limits.gc_interval_ms) {
+            return Ok(());
+        }
+        let mut dropped = 0usize;
+        for (key, value) in self.storage.sessions_with_key_len(self.shard, 8)? {
+            let header: SessionHeader = decode(&value)?;
+            if header.last_active_ms.saturating_add(self.limits.ttl_ms) < now_ms {
+                let client = u64::from_be_bytes(key[..8].try_into().expect("8-byte session header key"));
+                // The header (8-byte key) sorts first, its results after it.
+                batch.delete_session_range(self.shard, &header_key(client), &header_key(client + 1));
+                dropped += 1;
+            }
+        }
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SESSION_GC_MS, &encode(&now_ms));
+        if dropped > 0 {
+            tracing::info!(shard = self.shard, dropped, "expired idle client sessions");
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotData = SnapshotBlob;
+    type SnapshotBuilder = ShardSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.applied_log_id()?;
+        let membership = self.apply_meta(apply_meta_tag::MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut run = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            run.push(entry);
+            responders.push(responder);
+        }
+        let results = self.apply_run(&run).await?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        ShardSnapshotBuilder { shard: self.shard, kind: self.kind.clone(), storage: self.storage.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotBlob) -> Result<(), io::Error> {
+        let payload: SnapshotPayload = decode(&snapshot)?;
+        let mut batch = self.storage.batch();
+        if let Some((start, end)) = self.kind.range() {
+            batch.clear_data_range(start, end)?;
+        }
+        for (key, record) in &payload.data {
+            assert!(self.kind.contains(key), "shard {}: snapshot holds key {key:?} outside its range", self.shard);
+            batch.put_data(key, record);
+        }
+        batch.clear_sessions(self.shard);
+        for (key, value) in &payload.sessions {
+            batch.put_session(self.shard, key, value);
+        }
+        let new_map = match (&payload.shard_map, &self.kind) {
+            (Some(bytes), ShardKind::Meta { .. }) => {
+                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, bytes);
+                Some(decode::<ShardMap>(bytes)?)
+            }
+            _ => None,
+        };
+        match &meta.last_log_id {
+            Some(id) => batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED, &encode(id)),
+            None => batch.delete_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED),
+        }
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(&meta.last_membership));
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(meta, &snapshot)));
+        self.storage.write_durable(batch)?.await?;
+        self.last_applied_index = meta.last_log_id.as_ref().map(|id| id.index);
+        if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
+            map_tx.send_replace(Arc::new(map));
+        }
+        tracing::info!(shard = self.shard, last = ?meta.last_log_id, keys = payload.data.len(), "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let stored: Option<(SnapshotMeta, SnapshotBlob)> = self.apply_meta(apply_meta_tag::SNAPSHOT)?;
+        Ok(stored.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+/// Builds a snapshot from one consistent RocksDB view of the shard.
+pub struct ShardSnapshotBuilder {
+    shard: u64,
+    kind: ShardKind,
+    storage: Arc<Storage>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
+    type SnapshotData = SnapshotBlob;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let image = self.storage.shard_image(self.shard, self.kind.range())?;
+        let last_log_id: Option<LogId> = image.applied.as_deref().map(decode).transpose()?;
+        let last_membership: StoredMembership =
+            image.membership.as_deref().map(decode).transpose()?.unwrap_or_default();
+        let keys = image.data.len();
+        let payload = SnapshotPayload { data: image.data, sessions: image.sessions, shard_map: image.shard_map };
+        let blob = encode(&payload);
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let mut batch = self.storage.batch();
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(&meta, &blob)));
+        self.storage.write_durable(batch)?.await?;
+        tracing::info!(shard = self.shard, last = ?meta.last_log_id, keys, bytes = blob.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: blob })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::command::{Condition, Expect, Op, Session};
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    fn data_sm(dir: &std::path::Path, limits: SessionLimits) -> ShardStateMachine {
+        let storage = Storage::open(dir).unwrap();
+        let kind = ShardKind::Data { start: b"g".to_vec(), end: Some(b"n".to_vec()), epoch: 3 };
+        ShardStateMachine::new(2, kind, storage, limits).unwrap()
+    }
+
+    fn limits() -> SessionLimits {
+        SessionLimits { ttl_ms: DAY_MS, gc_interval_ms: 1000 }
+    }
+
+    fn write(index: u64, session: Session, now_ms: u64, conditions: Vec<Condition>, ops: Vec<Op>) -> Entry {
+        let cmd = WriteCommand { session, proposed_at_ms: now_ms, epoch: 3, conditions, ops };
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Write(cmd)),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put { key: key.into(), value: value.into() }
+    }
+
+    fn outcome(r: &CommandResult) -> &WriteOutcome {
+        match r {
+            CommandResult::Write(o) => o,
+            other => panic!("expected a write outcome, got {other:?}"),
+        }
+    }
+
+    fn absent(key: &str) -> Condition {
+        Condition { key: key.into(), expect: Expect::Absent }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_returns_the_first_result_even_within_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let s = Session { client_id: 9, sequence: 1, first_incomplete: 1 };
+        let create = |i| write(i, s, 1000, vec![absent("h1")], vec![put("h1", "a")]);
+        let results = sm.apply_run(&[create(1), create(2)]).await.unwrap();
+        assert_eq!(results[0], results[1], "the retry in the same run is deduplicated");
+        assert!(outcome(&results[0]).applied);
+        let later = sm.apply_run(&[create(3)]).await.unwrap();
+        assert_eq!(later[0], results[0], "and in a later run");
+        let record: Record = decode(&sm.storage.get_data(b"h1").unwrap().unwrap()).unwrap();
+        assert_eq!(record, Record { value: b"a".to_vec(), version: 1 });
+    }
+
+    #[tokio::test]
+    async fn conditions_see_earlier_writes_of_the_same_run_and_failures_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let none = Session::default();
+        let r = sm
+            .apply_run(&[
+                write(1, none, 1, vec![], vec![put("h1", "a")]),
+                write(2, none, 1, vec![absent("h1")], vec![put("h1", "b"), put("h2", "b")]),
+            ])
+            .await
+            .unwrap();
+        let failed = outcome(&r[1]);
+        assert!(!failed.applied);
+        assert_eq!(failed.current, vec![Some(Record { value: b"a".to_vec(), version: 1 })]);
+        assert!(sm.storage.get_data(b"h2").unwrap().is_none(), "a failed batch writes nothing");
+    }
+
+    #[tokio::test]
+    async fn keys_outside_the_range_and_stale_epochs_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let r = sm
+            .apply_run(&[write(1, Session::default(), 1, vec![], vec![put("h1", "a"), put("z", "a")])])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResult::Rejected(Rejection::KeyOutsideShard { shard: 2 }));
+        assert!(sm.storage.get_data(b"h1").unwrap().is_none());
+        let mut stale = write(2, Session::default(), 1, vec![], vec![put("h1", "a")]);
+        if let EntryPayload::Normal(Command::Write(w)) = &mut stale.payload {
+            w.epoch = 2;
+        }
+        let r = sm.apply_run(&[stale]).await.unwrap();
+        assert!(matches!(r[0], CommandResult::Rejected(Rejection::StaleEpoch { epoch: 3, request_epoch: 2, .. })));
+    }
+
+    #[tokio::test]
+    async fn sessions_forget_below_first_incomplete_and_expire_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let s = |sequence, first_incomplete| Session { client_id: 5, sequence, first_incomplete };
+        sm.apply_run(&[write(1, s(1, 1), 1000, vec![], vec![put("h1", "a")])]).await.unwrap();
+        sm.apply_run(&[write(2, s(2, 2), 1000, vec![], vec![put("h1", "b")])]).await.unwrap();
+        let r = sm.apply_run(&[write(3, s(1, 2), 1000, vec![], vec![put("h1", "c")])]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Rejected(Rejection::SessionExpired { client_id: 5, sequence: 1 }));
+        assert!(sm.storage.get_session(2, &result_key(5, 2)).unwrap().is_some());
+
+        // Another client writes a day later: client 5's session is collected.
+        let other = Session { client_id: 6, sequence: 1, first_incomplete: 1 };
+        sm.apply_run(&[write(4, other, 1000 + DAY_MS + 1, vec![], vec![put("h2", "x")])]).await.unwrap();
+        assert!(sm.storage.get_session(2, &header_key(5)).unwrap().is_none());
+        assert!(sm.storage.get_session(2, &result_key(5, 2)).unwrap().is_none());
+        assert!(sm.storage.get_session(2, &header_key(6)).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_moves_range_data_and_sessions_to_another_replica() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = data_sm(a.path(), limits());
+        let s = Session { client_id: 9, sequence: 1, first_incomplete: 1 };
+        leader.apply_run(&[write(1, s, 1000, vec![], vec![put("h1", "a"), put("m9", "z")])]).await.unwrap();
+        let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        let mut follower = data_sm(b.path(), limits());
+        follower.apply_run(&[write(1, Session::default(), 1, vec![], vec![put("h-old", "gone")])]).await.unwrap();
+        follower.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert!(follower.storage.get_data(b"h-old").unwrap().is_none(), "install replaces the range");
+        assert!(follower.storage.get_data(b"m9").unwrap().is_some());
+        // The session came along: the retry is answered, not re-applied.
+        let r = follower.apply_run(&[write(2, s, 1000, vec![], vec![put("h1", "again")])]).await.unwrap();
+        assert_eq!(outcome(&r[0]).version, 1);
+        assert_eq!(follower.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    }
+}

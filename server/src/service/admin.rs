@@ -1,0 +1,93 @@
+//! The `Admin` service: the shard map and this node's view of its groups.
+
+use std::sync::Arc;
+
+use geokv_proto::admin::admin_server::Admin;
+use geokv_proto::admin::{
+    GetShardMapRequest, GroupStatus, NodeInfo, NodeStatusRequest, NodeStatusResponse, ShardMap as PbShardMap,
+};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tonic::{Request, Response, Status};
+
+use super::kv::shard_info;
+use crate::node::Node;
+use crate::shards::META_SHARD_ID;
+
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_shard_map(&self, _req: Request<GetShardMapRequest>) -> Result<Response<PbShardMap>, Status> {
+        let map = self.node.shard_map();
+        Ok(Response::new(PbShardMap {
+            version: map.version,
+            nodes: map
+                .nodes
+                .iter()
+                .map(|n| NodeInfo {
+                    node_id: n.id,
+                    addr: n.addr.clone(),
+                    region: n.region.clone(),
+                    zone: n.zone.clone(),
+                })
+                .collect(),
+            shards: map.shards.iter().map(|s| shard_info(&map, s)).collect(),
+        }))
+    }
+
+    async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+        let map = self.node.shard_map();
+        let me = self.node.config.me();
+        let mut groups = Vec::new();
+        for (shard, raft) in self.node.groups().await {
+            let m = raft.metrics().borrow_watched().clone();
+            let idx = |id: &Option<crate::raft::LogId>| id.as_ref().map_or(0, |l| l.index);
+            let desc = map.shard(shard);
+            groups.push(GroupStatus {
+                shard_id: shard,
+                role: role(m.state).into(),
+                leader_id: m.current_leader.unwrap_or(0),
+                term: m.current_term,
+                last_log_index: m.last_log_index.unwrap_or(0),
+                committed_index: idx(&m.local_committed),
+                applied_index: idx(&m.last_applied),
+                purged_index: idx(&m.purged),
+                snapshot_index: idx(&m.snapshot),
+                voters: m.membership_config.voter_ids().collect(),
+                epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
+                start: desc.map(|d| d.start.clone()).unwrap_or_default(),
+                end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(Response::new(NodeStatusResponse {
+            node: Some(NodeInfo {
+                node_id: me.id,
+                addr: me.addr.clone(),
+                region: me.region.clone(),
+                zone: me.zone.clone(),
+            }),
+            ready: self.node.is_ready(),
+            groups,
+            uptime_ms: self.node.uptime().as_millis() as u64,
+        }))
+    }
+}

@@ -1,0 +1,511 @@
+//! The client API (`Kv` service).
+//!
+//! Every request is validated against the configured limits before it gets
+//! near Raft, routed by key through this node's shard map, and checked
+//! against the epoch the client routed with. Writes become one Raft command
+//! (with the client's exactly-once session); reads first pass the barrier of
+//! their consistency level, then read RocksDB. Each response says what it got.
+//!
+//! Outcome classification (see `crate::error`): a write that was proposed and
+//! then lost track of — timeout, leadership change, Raft stopping — is
+//! *indeterminate*, never failed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use geokv_proto::kv::kv_server::Kv;
+use geokv_proto::kv::{
+    self as pb, BatchRequest, BatchResponse, CasRequest, CasResponse, Consistency, DeleteRequest, GetRequest,
+    GetResponse, PutRequest, ReadInfo, RequestHeader, ScanRequest, ScanResponse, WriteResponse, WriteSession,
+};
+use openraft::Instant as _;
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::node::Node;
+use crate::raft::command::{
+    Command, CommandResult, Condition, Expect, Op, Record, Rejection, Session, WriteCommand, WriteOutcome,
+};
+use crate::raft::{ShardRaft, TypeConfig, decode};
+use crate::shards::{ShardDesc, ShardMap};
+
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+/// A request routed to a hosted shard.
+struct Routed {
+    shard: ShardDesc,
+    raft: ShardRaft,
+}
+
+/// The wire form of a shard descriptor (with replica addresses and regions).
+pub fn shard_info(map: &ShardMap, s: &ShardDesc) -> pb::ShardInfo {
+    pb::ShardInfo {
+        shard_id: s.id,
+        epoch: s.epoch,
+        start: s.start.clone(),
+        end: s.end.clone().unwrap_or_default(),
+        replicas: s
+            .replicas
+            .iter()
+            .filter_map(|id| map.node(*id))
+            .map(|n| pb::Replica {
+                node_id: n.id,
+                addr: n.addr.clone(),
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn consistency_name(c: Consistency) -> &'static str {
+    match c {
+        Consistency::Linearizable => "linearizable",
+        Consistency::Lease => "lease",
+        Consistency::Stale => "stale",
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn session(s: Option<WriteSession>) -> Session {
+    s.map_or_else(Session::default, |s| Session {
+        client_id: s.client_id,
+        sequence: s.sequence,
+        first_incomplete: s.first_incomplete,
+    })
+}
+
+fn expectation(e: Option<pb::Expectation>, what: &str) -> Result<Expect, Error> {
+    use pb::expectation::Expect as E;
+    match e.and_then(|e| e.expect) {
+        Some(E::Absent(_)) => Ok(Expect::Absent),
+        Some(E::Value(v)) => Ok(Expect::Value(v)),
+        Some(E::Version(v)) => Ok(Expect::Version(v)),
+        None => Err(Error::invalid(format!("{what} has no expectation: set absent, value or version"))),
+    }
+}
+
+fn kv(key: Vec<u8>, r: Record) -> pb::KeyValue {
+    pb::KeyValue { key, value: r.value, version: r.version }
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn limits(&self) -> &crate::config::Limits {
+        &self.node.config.limits
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits().request_timeout_ms)
+    }
+
+    fn check_key(&self, key: &[u8], what: &str) -> Result<(), Error> {
+        let max = self.limits().max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::invalid(format!("{what} is empty; keys must be 1..={max} bytes")));
+        }
+        if key.len() > max {
+            return Err(Error::invalid(format!("{what} is {} bytes; the limit is max_key_bytes = {max}", key.len())));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Error> {
+        let max = self.limits().max_value_bytes;
+        if value.len() > max {
+            return Err(Error::invalid(format!(
+                "value is {} bytes; the limit is max_value_bytes = {max}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Finds the shard of `key`, checks the client's routing, and the local
+    /// replica.
+    async fn route(&self, key: &[u8], header: Option<&RequestHeader>) -> Result<Routed, Error> {
+        if !self.node.is_ready() {
+            return Err(Error::Unavailable("node is starting; retry shortly".into()));
+        }
+        let map = self.node.shard_map();
+        let shard = map
+            .shard_for_key(key)
+            .ok_or_else(|| Error::Internal(format!("shard map version {} covers no shard for a key", map.version)))?
+            .clone();
+        if let Some(h) = header
+            && ((h.shard_id != 0 && h.shard_id != shard.id) || (h.epoch != 0 && h.epoch != shard.epoch))
+        {
+            return Err(Error::WrongShard {
+                reason: format!(
+                    "request routed to shard {} epoch {}, the key belongs to shard {} epoch {}",
+                    h.shard_id, h.epoch, shard.id, shard.epoch
+                ),
+                current: Some(shard_info(&map, &shard)),
+                map_version: map.version,
+            });
+        }
+        match self.node.group(shard.id).await {
+            Some(raft) => Ok(Routed { shard, raft }),
+            None => {
+                // Not a replica here: point at one that is.
+                let replica = shard.replicas.first().and_then(|id| map.node(*id));
+                Err(Error::NotLeader {
+                    shard: shard.id,
+                    leader_id: None,
+                    leader_addr: replica.map(|n| n.addr.clone()),
+                    term: 0,
+                })
+            }
+        }
+    }
+
+    fn not_leader(&self, shard: u64, raft: &ShardRaft, f: &ForwardToLeader<TypeConfig>) -> Error {
+        let term = raft.metrics().borrow_watched().current_term;
+        let leader_addr = f.leader_node.as_ref().map(|n| n.addr.clone()).or_else(|| {
+            let map = self.node.shard_map();
+            f.leader_id.and_then(|id| map.node(id)).map(|n| n.addr.clone())
+        });
+        Error::NotLeader { shard, leader_id: f.leader_id, leader_addr, term }
+    }
+
+    /// Waits until a read at `consistency` may be served by this replica and
+    /// reports what was actually served.
+    async fn read_barrier(&self, routed: &Routed, consistency: Consistency) -> Result<ReadInfo, Error> {
+        let shard = routed.shard.id;
+        let raft = &routed.raft;
+        let ensure = |policy: ReadPolicy| {
+            let raft = raft.clone();
+            async move { tokio::time::timeout(self.request_timeout(), raft.ensure_linearizable(policy)).await }
+        };
+        let classify = |res: Result<Result<_, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>, _>| match res {
+            Err(_) => Err(Error::Unavailable(format!("shard {shard}: no quorum confirmed leadership in time"))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(shard, raft, &f))
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(format!("shard {shard}: {e}"))),
+        };
+        let (served, fell_back) = match consistency {
+            Consistency::Linearizable => {
+                classify(ensure(ReadPolicy::ReadIndex).await)?;
+                (Consistency::Linearizable, false)
+            }
+            Consistency::Lease => match classify(ensure(ReadPolicy::LeaseRead).await) {
+                Ok(()) => (Consistency::Lease, false),
+                Err(e @ Error::NotLeader { .. }) => return Err(e),
+                Err(_) => {
+                    classify(ensure(ReadPolicy::ReadIndex).await)?;
+                    (Consistency::Linearizable, true)
+                }
+            },
+            Consistency::Stale => (Consistency::Stale, false),
+        };
+        let m = raft.metrics().borrow_watched().clone();
+        let staleness_bound_ms = match served {
+            Consistency::Linearizable | Consistency::Lease => 0,
+            // A leader cannot miss writes committed before its last quorum
+            // acknowledgement; a follower knows no bound yet.
+            Consistency::Stale if m.state == openraft::ServerState::Leader => {
+                m.last_quorum_acked.as_ref().map_or(u64::MAX, |t| t.elapsed().as_millis() as u64)
+            }
+            Consistency::Stale => u64::MAX,
+        };
+        let me = self.node.config.me();
+        Ok(ReadInfo {
+            served: served as i32,
+            node_id: me.id,
+            region: me.region.clone(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            staleness_bound_ms,
+            fell_back,
+        })
+    }
+
+    fn read_record(&self, key: &[u8]) -> Result<Option<Record>, Error> {
+        match self.node.storage.get_data(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Proposes a write to the shard's Raft group and waits for its result.
+    async fn propose(
+        &self,
+        routed: &Routed,
+        session: Session,
+        conditions: Vec<Condition>,
+        ops: Vec<Op>,
+    ) -> Result<WriteOutcome, Error> {
+        let shard = routed.shard.id;
+        let cmd = Command::Write(WriteCommand {
+            session,
+            proposed_at_ms: now_ms(),
+            epoch: routed.shard.epoch,
+            conditions,
+            ops,
+        });
+        let res = tokio::time::timeout(self.request_timeout(), routed.raft.client_write(cmd)).await;
+        let indeterminate = |cause: String| Error::Indeterminate { shard, cause };
+        let resp = match res {
+            Err(_) => return Err(indeterminate(format!("not committed within {:?}", self.request_timeout()))),
+            Ok(Ok(resp)) => resp,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return Err(self.not_leader(shard, &routed.raft, &f));
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                return Err(indeterminate("leadership changed after the write was proposed".into()));
+            }
+            Ok(Err(RaftError::APIError(e))) => return Err(Error::Internal(format!("shard {shard}: {e}"))),
+            Ok(Err(RaftError::Fatal(f))) => return Err(indeterminate(format!("raft group stopped: {f}"))),
+        };
+        match resp.data {
+            CommandResult::Write(outcome) => Ok(outcome),
+            CommandResult::Rejected(r @ Rejection::SessionExpired { .. }) => Err(Error::SessionExpired(r.to_string())),
+            CommandResult::Rejected(r @ (Rejection::KeyOutsideShard { .. } | Rejection::StaleEpoch { .. })) => {
+                let map = self.node.shard_map();
+                Err(Error::WrongShard {
+                    reason: r.to_string(),
+                    current: map.shard(shard).map(|s| shard_info(&map, s)),
+                    map_version: map.version,
+                })
+            }
+            other => Err(Error::Internal(format!("shard {shard}: unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Runs `f`, records its latency and outcome, and converts errors.
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        consistency: &'static str,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let res = f.await;
+        let code = match &res {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => {
+                tracing::debug!(op, cause = %e, "request failed");
+                e.code()
+            }
+        };
+        self.node.metrics.observe(op, consistency, code, start.elapsed());
+        res.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = req.into_inner();
+        let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
+        self.observed("get", consistency_name(consistency), async {
+            self.check_key(&req.key, "key")?;
+            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let read = self.read_barrier(&routed, consistency).await?;
+            let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
+            Ok(GetResponse { kv, read: Some(read) })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+        let req = req.into_inner();
+        self.observed("put", "-", async {
+            self.check_key(&req.key, "key")?;
+            self.check_value(&req.value)?;
+            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let op = Op::Put { key: req.key, value: req.value };
+            let out = self.propose(&routed, session(req.session), Vec::new(), vec![op]).await?;
+            Ok(WriteResponse {
+                version: out.version,
+                existed: out.existed.first().copied().unwrap_or(false),
+                shard_id: routed.shard.id,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let req = req.into_inner();
+        self.observed("delete", "-", async {
+            self.check_key(&req.key, "key")?;
+            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let op = Op::Delete { key: req.key };
+            let out = self.propose(&routed, session(req.session), Vec::new(), vec![op]).await?;
+            Ok(WriteResponse {
+                version: out.version,
+                existed: out.existed.first().copied().unwrap_or(false),
+                shard_id: routed.shard.id,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
+    async fn compare_and_swap(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+        let req = req.into_inner();
+        self.observed("cas", "-", async {
+            self.check_key(&req.key, "key")?;
+            if let Some(v) = &req.new_value {
+                self.check_value(v)?;
+            }
+            let expect = expectation(req.expected, "compare-and-swap")?;
+            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let condition = Condition { key: req.key.clone(), expect };
+            let op = match req.new_value {
+                Some(value) => Op::Put { key: req.key.clone(), value },
+                None => Op::Delete { key: req.key.clone() },
+            };
+            let deletes = matches!(op, Op::Delete { .. });
+            let out = self.propose(&routed, session(req.session), vec![condition], vec![op]).await?;
+            let shard_id = routed.shard.id;
+            Ok(if out.applied {
+                CasResponse { swapped: true, version: if deletes { 0 } else { out.version }, current: None, shard_id }
+            } else {
+                let current = out.current.into_iter().next().flatten().map(|r| kv(req.key, r));
+                CasResponse { swapped: false, version: current.as_ref().map_or(0, |c| c.version), current, shard_id }
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let req = req.into_inner();
+        let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
+        self.observed("scan", consistency_name(consistency), async {
+            let max_key = self.limits().max_key_bytes;
+            if req.start.len() > max_key || req.end.len() > max_key {
+                return Err(Error::invalid(format!("scan bounds may be at most max_key_bytes = {max_key} bytes")));
+            }
+            let end = (!req.end.is_empty()).then_some(req.end.clone());
+            if end.as_ref().is_some_and(|e| *e <= req.start) {
+                return Err(Error::invalid(format!(
+                    "scan range is empty or inverted: start {:?} is not below end {:?}",
+                    String::from_utf8_lossy(&req.start),
+                    String::from_utf8_lossy(&req.end)
+                )));
+            }
+            let (default, max) = (self.limits().default_scan_limit, self.limits().max_scan_limit);
+            let limit = match req.limit {
+                0 => default,
+                n if n > max => {
+                    return Err(Error::invalid(format!("scan limit {n} exceeds max_scan_limit = {max}")));
+                }
+                n => n,
+            } as usize;
+            let routed = self.route(&req.start, req.header.as_ref()).await?;
+            let read = self.read_barrier(&routed, consistency).await?;
+            let shard_end = routed.shard.end.clone();
+            let stop = match (&end, &shard_end) {
+                (Some(e), Some(s)) => Some(e.min(s).clone()),
+                (Some(e), None) => Some(e.clone()),
+                (None, s) => s.clone(),
+            };
+            let mut rows = self.node.storage.scan_data(&req.start, stop.as_deref(), limit + 1)?;
+            let (more, resume_key) = if rows.len() > limit {
+                let next = rows.pop().expect("more rows than the limit").0;
+                (true, next)
+            } else {
+                match shard_end {
+                    Some(s) if end.as_ref().is_none_or(|e| s < *e) => (true, s),
+                    _ => (false, Vec::new()),
+                }
+            };
+            let kvs =
+                rows.into_iter().map(|(k, v)| decode::<Record>(&v).map(|r| kv(k, r))).collect::<Result<Vec<_>, _>>()?;
+            Ok(ScanResponse { kvs, resume_key, more, read: Some(read) })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
+    async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        let req = req.into_inner();
+        self.observed("batch", "-", async {
+            let l = self.limits();
+            if req.ops.is_empty() {
+                return Err(Error::invalid("batch has no operations"));
+            }
+            let count = req.ops.len() + req.conditions.len();
+            if count > l.max_batch_ops {
+                return Err(Error::invalid(format!(
+                    "batch has {count} operations and conditions; the limit is max_batch_ops = {}",
+                    l.max_batch_ops
+                )));
+            }
+            let mut ops = Vec::with_capacity(req.ops.len());
+            let mut bytes = 0usize;
+            for (i, op) in req.ops.into_iter().enumerate() {
+                let op = match op.op {
+                    Some(pb::batch_op::Op::Put(p)) => {
+                        self.check_key(&p.key, &format!("key of op {i}"))?;
+                        self.check_value(&p.value)?;
+                        Op::Put { key: p.key, value: p.value }
+                    }
+                    Some(pb::batch_op::Op::Delete(d)) => {
+                        self.check_key(&d.key, &format!("key of op {i}"))?;
+                        Op::Delete { key: d.key }
+                    }
+                    None => return Err(Error::invalid(format!("batch op {i} is neither put nor delete"))),
+                };
+                bytes += op.key().len() + if let Op::Put { value, .. } = &op { value.len() } else { 0 };
+                ops.push(op);
+            }
+            let mut conditions = Vec::with_capacity(req.conditions.len());
+            for (i, c) in req.conditions.into_iter().enumerate() {
+                self.check_key(&c.key, &format!("key of condition {i}"))?;
+                bytes += c.key.len();
+                conditions.push(Condition { key: c.key, expect: expectation(c.expected, &format!("condition {i}"))? });
+            }
+            if bytes > l.max_batch_bytes {
+                return Err(Error::invalid(format!(
+                    "batch carries {bytes} bytes; the limit is max_batch_bytes = {}",
+                    l.max_batch_bytes
+                )));
+            }
+            let routed = self.route(ops[0].key(), req.header.as_ref()).await?;
+            let keys = ops.iter().map(Op::key).chain(conditions.iter().map(|c| c.key.as_slice()));
+            for key in keys {
+                if !routed.shard.contains(key) {
+                    let other = self.node.shard_map().shard_for_key(key).map_or(0, |s| s.id);
+                    return Err(Error::invalid(format!(
+                        "batch keys span shards {} and {other}; a batch is atomic within one shard only",
+                        routed.shard.id
+                    )));
+                }
+            }
+            let condition_keys: Vec<Vec<u8>> = conditions.iter().map(|c| c.key.clone()).collect();
+            let out = self.propose(&routed, session(req.session), conditions, ops).await?;
+            let current = if out.applied {
+                Vec::new()
+            } else {
+                condition_keys
+                    .into_iter()
+                    .zip(out.current)
+                    .map(|(key, r)| match r {
+                        Some(r) => kv(key, r),
+                        None => pb::KeyValue { key, value: Vec::new(), version: 0 },
+                    })
+                    .collect()
+            };
+            Ok(BatchResponse { applied: out.applied, version: out.version, current, shard_id: routed.shard.id })
+        })
+        .await
+    }
+}

@@ -1,0 +1,119 @@
+//! The node-to-node Raft transport, server side: unwraps the shard id, hands
+//! the openraft message to that shard's group and wraps the reply.
+//!
+//! A message for a shard this node does not host (yet) is answered
+//! `NotFound`; the sender treats that as unreachable and backs off.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use geokv_proto::raft::RaftMessage;
+use geokv_proto::raft::raft_server::Raft;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Node;
+use crate::raft::network::SHARD_METADATA_KEY;
+use crate::raft::{ShardRaft, Snapshot, SnapshotBlob, SnapshotMeta, TypeConfig, Vote, decode, encode};
+
+pub struct RaftService {
+    node: Arc<Node>,
+}
+
+impl RaftService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    async fn group(&self, shard: u64) -> Result<ShardRaft, Status> {
+        if !self.node.is_ready() {
+            return Err(Status::unavailable("node is starting"));
+        }
+        self.node.group(shard).await.ok_or_else(|| {
+            Status::not_found(format!("node {} hosts no replica of shard {shard}", self.node.config.node_id))
+        })
+    }
+
+    async fn open<T: DeserializeOwned>(&self, req: Request<RaftMessage>) -> Result<(ShardRaft, u64, T), Status> {
+        let msg = req.into_inner();
+        let raft = self.group(msg.shard_id).await?;
+        let body =
+            decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        Ok((raft, msg.shard_id, body))
+    }
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(shard: u64, res: Result<T, E>) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(match res {
+        Ok(body) => RaftMessage { shard_id: shard, payload: encode(&body), error: String::new() },
+        Err(e) => RaftMessage { shard_id: shard, payload: Vec::new(), error: e.to_string() },
+    }))
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
+        reply(shard, raft.vote(body).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
+        reply(shard, raft.pre_vote(body).await)
+    }
+
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, body) = self.open::<AppendEntriesRequest<TypeConfig>>(req).await?;
+        reply(shard, raft.append_entries(body).await)
+    }
+
+    type StreamAppendStream = ReplyStream;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let shard: u64 = req
+            .metadata()
+            .get(SHARD_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("append stream without `{SHARD_METADATA_KEY}` metadata"))
+            })?;
+        let raft = self.group(shard).await?;
+        let inbound = req.into_inner();
+        // Requests in arrival order; a message that does not decode (or names
+        // another shard) ends the stream: openraft re-opens and resends.
+        let requests = inbound
+            .map(move |m| {
+                m.ok()
+                    .filter(|m| m.shard_id == shard)
+                    .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok())
+            })
+            .take_while(|r| futures::future::ready(r.is_some()))
+            .filter_map(futures::future::ready);
+        let replies = raft.stream_append(requests).map(move |res| {
+            Ok(match res {
+                Ok(result) => RaftMessage { shard_id: shard, payload: encode(&result), error: String::new() },
+                Err(fatal) => RaftMessage { shard_id: shard, payload: Vec::new(), error: fatal.to_string() },
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, (vote, meta, snapshot)) = self.open::<(Vote, SnapshotMeta, SnapshotBlob)>(req).await?;
+        reply(shard, raft.install_full_snapshot(vote, Snapshot { meta, snapshot }).await)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, body) = self.open::<TransferLeaderRequest<TypeConfig>>(req).await?;
+        reply(shard, raft.handle_transfer_leader(body).await)
+    }
+}

@@ -1,0 +1,239 @@
+//! The shard map: which contiguous key range each Raft group owns, and where
+//! its replicas live.
+//!
+//! The map is data of the *meta shard* (shard [`META_SHARD_ID`], a Raft group
+//! over the initial voters): every change to it is a Raft command there, and
+//! every node learns it by applying that group's log. A new cluster starts with
+//! the map computed deterministically from the shared initial configuration
+//! (members and split points), proposed once to the meta shard.
+//!
+//! Every shard carries an epoch that grows whenever its range or replicas
+//! change; requests carry the epoch the client routed with, so a client with a
+//! stale map is told so (`WrongShard`) instead of being served by the wrong
+//! group. This module does not split, merge or move shards yet; its types are
+//! shaped for it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The id of the meta shard, which replicates the shard map itself.
+pub const META_SHARD_ID: u64 = 0;
+
+/// A node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDesc {
+    pub id: u64,
+    /// host:port serving gRPC (client API, Raft transport and admin).
+    pub addr: String,
+    pub region: String,
+    pub zone: String,
+}
+
+/// One data shard: the key range `[start, end)` (`end = None`: unbounded).
+///
+/// Invariants:
+/// - `end`, when set, is greater than `start`;
+/// - `replicas` is non-empty and holds distinct node ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDesc {
+    pub id: u64,
+    pub epoch: u64,
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    pub replicas: Vec<u64>,
+}
+
+impl ShardDesc {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+}
+
+/// The whole map.
+///
+/// Invariants (checked by [`ShardMap::validate`]):
+/// - data shards are sorted by `start`, the first starts at the empty key, each
+///   ends where the next starts and the last is unbounded: every key has
+///   exactly one shard;
+/// - shard ids are unique and never [`META_SHARD_ID`];
+/// - every replica names a node of the map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    /// Grows with every change (the meta shard's log index that wrote it).
+    pub version: u64,
+    pub nodes: Vec<NodeDesc>,
+    pub shards: Vec<ShardDesc>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("split points must be non-empty and strictly increasing: {0}")]
+    BadSplitPoints(String),
+    #[error("the cluster has no nodes")]
+    NoNodes,
+    #[error("invalid shard map: {0}")]
+    Invalid(String),
+}
+
+impl ShardMap {
+    /// The map of a new cluster: shards split at `split_points`, each placed on
+    /// `replication_factor` nodes (fewer if the cluster is smaller), spread
+    /// over as many regions as possible, rotating so that replicas (and
+    /// initial leaders) spread over the nodes.
+    pub fn initial(
+        nodes: &[NodeDesc],
+        split_points: &[Vec<u8>],
+        replication_factor: usize,
+    ) -> Result<ShardMap, MapError> {
+        if nodes.is_empty() {
+            return Err(MapError::NoNodes);
+        }
+        for pair in split_points.windows(2) {
+            if pair[0] >= pair[1] {
+                return Err(MapError::BadSplitPoints(format!("{:?} >= {:?}", pair[0], pair[1])));
+            }
+        }
+        if split_points.first().is_some_and(|p| p.is_empty()) {
+            return Err(MapError::BadSplitPoints("the empty key cannot be a split point".into()));
+        }
+        let order = region_interleaved(nodes);
+        let rf = replication_factor.clamp(1, nodes.len());
+        let mut bounds: Vec<Vec<u8>> = vec![Vec::new()];
+        bounds.extend(split_points.iter().cloned());
+        let shards = bounds
+            .iter()
+            .enumerate()
+            .map(|(i, start)| ShardDesc {
+                id: i as u64 + 1,
+                epoch: 1,
+                start: start.clone(),
+                end: bounds.get(i + 1).cloned(),
+                replicas: (0..rf).map(|r| order[(i + r) % order.len()]).collect(),
+            })
+            .collect();
+        let mut nodes = nodes.to_vec();
+        nodes.sort_by_key(|n| n.id);
+        let map = ShardMap { version: 0, nodes, shards };
+        map.validate()?;
+        Ok(map)
+    }
+
+    pub fn validate(&self) -> Result<(), MapError> {
+        let bad = |msg: String| Err(MapError::Invalid(msg));
+        let Some(first) = self.shards.first() else { return bad("no data shards".into()) };
+        if !first.start.is_empty() {
+            return bad(format!("first shard {} starts at {:?}, not the empty key", first.id, first.start));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.id == META_SHARD_ID || !ids.insert(s.id) {
+                return bad(format!("shard id {} is reserved or duplicated", s.id));
+            }
+            if s.replicas.is_empty() {
+                return bad(format!("shard {} has no replicas", s.id));
+            }
+            for r in &s.replicas {
+                if self.node(*r).is_none() {
+                    return bad(format!("shard {} names unknown node {r}", s.id));
+                }
+            }
+            match (self.shards.get(i + 1), &s.end) {
+                (Some(next), Some(end)) if *end == next.start && *end > s.start => {}
+                (None, None) => {}
+                _ => return bad(format!("shard {} does not end where the next begins", s.id)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> Option<&NodeDesc> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn shard(&self, id: u64) -> Option<&ShardDesc> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// The shard owning `key` (always one for a valid map).
+    pub fn shard_for_key(&self, key: &[u8]) -> Option<&ShardDesc> {
+        let i = self.shards.partition_point(|s| s.start.as_slice() <= key);
+        i.checked_sub(1).map(|i| &self.shards[i]).filter(|s| s.contains(key))
+    }
+
+    /// Data shards with a replica on `node`.
+    pub fn shards_on(&self, node: u64) -> impl Iterator<Item = &ShardDesc> {
+        self.shards.iter().filter(move |s| s.replicas.contains(&node))
+    }
+}
+
+/// Node ids ordered so that consecutive entries are in different regions
+/// where possible: the first node of every region, then the second, ...
+fn region_interleaved(nodes: &[NodeDesc]) -> Vec<u64> {
+    let mut by_region: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for n in nodes {
+        by_region.entry(n.region.as_str()).or_default().push(n.id);
+    }
+    by_region.values_mut().for_each(|ids| ids.sort());
+    let rounds = by_region.values().map(Vec::len).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(nodes.len());
+    for round in 0..rounds {
+        for ids in by_region.values() {
+            if let Some(id) = ids.get(round) {
+                out.push(*id);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, region: &str) -> NodeDesc {
+        NodeDesc { id, addr: format!("127.0.0.1:{}", 7000 + id), region: region.into(), zone: String::new() }
+    }
+
+    #[test]
+    fn initial_map_covers_every_key_once() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west")];
+        let splits = vec![b"g".to_vec(), b"n".to_vec(), b"u".to_vec()];
+        let map = ShardMap::initial(&nodes, &splits, 3).unwrap();
+        assert_eq!(map.shards.len(), 4);
+        for key in [&b""[..], b"a", b"g", b"mzz", b"n", b"u", b"\xff\xff"] {
+            let s = map.shard_for_key(key).unwrap();
+            assert!(s.contains(key), "{key:?} routed to {s:?}");
+        }
+        assert_eq!(map.shard_for_key(b"g").unwrap().id, 2);
+        assert_eq!(map.shard_for_key(b"f\xff").unwrap().id, 1);
+    }
+
+    #[test]
+    fn replicas_spread_over_regions() {
+        let nodes = [
+            node(1, "us-east"),
+            node(2, "us-east"),
+            node(3, "us-west"),
+            node(4, "us-west"),
+            node(5, "eu-west"),
+            node(6, "eu-west"),
+        ];
+        let map = ShardMap::initial(&nodes, &[b"m".to_vec()], 3).unwrap();
+        for s in &map.shards {
+            let mut regions: Vec<_> = s.replicas.iter().map(|r| map.node(*r).unwrap().region.clone()).collect();
+            regions.sort();
+            regions.dedup();
+            assert_eq!(regions.len(), 3, "shard {} replicas {:?}", s.id, s.replicas);
+        }
+    }
+
+    #[test]
+    fn bad_split_points_are_refused() {
+        let nodes = [node(1, "a")];
+        let err = ShardMap::initial(&nodes, &[b"n".to_vec(), b"g".to_vec()], 3).unwrap_err();
+        assert!(matches!(err, MapError::BadSplitPoints(_)));
+        assert!(ShardMap::initial(&nodes, &[Vec::new()], 3).is_err());
+        assert_eq!(ShardMap::initial(&[], &[], 3).unwrap_err(), MapError::NoNodes);
+    }
+}

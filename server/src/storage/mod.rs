@@ -1,0 +1,468 @@
+//! Durable storage: one RocksDB instance per node, shared by every Raft group
+//! the node hosts.
+//!
+//! This is the only module that names `rocksdb`. Everything above it speaks in
+//! shard ids, log indexes, user keys and opaque encoded records.
+//!
+//! # Layout (column families)
+//!
+//! | cf           | key                                   | value                          |
+//! |--------------|---------------------------------------|--------------------------------|
+//! | `raft_log`   | shard id (BE u64) ++ log index (BE u64) | encoded Raft entry           |
+//! | `raft_meta`  | shard id ++ tag byte                  | vote, committed, last purged   |
+//! | `data`       | user key, unprefixed                  | encoded value record           |
+//! | `apply_meta` | shard id ++ tag byte                  | applied log id, membership, shard map, snapshot |
+//! | `sessions`   | shard id ++ client id ++ [sequence]   | exactly-once session state     |
+//!
+//! User keys are stored unprefixed: shards are contiguous key ranges and a node
+//! holds at most one replica of any range, so a future split moves no data.
+//!
+//! # Durability
+//!
+//! Writes go to RocksDB's WAL without `fsync`; durability comes from the
+//! [`Syncer`], one thread that fsyncs the WAL once for every group of callers
+//! waiting on it. Many shards appending at once therefore share one fsync
+//! (group commit across Raft groups). A caller is told its write is durable only
+//! after an fsync that started after its write returned.
+//!
+//! What this module deliberately does not do: interpret records, enforce key
+//! limits, or know about Raft's rules. Those live in `raft/` and `service/`.
+
+mod syncer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch};
+
+pub use syncer::Syncer;
+
+/// Column family names, in the order they are created.
+const CF_RAFT_LOG: &str = "raft_log";
+const CF_RAFT_META: &str = "raft_meta";
+const CF_DATA: &str = "data";
+const CF_APPLY_META: &str = "apply_meta";
+const CF_SESSIONS: &str = "sessions";
+const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS];
+
+/// Tags for per-shard records in `raft_meta`.
+pub mod raft_meta_tag {
+    pub const VOTE: u8 = 1;
+    pub const COMMITTED: u8 = 2;
+    pub const LAST_PURGED: u8 = 3;
+}
+
+/// Tags for per-shard records in `apply_meta`.
+pub mod apply_meta_tag {
+    pub const APPLIED: u8 = 1;
+    pub const MEMBERSHIP: u8 = 2;
+    pub const SHARD_MAP: u8 = 3;
+    pub const SNAPSHOT: u8 = 4;
+    pub const SESSION_GC_MS: u8 = 5;
+}
+
+/// Which per-shard metadata family a record lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaFamily {
+    /// Raft's own state: vote, committed, purged. Written by the log store.
+    Raft,
+    /// The state machine's state: applied id, membership, map, snapshot.
+    Apply,
+}
+
+impl MetaFamily {
+    fn cf_name(self) -> &'static str {
+        match self {
+            MetaFamily::Raft => CF_RAFT_META,
+            MetaFamily::Apply => CF_APPLY_META,
+        }
+    }
+}
+
+/// A storage failure. Storage errors are fatal to the Raft group that hit
+/// them: openraft stops the group rather than risk diverging.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("fsync thread is gone")]
+    SyncerGone,
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
+/// The node's RocksDB instance plus its group-commit syncer.
+///
+/// Invariants:
+/// - every column family in [`ALL_CFS`] exists once `open` returns;
+/// - a record passed to [`Storage::write_durable`] is on stable storage when
+///   the returned future resolves `Ok`.
+pub struct Storage {
+    db: Arc<DB>,
+    syncer: Syncer,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the node's database under `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Storage>, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // The WAL is fsynced by the syncer; RocksDB must not buffer it in
+        // user space beyond a write call.
+        opts.set_manual_wal_flush(false);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+        let syncer = Syncer::start(db.clone());
+        Ok(Arc::new(Storage { db, syncer }))
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} missing"))
+    }
+
+    /// Starts a write batch; nothing is visible until it is written.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { storage: self, wb: WriteBatch::default() }
+    }
+
+    /// Writes `batch` (visible to readers on return) and resolves once it is
+    /// fsynced. The write itself happens before this function returns, so
+    /// callers that must make data readable synchronously can rely on it.
+    pub fn write_durable(
+        &self,
+        batch: Batch<'_>,
+    ) -> Result<impl Future<Output = Result<(), StorageError>> + Send + 'static, StorageError> {
+        self.db.write(batch.wb)?;
+        Ok(self.syncer.sync())
+    }
+
+    /// Writes `batch` without waiting for an fsync (data that Raft can rebuild).
+    pub fn write_relaxed(&self, batch: Batch<'_>) -> Result<(), StorageError> {
+        self.db.write(batch.wb)?;
+        Ok(())
+    }
+
+    /// Registers `done` to run after the next WAL fsync that covers every
+    /// write completed so far.
+    pub fn on_durable(&self, done: impl FnOnce(Result<(), StorageError>) + Send + 'static) {
+        self.syncer.on_sync(Box::new(done));
+    }
+
+    /// How many fsyncs the syncer has issued and how many waiters they served.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        self.syncer.stats()
+    }
+
+    // ---- per-shard metadata ----------------------------------------------
+
+    pub fn get_meta(&self, family: MetaFamily, shard: u64, tag: u8) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(family.cf_name()), meta_key(shard, tag))?)
+    }
+
+    // ---- Raft log ------------------------------------------------------
+
+    /// Entries of `shard` with index in `[from, to)`, as `(index, bytes)`.
+    pub fn read_log(&self, shard: u64, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let start = log_key(shard, from);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(log_key(shard, to).to_vec());
+        let iter = self.db.iterator_cf_opt(self.cf(CF_RAFT_LOG), ro, IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let (s, index) = decode_log_key(&k);
+            assert_eq!(s, shard, "log iterator crossed into shard {s} while reading shard {shard}");
+            out.push((index, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last entry of `shard`'s log, if any.
+    pub fn last_log(&self, shard: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(log_key(shard, 0).to_vec());
+        let start = log_key(shard, u64::MAX);
+        let mut iter =
+            self.db.iterator_cf_opt(self.cf(CF_RAFT_LOG), ro, IteratorMode::From(&start, Direction::Reverse));
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                let (s, index) = decode_log_key(&k);
+                if s != shard {
+                    return Ok(None);
+                }
+                Ok(Some((index, v.to_vec())))
+            }
+        }
+    }
+
+    // ---- user data -----------------------------------------------------
+
+    /// The encoded record stored under `key`.
+    pub fn get_data(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_DATA), key)?)
+    }
+
+    /// Up to `limit` records with keys in `[start, end)` (`end = None`:
+    /// unbounded), in key order.
+    pub fn scan_data(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StorageError> {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        let iter = self.db.iterator_cf_opt(self.cf(CF_DATA), ro, IteratorMode::From(start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Everything a snapshot of one shard needs, read from one consistent
+    /// RocksDB snapshot (so the applied id matches the data exactly).
+    /// `range` is the shard's key range, `None` for a shard without user data
+    /// (the meta shard).
+    pub fn shard_image(&self, shard: u64, range: Option<(&[u8], Option<&[u8]>)>) -> Result<ShardImage, StorageError> {
+        let snap = self.db.snapshot();
+        let apply_meta = |tag| snap.get_cf(self.cf(CF_APPLY_META), meta_key(shard, tag));
+        let applied = apply_meta(apply_meta_tag::APPLIED)?;
+        let membership = apply_meta(apply_meta_tag::MEMBERSHIP)?;
+        let shard_map = apply_meta(apply_meta_tag::SHARD_MAP)?;
+
+        let mut data = Vec::new();
+        if let Some((start, end)) = range {
+            let mut ro = ReadOptions::default();
+            if let Some(end) = end {
+                ro.set_iterate_upper_bound(end.to_vec());
+            }
+            ro.set_snapshot(&snap);
+            for item in self.db.iterator_cf_opt(self.cf(CF_DATA), ro, IteratorMode::From(start, Direction::Forward)) {
+                let (k, v) = item?;
+                data.push((k.to_vec(), v.to_vec()));
+            }
+        }
+
+        let prefix = shard.to_be_bytes();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound((shard + 1).to_be_bytes().to_vec());
+        ro.set_snapshot(&snap);
+        let mut sessions = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_SESSIONS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            sessions.push((k[8..].to_vec(), v.to_vec()));
+        }
+        Ok(ShardImage { applied, membership, shard_map, data, sessions })
+    }
+
+    // ---- sessions ------------------------------------------------------
+
+    pub fn get_session(&self, shard: u64, session_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_SESSIONS), prefixed(shard, session_key))?)
+    }
+
+    /// All session records of `shard` whose key (after the shard prefix) is
+    /// exactly `key_len` bytes long, e.g. the per-client headers.
+    pub fn sessions_with_key_len(&self, shard: u64, key_len: usize) -> Result<Vec<Pair>, StorageError> {
+        let prefix = shard.to_be_bytes();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound((shard + 1).to_be_bytes().to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_SESSIONS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if k.len() == 8 + key_len {
+                out.push((k[8..].to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables and compacts; used by tests and after large purges.
+    pub fn compact(&self) {
+        for name in ALL_CFS {
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+}
+
+/// A raw `(key, value)` pair read from a column family.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// Everything needed to rebuild one shard's state machine elsewhere.
+#[derive(Debug, Default)]
+pub struct ShardImage {
+    pub applied: Option<Vec<u8>>,
+    pub membership: Option<Vec<u8>>,
+    pub shard_map: Option<Vec<u8>>,
+    /// `(user key, encoded record)` in key order.
+    pub data: Vec<Pair>,
+    /// `(session key without shard prefix, record)`.
+    pub sessions: Vec<Pair>,
+}
+
+/// A set of writes applied atomically by [`Storage::write_durable`] or
+/// [`Storage::write_relaxed`].
+pub struct Batch<'a> {
+    storage: &'a Storage,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_meta(&mut self, family: MetaFamily, shard: u64, tag: u8, value: &[u8]) {
+        self.wb.put_cf(self.storage.cf(family.cf_name()), meta_key(shard, tag), value);
+    }
+
+    pub fn delete_meta(&mut self, family: MetaFamily, shard: u64, tag: u8) {
+        self.wb.delete_cf(self.storage.cf(family.cf_name()), meta_key(shard, tag));
+    }
+
+    pub fn put_log(&mut self, shard: u64, index: u64, entry: &[u8]) {
+        self.wb.put_cf(self.storage.cf(CF_RAFT_LOG), log_key(shard, index), entry);
+    }
+
+    /// Deletes log entries of `shard` with index in `[from, to)`.
+    pub fn delete_log_range(&mut self, shard: u64, from: u64, to: u64) {
+        if from < to {
+            self.wb.delete_range_cf(self.storage.cf(CF_RAFT_LOG), log_key(shard, from), log_key(shard, to));
+        }
+    }
+
+    /// Deletes all log entries of `shard` with index `>= from`.
+    pub fn delete_log_from(&mut self, shard: u64, from: u64) {
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        self.wb.delete_range_cf(cf, log_key(shard, from), log_key(shard, u64::MAX));
+        self.wb.delete_cf(cf, log_key(shard, u64::MAX));
+    }
+
+    pub fn put_data(&mut self, key: &[u8], record: &[u8]) {
+        self.wb.put_cf(self.storage.cf(CF_DATA), key, record);
+    }
+
+    pub fn delete_data(&mut self, key: &[u8]) {
+        self.wb.delete_cf(self.storage.cf(CF_DATA), key);
+    }
+
+    /// Deletes every user key in `[start, end)` (`end = None`: unbounded).
+    pub fn clear_data_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<(), StorageError> {
+        let cf = self.storage.cf(CF_DATA);
+        match end {
+            Some(end) => self.wb.delete_range_cf(cf, start, end),
+            None => {
+                // No finite upper bound to hand to delete_range: delete the
+                // keys one by one (snapshot installs only).
+                for item in self.storage.db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
+                    let (k, _) = item?;
+                    self.wb.delete_cf(cf, k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn put_session(&mut self, shard: u64, session_key: &[u8], value: &[u8]) {
+        self.wb.put_cf(self.storage.cf(CF_SESSIONS), prefixed(shard, session_key), value);
+    }
+
+    /// Deletes session records of `shard` with keys in `[from, to)`.
+    pub fn delete_session_range(&mut self, shard: u64, from: &[u8], to: &[u8]) {
+        self.wb.delete_range_cf(self.storage.cf(CF_SESSIONS), prefixed(shard, from), prefixed(shard, to));
+    }
+
+    /// Deletes every session record of `shard`.
+    pub fn clear_sessions(&mut self, shard: u64) {
+        self.wb.delete_range_cf(self.storage.cf(CF_SESSIONS), shard.to_be_bytes(), (shard + 1).to_be_bytes());
+    }
+}
+
+fn meta_key(shard: u64, tag: u8) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&shard.to_be_bytes());
+    k[8] = tag;
+    k
+}
+
+fn log_key(shard: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&shard.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn decode_log_key(k: &[u8]) -> (u64, u64) {
+    assert_eq!(k.len(), 16, "raft_log key of {} bytes", k.len());
+    let shard = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+    let index = u64::from_be_bytes(k[8..].try_into().expect("8 bytes"));
+    (shard, index)
+}
+
+fn prefixed(shard: u64, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rest.len());
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_shard_then_index() {
+        assert!(log_key(1, u64::MAX) < log_key(2, 0));
+        assert!(log_key(1, 9) < log_key(1, 10));
+        assert_eq!(decode_log_key(&log_key(7, 42)), (7, 42));
+    }
+
+    #[tokio::test]
+    async fn log_reads_stay_within_their_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut b = storage.batch();
+        for i in 1..=3 {
+            b.put_log(1, i, b"one");
+            b.put_log(2, i, b"two");
+        }
+        storage.write_durable(b).unwrap().await.unwrap();
+        assert_eq!(storage.read_log(1, 0, 100).unwrap().len(), 3);
+        assert_eq!(storage.last_log(1).unwrap().unwrap().0, 3);
+        assert_eq!(storage.last_log(3).unwrap(), None);
+        let mut b = storage.batch();
+        b.delete_log_from(1, 2);
+        storage.write_relaxed(b).unwrap();
+        assert_eq!(storage.last_log(1).unwrap().unwrap().0, 1);
+        assert_eq!(storage.last_log(2).unwrap().unwrap().0, 3);
+    }
+
+    #[tokio::test]
+    async fn unbounded_clear_removes_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut b = storage.batch();
+        for k in [&b"a"[..], b"m", b"z", b"zz"] {
+            b.put_data(k, b"v");
+        }
+        storage.write_relaxed(b).unwrap();
+        let mut b = storage.batch();
+        b.clear_data_range(b"m", None).unwrap();
+        storage.write_relaxed(b).unwrap();
+        let left = storage.scan_data(b"", None, 10).unwrap();
+        assert_eq!(left, vec![(b"a".to_vec(), b"v".to_vec())]);
+    }
+}

@@ -1,0 +1,285 @@
+//! geokv-tests: a harness that runs real `geokv` node processes on loopback,
+//! and the integration tests that use it (`tests/`).
+//!
+//! A [`TestCluster`] owns its processes and a temporary directory: nodes bind
+//! ports chosen by the OS, are killed with SIGKILL on demand (or on `Drop`),
+//! and restart on the same data directory. Waiting is always by polling a
+//! condition against a deadline (never a bare sleep): a loaded 2-core CI box
+//! may take seconds to elect a leader, and the tests must still pass.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use geokv_proto::admin::admin_client::AdminClient;
+use geokv_proto::admin::{GroupStatus, NodeStatusRequest, NodeStatusResponse};
+use geokv_proto::kv::kv_client::KvClient;
+use tonic::transport::Channel;
+
+/// Regions the harness labels its nodes with, in node order.
+pub const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
+
+/// How long the harness waits for a cluster condition before failing.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Settings passed to every node.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_every_entries: u64,
+    pub logs_kept_after_snapshot: u64,
+    pub split_points: Vec<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_every_entries: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            split_points: vec!["g".into(), "n".into(), "u".into()],
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node process of a test cluster.
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real `geokv` processes; killed on drop.
+pub struct TestCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+}
+
+/// Polls `cond` until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl TestCluster {
+    /// Starts `opts.nodes` nodes (regions cycle through [`REGIONS`]) of the
+    /// node binary at `binary` (integration tests pass
+    /// `env!("CARGO_BIN_EXE_geokv-node")`).
+    pub fn start(binary: impl Into<PathBuf>, opts: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
+        let addrs: Vec<String> = ids.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let members: Vec<String> = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(id, addr)| format!("{id}={addr}@{}", REGIONS[(*id as usize - 1) % REGIONS.len()]))
+            .collect();
+        let mut args = vec![
+            format!("--initial-cluster={}", members.join(",")),
+            format!("--heartbeat-interval-ms={}", opts.heartbeat_interval_ms),
+            format!("--election-timeout-min-ms={}", opts.election_timeout_min_ms),
+            format!("--election-timeout-max-ms={}", opts.election_timeout_max_ms),
+            format!("--snapshot-every-entries={}", opts.snapshot_every_entries),
+            format!("--logs-kept-after-snapshot={}", opts.logs_kept_after_snapshot),
+            format!("--split-points={}", opts.split_points.join(",")),
+            "--request-timeout-ms=5000".into(),
+        ];
+        args.extend(opts.extra_args);
+        let nodes = ids
+            .iter()
+            .zip(addrs)
+            .map(|(id, addr)| TestNode {
+                id: *id,
+                addr,
+                data_dir: dir.path().join(format!("node-{id}")),
+                log_path: dir.path().join(format!("node-{id}.log")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args };
+        for id in ids {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Starts (or restarts) node `id` on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        let args = self.args.clone();
+        let binary = self.binary.clone();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("node log file");
+        let child = Command::new(&binary)
+            .arg(format!("--node-id={id}"))
+            .arg(format!("--listen={}", node.addr))
+            .arg(format!("--data-dir={}", node.data_dir.display()))
+            .args(&args)
+            .env("RUST_LOG", std::env::var("GEOKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn geokv node");
+        node.child = Some(child);
+    }
+
+    /// SIGKILLs node `id` (no graceful shutdown: a crash).
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kill_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.into_iter().for_each(|id| self.kill(id));
+    }
+
+    /// The combined logs of every node (for failure messages).
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- node {} ---\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A raw Kv client for node `id` (no routing, no retries).
+    pub async fn kv(&self, id: u64) -> KvClient<Channel> {
+        KvClient::new(channel(&self.node(id).addr))
+    }
+
+    /// Node `id`'s status, or `None` if it does not answer.
+    pub async fn status(&self, id: u64) -> Option<NodeStatusResponse> {
+        let mut admin = AdminClient::new(channel(&self.node(id).addr));
+        let mut req = tonic::Request::new(NodeStatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        admin.node_status(req).await.ok().map(|r| r.into_inner()).filter(|s| s.ready)
+    }
+
+    /// Every running node's group status for `shard`, by node id.
+    pub async fn group_statuses(&self, shard: u64) -> BTreeMap<u64, GroupStatus> {
+        let mut out = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            if let Some(s) = self.status(n.id).await
+                && let Some(g) = s.groups.into_iter().find(|g| g.shard_id == shard)
+            {
+                out.insert(n.id, g);
+            }
+        }
+        out
+    }
+
+    /// Waits until `shard` has a leader among the running nodes that every
+    /// running replica agrees on, and returns its id.
+    pub async fn wait_leader(&self, shard: u64) -> u64 {
+        wait_for(&format!("a leader of shard {shard}"), DEFAULT_DEADLINE, || async {
+            let groups = self.group_statuses(shard).await;
+            let (leader_id, _) = groups.iter().find(|(_, g)| g.role == "leader")?;
+            let running = self.nodes.iter().filter(|n| n.is_running()).count();
+            let agree = groups.values().filter(|g| g.leader_id == *leader_id).count();
+            (groups.len() == running && agree == running).then_some(*leader_id)
+        })
+        .await
+    }
+
+    /// Waits until every shard (meta included) has an agreed leader.
+    pub async fn wait_all_leaders(&self) -> BTreeMap<u64, u64> {
+        let shards: Vec<u64> = wait_for("node status", DEFAULT_DEADLINE, || async {
+            let first = self.nodes.iter().find(|n| n.is_running())?;
+            let s = self.status(first.id).await?;
+            Some(s.groups.iter().map(|g| g.shard_id).collect())
+        })
+        .await;
+        let mut leaders = BTreeMap::new();
+        for shard in shards {
+            leaders.insert(shard, self.wait_leader(shard).await);
+        }
+        leaders
+    }
+
+    /// Waits until node `id` has applied shard `shard` up to `index`.
+    pub async fn wait_applied(&self, id: u64, shard: u64, index: u64) -> GroupStatus {
+        wait_for(&format!("node {id} to apply shard {shard} up to {index}"), DEFAULT_DEADLINE, || async {
+            let s = self.status(id).await?;
+            s.groups.into_iter().find(|g| g.shard_id == shard && g.applied_index >= index)
+        })
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs_tail(40));
+        }
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}

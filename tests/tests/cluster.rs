@@ -1,0 +1,337 @@
+//! Integration tests against real `geokv` processes.
+//!
+//! Each test starts its own 3-node cluster (regions us-east, us-west, eu-west)
+//! on loopback with split points g, n, u: data shards 1 = [.., g),
+//! 2 = [g, n), 3 = [n, u), 4 = [u, ..), plus the meta shard 0.
+
+use std::collections::BTreeMap;
+
+use geokv_proto::kv::{
+    self as pb, BatchRequest, CasRequest, Consistency, Expectation, GetRequest, PutRequest, ScanRequest, WriteSession,
+    expectation,
+};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
+use tonic::Code;
+
+/// Data shard owning keys starting with `h` (see the module doc).
+const SHARD_H: u64 = 2;
+
+/// Starts a cluster of this package's `geokv-node` binary.
+fn start(opts: ClusterOptions) -> TestCluster {
+    TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts)
+}
+
+fn put_req(key: &str, value: &str) -> PutRequest {
+    PutRequest { header: None, session: None, key: key.into(), value: value.into() }
+}
+
+fn get_req(key: &str, consistency: Consistency) -> GetRequest {
+    GetRequest { header: None, key: key.into(), consistency: consistency as i32 }
+}
+
+/// Writes through the leader of `shard`, re-finding it while leadership moves.
+async fn put_via_leader(c: &TestCluster, shard: u64, key: &str, value: &str) -> u64 {
+    wait_for(&format!("put {key}"), DEFAULT_DEADLINE, || async {
+        let leader = c.wait_leader(shard).await;
+        let mut kv = c.kv(leader).await;
+        kv.put(put_req(key, value)).await.ok().map(|r| r.into_inner().version)
+    })
+    .await
+}
+
+async fn stale_get(c: &TestCluster, node: u64, key: &str) -> Option<Vec<u8>> {
+    let mut kv = c.kv(node).await;
+    let resp = kv.get(get_req(key, Consistency::Stale)).await.expect("stale read").into_inner();
+    let read = resp.read.expect("read info");
+    assert_eq!(read.node_id, node, "a stale read is served by the node asked");
+    assert_eq!(read.served, Consistency::Stale as i32);
+    resp.kv.map(|kv| kv.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_leader_kill_restart_and_full_restart() {
+    let mut c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+
+    // Writes through every node (each client knows only one endpoint and is
+    // routed by the shard map and leader hints), across every shard.
+    for node in &c.nodes {
+        let client = geokv_client::Client::connect([node.addr.clone()]).await.expect("connect");
+        for prefix in ["a", "h", "p", "x"] {
+            for i in 0..5 {
+                let key = format!("{prefix}-{}-{i}", node.id);
+                let value = format!("v{i}-via-{}", node.id);
+                client.put(key.as_bytes(), value.as_bytes()).await.expect("put");
+                acked.insert(key, value);
+            }
+        }
+    }
+    let client = geokv_client::Client::connect(c.endpoints()).await.expect("connect");
+    for (k, v) in &acked {
+        let got = client.get(k.as_bytes()).await.expect("get").expect("present");
+        assert_eq!(got.value, v.as_bytes(), "key {k}");
+    }
+
+    // kill -9 the leader of shard 2: another node takes over, writes go on.
+    let old_leader = c.wait_leader(SHARD_H).await;
+    c.kill(old_leader);
+    let new_leader = c.wait_leader(SHARD_H).await;
+    assert_ne!(new_leader, old_leader);
+    for i in 0..10 {
+        for prefix in ["a", "h", "p", "x"] {
+            let key = format!("{prefix}-after-kill-{i}");
+            client.put(key.as_bytes(), b"later").await.expect("put after failover");
+            acked.insert(key, "later".into());
+        }
+    }
+
+    // The killed node restarts, catches up, and serves what it missed.
+    c.restart(old_leader);
+    c.wait_all_leaders().await;
+    for shard in 1..=4 {
+        let leader = c.wait_leader(shard).await;
+        let committed = c.group_statuses(shard).await[&leader].committed_index;
+        c.wait_applied(old_leader, shard, committed).await;
+    }
+    for (k, v) in &acked {
+        assert_eq!(stale_get(&c, old_leader, k).await.as_deref(), Some(v.as_bytes()), "restarted node, key {k}");
+    }
+
+    // Crash every node at once, restart: every acknowledged write is there.
+    c.kill_all();
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    c.wait_all_leaders().await;
+    let client = geokv_client::Client::connect(c.endpoints()).await.expect("connect");
+    for (k, v) in &acked {
+        let got = client.get(k.as_bytes()).await.expect("get after full restart").expect("present");
+        assert_eq!(got.value, v.as_bytes(), "after full restart, key {k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_is_restored_by_snapshot_after_log_purge() {
+    let opts = ClusterOptions { snapshot_every_entries: 20, logs_kept_after_snapshot: 0, ..ClusterOptions::default() };
+    let mut c = start(opts);
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let lagging = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    let lagging_last = c.group_statuses(SHARD_H).await[&lagging].last_log_index;
+    c.kill(lagging);
+
+    let mut written = Vec::new();
+    for i in 0..120 {
+        let key = format!("h-snap-{i:03}");
+        put_via_leader(&c, SHARD_H, &key, &format!("value-{i}")).await;
+        written.push(key);
+    }
+    // The log the lagging node would need is gone from the leader.
+    let leader = c.wait_leader(SHARD_H).await;
+    wait_for("the leader to purge its log past the lagging node", DEFAULT_DEADLINE, || async {
+        let g = c.group_statuses(SHARD_H).await.remove(&leader)?;
+        (g.purged_index > lagging_last + 20).then_some(())
+    })
+    .await;
+
+    c.restart(lagging);
+    let committed = c.group_statuses(SHARD_H).await[&leader].committed_index;
+    let status = c.wait_applied(lagging, SHARD_H, committed).await;
+    assert!(
+        status.snapshot_index > lagging_last,
+        "node {lagging} caught up through a snapshot (snapshot index {}, its log ended at {lagging_last})",
+        status.snapshot_index
+    );
+    for (i, key) in written.iter().enumerate() {
+        let expected = format!("value-{i}");
+        assert_eq!(stale_get(&c, lagging, key).await.as_deref(), Some(expected.as_bytes()), "key {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    let mut c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let key = "h-exactly-once";
+    let session = |sequence, first_incomplete| Some(WriteSession { client_id: 77, sequence, first_incomplete });
+    // "Create if absent": applying it twice would find the key present and fail.
+    let create = |sequence| BatchRequest {
+        header: None,
+        session: session(sequence, 1),
+        conditions: vec![pb::Condition {
+            key: key.into(),
+            expected: Some(Expectation { expect: Some(expectation::Expect::Absent(true)) }),
+        }],
+        ops: vec![pb::BatchOp {
+            op: Some(pb::batch_op::Op::Put(pb::batch_op::Put { key: key.into(), value: b"first".to_vec() })),
+        }],
+    };
+    let leader = c.wait_leader(SHARD_H).await;
+    let mut kv = c.kv(leader).await;
+    let first = kv.batch(create(1)).await.expect("first attempt").into_inner();
+    assert!(first.applied);
+    let retry = kv.batch(create(1)).await.expect("retry").into_inner();
+    assert_eq!((retry.applied, retry.version), (true, first.version), "the retry returns the first result");
+    let fresh = kv.batch(create(2)).await.expect("a new write").into_inner();
+    assert!(!fresh.applied, "a new sequence is a new write: the key exists now");
+
+    // The session lives in the replicated state machine: a new leader answers
+    // the retry the same way.
+    c.kill(leader);
+    let new_leader = c.wait_leader(SHARD_H).await;
+    let mut kv = c.kv(new_leader).await;
+    let retry = wait_for("the retry at the new leader", DEFAULT_DEADLINE, || {
+        let mut kv = kv.clone();
+        async move { kv.batch(create(1)).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    assert_eq!((retry.applied, retry.version), (true, first.version));
+    let got = kv.get(get_req(key, Consistency::Linearizable)).await.expect("get").into_inner().kv.expect("present");
+    assert_eq!((got.value.as_slice(), got.version), (&b"first"[..], first.version));
+
+    // Results below first_incomplete are forgotten: their retry is refused as
+    // unknown, never re-applied.
+    let put = |sequence, first_incomplete| PutRequest {
+        session: session(sequence, first_incomplete),
+        ..put_req(key, "later")
+    };
+    kv.put(put(5, 5)).await.expect("put seq 5");
+    let err = kv.put(put(3, 5)).await.expect_err("seq 3 is below first_incomplete");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("session"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_cross_shards_in_key_order_with_paging() {
+    let c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let client = geokv_client::Client::connect(c.endpoints()).await.expect("connect");
+    let mut expected = Vec::new();
+    for first in b'a'..=b'z' {
+        for i in 0..4 {
+            let key = format!("{}{i:02}", first as char);
+            client.put(key.as_bytes(), key.as_bytes()).await.expect("put");
+            expected.push(key);
+        }
+    }
+    expected.sort();
+
+    // Through the client: the whole key space, every shard, in order.
+    let all = client.scan(..).await.expect("scan");
+    let keys: Vec<String> = all.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+    assert_eq!(keys, expected);
+    let some = client.scan(b"f".to_vec()..b"p".to_vec()).limit(10).await.expect("bounded scan");
+    let keys: Vec<String> = some.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+    let want: Vec<String> = expected.iter().filter(|k| k.as_str() >= "f").take(10).cloned().collect();
+    assert_eq!(keys, want);
+
+    // Raw pages of 7 following resume keys: same result, no gaps, no repeats,
+    // each page within one shard.
+    let mut pages = 0;
+    let mut got = Vec::new();
+    let mut start = Vec::new();
+    loop {
+        let leader = c.wait_leader(shard_of(&start)).await;
+        let mut kv = c.kv(leader).await;
+        let req = ScanRequest { header: None, start: start.clone(), end: Vec::new(), limit: 7, consistency: 0 };
+        let page = kv.scan(req).await.expect("scan page").into_inner();
+        assert!(page.kvs.len() <= 7);
+        got.extend(page.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()));
+        pages += 1;
+        if !page.more {
+            break;
+        }
+        assert!(page.resume_key > start, "resume key moves forward");
+        start = page.resume_key;
+    }
+    assert_eq!(got, expected);
+    assert!(pages >= 104 / 7, "{pages} pages");
+}
+
+fn shard_of(key: &[u8]) -> u64 {
+    match key.first() {
+        None => 1,
+        Some(b) if *b < b'g' => 1,
+        Some(b) if *b < b'n' => 2,
+        Some(b) if *b < b'u' => 3,
+        _ => 4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_precisely_and_nothing_is_half_applied() {
+    let c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let mut kv = c.kv(leader).await;
+    let code = |r: Result<tonic::Response<pb::WriteResponse>, tonic::Status>| r.expect_err("must be refused").code();
+
+    assert_eq!(code(kv.put(put_req("", "v")).await), Code::InvalidArgument);
+    assert_eq!(code(kv.put(put_req(&"h".repeat(4097), "v")).await), Code::InvalidArgument);
+    let big = PutRequest { value: vec![0; 1024 * 1024 + 1], ..put_req("h-big", "") };
+    let err = kv.put(big).await.expect_err("oversized value");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("max_value_bytes"), "{}", err.message());
+
+    let inverted = ScanRequest { header: None, start: b"m".to_vec(), end: b"h".to_vec(), limit: 0, consistency: 0 };
+    assert_eq!(kv.scan(inverted).await.expect_err("inverted").code(), Code::InvalidArgument);
+
+    // A batch across shards is refused whole: neither key is written.
+    let put_op = |k: &str| pb::BatchOp {
+        op: Some(pb::batch_op::Op::Put(pb::batch_op::Put { key: k.into(), value: b"x".to_vec() })),
+    };
+    let cross =
+        BatchRequest { header: None, session: None, conditions: vec![], ops: vec![put_op("h-one"), put_op("z-two")] };
+    let err = kv.batch(cross).await.expect_err("cross-shard batch");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let oversized = BatchRequest {
+        header: None,
+        session: None,
+        conditions: vec![],
+        ops: (0..200).map(|i| put_op(&format!("h{i}"))).collect(),
+    };
+    assert_eq!(kv.batch(oversized).await.expect_err("oversized batch").code(), Code::InvalidArgument);
+    for k in ["h-one", "z-two", "h-big", "h0"] {
+        let leader = c.wait_leader(shard_of(k.as_bytes())).await;
+        let got = c.kv(leader).await.get(get_req(k, Consistency::Linearizable)).await.expect("get").into_inner();
+        assert!(got.kv.is_none(), "{k} must not exist");
+    }
+
+    // Stale routing: a request naming the wrong shard gets the right one back.
+    let misrouted = PutRequest { header: Some(pb::RequestHeader { shard_id: 3, epoch: 1 }), ..put_req("h-x", "v") };
+    let err = kv.put(misrouted).await.expect_err("wrong shard");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let detail = <pb::ErrorDetail as prost::Message>::decode(err.details()).expect("detail");
+    match detail.kind {
+        Some(pb::error_detail::Kind::WrongShard(w)) => assert_eq!(w.current.expect("current").shard_id, SHARD_H),
+        other => panic!("expected WrongShard, got {other:?}"),
+    }
+
+    // A follower refuses a write with a hint naming the leader.
+    let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let err = c.kv(follower).await.put(put_req("h-y", "v")).await.expect_err("follower");
+    let detail = <pb::ErrorDetail as prost::Message>::decode(err.details()).expect("detail");
+    match detail.kind {
+        Some(pb::error_detail::Kind::NotLeader(n)) => {
+            assert_eq!(n.leader_id, leader);
+            assert_eq!(n.leader_addr, c.node(leader).addr);
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+
+    // A CAS whose expectation fails is an answer, not an error.
+    kv.put(put_req("h-cas", "one")).await.expect("put");
+    let cas = |expected: &str, new: &str| CasRequest {
+        header: None,
+        session: None,
+        key: b"h-cas".to_vec(),
+        expected: Some(Expectation { expect: Some(expectation::Expect::Value(expected.into())) }),
+        new_value: Some(new.into()),
+    };
+    let miss = kv.compare_and_swap(cas("zero", "two")).await.expect("cas").into_inner();
+    assert!(!miss.swapped);
+    assert_eq!(miss.current.expect("current").value, b"one");
+    let hit = kv.compare_and_swap(cas("one", "two")).await.expect("cas").into_inner();
+    assert!(hit.swapped);
+}
