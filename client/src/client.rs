@@ -515,7 +515,7 @@ impl Client {
                 Failure::NotSent(_) => {
                     self.forget_leader(shard.shard_id, &target.addr);
                 }
-                Failure::Unavailable(_) | Failure::MaybeProcessed(_) => {}
+                Failure::Declined(_) | Failure::Unavailable(_) | Failure::MaybeProcessed(_) => {}
                 // The leader proposed the write and lost track of it; it is
                 // the best place to ask again (with the same session), and if
                 // it lost leadership it will name the new leader.

@@ -24,7 +24,9 @@ pub struct ClientConfig {
     /// Seed nodes, `host:port`. Any one reachable node is enough: the rest of
     /// the cluster is learned from its shard map.
     pub endpoints: Vec<String>,
-    /// Most RPCs one operation may send, retries included (default 10).
+    /// Most RPCs one operation may send, retries included (default 40: with
+    /// the default backoff this outlasts a WAN election, so the deadline is
+    /// the bound that normally ends a retry loop).
     pub max_attempts: u32,
     /// Total time one operation may take, retries and backoff included
     /// (default 10 s).
@@ -60,7 +62,7 @@ impl ClientConfig {
     {
         ClientConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
-            max_attempts: 10,
+            max_attempts: 40,
             deadline: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),

@@ -110,8 +110,12 @@ pub(crate) enum Failure {
     InvalidArgument(String),
     /// The connection could not be established: the request was never sent.
     NotSent(String),
-    /// `Unavailable` after the request may have been sent (the server said
-    /// so, or the connection broke). Retry elsewhere.
+    /// The server itself answered `Unavailable` (starting, no quorum for a
+    /// read, shutting down). geokv nodes answer so only before proposing
+    /// anything, so nothing was applied. Retry elsewhere.
+    Declined(String),
+    /// `Unavailable` made up by the transport after the request may have been
+    /// sent (the connection broke). Retry elsewhere.
     Unavailable(String),
     /// Timeout, cancellation, unknown or internal error: the request may
     /// have been processed. Retry (writes with the same session).
@@ -135,6 +139,7 @@ impl Failure {
             | Failure::WrongShard { .. }
             | Failure::InvalidArgument(_)
             | Failure::NotSent(_)
+            | Failure::Declined(_)
             | Failure::Rejected { .. }
             | Failure::NoRoute(_) => false,
         }
@@ -164,7 +169,7 @@ impl Failure {
             }
             Failure::InvalidArgument(message) => message.clone(),
             Failure::NotSent(message) => format!("could not connect: {message}"),
-            Failure::Unavailable(message) => format!("unavailable: {message}"),
+            Failure::Declined(message) | Failure::Unavailable(message) => format!("unavailable: {message}"),
             Failure::MaybeProcessed(message) => message.clone(),
             Failure::Rejected { code, message } => format!("{code:?}: {message}"),
             Failure::NoRoute(message) => message.clone(),
@@ -191,6 +196,8 @@ pub(crate) fn classify(status: &Status) -> Failure {
         Code::InvalidArgument => Failure::InvalidArgument(message),
         Code::FailedPrecondition if message.starts_with("session") => Failure::SessionForgotten(message),
         Code::Unavailable if was_connecting(status) => Failure::NotSent(message),
+        // No transport error behind it: the node itself said so.
+        Code::Unavailable if std::error::Error::source(status).is_none() => Failure::Declined(message),
         Code::Unavailable => Failure::Unavailable(message),
         Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::DataLoss => {
             Failure::MaybeProcessed(format!("{:?}: {message}", status.code()))
@@ -315,7 +322,8 @@ mod tests {
         let cases = [
             (Code::InvalidArgument, "empty key", false),
             (Code::FailedPrecondition, "session 9 is below first_incomplete 12", true),
-            (Code::Unavailable, "node is starting", true),
+            // The node said so itself: it declines before proposing anything.
+            (Code::Unavailable, "node is starting", false),
             (Code::Unknown, "boom", true),
             (Code::Internal, "boom", true),
             (Code::DeadlineExceeded, "slow", true),
