@@ -377,6 +377,15 @@ impl Admin for Node {
             .collect();
         Ok(Response::new(NodeStatusResponse { node, ready: true, groups, uptime_ms: 1234 }))
     }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<admin_pb::TransferLeaderRequest>,
+    ) -> Result<Response<admin_pb::TransferLeaderResponse>, Status> {
+        let req = req.into_inner();
+        self.state.lock().unwrap().leaders.insert(req.shard_id, req.to_node);
+        Ok(Response::new(admin_pb::TransferLeaderResponse {}))
+    }
 }
 
 /// Nodes 1..=`running` serve; node `running + 1` (if `with_dead_node`) is in

@@ -62,6 +62,9 @@ struct NodeArgs {
     /// IP:PORT for the Prometheus /metrics endpoint.
     #[arg(long, env = "GEOKV_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Local IP to connect to peers from (the lab uses one per node).
+    #[arg(long, env = "GEOKV_OUTGOING_IP")]
+    outgoing_ip: Option<String>,
     #[arg(long, env = "GEOKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Every initial member as ID=HOST:PORT@REGION[/ZONE], comma-separated;
@@ -106,6 +109,7 @@ impl NodeArgs {
             c.node_id => self.node_id,
             c.listen => self.listen,
             c.metrics_listen => self.metrics_listen,
+            c.outgoing_ip => self.outgoing_ip,
             c.data_dir => self.data_dir,
             c.split_points => self.split_points,
             c.replication_factor => self.replication_factor,
@@ -189,14 +193,24 @@ fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16) -> Vec<Config> {
 
 /// Entry point of the `geokv` binary.
 pub fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    main_from(std::env::args_os())
 }
 
-async fn run() -> anyhow::Result<()> {
+/// Runs `geokv` with the given command line (the first item is the program
+/// name), e.g. from a launcher that embeds the node.
+pub fn main_from<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
         .init();
-    let cli = Cli::parse();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
     let on_signal = stop_tx.clone();

@@ -136,6 +136,10 @@ pub struct Config {
     pub listen: String,
     /// Address to bind the Prometheus `/metrics` HTTP endpoint; empty: off.
     pub metrics_listen: String,
+    /// Local IP that connections to peers are made from; empty: the OS
+    /// chooses. The lab gives each node its own loopback IP so that its
+    /// WAN emulator can tell which node a connection comes from.
+    pub outgoing_ip: String,
     pub data_dir: PathBuf,
     /// Every member of the initial cluster. Identical on every node: the
     /// initial shard map is computed from it.
@@ -154,6 +158,7 @@ impl Default for Config {
             node_id: 1,
             listen: "127.0.0.1:7001".into(),
             metrics_listen: String::new(),
+            outgoing_ip: String::new(),
             data_dir: PathBuf::from("geokv-data"),
             initial_cluster: Vec::new(),
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
@@ -206,6 +211,11 @@ impl Config {
             self.metrics_listen
                 .parse::<SocketAddr>()
                 .map_err(|e| invalid("metrics_listen", format!("{:?} is not IP:PORT: {e}", self.metrics_listen)))?;
+        }
+        if !self.outgoing_ip.is_empty() {
+            self.outgoing_ip
+                .parse::<std::net::IpAddr>()
+                .map_err(|e| invalid("outgoing_ip", format!("{:?} is not an IP address: {e}", self.outgoing_ip)))?;
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must be set"));

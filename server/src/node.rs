@@ -90,6 +90,7 @@ impl Node {
             keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
             keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
             snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
+            local_ip: self.config.outgoing_ip.parse().ok(),
         });
         let limits = SessionLimits {
             ttl_ms: self.config.limits.session_ttl_ms,

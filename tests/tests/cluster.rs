@@ -335,3 +335,29 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_applied() {
     let hit = kv.compare_and_swap(cas("one", "two")).await.expect("cas").into_inner();
     assert!(hit.swapped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_on_request() {
+    let c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let target = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let mut admin = geokv_proto::admin::admin_client::AdminClient::connect(format!("http://{}", c.node(leader).addr))
+        .await
+        .expect("admin");
+    let req = geokv_proto::admin::TransferLeaderRequest { shard_id: SHARD_H, to_node: target };
+    admin.transfer_leader(req).await.expect("transfer requested");
+    wait_for(&format!("node {target} to lead shard {SHARD_H}"), DEFAULT_DEADLINE, || async {
+        (c.wait_leader(SHARD_H).await == target).then_some(())
+    })
+    .await;
+    // A node that does not lead the shard refuses, saying so.
+    let mut admin = geokv_proto::admin::admin_client::AdminClient::connect(format!("http://{}", c.node(leader).addr))
+        .await
+        .expect("admin");
+    let err = admin
+        .transfer_leader(geokv_proto::admin::TransferLeaderRequest { shard_id: SHARD_H, to_node: leader })
+        .await
+        .expect_err("not the leader any more");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}

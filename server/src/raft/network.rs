@@ -48,6 +48,8 @@ pub struct PeerTimeouts {
     pub keepalive_timeout: Duration,
     /// Bound on sending a whole snapshot.
     pub snapshot: Duration,
+    /// Local IP to connect from (`None`: the OS chooses).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 /// The node's channels to its peers, one per address.
@@ -75,6 +77,7 @@ impl Peers {
             .keep_alive_timeout(t.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true)
+            .local_address(t.local_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         channel

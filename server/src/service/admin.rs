@@ -5,6 +5,7 @@ use std::sync::Arc;
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     GetShardMapRequest, GroupStatus, NodeInfo, NodeStatusRequest, NodeStatusResponse, ShardMap as PbShardMap,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -89,5 +90,26 @@ impl Admin for AdminService {
             groups,
             uptime_ms: self.node.uptime().as_millis() as u64,
         }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let TransferLeaderRequest { shard_id, to_node } = req.into_inner();
+        let raft = self
+            .node
+            .group(shard_id)
+            .await
+            .ok_or_else(|| Status::not_found(format!("this node hosts no replica of shard {shard_id}")))?;
+        if !raft.is_leader() {
+            return Err(Status::failed_precondition(format!("this node does not lead shard {shard_id}")));
+        }
+        if !raft.voter_ids().any(|v| v == to_node) {
+            return Err(Status::invalid_argument(format!("node {to_node} is not a voter of shard {shard_id}")));
+        }
+        raft.trigger().transfer_leader(to_node).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(shard = shard_id, to_node, "leadership transfer requested");
+        Ok(Response::new(TransferLeaderResponse {}))
     }
 }
