@@ -39,6 +39,10 @@ use crate::service;
 use crate::shards::{META_SHARD_ID, ShardDesc, ShardMap};
 use crate::storage::Storage;
 
+/// How long a stopping node lets in-flight requests finish before it drops
+/// the connections that are still open.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -234,6 +238,7 @@ pub async fn serve(
     });
     let startup_error = Arc::new(std::sync::Mutex::new(None));
     let slot = startup_error.clone();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         tokio::select! {
             _ = shutdown => {}
@@ -242,10 +247,25 @@ pub async fn serve(
                 *slot.lock().expect("startup error slot") = Some(e);
             }
         }
+        let _ = stopping_tx.send(());
     };
     tracing::info!(node = node.config.node_id, addr = %local, "serving gRPC");
     let router = service::router(node.clone());
-    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await?;
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    // Graceful shutdown waits for every connection to close, but peers keep
+    // theirs open (replication streams, keep-alive): after a grace period
+    // the remaining connections are dropped.
+    let grace = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = grace => tracing::info!(node = node.config.node_id, "grace period over; closing remaining connections"),
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -180,6 +180,23 @@ impl TestCluster {
         }
     }
 
+    /// Sends SIGTERM to node `id` and waits (bounded) for it to exit;
+    /// returns its exit status, or `None` if it had to be killed.
+    pub fn terminate(&mut self, id: u64, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.node_mut(id).child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     pub fn kill_all(&mut self) {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         ids.into_iter().for_each(|id| self.kill(id));

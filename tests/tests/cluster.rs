@@ -5,6 +5,7 @@
 //! 2 = [g, n), 3 = [n, u), 4 = [u, ..), plus the meta shard 0.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use geokv_proto::kv::{
     self as pb, BatchRequest, CasRequest, Consistency, Expectation, GetRequest, PutRequest, ScanRequest, WriteSession,
@@ -360,4 +361,23 @@ async fn leadership_moves_on_request() {
         .await
         .expect_err("not the leader any more");
     assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_while_its_peers_stay_connected() {
+    let mut c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    put_via_leader(&c, SHARD_H, "h-before-stop", "v").await;
+    // Peers hold replication streams to it; shutdown must not wait on them forever.
+    let status = c.terminate(leader, Duration::from_secs(20)).expect("the node exits on SIGTERM within 20 s");
+    assert!(status.success(), "clean exit, got {status:?}");
+    c.restart(leader);
+    c.wait_leader(SHARD_H).await;
+    let got = wait_for("a read after restart", DEFAULT_DEADLINE, || async {
+        let leader = c.wait_leader(SHARD_H).await;
+        c.kv(leader).await.get(get_req("h-before-stop", Consistency::Linearizable)).await.ok()
+    })
+    .await;
+    assert_eq!(got.into_inner().kv.expect("present").value, b"v");
 }
