@@ -89,10 +89,23 @@ struct SnapshotPayload {
     shard_map: Option<Vec<u8>>,
 }
 
+/// The most results one client session keeps (its writes in flight). When
+/// a client exceeds it, its oldest result is forgotten as if the client had
+/// moved `first_incomplete` past it: a retry of it is refused, never re-applied.
+const MAX_SAVED_RESULTS_PER_SESSION: usize = 4096;
+
+/// Per (shard, client) session state.
+///
+/// Invariants: `saved` is sorted, holds no sequence below `first_incomplete`,
+/// at most [`MAX_SAVED_RESULTS_PER_SESSION`] entries, and names exactly the
+/// result records stored for this client (so they can be deleted one by one:
+/// RocksDB range deletions on this hot path would make every read pay for
+/// the accumulated tombstones).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct SessionHeader {
     first_incomplete: u64,
     last_active_ms: u64,
+    saved: Vec<u64>,
 }
 
 fn header_key(client_id: u64) -> [u8; 8] {
@@ -111,7 +124,8 @@ fn result_key(client_id: u64, sequence: u64) -> [u8; 16] {
 #[derive(Default)]
 struct Overlay {
     data: HashMap<Vec<u8>, Option<Record>>,
-    sessions: HashMap<Vec<u8>, Vec<u8>>,
+    /// `None`: deleted in this run.
+    sessions: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl ShardStateMachine {
@@ -153,7 +167,7 @@ impl ShardStateMachine {
 
     fn read_session(&self, key: &[u8], overlay: &Overlay) -> io::Result<Option<Vec<u8>>> {
         if let Some(v) = overlay.sessions.get(key) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
         Ok(self.storage.get_session(self.shard, key)?)
     }
@@ -229,25 +243,29 @@ impl ShardStateMachine {
             let rk = result_key(s.client_id, s.sequence);
             let saved = encode(&result);
             batch.put_session(self.shard, &rk, &saved);
-            overlay.sessions.insert(rk.to_vec(), saved);
-            let previous: SessionHeader = self
+            overlay.sessions.insert(rk.to_vec(), Some(saved));
+            let mut header: SessionHeader = self
                 .read_session(&header_key(s.client_id), overlay)?
                 .map(|b| decode(&b))
                 .transpose()?
                 .unwrap_or_default();
-            let header = SessionHeader {
-                first_incomplete: previous.first_incomplete.max(s.first_incomplete),
-                last_active_ms: previous.last_active_ms.max(cmd.proposed_at_ms),
-            };
-            if header.first_incomplete > previous.first_incomplete {
-                let from = result_key(s.client_id, 0);
-                let to = result_key(s.client_id, header.first_incomplete);
-                batch.delete_session_range(self.shard, &from, &to);
-                overlay.sessions.retain(|k, _| !(k.as_slice() >= &from[..] && k.as_slice() < &to[..]));
+            header.last_active_ms = header.last_active_ms.max(cmd.proposed_at_ms);
+            header.first_incomplete = header.first_incomplete.max(s.first_incomplete);
+            if let Err(at) = header.saved.binary_search(&s.sequence) {
+                header.saved.insert(at, s.sequence);
+            }
+            if header.saved.len() > MAX_SAVED_RESULTS_PER_SESSION {
+                header.first_incomplete = header.first_incomplete.max(header.saved[0] + 1);
+            }
+            let keep_from = header.saved.partition_point(|seq| *seq < header.first_incomplete);
+            for seq in header.saved.drain(..keep_from) {
+                let key = result_key(s.client_id, seq);
+                batch.delete_session(self.shard, &key);
+                overlay.sessions.insert(key.to_vec(), None);
             }
             let encoded = encode(&header);
             batch.put_session(self.shard, &header_key(s.client_id), &encoded);
-            overlay.sessions.insert(header_key(s.client_id).to_vec(), encoded);
+            overlay.sessions.insert(header_key(s.client_id).to_vec(), Some(encoded));
         }
         Ok(result)
     }
@@ -337,8 +355,10 @@ impl ShardStateMachine {
             let header: SessionHeader = decode(&value)?;
             if header.last_active_ms.saturating_add(self.limits.ttl_ms) < now_ms {
                 let client = u64::from_be_bytes(key[..8].try_into().expect("8-byte session header key"));
-                // The header (8-byte key) sorts first, its results after it.
-                batch.delete_session_range(self.shard, &header_key(client), &header_key(client + 1));
+                for seq in header.saved {
+                    batch.delete_session(self.shard, &result_key(client, seq));
+                }
+                batch.delete_session(self.shard, &header_key(client));
                 dropped += 1;
             }
         }
@@ -560,6 +580,22 @@ mod tests {
         assert!(sm.storage.get_session(2, &header_key(5)).unwrap().is_none());
         assert!(sm.storage.get_session(2, &result_key(5, 2)).unwrap().is_none());
         assert!(sm.storage.get_session(2, &header_key(6)).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_session_keeps_a_bounded_number_of_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        // A client that never reports progress (first_incomplete stays 1).
+        let s = |sequence| Session { client_id: 4, sequence, first_incomplete: 1 };
+        let n = MAX_SAVED_RESULTS_PER_SESSION as u64 + 2;
+        let run: Vec<Entry> = (1..=n).map(|i| write(i, s(i), 1000, vec![], vec![put("h1", "v")])).collect();
+        sm.apply_run(&run).await.unwrap();
+        let r = sm.apply_run(&[write(n + 1, s(1), 1000, vec![], vec![put("h1", "again")])]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Rejected(Rejection::SessionExpired { client_id: 4, sequence: 1 }));
+        assert!(sm.storage.get_session(2, &result_key(4, 2)).unwrap().is_none());
+        let r = sm.apply_run(&[write(n + 2, s(n), 1000, vec![], vec![put("h1", "again")])]).await.unwrap();
+        assert_eq!(outcome(&r[0]).version, n, "recent results are still answered");
     }
 
     #[tokio::test]

@@ -380,9 +380,8 @@ impl Batch<'_> {
         self.wb.put_cf(self.storage.cf(CF_SESSIONS), prefixed(shard, session_key), value);
     }
 
-    /// Deletes session records of `shard` with keys in `[from, to)`.
-    pub fn delete_session_range(&mut self, shard: u64, from: &[u8], to: &[u8]) {
-        self.wb.delete_range_cf(self.storage.cf(CF_SESSIONS), prefixed(shard, from), prefixed(shard, to));
+    pub fn delete_session(&mut self, shard: u64, session_key: &[u8]) {
+        self.wb.delete_cf(self.storage.cf(CF_SESSIONS), prefixed(shard, session_key));
     }
 
     /// Deletes every session record of `shard`.
