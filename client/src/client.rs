@@ -614,6 +614,7 @@ impl Client {
             .map_err(|err| Failure::NotSent(format!("bad node address {addr:?}: {err}")))?
             .connect_timeout(config.connect_timeout.min(config.rpc_timeout))
             .tcp_nodelay(true)
+            .local_address(config.local_address)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
         let channel = endpoint.connect_lazy();

@@ -1,6 +1,7 @@
 //! Client configuration: where to find the cluster, and the limits on every
 //! retry loop.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::{Client, Error};
@@ -45,6 +46,9 @@ pub struct ClientConfig {
     /// Pairs per scan page asked of the server; 0 lets the server choose
     /// (default 0).
     pub scan_page_limit: u32,
+    /// Local IP every connection is made from (default: none, the OS
+    /// chooses). The lab tells client regions apart by this source address.
+    pub local_address: Option<IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +73,7 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             scan_page_limit: 0,
+            local_address: None,
         }
     }
 
@@ -106,6 +111,12 @@ impl ClientConfig {
     /// Sets [`ClientConfig::scan_page_limit`].
     pub fn scan_page_limit(mut self, scan_page_limit: u32) -> Self {
         self.scan_page_limit = scan_page_limit;
+        self
+    }
+
+    /// Sets [`ClientConfig::local_address`].
+    pub fn local_address(mut self, local_address: Option<IpAddr>) -> Self {
+        self.local_address = local_address;
         self
     }
 

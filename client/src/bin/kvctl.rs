@@ -64,6 +64,11 @@ struct Cli {
     )]
     endpoints: Vec<String>,
 
+    /// Local IP to connect from (the lab tells client regions apart by it;
+    /// `geokv-lab up` prints the one for each region).
+    #[arg(long, global = true, env = "GEOKV_SOURCE_IP")]
+    source_ip: Option<std::net::IpAddr>,
+
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -309,7 +314,8 @@ async fn connect(cli: &Cli) -> Result<Client, String> {
     let deadline = Duration::from_millis(cli.timeout_ms);
     let config = ClientConfig::new(cli.endpoints.iter().map(|e| e.trim().to_string()))
         .deadline(deadline)
-        .rpc_timeout(deadline.min(RPC_TIMEOUT_MAX));
+        .rpc_timeout(deadline.min(RPC_TIMEOUT_MAX))
+        .local_address(cli.source_ip);
     match config.connect().await {
         Ok(client) => Ok(client),
         Err(Error::Unavailable { cause, .. }) => Err(format!("{cause}; {START_CLUSTER_HINT}")),
