@@ -1,0 +1,243 @@
+//! The `geokv-jepsen` command line. Today: `check`, the offline checker.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::checker::{CheckConfig, check_keys};
+use crate::edn::{EdnOptions, read_edn};
+use crate::error::Error;
+use crate::history::{History, read_jsonl};
+use crate::register::register_operations;
+use crate::report::{Report, ReportVerdict, Source, render_text, report_verdict};
+use crate::staleness::relax_bounded_staleness;
+use crate::timeline;
+
+/// Exit code for a malformed or unreadable history (the same code as
+/// INCONCLUSIVE: either way there is no evidence to pass).
+pub const EXIT_MALFORMED: i32 = 3;
+/// Exit code for a command-line usage error (sysexits' EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// Histories larger than this are refused rather than read into memory.
+pub const MAX_HISTORY_BYTES: u64 = 2 << 30;
+
+const LONG_ABOUT: &str = "\
+geokv's Jepsen-style harness. `check` decides whether a recorded history of
+register operations (read, write, compare-and-swap) is linearizable.
+
+LINEARIZABLE means: there is one order of all the operations that took effect
+such that (1) each operation appears to take effect at a single instant
+between its invoke and its completion, and (2) every result agrees with a
+single register going through that order (a read returns the last value
+written; a CAS succeeds exactly when the register holds its expected value).
+Operations whose time intervals overlap — even just touch — may be ordered
+either way; one that completed before another was invoked must come first.
+Each key is an independent register and is checked on its own.
+
+OUTCOMES: `ok` happened with the reported result. `fail` definitely did not
+happen (a failed read observed nothing). `info` means UNKNOWN: the client gave
+up (timeout, lost connection) and the operation may have taken effect at any
+time after its invoke — even long after the client gave up — or never; the
+checker tries both. A process that got an `info` never invokes again. An
+invoke with no completion at the end of the history counts as `info`.
+
+VERDICTS (exit codes): 0 VALID — no anomaly found (never a proof of
+correctness; the report says \"no anomaly found in N operations\"). 1 INVALID —
+with a witness: the longest linearizable prefix the search found, the
+operation that cannot be placed after it, and the operations concurrent with
+it. 2 UNKNOWN — a key's search ran out of its time or memory budget; never
+reported as a pass. 3 INCONCLUSIVE — nothing invalid, but no ok read to judge
+(or the history is malformed: a parse error names its line). 64 — usage error.
+
+The search is Wing & Gong's with Lowe's memoization, as in Porcupine.";
+
+const CHECK_ABOUT: &str = "\
+Check a history file offline.
+
+FILE is JSON Lines (one event per line, as the harness records it:
+{\"process\":0,\"type\":\"invoke\",\"f\":\"cas\",\"key\":\"k\",\"value\":[1,2],\"time\":1000})
+or a Jepsen/Knossos EDN cas-register history
+({:process 0, :type :invoke, :f :cas, :value [1 2]}; single key, register starts
+as nil; without :time the order of lines is the real-time order; a :fail CAS ran
+and found a value other than the expected one, see --edn-fail-cas).";
+
+#[derive(Debug, Parser)]
+#[command(name = "geokv-jepsen", version, about = "geokv's Jepsen-style harness: linearizability checking of histories", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(about = "Check a history file offline", long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// By extension (.edn, .jsonl/.json), else by the first characters.
+    Auto,
+    Jsonl,
+    Edn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FailCas {
+    /// A :fail CAS ran and its comparison did not hold (Jepsen's etcd client, Porcupine).
+    Mismatch,
+    /// A :fail CAS did not happen at all (Knossos).
+    NoOp,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The history file.
+    file: PathBuf,
+    /// The history's format.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    format: Format,
+    /// Seconds one key's search may take before that key is UNKNOWN.
+    #[arg(long, default_value_t = 10)]
+    time_limit_s: u64,
+    /// MiB one key's memo may use before that key is UNKNOWN.
+    #[arg(long, default_value_t = 256)]
+    cache_limit_mb: usize,
+    /// Keys checked in parallel (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Keep checking the other keys after one is invalid.
+    #[arg(long)]
+    all_keys: bool,
+    /// Check reads that report `staleness_bound_ms` = d as if invoked d earlier
+    /// (bounded-staleness reads; see the crate docs).
+    #[arg(long)]
+    relax_bounded_staleness: bool,
+    /// What an EDN `:fail` CAS means.
+    #[arg(long, value_enum, default_value_t = FailCas::Mismatch)]
+    edn_fail_cas: FailCas,
+    /// Print report.json to stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write report.json and timeline.html into this directory (created if missing).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn run(args: Vec<OsString>, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => EXIT_USAGE,
+            };
+            let text = e.render().ansi().to_string();
+            let _ = if code == 0 { write!(stdout, "{text}") } else { write!(stderr, "{text}") };
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Check(args) => check(args, stdout, stderr),
+    }
+}
+
+fn detect_format(path: &Path, text: &str) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("edn") => return Format::Edn,
+        Some("jsonl" | "json" | "ndjson") => return Format::Jsonl,
+        _ => {}
+    }
+    let mut chars = text.chars().filter(|c| !c.is_whitespace() && *c != ',');
+    match (chars.next(), chars.next()) {
+        (Some('['), _) | (Some('{'), Some(':')) | (Some(';'), _) => Format::Edn,
+        _ => Format::Jsonl,
+    }
+}
+
+fn read_history(args: &CheckArgs) -> Result<(History, Format), Error> {
+    let io = |source| Error::Io { path: args.file.clone(), source };
+    let size = std::fs::metadata(&args.file).map_err(io)?.len();
+    if size > MAX_HISTORY_BYTES {
+        let message = format!("history is {size} bytes, over the {MAX_HISTORY_BYTES} byte limit");
+        return Err(io(std::io::Error::other(message)));
+    }
+    let text = std::fs::read_to_string(&args.file).map_err(io)?;
+    let format = match args.format {
+        Format::Auto => detect_format(&args.file, &text),
+        other => other,
+    };
+    let history = match format {
+        Format::Edn => read_edn(&text, EdnOptions { fail_cas_is_mismatch: args.edn_fail_cas == FailCas::Mismatch })?,
+        Format::Jsonl | Format::Auto => read_jsonl(&text)?,
+    };
+    Ok((history, format))
+}
+
+fn check(args: CheckArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    if args.time_limit_s == 0 || args.cache_limit_mb == 0 || args.threads == Some(0) {
+        let _ = writeln!(stderr, "error: --time-limit-s, --cache-limit-mb and --threads must be at least 1");
+        return EXIT_USAGE;
+    }
+    let config = CheckConfig {
+        key_time_limit_ms: args.time_limit_s.saturating_mul(1000),
+        key_cache_limit_bytes: args.cache_limit_mb.saturating_mul(1 << 20),
+        threads: args.threads.unwrap_or(CheckConfig::default().threads),
+        stop_on_first_invalid: !args.all_keys,
+    };
+    let malformed = |stderr: &mut dyn Write, e: Error| {
+        let _ = writeln!(stderr, "error: {}: {e}", args.file.display());
+        let _ = writeln!(stderr, "no verdict: the history could not be read (exit {EXIT_MALFORMED})");
+        EXIT_MALFORMED
+    };
+    let (history, format) = match read_history(&args) {
+        Ok(read) => read,
+        Err(e) => return malformed(stderr, e),
+    };
+    let checked = if args.relax_bounded_staleness {
+        match relax_bounded_staleness(&history) {
+            Ok(relaxed) => relaxed,
+            Err(e) => return malformed(stderr, e),
+        }
+    } else {
+        history.clone()
+    };
+    let operations = match register_operations(&checked) {
+        Ok(ops) => ops,
+        Err(e) => return malformed(stderr, e),
+    };
+    let result = check_keys(&operations.model, operations.keys, &config);
+    let source = Source {
+        path: args.file.display().to_string(),
+        format: if format == Format::Edn { "edn" } else { "jsonl" }.to_string(),
+    };
+    let report = Report::new(&history, &result, source.clone(), &config, args.relax_bounded_staleness);
+    if let Some(dir) = &args.out {
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join("report.json"), report.to_json()))
+            .and_then(|()| std::fs::write(dir.join("timeline.html"), timeline::render(&history, &result, &source)));
+        if let Err(source) = written {
+            let _ = writeln!(stderr, "error: {}", Error::Write { path: dir.clone(), source });
+            return EXIT_MALFORMED;
+        }
+    }
+    if args.json {
+        let _ = writeln!(stdout, "{}", report.to_json());
+    } else {
+        let _ = write!(stdout, "{}", render_text(&history, &source, &result));
+        if let Some(dir) = &args.out {
+            let _ = writeln!(
+                stdout,
+                "wrote {} and {}",
+                dir.join("report.json").display(),
+                dir.join("timeline.html").display()
+            );
+        }
+    }
+    let verdict: ReportVerdict = report_verdict(&history, &result);
+    verdict.exit_code()
+}
