@@ -17,6 +17,7 @@
 //! | `geokv_replication_lag_entries` | shard, peer | leader only: last log − matched |
 //! | `geokv_snapshot_index`, `geokv_purged_index` | shard | |
 //! | `geokv_wal_fsyncs_total`, `geokv_wal_fsync_waiters_total` | | group commit effect |
+//! | `geokv_read_index_rounds_total`, `geokv_read_index_reads_total` | | ReadIndex batching effect |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,6 +60,9 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// ReadIndex rounds run, and the linearizable reads they served.
+    pub read_index_rounds: std::sync::atomic::AtomicU64,
+    pub read_index_reads: std::sync::atomic::AtomicU64,
     leader_changes: Mutex<BTreeMap<u64, u64>>,
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -140,6 +144,9 @@ impl Metrics {
                 }
             }
         }
+        let rounds = self.read_index_rounds.load(std::sync::atomic::Ordering::Relaxed);
+        let reads = self.read_index_reads.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "geokv_read_index_rounds_total {rounds}\ngeokv_read_index_reads_total {reads}");
         let (syncs, waiters) = node.storage.sync_stats();
         let _ = writeln!(out, "geokv_wal_fsyncs_total {syncs}\ngeokv_wal_fsync_waiters_total {waiters}");
         out

@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub snapshot_every_entries: u64,
     pub logs_kept_after_snapshot: u64,
     pub split_points: Vec<String>,
+    /// Serve Prometheus metrics on a free port per node ([`TestCluster::metrics`]).
+    pub metrics: bool,
     pub extra_args: Vec<String>,
 }
 
@@ -47,6 +49,7 @@ impl Default for ClusterOptions {
             snapshot_every_entries: 10_000,
             logs_kept_after_snapshot: 1_000,
             split_points: vec!["g".into(), "n".into(), "u".into()],
+            metrics: false,
             extra_args: Vec::new(),
         }
     }
@@ -56,6 +59,7 @@ impl Default for ClusterOptions {
 pub struct TestNode {
     pub id: u64,
     pub addr: String,
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
@@ -127,6 +131,7 @@ impl TestCluster {
             .map(|(id, addr)| TestNode {
                 id: *id,
                 addr,
+                metrics_addr: opts.metrics.then(|| format!("127.0.0.1:{}", free_port())),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -156,6 +161,7 @@ impl TestCluster {
         let args = self.args.clone();
         let binary = self.binary.clone();
         let node = self.node_mut(id);
+        let metrics: Vec<String> = node.metrics_addr.iter().map(|a| format!("--metrics-listen={a}")).collect();
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("node log file");
         let child = Command::new(&binary)
@@ -163,6 +169,7 @@ impl TestCluster {
             .arg(format!("--listen={}", node.addr))
             .arg(format!("--data-dir={}", node.data_dir.display()))
             .args(&args)
+            .args(&metrics)
             .env("RUST_LOG", std::env::var("GEOKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -200,6 +207,21 @@ impl TestCluster {
     pub fn kill_all(&mut self) {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         ids.into_iter().for_each(|id| self.kill(id));
+    }
+
+    /// Node `id`'s Prometheus metrics as `name{labels} -> value` (requires
+    /// [`ClusterOptions::metrics`]).
+    pub async fn metrics(&self, id: u64) -> BTreeMap<String, f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.node(id).metrics_addr.clone().expect("cluster started with metrics: true");
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.expect("connect to metrics");
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("send");
+        let mut text = String::new();
+        sock.read_to_string(&mut text).await.expect("read metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' '))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v))))
+            .collect()
     }
 
     /// The combined logs of every node (for failure messages).

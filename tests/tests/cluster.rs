@@ -381,3 +381,38 @@ async fn sigterm_stops_a_node_cleanly_while_its_peers_stay_connected() {
     .await;
     assert_eq!(got.into_inner().kv.expect("present").value, b"v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_read_index_rounds() {
+    let c = start(ClusterOptions { metrics: true, ..ClusterOptions::default() });
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let version = put_via_leader(&c, SHARD_H, "h-read", "v").await;
+    let before = c.metrics(leader).await;
+    let mut readers = Vec::new();
+    for _ in 0..64 {
+        let mut kv = c.kv(leader).await;
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let r = kv.get(get_req("h-read", Consistency::Linearizable)).await.expect("read").into_inner();
+                let info = r.read.expect("read info");
+                assert_eq!((info.served, info.staleness_bound_ms), (Consistency::Linearizable as i32, 0));
+                seen.push(r.kv.expect("present").version);
+            }
+            seen
+        }));
+    }
+    for r in readers {
+        assert!(r.await.unwrap().iter().all(|v| *v == version), "every read sees the write");
+    }
+    let after = c.metrics(leader).await;
+    let delta = |name: &str| {
+        let now = after.get(name).copied().unwrap_or_else(|| panic!("{name} missing from {after:?}"));
+        now - before.get(name).copied().unwrap_or(0.0)
+    };
+    let (rounds, reads) = (delta("geokv_read_index_rounds_total"), delta("geokv_read_index_reads_total"));
+    eprintln!("{reads} concurrent linearizable reads took {rounds} ReadIndex rounds");
+    assert_eq!(reads, 320.0);
+    assert!(rounds < reads, "{reads} reads took {rounds} rounds: concurrent reads must share rounds");
+}

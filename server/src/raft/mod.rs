@@ -20,6 +20,7 @@
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod read_index;
 pub mod state_machine;
 
 use std::io;

@@ -29,11 +29,14 @@ use crate::node::Node;
 use crate::raft::command::{
     Command, CommandResult, Condition, Expect, Op, Record, Rejection, Session, WriteCommand, WriteOutcome,
 };
+use crate::raft::read_index::{ReadIndexBatcher, RoundError, RoundResult};
 use crate::raft::{ShardRaft, TypeConfig, decode};
 use crate::shards::{ShardDesc, ShardMap};
 
 pub struct KvService {
     node: Arc<Node>,
+    /// One ReadIndex batcher per shard, created on first use.
+    read_batchers: std::sync::Mutex<std::collections::HashMap<u64, Arc<ReadIndexBatcher>>>,
 }
 
 /// A request routed to a hosted shard.
@@ -99,7 +102,11 @@ fn kv(key: Vec<u8>, r: Record) -> pb::KeyValue {
 
 impl KvService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, read_batchers: Default::default() }
+    }
+
+    fn read_batcher(&self, shard: u64) -> Arc<ReadIndexBatcher> {
+        self.read_batchers.lock().expect("read batchers lock").entry(shard).or_default().clone()
     }
 
     fn limits(&self) -> &crate::config::Limits {
@@ -184,31 +191,39 @@ impl KvService {
     async fn read_barrier(&self, routed: &Routed, consistency: Consistency) -> Result<ReadInfo, Error> {
         let shard = routed.shard.id;
         let raft = &routed.raft;
-        let ensure = |policy: ReadPolicy| {
-            let raft = raft.clone();
-            async move { tokio::time::timeout(self.request_timeout(), raft.ensure_linearizable(policy)).await }
-        };
-        let classify = |res: Result<Result<_, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>, _>| match res {
-            Err(_) => Err(Error::Unavailable(format!("shard {shard}: no quorum confirmed leadership in time"))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+        let classify = |res: RoundResult| match res {
+            Ok(()) => Ok(()),
+            Err(RoundError::TimedOut) => {
+                Err(Error::Unavailable(format!("shard {shard}: no quorum confirmed leadership in time")))
+            }
+            Err(RoundError::Raft(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(self.not_leader(shard, raft, &f))
             }
-            Ok(Err(e)) => Err(Error::Unavailable(format!("shard {shard}: {e}"))),
+            Err(RoundError::Raft(e)) => Err(Error::Unavailable(format!("shard {shard}: {e}"))),
+        };
+        let read_index = || async {
+            self.read_batcher(shard).confirm(raft, self.request_timeout(), self.node.metrics.clone()).await
         };
         let (served, fell_back) = match consistency {
             Consistency::Linearizable => {
-                classify(ensure(ReadPolicy::ReadIndex).await)?;
+                classify(read_index().await)?;
                 (Consistency::Linearizable, false)
             }
-            Consistency::Lease => match classify(ensure(ReadPolicy::LeaseRead).await) {
-                Ok(()) => (Consistency::Lease, false),
-                Err(e @ Error::NotLeader { .. }) => return Err(e),
-                Err(_) => {
-                    classify(ensure(ReadPolicy::ReadIndex).await)?;
-                    (Consistency::Linearizable, true)
+            Consistency::Lease => {
+                let lease =
+                    tokio::time::timeout(self.request_timeout(), raft.ensure_linearizable(ReadPolicy::LeaseRead))
+                        .await
+                        .map_err(|_| RoundError::TimedOut)
+                        .and_then(|r| r.map(|_| ()).map_err(RoundError::Raft));
+                match classify(lease) {
+                    Ok(()) => (Consistency::Lease, false),
+                    Err(e @ Error::NotLeader { .. }) => return Err(e),
+                    Err(_) => {
+                        classify(read_index().await)?;
+                        (Consistency::Linearizable, true)
+                    }
                 }
-            },
+            }
             Consistency::Stale => (Consistency::Stale, false),
         };
         let m = raft.metrics().borrow_watched().clone();
