@@ -1,10 +1,15 @@
-//! The `geokv-jepsen` command line. Today: `check`, the offline checker.
+//! The `geokv-jepsen` command line: `check`, the offline checker, and `run`,
+//! a whole test against a lab cluster.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use geokv_client::Consistency;
+use geokv_lab::{NodeProgram, RegionMatrix};
 
 use crate::checker::{CheckConfig, check_keys};
 use crate::edn::{EdnOptions, read_edn};
@@ -12,6 +17,7 @@ use crate::error::Error;
 use crate::history::{History, read_jsonl};
 use crate::register::register_operations;
 use crate::report::{Report, ReportVerdict, Source, render_text, report_verdict};
+use crate::run::RunConfig;
 use crate::staleness::relax_bounded_staleness;
 use crate::timeline;
 
@@ -74,6 +80,105 @@ struct Cli {
 enum Command {
     #[command(about = "Check a history file offline", long_about = CHECK_ABOUT)]
     Check(CheckArgs),
+    #[command(about = "Run a test against a lab cluster under faults, then check it", long_about = RUN_ABOUT)]
+    Run(RunArgs),
+}
+
+const RUN_ABOUT: &str = "\
+Run a Jepsen-style test: start a lab cluster of real geokv node processes
+behind an emulated WAN (in OUT/lab), run --clients client processes of a
+workload against it with client retries off (one RPC per operation), while a
+seeded nemesis alternates fault and heal windows; heal, require every key to
+take a write again (liveness), then check the history.
+
+Writes OUT/history.jsonl, OUT/schedule.json (replay with --schedule),
+OUT/report.json, OUT/timeline.html and the node logs in OUT/lab.
+
+WORKLOADS: register (read/write/CAS per key, checked for linearizability),
+set (adds, then a final read: lost/unexpected elements, stale reads), bank
+(transfers by conditional batch within one shard; reads must conserve the
+total and show no negative balance).
+
+Stale register reads go to the process's own region's node (as a geo client
+would read locally); linearizable and lease reads go through the client
+library to the leader. Exit codes as for `check`: 0 valid (\"no anomaly
+found in N operations\", never a proof), 1 invalid, 2 unknown, 3
+inconclusive or the run could not be carried out, 64 usage.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NemesisArg {
+    Partition,
+    Kill,
+    Pause,
+    Latency,
+    All,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReadConsistencyArg {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    Register,
+    Set,
+    Bank,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Register)]
+    workload: WorkloadArg,
+    /// Nodes in the lab (3: us-east, us-west, eu-west; 5: five regions).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// A region matrix TOML (see lab/regions/); nodes must be a multiple of its regions.
+    #[arg(long)]
+    regions: Option<PathBuf>,
+    /// Concurrent client processes (slots), pinned to regions round-robin.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Operations to invoke in all.
+    #[arg(long, default_value_t = 2_000)]
+    ops: u64,
+    /// Stop invoking after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    time_limit_s: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fault families (comma-separated); `all` is every family.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "partition")]
+    nemesis: Vec<NemesisArg>,
+    /// Replay this schedule.json instead of generating one from the seed.
+    #[arg(long)]
+    schedule: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ReadConsistencyArg::Linearizable)]
+    read_consistency: ReadConsistencyArg,
+    /// Where the history, schedule, reports and node logs go.
+    #[arg(long)]
+    out: PathBuf,
+    /// One operation's bound in ms: past it, reads fail and writes are info.
+    #[arg(long, default_value_t = 2_000)]
+    op_timeout_ms: u64,
+    /// After the final heal, every key must take a write within this many seconds.
+    #[arg(long, default_value_t = 30)]
+    liveness_timeout_s: u64,
+    /// Seconds one key's linearizability search may take (then UNKNOWN).
+    #[arg(long, default_value_t = 10)]
+    check_time_limit_s: u64,
+    /// Keep the nodes' data directories (logs are always kept).
+    #[arg(long)]
+    keep_data: bool,
+    /// Run this `geokv` binary for the nodes (default: this executable's `node` mode).
+    #[arg(long)]
+    geokv_bin: Option<PathBuf>,
+    /// Print report.json instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,6 +248,92 @@ pub fn run(args: Vec<OsString>, stdout: &mut dyn Write, stderr: &mut dyn Write) 
     };
     match cli.command {
         Command::Check(args) => check(args, stdout, stderr),
+        Command::Run(args) => run_test(args, stdout, stderr),
+    }
+}
+
+fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
+    use crate::run::nemesis::NemesisKind;
+    use crate::run::workload::Workload;
+    let program = match &args.geokv_bin {
+        Some(path) => NodeProgram::Geokv(path.clone()),
+        None => NodeProgram::current_lab().map_err(|e| e.to_string())?,
+    };
+    let workload = match args.workload {
+        WorkloadArg::Register => Workload::Register,
+        WorkloadArg::Set => Workload::Set,
+        WorkloadArg::Bank => Workload::Bank,
+    };
+    let mut config = RunConfig::new(workload, &args.out, program);
+    config.nodes = args.nodes;
+    if let Some(path) = &args.regions {
+        config.regions = Some(RegionMatrix::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    config.clients = args.clients;
+    config.ops = args.ops;
+    config.time_limit = Duration::from_secs(args.time_limit_s);
+    config.seed = args.seed;
+    let mut kinds = std::collections::BTreeSet::new();
+    for n in &args.nemesis {
+        match n {
+            NemesisArg::Partition => kinds.insert(NemesisKind::Partition),
+            NemesisArg::Kill => kinds.insert(NemesisKind::Kill),
+            NemesisArg::Pause => kinds.insert(NemesisKind::Pause),
+            NemesisArg::Latency => kinds.insert(NemesisKind::Latency),
+            NemesisArg::All => {
+                kinds.extend(NemesisKind::ALL);
+                true
+            }
+            NemesisArg::None => false,
+        };
+    }
+    config.nemesis = kinds.into_iter().collect();
+    if let Some(path) = &args.schedule {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.schedule = Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    config.read_consistency = match args.read_consistency {
+        ReadConsistencyArg::Linearizable => Consistency::Linearizable,
+        ReadConsistencyArg::Lease => Consistency::Lease,
+        ReadConsistencyArg::Stale => Consistency::Stale,
+    };
+    config.op_timeout = Duration::from_millis(args.op_timeout_ms);
+    config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
+    config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
+    config.keep_data = args.keep_data;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn run_test(args: RunArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    let config = match run_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: cannot start the async runtime: {e}");
+            return EXIT_MALFORMED;
+        }
+    };
+    match runtime.block_on(crate::run::run(config)) {
+        Ok(outcome) => {
+            if args.json {
+                let _ = writeln!(stdout, "{}", outcome.report.to_json());
+            } else {
+                let _ = write!(stdout, "{}", outcome.report.render_text());
+            }
+            outcome.report.verdict.exit_code()
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            let _ = writeln!(stderr, "no verdict: the run could not be carried out (exit {EXIT_MALFORMED})");
+            EXIT_MALFORMED
+        }
     }
 }
 

@@ -12,9 +12,11 @@
 //! ([`staleness`]), and `report.json` / `timeline.html` ([`report`],
 //! [`timeline`]). `geokv-jepsen check FILE` runs all of it offline ([`cli`]).
 //!
-//! It does not (yet) run clusters: the runner — lab cluster, client
-//! processes, generator, nemesis schedule — comes with the lab, and will
-//! write histories in this format.
+//! `geokv-jepsen run` ([`run`]) produces such histories: it starts a lab
+//! cluster of real node processes behind an emulated WAN, runs client
+//! processes of a workload (register, set, bank) against it while a seeded
+//! nemesis partitions, kills, pauses and slows nodes, heals, checks that
+//! every key takes writes again, and checks the history.
 //!
 //! # History semantics
 //!
@@ -66,6 +68,7 @@ pub mod error;
 pub mod history;
 pub mod register;
 pub mod report;
+pub mod run;
 pub mod staleness;
 pub mod timeline;
 

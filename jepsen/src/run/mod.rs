@@ -1,0 +1,762 @@
+//! The runner: a lab cluster, client processes, a nemesis, a history, a
+//! verdict.
+//!
+//! # A run, step by step
+//!
+//! 1. Start a [`geokv_lab::Lab`] (3 or 5 nodes across emulated regions) in
+//!    `OUT/lab`, and find the shard holding the workload's keys.
+//! 2. Make or load the nemesis [`Schedule`] and save it as
+//!    `OUT/schedule.json` (replay it with `--schedule`).
+//! 3. Connect one client per *slot*, each pinned to a region (slot `i` to
+//!    region `i mod R`, through that region's client IP) with retries off.
+//!    A slot runs as one *process* until it sees an `info`; then it
+//!    continues as a fresh process id (see [`crate::history`]).
+//! 4. Run the workload ([`workload`]) and the schedule concurrently until the
+//!    operation budget or the time limit runs out. Every event is stamped
+//!    by one monotonic clock ([`recorder`]).
+//! 5. Heal everything, then the **liveness** phase: every key must accept a
+//!    write again within [`RunConfig::liveness_timeout`] (a client with
+//!    retries on), followed by a final linearizable read. Both are recorded
+//!    in the history like any other operation.
+//! 6. Stop the lab, write `history.jsonl`, check it, write `report.json`
+//!    and `timeline.html`.
+//!
+//! # What it does not do
+//!
+//! It runs on one machine: nodes, proxies, clients and checker share its
+//! cores, so the latencies it reports are this machine's, under load, not a
+//! deployment's. A valid verdict means "no anomaly found in N operations"
+//! under these faults, never that the store is correct.
+
+pub mod checks;
+pub mod nemesis;
+pub mod recorder;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use geokv_client::Consistency;
+use geokv_lab::{Lab, LabConfig, NodeProgram, RegionMatrix};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::checker::{CheckConfig, CheckResult, Verdict, check_keys};
+use crate::history::{Clock, EventType, History, NemesisWindow};
+use crate::register::register_operations;
+use crate::report::{self, Latency, ReportVerdict, Source, WindowAvailability};
+use crate::timeline;
+use nemesis::{NemesisKind, Schedule};
+use recorder::Recorder;
+use workload::{Generator, Op, OpSettings, ProcessClient, Workload};
+
+/// Most client slots a run may have.
+pub const MAX_CLIENTS: usize = 256;
+/// Most operations a run may be asked for.
+pub const MAX_OPS: u64 = 10_000_000;
+/// How long the lab may take to elect every shard's leader.
+pub const LAB_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the warm-up write may take (the lab just elected its leaders).
+pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where liveness and setup clients may spend retrying one RPC.
+pub const SETUP_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a run produced no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid run configuration: {0}")]
+    Config(String),
+    #[error("lab: {0}")]
+    Lab(#[from] geokv_lab::Error),
+    #[error("client: {0}")]
+    Client(#[from] geokv_client::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the recorded history is malformed (a runner bug): {0}")]
+    History(#[from] crate::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// Everything a run needs.
+///
+/// Invariants after [`RunConfig::validate`]: 1..=[`MAX_CLIENTS`] clients,
+/// 1..=[`MAX_OPS`] operations, a non-zero time limit and timeouts; the node
+/// count is a multiple of the region count.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub workload: Workload,
+    pub nodes: usize,
+    /// The region matrix; `None`: the 3-region default for 3 nodes, the
+    /// 5-region one for 5.
+    pub regions: Option<RegionMatrix>,
+    pub clients: usize,
+    /// Operations to invoke in all (the liveness phase adds its own).
+    pub ops: u64,
+    pub time_limit: Duration,
+    pub seed: u64,
+    /// Fault families the generated schedule draws from (empty: no faults).
+    pub nemesis: Vec<NemesisKind>,
+    /// A schedule to replay instead of generating one.
+    pub schedule: Option<Schedule>,
+    pub read_consistency: Consistency,
+    pub out_dir: PathBuf,
+    pub node_program: NodeProgram,
+    /// One operation's bound: past it a read is `fail`, a write `info`.
+    pub op_timeout: Duration,
+    /// After the final heal, every key must accept a write within this.
+    pub liveness_timeout: Duration,
+    pub check: CheckConfig,
+    /// Keep the nodes' data directories after the run (logs are always kept).
+    pub keep_data: bool,
+}
+
+impl RunConfig {
+    /// Defaults for `workload` writing into `out_dir`.
+    pub fn new(workload: Workload, out_dir: impl Into<PathBuf>, node_program: NodeProgram) -> RunConfig {
+        RunConfig {
+            workload,
+            nodes: 3,
+            regions: None,
+            clients: 6,
+            ops: 2_000,
+            time_limit: Duration::from_secs(30),
+            seed: 1,
+            nemesis: vec![NemesisKind::Partition],
+            schedule: None,
+            read_consistency: Consistency::Linearizable,
+            out_dir: out_dir.into(),
+            node_program,
+            op_timeout: Duration::from_millis(2_000),
+            liveness_timeout: Duration::from_secs(30),
+            check: CheckConfig::default(),
+            keep_data: false,
+        }
+    }
+
+    /// Checks the invariants listed on the type.
+    pub fn validate(&self) -> Result<(), RunError> {
+        let bad = |m: String| Err(RunError::Config(m));
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            return bad(format!("--clients {}: 1 to {MAX_CLIENTS}", self.clients));
+        }
+        if self.ops == 0 || self.ops > MAX_OPS {
+            return bad(format!("--ops {}: 1 to {MAX_OPS}", self.ops));
+        }
+        if self.time_limit.is_zero() || self.op_timeout.is_zero() || self.liveness_timeout.is_zero() {
+            return bad("time limit and timeouts must be above zero".into());
+        }
+        let regions = self.matrix()?.regions().len();
+        if self.nodes == 0 || !self.nodes.is_multiple_of(regions) {
+            return bad(format!("--nodes {} is not a multiple of the {regions} regions", self.nodes));
+        }
+        if let Some(schedule) = &self.schedule {
+            schedule.validate().map_err(|e| RunError::Config(format!("schedule: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn matrix(&self) -> Result<RegionMatrix, RunError> {
+        match (&self.regions, self.nodes) {
+            (Some(m), _) => Ok(m.clone()),
+            (None, 5) => RegionMatrix::parse(geokv_lab::regions::FIVE_REGIONS_TOML).map_err(RunError::Lab),
+            (None, _) => Ok(RegionMatrix::default_matrix()),
+        }
+    }
+}
+
+/// One key's liveness after the final heal.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyLiveness {
+    pub key: String,
+    pub ok: bool,
+    /// From the heal to the write's acknowledgement (or to giving up).
+    pub elapsed_ms: u64,
+    pub error: Option<String>,
+}
+
+/// The liveness phase's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Liveness {
+    pub verdict: ReportVerdict,
+    pub summary: String,
+    pub bound_ms: u64,
+    pub keys: Vec<KeyLiveness>,
+}
+
+/// The run's parameters, as the report records them.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunParameters {
+    pub workload: Workload,
+    pub seed: u64,
+    pub nodes: usize,
+    pub regions: Vec<String>,
+    pub clients: usize,
+    pub ops_limit: u64,
+    pub time_limit_s: f64,
+    pub read_consistency: Consistency,
+    pub nemesis: Vec<NemesisKind>,
+    pub schedule_replayed: bool,
+    pub op_timeout_ms: u64,
+    pub liveness_timeout_ms: u64,
+    pub key_time_limit_ms: u64,
+    pub key_cache_limit_bytes: usize,
+}
+
+/// What the run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunStats {
+    /// From the first operation to the end of the liveness phase.
+    pub duration_s: f64,
+    /// Of which the workload (before the final heal).
+    pub workload_s: f64,
+    pub check_s: f64,
+    pub operations: usize,
+    pub processes: usize,
+    /// Nemesis windows skipped because the fault could not be applied.
+    pub nemesis_skipped: Vec<String>,
+}
+
+/// `report.json` of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub verdict: ReportVerdict,
+    pub summary: String,
+    /// Per checker: its `verdict` and its details.
+    pub checkers: BTreeMap<String, Value>,
+    pub op_counts: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    pub latency: Vec<Latency>,
+    pub availability: Vec<WindowAvailability>,
+    pub nemesis_windows: Vec<NemesisWindow>,
+    pub liveness: Liveness,
+    pub parameters: RunParameters,
+    pub schedule: Schedule,
+    pub stats: RunStats,
+    pub files: BTreeMap<&'static str, String>,
+}
+
+impl RunReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("reports serialise")
+    }
+
+    /// The text the CLI prints.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let p = &self.parameters;
+        let nemesis = if p.schedule_replayed { "a replayed schedule".to_string() } else { format!("{:?}", p.nemesis) };
+        out.push_str(&format!(
+            "geokv-jepsen run: {} workload, {} nodes, {} clients, seed {}, {} reads, nemesis {nemesis} ({} windows)\n",
+            p.workload.as_str(),
+            p.nodes,
+            p.clients,
+            p.seed,
+            p.read_consistency,
+            self.schedule.windows.len(),
+        ));
+        out.push_str(&format!(
+            "{} operations by {} processes in {:.1} s (+ {:.1} s checking)\n",
+            self.stats.operations, self.stats.processes, self.stats.duration_s, self.stats.check_s
+        ));
+        for (f, counts) in &self.op_counts {
+            let c = |k| counts.get(k).copied().unwrap_or(0);
+            out.push_str(&format!("  {f:<10} ok {:>6}  fail {:>6}  info {:>6}\n", c("ok"), c("fail"), c("info")));
+        }
+        out.push_str("availability (ok/s):\n");
+        for w in &self.availability {
+            let rate = w.ok_per_s.map_or("-".to_string(), |r| format!("{r:.1}"));
+            let label = if w.kind == "fault" { w.description.as_str() } else { "healthy" };
+            let from = w.start_time as f64 / 1e9;
+            let to = w.end_time as f64 / 1e9;
+            out.push_str(&format!(
+                "  {from:>6.1}-{to:<6.1}s {rate:>7}  ok {:>5} fail {:>5} info {:>4}  {label}\n",
+                w.ok, w.fail, w.info
+            ));
+        }
+        for (name, checker) in &self.checkers {
+            let verdict = checker["verdict"].as_str().unwrap_or("?").to_uppercase();
+            let summary = checker["summary"].as_str().unwrap_or("");
+            out.push_str(&format!("{name}: {verdict}: {summary}\n"));
+        }
+        out.push_str(&format!("{}: {}\n", self.verdict.as_str().to_uppercase(), self.summary));
+        for (what, path) in &self.files {
+            out.push_str(&format!("  {what}: {path}\n"));
+        }
+        out
+    }
+}
+
+/// The result of a run.
+pub struct RunOutcome {
+    pub report: RunReport,
+    pub history: History,
+}
+
+fn worst(verdicts: impl IntoIterator<Item = ReportVerdict>) -> ReportVerdict {
+    let rank = |v: ReportVerdict| match v {
+        ReportVerdict::Valid => 0,
+        ReportVerdict::Inconclusive => 1,
+        ReportVerdict::Unknown => 2,
+        ReportVerdict::Invalid => 3,
+    };
+    verdicts.into_iter().max_by_key(|v| rank(*v)).unwrap_or(ReportVerdict::Inconclusive)
+}
+
+/// Runs a whole test: lab, workload, nemesis, liveness, check, reports.
+pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
+    config.validate()?;
+    let matrix = config.matrix()?;
+    let out = config.out_dir.clone();
+    std::fs::create_dir_all(&out).map_err(io(format!("create {}", out.display())))?;
+    let lab_dir = out.join("lab");
+    if lab_dir.exists() {
+        std::fs::remove_dir_all(&lab_dir).map_err(io(format!("clear {}", lab_dir.display())))?;
+    }
+    let mut lab_config = LabConfig::new(&lab_dir, config.node_program.clone());
+    lab_config.nodes_per_region = config.nodes / matrix.regions().len();
+    lab_config.regions = matrix;
+    lab_config.start_timeout = LAB_START_TIMEOUT;
+    lab_config.node_log_filter = Some("warn".into());
+    let lab = Lab::start(lab_config).await?;
+    let result = drive(&config, &lab).await;
+    lab.shutdown(false);
+    drop(lab);
+    if !config.keep_data {
+        for entry in std::fs::read_dir(&lab_dir).map_err(io("list the lab directory"))?.flatten() {
+            if entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let (events, stats, liveness, schedule) = result?;
+    finish(&config, events, stats, liveness, schedule)
+}
+
+type Driven = (Vec<crate::history::Event>, RunStats, Liveness, Schedule);
+
+async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
+    let shard = lab.shard_of(config.workload.sample_key().as_bytes()).await?;
+    let schedule = match &config.schedule {
+        Some(s) => s.clone(),
+        None => Schedule::generate(
+            config.seed,
+            &config.nemesis,
+            config.time_limit.as_millis() as u64,
+            lab.nodes().len(),
+            shard,
+        ),
+    };
+    let path = config.out_dir.join("schedule.json");
+    let text = serde_json::to_string_pretty(&schedule).expect("schedules serialise");
+    std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+
+    let regions = lab.regions().to_vec();
+    // Warm-up (not recorded): the workload's shard takes a write.
+    let setup = lab.client_config_for_region(&regions[0])?.rpc_timeout(SETUP_RPC_TIMEOUT).deadline(WARMUP_TIMEOUT);
+    let setup = setup.connect().await?;
+    setup.put(config.workload.warmup_key(), "warm").await?;
+    if config.workload == Workload::Bank {
+        setup_bank(&setup).await?;
+    }
+    let mut clients = Vec::new();
+    for slot in 0..config.clients {
+        let region = regions[slot % regions.len()].clone();
+        let client = lab
+            .client_config_for_region(&region)?
+            .max_attempts(1)
+            .rpc_timeout(config.op_timeout)
+            .deadline(config.op_timeout)
+            .connect()
+            .await?;
+        let home_addr = lab.endpoint_for_region(&region)?;
+        let source = lab.client_ip_for_region(&region)?;
+        let home = workload::home_channel(&home_addr, source, config.op_timeout).map_err(RunError::Config)?;
+        clients.push(ProcessClient { client, home, region });
+    }
+
+    let recorder = Arc::new(Recorder::new());
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let budget = Arc::new(AtomicU64::new(config.ops));
+    let settings = OpSettings { consistency: config.read_consistency, op_timeout: config.op_timeout };
+    let first_processes: Vec<u64> = (0..config.clients).map(|_| recorder.fresh_process()).collect();
+    let deadline = started + config.time_limit;
+
+    let nemesis = {
+        let (recorder, stop, schedule) = (recorder.clone(), stop.clone(), schedule.clone());
+        async move { run_schedule(lab, &recorder, &schedule, started, &stop).await }
+    };
+    let mut workers = Vec::new();
+    for (slot, pc) in clients.iter().enumerate() {
+        let mut generator = Generator::new(config.workload, config.seed, slot, config.clients);
+        let (recorder, stop, budget) = (recorder.clone(), stop.clone(), budget.clone());
+        let pc = pc.clone();
+        let mut process = first_processes[slot];
+        workers.push(tokio::spawn(async move {
+            loop {
+                let take = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1));
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline || take.is_err() || recorder.full() {
+                    break;
+                }
+                let Some(op) = generator.next_op() else { break };
+                if workload::execute(&recorder, &settings, &pc, process, &op).await == EventType::Info {
+                    process = recorder.fresh_process();
+                }
+            }
+        }));
+    }
+    let workers_done = async {
+        for worker in workers {
+            let _ = worker.await;
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    let ((), skipped) = tokio::join!(workers_done, nemesis);
+    let workload_s = started.elapsed().as_secs_f64();
+
+    // Final heal, then liveness: every key takes a write again, then a read.
+    let healed = nemesis::heal_all(lab);
+    recorder.nemesis("final-heal", json!(healed.join("; ")));
+    let liveness = liveness_phase(config, lab, &recorder, &regions[0]).await?;
+    let duration_s = started.elapsed().as_secs_f64();
+    let events = recorder.events();
+    let processes = events.iter().filter_map(|e| e.process).collect::<BTreeSet<_>>().len();
+    let stats = RunStats {
+        duration_s,
+        workload_s,
+        check_s: 0.0,
+        operations: events.iter().filter(|e| e.kind == EventType::Invoke).count(),
+        processes,
+        nemesis_skipped: skipped,
+    };
+    Ok((events, stats, liveness, schedule))
+}
+
+/// Sleeps until `at`, or returns false early when `stop` is set.
+async fn sleep_until_or_stop(at: Instant, stop: &AtomicBool) -> bool {
+    while Instant::now() < at {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = at.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+/// Carries out the schedule; returns the windows it had to skip.
+async fn run_schedule(
+    lab: &Lab,
+    recorder: &Recorder,
+    schedule: &Schedule,
+    started: Instant,
+    stop: &AtomicBool,
+) -> Vec<String> {
+    let mut skipped = Vec::new();
+    for window in &schedule.windows {
+        let start = started + Duration::from_millis(window.start_ms);
+        if !sleep_until_or_stop(start, stop).await {
+            break;
+        }
+        let applied = tokio::time::timeout(nemesis::APPLY_TIMEOUT, nemesis::apply(lab, &window.fault)).await;
+        let applied = match applied {
+            Ok(Ok(applied)) => applied,
+            Ok(Err(why)) => {
+                recorder.nemesis("skipped", json!(why));
+                skipped.push(format!("{} ms: {why}", window.start_ms));
+                continue;
+            }
+            Err(_) => {
+                // Partly applied, maybe: heal whatever it did.
+                nemesis::heal_all(lab);
+                recorder.nemesis("skipped", json!("applying the fault timed out"));
+                skipped.push(format!("{} ms: applying the fault timed out", window.start_ms));
+                continue;
+            }
+        };
+        recorder.nemesis("start", json!(applied.description));
+        let end = started + Duration::from_millis(window.end_ms);
+        sleep_until_or_stop(end, stop).await;
+        let healed = nemesis::heal_all(lab);
+        recorder.nemesis("stop", json!(healed.join("; ")));
+    }
+    skipped
+}
+
+/// Writes every bank account's initial balance (retries on; not recorded:
+/// the checker knows the initial total).
+async fn setup_bank(client: &geokv_client::Client) -> Result<(), RunError> {
+    let mut batch = client.batch();
+    for i in 0..workload::ACCOUNTS {
+        batch = batch.put(workload::account_key(i), workload::INITIAL_BALANCE.to_string());
+    }
+    let result = batch.send().await?;
+    if !result.applied {
+        return Err(RunError::Config("the bank's initial batch was not applied".into()));
+    }
+    Ok(())
+}
+
+/// After the final heal: one write per key (retries on, bounded by the
+/// liveness timeout), then a final read; both recorded.
+async fn liveness_phase(
+    config: &RunConfig,
+    lab: &Lab,
+    recorder: &Recorder,
+    region: &str,
+) -> Result<Liveness, RunError> {
+    let healed_at = Instant::now();
+    let bound = config.liveness_timeout;
+    let client = lab.client_config_for_region(region)?.rpc_timeout(SETUP_RPC_TIMEOUT).deadline(bound);
+    let client = match tokio::time::timeout(bound, client.connect()).await {
+        Ok(Ok(client)) => Some(client),
+        _ => None,
+    };
+    let source = lab.client_ip_for_region(region)?;
+    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound).map_err(RunError::Config)?;
+    let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound };
+    let events = recorder.events();
+    let mut keys: Vec<(String, Op, Op)> = Vec::new();
+    // Values nobody else writes: above every slot's range.
+    let liveness_value = |i: usize| (MAX_CLIENTS as u64 + 1) * (workload::MAX_OPS_PER_SLOT + 1) + i as u64;
+    match config.workload {
+        Workload::Register => {
+            let mut seen = BTreeSet::new();
+            for e in events.iter().filter(|e| e.kind == EventType::Invoke) {
+                seen.insert(e.key.clone());
+            }
+            for (i, key) in seen.into_iter().enumerate() {
+                let write = Op::RegisterWrite { key: key.clone(), value: liveness_value(i) };
+                keys.push((key.clone(), write, Op::RegisterRead { key }));
+            }
+        }
+        Workload::Set => {
+            keys.push(("set".into(), Op::SetAdd { element: liveness_value(0) }, Op::SetRead));
+        }
+        Workload::Bank => {
+            keys.push(("bank".into(), Op::BankTransfer { from: 0, to: 1, amount: 1 }, Op::BankRead));
+        }
+    }
+    let Some(client) = client else {
+        let keys = keys
+            .into_iter()
+            .map(|(key, _, _)| KeyLiveness {
+                key,
+                ok: false,
+                elapsed_ms: healed_at.elapsed().as_millis() as u64,
+                error: Some("no node answered the shard map request".into()),
+            })
+            .collect();
+        return Ok(liveness_result(bound, keys));
+    };
+    let pc = ProcessClient { client, home, region: region.to_string() };
+    let final_f = if config.workload == Workload::Register { None } else { Some("final-read") };
+    let checks = keys.iter().map(|(key, write, read)| {
+        let pc = pc.clone();
+        async move {
+            let process = recorder.fresh_process();
+            let kind = workload::execute(recorder, &settings, &pc, process, write).await;
+            let elapsed_ms = healed_at.elapsed().as_millis() as u64;
+            let ok = kind == EventType::Ok;
+            let error = (!ok).then(|| format!("the write ended {kind}"));
+            if ok {
+                let reader = recorder.fresh_process();
+                match final_f {
+                    None => {
+                        workload::execute(recorder, &settings, &pc, reader, read).await;
+                    }
+                    Some(f) => final_read(recorder, &settings, &pc, reader, f, config.workload).await,
+                }
+            }
+            KeyLiveness { key: key.clone(), ok, elapsed_ms, error }
+        }
+    });
+    let results = futures::future::join_all(checks).await;
+    Ok(liveness_result(bound, results))
+}
+
+/// A set/bank read recorded as `final-read`.
+async fn final_read(
+    recorder: &Recorder,
+    settings: &OpSettings,
+    pc: &ProcessClient,
+    process: u64,
+    f: &str,
+    w: Workload,
+) {
+    recorder.invoke(process, f, "", Value::Null);
+    let read = async {
+        match w {
+            Workload::Set => workload::read_set(&pc.client, settings.consistency).await,
+            _ => workload::read_bank(&pc.client, settings.consistency).await,
+        }
+    };
+    match tokio::time::timeout(settings.op_timeout, read).await {
+        Ok(Ok((values, meta))) => recorder.complete(process, EventType::Ok, f, "", json!(values), meta),
+        Ok(Err(e)) => {
+            let meta = recorder::CompletionMeta { error: Some(e.message), ..Default::default() };
+            recorder.complete(process, EventType::Fail, f, "", Value::Null, meta);
+        }
+        Err(_) => {
+            let meta = recorder::CompletionMeta { error: Some("timed out".into()), ..Default::default() };
+            recorder.complete(process, EventType::Fail, f, "", Value::Null, meta);
+        }
+    }
+}
+
+fn liveness_result(bound: Duration, keys: Vec<KeyLiveness>) -> Liveness {
+    let failed = keys.iter().filter(|k| !k.ok).count();
+    let slowest = keys.iter().filter(|k| k.ok).map(|k| k.elapsed_ms).max().unwrap_or(0);
+    let bound_ms = bound.as_millis() as u64;
+    let (verdict, summary) = if keys.is_empty() {
+        (ReportVerdict::Inconclusive, "no key to check".to_string())
+    } else if failed == 0 {
+        (
+            ReportVerdict::Valid,
+            format!("all {} keys took a write within {slowest} ms of the final heal (bound {bound_ms} ms)", keys.len()),
+        )
+    } else {
+        (
+            ReportVerdict::Invalid,
+            format!("{failed} of {} keys did not take a write within {bound_ms} ms of the final heal", keys.len()),
+        )
+    };
+    Liveness { verdict, summary, bound_ms, keys }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
+    std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
+}
+
+fn finish(
+    config: &RunConfig,
+    events: Vec<crate::history::Event>,
+    mut stats: RunStats,
+    liveness: Liveness,
+    schedule: Schedule,
+) -> Result<RunOutcome, RunError> {
+    let out = &config.out_dir;
+    let history_path = out.join("history.jsonl");
+    write_file(&history_path, &crate::history::write_jsonl(&events))?;
+    let history = History::from_events(events, Clock::Nanoseconds)?;
+    let checking = Instant::now();
+    let mut checkers: BTreeMap<String, Value> = BTreeMap::new();
+    let check: CheckResult = match config.workload {
+        Workload::Register => {
+            let ops = register_operations(&history)?;
+            let result = check_keys(&ops.model, ops.keys, &config.check);
+            let mut entry = serde_json::to_value(&result).expect("results serialise");
+            entry["verdict"] = json!(report::report_verdict(&history, &result));
+            entry["summary"] = json!(report::summary(&history, &result));
+            checkers.insert("linearizable".into(), entry);
+            result
+        }
+        Workload::Set => {
+            let fresh = config.read_consistency != Consistency::Stale;
+            let result = checks::check_set(&history, fresh);
+            let verdict = result.verdict;
+            checkers.insert("set".into(), serde_json::to_value(&result).expect("results serialise"));
+            CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }
+        }
+        Workload::Bank => {
+            let total = (workload::ACCOUNTS as u64 * workload::INITIAL_BALANCE) as i64;
+            let result = checks::check_bank(&history, workload::ACCOUNTS, total);
+            let verdict = result.verdict;
+            checkers.insert("bank".into(), serde_json::to_value(&result).expect("results serialise"));
+            CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }
+        }
+    };
+    stats.check_s = checking.elapsed().as_secs_f64();
+    checkers.insert(
+        "liveness".into(),
+        json!({"verdict": liveness.verdict, "summary": liveness.summary, "bound_ms": liveness.bound_ms}),
+    );
+    let verdicts = checkers.values().map(|c| match c["verdict"].as_str() {
+        Some("valid") => ReportVerdict::Valid,
+        Some("invalid") => ReportVerdict::Invalid,
+        Some("unknown") => ReportVerdict::Unknown,
+        _ => ReportVerdict::Inconclusive,
+    });
+    let verdict = worst(verdicts);
+    let operations = history.operations.len();
+    let summary = match verdict {
+        ReportVerdict::Valid => format!(
+            "no anomaly found in {operations} operations ({} workload, seed {}); every key writable again after the final heal",
+            config.workload.as_str(),
+            config.seed
+        ),
+        ReportVerdict::Invalid => {
+            let bad: Vec<&str> =
+                checkers.iter().filter(|(_, c)| c["verdict"] == "invalid").map(|(n, _)| n.as_str()).collect();
+            format!("anomaly found by {} in {operations} operations", bad.join(", "))
+        }
+        ReportVerdict::Unknown => {
+            format!("no verdict for part of {operations} operations (budget exhausted): not a pass")
+        }
+        ReportVerdict::Inconclusive => format!("too little evidence in {operations} operations: not a pass"),
+    };
+    let source = Source { path: history_path.display().to_string(), format: "jsonl".into() };
+    let mut files = BTreeMap::new();
+    for (what, name) in [
+        ("history", "history.jsonl"),
+        ("schedule", "schedule.json"),
+        ("report", "report.json"),
+        ("timeline", "timeline.html"),
+        ("node logs", "lab"),
+    ] {
+        files.insert(what, out.join(name).display().to_string());
+    }
+    let matrix = config.matrix()?;
+    let report = RunReport {
+        tool: "geokv-jepsen",
+        version: env!("CARGO_PKG_VERSION"),
+        kind: "run",
+        verdict,
+        summary,
+        checkers,
+        op_counts: report::op_counts(&history),
+        latency: report::latencies(&history),
+        availability: report::availability(&history),
+        nemesis_windows: history.nemesis_windows.clone(),
+        liveness,
+        parameters: RunParameters {
+            workload: config.workload,
+            seed: config.seed,
+            nodes: config.nodes,
+            regions: matrix.regions().to_vec(),
+            clients: config.clients,
+            ops_limit: config.ops,
+            time_limit_s: config.time_limit.as_secs_f64(),
+            read_consistency: config.read_consistency,
+            nemesis: config.nemesis.clone(),
+            schedule_replayed: config.schedule.is_some(),
+            op_timeout_ms: config.op_timeout.as_millis() as u64,
+            liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
+            key_time_limit_ms: config.check.key_time_limit_ms,
+            key_cache_limit_bytes: config.check.key_cache_limit_bytes,
+        },
+        schedule,
+        stats,
+        files,
+    };
+    write_file(&out.join("report.json"), &report.to_json())?;
+    write_file(&out.join("timeline.html"), &timeline::render(&history, &check, &source))?;
+    Ok(RunOutcome { report, history })
+}
+
+fn plain_verdict(verdict: ReportVerdict) -> Verdict {
+    match verdict {
+        ReportVerdict::Invalid => Verdict::Invalid,
+        ReportVerdict::Unknown => Verdict::Unknown,
+        ReportVerdict::Valid | ReportVerdict::Inconclusive => Verdict::Valid,
+    }
+}

@@ -1,0 +1,421 @@
+//! The nemesis: a seeded schedule of fault windows and the lab calls that
+//! carry it out.
+//!
+//! A [`Schedule`] alternates fault windows with healthy ones. It is made
+//! from the seed before any operation runs (after the lab is up, so that a
+//! shard's id is known), saved as `schedule.json`, and can be replayed with
+//! `--schedule FILE`. Faults that name "the leader" are resolved when their
+//! window starts — who leads is the cluster's business, not the seed's — and
+//! the nemesis `start` event records which node it hit.
+//!
+//! Every window ends with a *heal all*: partitions and latency overrides
+//! cleared, killed nodes restarted, paused nodes resumed. So windows never
+//! pile up, and the final heal before the liveness phase is the same call.
+
+use std::time::Duration;
+
+use geokv_lab::{Endpoint, FaultShape, Lab, Partition, ProcessState};
+use serde::{Deserialize, Serialize};
+
+/// The first fault starts after this much healthy time (clients warm up).
+pub const LEAD_IN_MS: u64 = 1_000;
+/// A fault window lasts between these (pauses: at least [`PAUSE_MIN_MS`]).
+pub const FAULT_MIN_MS: u64 = 2_000;
+pub const FAULT_MAX_MS: u64 = 5_000;
+/// Pauses outlast the default election timeout (1.5–3 s), so followers
+/// elect a new leader while the old one is frozen.
+pub const PAUSE_MIN_MS: u64 = 3_500;
+/// Healthy time between faults.
+pub const HEAL_MIN_MS: u64 = 1_500;
+pub const HEAL_MAX_MS: u64 = 3_500;
+/// Most windows one schedule holds.
+pub const MAX_WINDOWS: usize = 10_000;
+
+/// A small, stable PRNG (SplitMix64): the same seed gives the same numbers
+/// whatever version of `rand` the workspace uses.
+#[derive(Clone, Debug)]
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> SeededRng {
+        SeededRng(seed)
+    }
+
+    /// A stream derived from `seed` for one purpose (`stream` tells them apart).
+    pub fn derived(seed: u64, stream: u64) -> SeededRng {
+        let mut rng = SeededRng(seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407));
+        rng.next_u64();
+        rng
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        assert!(low <= high, "empty range {low}..={high}");
+        low + self.next_u64() % (high - low + 1)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        assert!(n > 0, "below(0)");
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `percent`/100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+}
+
+/// The fault families `--nemesis` chooses from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NemesisKind {
+    Partition,
+    Kill,
+    Pause,
+    Latency,
+}
+
+impl NemesisKind {
+    pub const ALL: [NemesisKind; 4] =
+        [NemesisKind::Partition, NemesisKind::Kill, NemesisKind::Pause, NemesisKind::Latency];
+}
+
+/// Which nodes a process fault hits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum Target {
+    /// These nodes (one, or a minority).
+    Nodes { ids: Vec<u64> },
+    /// Whichever node leads `shard` when the window starts.
+    Leader { shard: u64 },
+    /// Every node.
+    All,
+}
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Cut the links of a lab shape (halves, isolate node / leader, ring,
+    /// bridge, one-way links).
+    Partition { shape: FaultShape, mode: Partition },
+    /// Isolate one node that does *not* lead `shard` when the window starts
+    /// (the lowest-numbered follower): its clients keep reaching it, so
+    /// reads it serves locally fall behind the majority's writes.
+    IsolateFollower { shard: u64 },
+    /// SIGKILL; the heal restarts them on their data.
+    Kill { target: Target },
+    /// SIGSTOP; the heal sends SIGCONT.
+    Pause { target: Target },
+    /// One-way delay (and jitter) on every link between two nodes.
+    Latency { delay_ms: u64, jitter_ms: u64 },
+}
+
+/// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub fault: Fault,
+}
+
+/// The whole nemesis plan of a run.
+///
+/// Invariants (checked by [`Schedule::validate`]): windows are in time
+/// order, each non-empty, none overlapping the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The seed it was generated from (informational for replays).
+    pub seed: u64,
+    pub windows: Vec<Window>,
+}
+
+impl Schedule {
+    /// A seeded schedule of `kinds` faults within `time_limit_ms`, for a lab
+    /// of `nodes` nodes whose workload lives on `shard`.
+    pub fn generate(seed: u64, kinds: &[NemesisKind], time_limit_ms: u64, nodes: usize, shard: u64) -> Schedule {
+        let mut rng = SeededRng::derived(seed, 0x004E_454D_4553_4953);
+        let mut windows = Vec::new();
+        let mut t = LEAD_IN_MS;
+        let ids: Vec<u64> = (1..=nodes as u64).collect();
+        while !kinds.is_empty() && windows.len() < MAX_WINDOWS {
+            let kind = kinds[rng.below(kinds.len())];
+            let fault = random_fault(&mut rng, kind, &ids, shard);
+            let min = if matches!(fault, Fault::Pause { .. }) { PAUSE_MIN_MS } else { FAULT_MIN_MS };
+            let length = rng.between(min, FAULT_MAX_MS.max(min));
+            // Leave healthy time at the end: the last window heals before the limit.
+            if t + length + HEAL_MIN_MS > time_limit_ms {
+                break;
+            }
+            windows.push(Window { start_ms: t, end_ms: t + length, fault });
+            t += length + rng.between(HEAL_MIN_MS, HEAL_MAX_MS);
+        }
+        Schedule { seed, windows }
+    }
+
+    /// Checks the invariants listed on the type.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.windows.len() > MAX_WINDOWS {
+            return Err(format!("{} windows, over the limit of {MAX_WINDOWS}", self.windows.len()));
+        }
+        let mut previous_end = 0;
+        for (i, w) in self.windows.iter().enumerate() {
+            if w.end_ms <= w.start_ms {
+                return Err(format!("window {i} ends ({} ms) before it starts ({} ms)", w.end_ms, w.start_ms));
+            }
+            if w.start_ms < previous_end {
+                return Err(format!("window {i} starts at {} ms, before window {} ended", w.start_ms, i - 1));
+            }
+            previous_end = w.end_ms;
+        }
+        Ok(())
+    }
+}
+
+fn pick_nodes(rng: &mut SeededRng, ids: &[u64], count: usize) -> Vec<u64> {
+    let mut pool = ids.to_vec();
+    let mut picked = Vec::new();
+    for _ in 0..count.min(pool.len()) {
+        picked.push(pool.remove(rng.below(pool.len())));
+    }
+    picked.sort_unstable();
+    picked
+}
+
+fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64) -> Fault {
+    let n = ids.len();
+    let minority = (n - 1) / 2;
+    let one = |rng: &mut SeededRng| ids[rng.below(n)];
+    match kind {
+        NemesisKind::Partition => {
+            // Ring and bridge need five nodes.
+            let choices = if n >= 5 { 6 } else { 4 };
+            let shape = match rng.below(choices) {
+                0 => FaultShape::RandomHalves { seed: rng.next_u64() },
+                1 => FaultShape::IsolateNode { node: one(rng) },
+                2 => FaultShape::IsolateLeader { shard },
+                3 => {
+                    let from = one(rng);
+                    let to = ids.iter().filter(|&&id| id != from).map(|&id| Endpoint::Node(id)).collect();
+                    FaultShape::Links { from: vec![Endpoint::Node(from)], to, one_way: true }
+                }
+                4 => FaultShape::MajoritiesRing { seed: rng.next_u64() },
+                _ => FaultShape::Bridge { seed: rng.next_u64() },
+            };
+            Fault::Partition { shape, mode: Partition::Stall }
+        }
+        NemesisKind::Kill => {
+            let target = match rng.below(4) {
+                0 => Target::Nodes { ids: vec![one(rng)] },
+                1 => Target::Nodes { ids: pick_nodes(rng, ids, minority.max(1)) },
+                2 => Target::Leader { shard },
+                _ => Target::All,
+            };
+            Fault::Kill { target }
+        }
+        NemesisKind::Pause => {
+            let target = match rng.below(3) {
+                0 => Target::Nodes { ids: vec![one(rng)] },
+                1 => Target::Nodes { ids: pick_nodes(rng, ids, minority.max(1)) },
+                _ => Target::Leader { shard },
+            };
+            Fault::Pause { target }
+        }
+        NemesisKind::Latency => Fault::Latency { delay_ms: rng.between(100, 400), jitter_ms: rng.between(0, 50) },
+    }
+}
+
+/// What a fault did, for the nemesis `start` event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Applied {
+    pub description: String,
+    pub fault: Fault,
+    /// The nodes it hit, when it resolved to nodes.
+    pub nodes: Vec<u64>,
+}
+
+async fn resolve(lab: &Lab, target: &Target) -> Result<Vec<u64>, String> {
+    match target {
+        Target::Nodes { ids } => Ok(ids.clone()),
+        Target::All => Ok(lab.nodes().iter().map(|n| n.id).collect()),
+        // An election may be running: give it a moment.
+        Target::Leader { shard } => match lab.wait_for_leader(*shard, LEADER_WAIT, |_| true).await {
+            Ok(id) => Ok(vec![id]),
+            Err(e) => Err(format!("leader of shard {shard}: {e}")),
+        },
+    }
+}
+
+/// Starts a fault. An error means nothing was done (e.g. no leader to hit).
+pub async fn apply(lab: &Lab, fault: &Fault) -> Result<Applied, String> {
+    let applied = |description: String, nodes: Vec<u64>| Applied { description, fault: fault.clone(), nodes };
+    match fault {
+        Fault::Partition { shape, mode } => {
+            let nodes = match shape {
+                FaultShape::IsolateLeader { shard } => resolve(lab, &Target::Leader { shard: *shard }).await?,
+                FaultShape::IsolateNode { node } => vec![*node],
+                _ => Vec::new(),
+            };
+            // Resolve the leader once: isolate exactly the node reported.
+            let shape = match (shape, nodes.first()) {
+                (FaultShape::IsolateLeader { .. }, Some(&node)) => FaultShape::IsolateNode { node },
+                _ => shape.clone(),
+            };
+            let links = lab.partition(&shape, *mode).await.map_err(|e| e.to_string())?;
+            Ok(applied(format!("partition {} ({} links cut, {mode:?})", shape_text(&shape, fault), links.len()), nodes))
+        }
+        Fault::IsolateFollower { shard } => {
+            let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
+            let follower = lab
+                .nodes()
+                .iter()
+                .map(|n| n.id)
+                .find(|&id| id != leader)
+                .ok_or_else(|| "no follower to isolate".to_string())?;
+            let links = lab.isolate_node(follower).await.map_err(|e| e.to_string())?;
+            Ok(applied(
+                format!(
+                    "isolate follower node {follower} of shard {shard} (leader {leader}; {} links cut)",
+                    links.len()
+                ),
+                vec![follower],
+            ))
+        }
+        Fault::Kill { target } => {
+            let ids = resolve(lab, target).await?;
+            for &id in &ids {
+                lab.kill(id).map_err(|e| e.to_string())?;
+            }
+            Ok(applied(format!("kill {} ({})", target_text(target), nodes_text(&ids)), ids))
+        }
+        Fault::Pause { target } => {
+            let ids = resolve(lab, target).await?;
+            for &id in &ids {
+                lab.pause(id).map_err(|e| e.to_string())?;
+            }
+            Ok(applied(format!("pause {} ({})", target_text(target), nodes_text(&ids)), ids))
+        }
+        Fault::Latency { delay_ms, jitter_ms } => {
+            let nodes: Vec<Endpoint> = lab.nodes().iter().map(|n| Endpoint::Node(n.id)).collect();
+            lab.set_latency(&nodes, &nodes, false, Some(*delay_ms), Some(*jitter_ms)).map_err(|e| e.to_string())?;
+            Ok(applied(format!("latency {delay_ms} ms ±{jitter_ms} ms one-way between all nodes"), Vec::new()))
+        }
+    }
+}
+
+fn shape_text(shape: &FaultShape, fault: &Fault) -> String {
+    let original = match fault {
+        Fault::Partition { shape: FaultShape::IsolateLeader { shard }, .. } => format!("leader of shard {shard}: "),
+        _ => String::new(),
+    };
+    let text = match shape {
+        FaultShape::Links { from, to, one_way } => {
+            let list = |e: &[Endpoint]| e.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            format!("{} -> {}{}", list(from), list(to), if *one_way { " one-way" } else { "" })
+        }
+        FaultShape::IsolateNode { node } => format!("isolate node {node}"),
+        FaultShape::IsolateRegion { region } => format!("isolate region {region}"),
+        FaultShape::IsolateLeader { shard } => format!("isolate leader of shard {shard}"),
+        FaultShape::RandomHalves { seed } => format!("random halves (seed {seed})"),
+        FaultShape::MajoritiesRing { seed } => format!("majorities ring (seed {seed})"),
+        FaultShape::Bridge { seed } => format!("bridge (seed {seed})"),
+    };
+    format!("{original}{text}")
+}
+
+fn target_text(target: &Target) -> String {
+    match target {
+        Target::Nodes { ids } if ids.len() == 1 => "one node".into(),
+        Target::Nodes { .. } => "a minority".into(),
+        Target::Leader { shard } => format!("the leader of shard {shard}"),
+        Target::All => "all nodes".into(),
+    }
+}
+
+fn nodes_text(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(|id| format!("node {id}")).collect();
+    ids.join(", ")
+}
+
+/// Ends every fault: links healed (latency too), killed or exited nodes
+/// restarted, paused nodes resumed. Returns what it had to do.
+pub fn heal_all(lab: &Lab) -> Vec<String> {
+    let mut done = Vec::new();
+    lab.links().heal(None, true);
+    for node in lab.nodes() {
+        match node.state() {
+            ProcessState::Running => {}
+            ProcessState::Paused => match lab.resume(node.id) {
+                Ok(()) => done.push(format!("resumed node {}", node.id)),
+                Err(e) => done.push(format!("resume node {} failed: {e}", node.id)),
+            },
+            ProcessState::Killed | ProcessState::Exited(_) => match lab.restart(node.id) {
+                Ok(()) => done.push(format!("restarted node {}", node.id)),
+                Err(e) => done.push(format!("restart node {} failed: {e}", node.id)),
+            },
+        }
+    }
+    done
+}
+
+/// How long a fault aimed at a leader waits for the shard to have one.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long `apply` may take before the window is skipped.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_schedule_and_it_round_trips() {
+        let kinds = NemesisKind::ALL;
+        let a = Schedule::generate(7, &kinds, 60_000, 5, 3);
+        let b = Schedule::generate(7, &kinds, 60_000, 5, 3);
+        let c = Schedule::generate(8, &kinds, 60_000, 5, 3);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.windows.len() >= 5, "{a:?}");
+        a.validate().unwrap();
+        let json = serde_json::to_string_pretty(&a).unwrap();
+        let back: Schedule = serde_json::from_str(&json).unwrap();
+        assert_eq!(a, back);
+        for w in &a.windows {
+            if matches!(w.fault, Fault::Pause { .. }) {
+                assert!(w.end_ms - w.start_ms >= PAUSE_MIN_MS);
+            }
+            assert!(w.end_ms + HEAL_MIN_MS <= 60_000);
+        }
+    }
+
+    #[test]
+    fn three_nodes_never_get_ring_or_bridge_and_none_is_empty() {
+        for seed in 0..50 {
+            let s = Schedule::generate(seed, &[NemesisKind::Partition], 30_000, 3, 2);
+            for w in &s.windows {
+                let Fault::Partition { shape, .. } = &w.fault else { panic!("{w:?}") };
+                assert!(!matches!(shape, FaultShape::MajoritiesRing { .. } | FaultShape::Bridge { .. }));
+            }
+        }
+        assert!(Schedule::generate(1, &[], 30_000, 3, 2).windows.is_empty());
+    }
+
+    #[test]
+    fn overlapping_windows_are_refused() {
+        let fault = Fault::Latency { delay_ms: 1, jitter_ms: 0 };
+        let w = |start_ms, end_ms| Window { start_ms, end_ms, fault: fault.clone() };
+        assert!(Schedule { seed: 0, windows: vec![w(0, 10), w(5, 20)] }.validate().is_err());
+        assert!(Schedule { seed: 0, windows: vec![w(10, 10)] }.validate().is_err());
+        assert!(Schedule { seed: 0, windows: vec![w(0, 10), w(10, 20)] }.validate().is_ok());
+    }
+}

@@ -1,0 +1,568 @@
+//! Workloads: what each client process asks, and how each request becomes
+//! an `invoke` and exactly one completion in the history.
+//!
+//! # Generators
+//!
+//! Each client *slot* has its own seeded generator, so the same seed gives
+//! every slot the same sequence of operations — kinds, keys and values —
+//! whatever the cluster answers. (Which slot runs first, and so the
+//! interleaving, is the cluster's timing.) Values are unique per run: slot
+//! `s` writes `s * 1_000_000 + n` for its `n`-th operation.
+//!
+//! - **register**: read / write / CAS on per-group keys `r<group>-<epoch>`.
+//!   Slots are split into groups of at most [`MAX_PROCESSES_PER_KEY`]; a
+//!   group's key rotates after about [`OPS_PER_KEY`] operations, so no key's
+//!   search grows large. A CAS expects the value this slot last wrote on the
+//!   key (or an absent key) and swaps in a fresh value.
+//! - **set**: `add e` puts key `set/<e>`; `read` scans the `set/` prefix.
+//! - **bank**: [`ACCOUNTS`] accounts `bank/<i>` in one shard, starting at
+//!   [`INITIAL_BALANCE`]. A transfer reads both balances and sends one batch
+//!   that writes both, conditioned on the versions it read; `read` is one
+//!   scan of the accounts.
+//!
+//! # Outcomes
+//!
+//! Client retries are off (one RPC per operation), so an answer is about
+//! that one attempt. A write refused before it could apply
+//! ([`geokv_client::Error::Unavailable`], invalid argument, a failed
+//! condition) is `fail`; one that may have applied (indeterminate, timed
+//! out, anything else) is `info`, and the slot continues as a fresh
+//! process. A read that does not answer is `fail`: reads change nothing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use geokv_client::{Client, Consistency, Expect};
+use geokv_proto::kv::kv_client::KvClient;
+use geokv_proto::kv::{self as pb};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use super::nemesis::SeededRng;
+use super::recorder::{CompletionMeta, Recorder};
+use crate::history::{CAS_MISMATCH_ERROR, EventType};
+
+/// At most this many processes share a register key.
+pub const MAX_PROCESSES_PER_KEY: usize = 6;
+/// A register group moves to a new key after about this many operations.
+pub const OPS_PER_KEY: u64 = 180;
+/// Most operations one slot may generate (values are `slot * 1e6 + n`).
+pub const MAX_OPS_PER_SLOT: u64 = 999_999;
+/// Bank accounts, all in one shard (keys `bank/0` ..).
+pub const ACCOUNTS: usize = 5;
+/// Each account's balance before the run.
+pub const INITIAL_BALANCE: u64 = 100;
+/// Largest single transfer.
+pub const MAX_TRANSFER: u64 = 20;
+/// Key prefix and scan range of the set workload.
+pub const SET_PREFIX: &str = "set/";
+pub const SET_END: &str = "set0";
+/// Key prefix and scan range of the bank workload.
+pub const BANK_PREFIX: &str = "bank/";
+pub const BANK_END: &str = "bank0";
+
+/// Which workload a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    Register,
+    Set,
+    Bank,
+}
+
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Set => "set",
+            Workload::Bank => "bank",
+        }
+    }
+
+    /// A key of the workload's shard that no operation touches: the runner
+    /// writes it before the history starts, so the shard has a leader that
+    /// takes writes (warm-up), and the nemesis aims at its shard.
+    pub fn warmup_key(self) -> &'static str {
+        match self {
+            Workload::Register => "r-warmup",
+            Workload::Set => "sd-warmup",
+            Workload::Bank => "ba-warmup",
+        }
+    }
+
+    /// A key the workload's shard holds (to find the shard the nemesis aims at).
+    pub fn sample_key(self) -> &'static str {
+        match self {
+            Workload::Register => "r0-0",
+            Workload::Set => "set/0",
+            Workload::Bank => "bank/0",
+        }
+    }
+}
+
+/// One generated operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    RegisterRead {
+        key: String,
+    },
+    RegisterWrite {
+        key: String,
+        value: u64,
+    },
+    /// `expected: None`: the key must be absent.
+    RegisterCas {
+        key: String,
+        expected: Option<u64>,
+        new: u64,
+    },
+    SetAdd {
+        element: u64,
+    },
+    SetRead,
+    BankTransfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+    },
+    BankRead,
+}
+
+/// The bank account key of account `i`.
+pub fn account_key(i: usize) -> String {
+    format!("{BANK_PREFIX}{i}")
+}
+
+/// The set key of element `e` (zero-padded so keys sort like numbers).
+pub fn set_key(element: u64) -> String {
+    format!("{SET_PREFIX}{element:016}")
+}
+
+/// One slot's seeded operation source.
+///
+/// Invariant: the `n`-th call to [`Generator::next_op`] depends only on the
+/// seed, the workload, the slot and the number of clients.
+pub struct Generator {
+    workload: Workload,
+    slot: usize,
+    rng: SeededRng,
+    generated: u64,
+    group: usize,
+    ops_per_slot_per_key: u64,
+    /// Register key -> the value this slot last wrote there.
+    last_written: HashMap<String, u64>,
+}
+
+impl Generator {
+    pub fn new(workload: Workload, seed: u64, slot: usize, clients: usize) -> Generator {
+        assert!(slot < clients, "slot {slot} of {clients} clients");
+        let groups = clients.div_ceil(MAX_PROCESSES_PER_KEY);
+        let group_size = clients.div_ceil(groups);
+        Generator {
+            workload,
+            slot,
+            rng: SeededRng::derived(seed, slot as u64 + 1),
+            generated: 0,
+            group: slot / group_size,
+            ops_per_slot_per_key: (OPS_PER_KEY / group_size as u64).max(1),
+            last_written: HashMap::new(),
+        }
+    }
+
+    fn unique(&self) -> u64 {
+        self.slot as u64 * (MAX_OPS_PER_SLOT + 1) + self.generated
+    }
+
+    /// The next operation, or `None` once the slot has used up its values.
+    pub fn next_op(&mut self) -> Option<Op> {
+        if self.generated >= MAX_OPS_PER_SLOT {
+            return None;
+        }
+        self.generated += 1;
+        let roll = self.rng.between(0, 99);
+        let op = match self.workload {
+            Workload::Register => {
+                let epoch = (self.generated - 1) / self.ops_per_slot_per_key;
+                let key = format!("r{}-{epoch}", self.group);
+                if roll < 50 {
+                    Op::RegisterRead { key }
+                } else if roll < 80 {
+                    let value = self.unique();
+                    self.last_written.insert(key.clone(), value);
+                    Op::RegisterWrite { key, value }
+                } else {
+                    let new = self.unique();
+                    let expected = self.last_written.insert(key.clone(), new);
+                    Op::RegisterCas { key, expected, new }
+                }
+            }
+            Workload::Set if roll < 80 => Op::SetAdd { element: self.unique() },
+            Workload::Set => Op::SetRead,
+            Workload::Bank if roll < 60 => {
+                let from = self.rng.below(ACCOUNTS);
+                let to = (from + 1 + self.rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+                Op::BankTransfer { from, to, amount: self.rng.between(1, MAX_TRANSFER) }
+            }
+            Workload::Bank => Op::BankRead,
+        };
+        Some(op)
+    }
+}
+
+/// How a client process reaches the cluster.
+#[derive(Clone)]
+pub struct ProcessClient {
+    /// Retries off (`max_attempts(1)`).
+    pub client: Client,
+    /// The process's own region's node, dialled from the region's client IP:
+    /// where stale register reads go (a stale read is meant to be served by
+    /// the nearest replica; the client library would send it to the leader).
+    pub home: KvClient<Channel>,
+    pub region: String,
+}
+
+/// A channel to `addr` from `source`, connected lazily.
+pub fn home_channel(addr: &str, source: IpAddr, timeout: Duration) -> Result<KvClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(timeout)
+        .local_address(Some(source))
+        .tcp_nodelay(true);
+    Ok(KvClient::new(endpoint.connect_lazy()))
+}
+
+/// Settings shared by every operation.
+#[derive(Clone, Copy, Debug)]
+pub struct OpSettings {
+    pub consistency: Consistency,
+    /// An operation that takes longer is abandoned: `fail` for reads, `info`
+    /// for writes.
+    pub op_timeout: Duration,
+}
+
+/// Why an operation did not succeed.
+#[derive(Debug)]
+pub struct OpError {
+    /// It definitely did not take effect (`fail`); else unknown (`info`,
+    /// or `fail` for reads).
+    pub definite: bool,
+    pub message: String,
+}
+
+impl OpError {
+    fn definite(message: impl Into<String>) -> OpError {
+        OpError { definite: true, message: message.into() }
+    }
+}
+
+/// Sorts a client error into did-not-happen vs. unknown.
+pub fn classify(error: &geokv_client::Error) -> OpError {
+    let definite = matches!(
+        error,
+        geokv_client::Error::Unavailable { .. }
+            | geokv_client::Error::InvalidArgument(_)
+            | geokv_client::Error::Config(_)
+    );
+    OpError { definite, message: error.to_string() }
+}
+
+fn read_meta(info: &geokv_client::ReadInfo) -> CompletionMeta {
+    CompletionMeta {
+        node: Some(info.node_id.to_string()),
+        region: Some(info.region.clone()),
+        consistency: Some(info.served.as_str().to_string()),
+        staleness_bound_ms: info.staleness_bound_ms,
+        error: None,
+    }
+}
+
+fn proto_read_meta(info: Option<&pb::ReadInfo>) -> CompletionMeta {
+    let Some(info) = info else { return CompletionMeta::default() };
+    let served = match pb::Consistency::try_from(info.served) {
+        Ok(pb::Consistency::Linearizable) => "linearizable",
+        Ok(pb::Consistency::Lease) => "lease",
+        Ok(pb::Consistency::Stale) => "stale",
+        _ => "other",
+    };
+    CompletionMeta {
+        node: Some(info.node_id.to_string()),
+        region: Some(info.region.clone()),
+        consistency: Some(served.to_string()),
+        staleness_bound_ms: (info.staleness_bound_ms != u64::MAX).then_some(info.staleness_bound_ms),
+        error: None,
+    }
+}
+
+/// A register value as the history shows it: the number written, or the
+/// raw text if it is not one (which the checker will then not explain).
+fn register_value(bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    text.parse::<u64>().map_or_else(|_| Value::String(text.into_owned()), Value::from)
+}
+
+/// What an invoke event says.
+struct Invocation<'a> {
+    process: u64,
+    f: &'a str,
+    key: &'a str,
+    value: Value,
+    /// Reads that do not answer are `fail`; writes are `info`.
+    is_read: bool,
+}
+
+/// Records `invoke`, runs `call` within the op timeout, records its one
+/// completion; returns the completion's type.
+async fn record<Fut>(recorder: &Recorder, settings: &OpSettings, what: Invocation<'_>, call: Fut) -> EventType
+where
+    Fut: Future<Output = Result<(Value, CompletionMeta), OpError>>,
+{
+    let Invocation { process, f, key, value, is_read } = what;
+    recorder.invoke(process, f, key, value.clone());
+    let result = tokio::time::timeout(settings.op_timeout, call).await;
+    let (kind, value, meta) = match result {
+        Ok(Ok((done, meta))) => (EventType::Ok, done, meta),
+        Ok(Err(e)) => {
+            let kind = if e.definite || is_read { EventType::Fail } else { EventType::Info };
+            (kind, value, CompletionMeta { error: Some(e.message), ..Default::default() })
+        }
+        Err(_) => {
+            let kind = if is_read { EventType::Fail } else { EventType::Info };
+            let message = format!("timed out after {:?}", settings.op_timeout);
+            (kind, value, CompletionMeta { error: Some(message), ..Default::default() })
+        }
+    };
+    let value = if is_read && kind != EventType::Ok { Value::Null } else { value };
+    recorder.complete(process, kind, f, key, value, meta);
+    kind
+}
+
+/// Runs one operation as `process` and records it; returns its completion type.
+pub async fn execute(
+    recorder: &Recorder,
+    settings: &OpSettings,
+    pc: &ProcessClient,
+    process: u64,
+    op: &Op,
+) -> EventType {
+    let client = &pc.client;
+    let consistency = settings.consistency;
+    match op {
+        Op::RegisterRead { key } => {
+            let call = async {
+                if consistency == Consistency::Stale {
+                    let request = pb::GetRequest {
+                        header: Some(pb::RequestHeader { shard_id: 0, epoch: 0 }),
+                        key: key.as_bytes().to_vec(),
+                        consistency: pb::Consistency::Stale as i32,
+                        ..Default::default()
+                    };
+                    let mut home = pc.home.clone();
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(settings.op_timeout);
+                    let reply = home.get(request).await.map_err(|s| OpError::definite(s.to_string()))?.into_inner();
+                    let value = reply.kv.map_or(Value::Null, |kv| register_value(&kv.value));
+                    Ok((value, proto_read_meta(reply.read.as_ref())))
+                } else {
+                    let read = client.get_with(key, consistency).await.map_err(|e| classify(&e))?;
+                    let value = read.kv.map_or(Value::Null, |kv| register_value(&kv.value));
+                    Ok((value, read_meta(&read.info)))
+                }
+            };
+            record(recorder, settings, Invocation { process, f: "read", key, value: Value::Null, is_read: true }, call)
+                .await
+        }
+        Op::RegisterWrite { key, value } => {
+            let call = async {
+                client.put(key, value.to_string()).await.map_err(|e| classify(&e))?;
+                Ok((json!(value), CompletionMeta::default()))
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "write", key, value: json!(value), is_read: false },
+                call,
+            )
+            .await
+        }
+        Op::RegisterCas { key, expected, new } => {
+            let invoke = json!([expected, new]);
+            let call = async {
+                let expect = expected.map_or(Expect::Absent, |v| Expect::Value(v.to_string().into_bytes()));
+                let result = client.cas(key, expect, Some(new.to_string().into_bytes())).await;
+                match result {
+                    Ok(r) if r.swapped => Ok((invoke.clone(), CompletionMeta::default())),
+                    Ok(_) => Err(OpError::definite(CAS_MISMATCH_ERROR)),
+                    Err(e) => Err(classify(&e)),
+                }
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "cas", key, value: invoke.clone(), is_read: false },
+                call,
+            )
+            .await
+        }
+        Op::SetAdd { element } => {
+            let call = async {
+                client.put(set_key(*element), "1").await.map_err(|e| classify(&e))?;
+                Ok((json!(element), CompletionMeta::default()))
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "add", key: "", value: json!(element), is_read: false },
+                call,
+            )
+            .await
+        }
+        Op::SetRead => {
+            let call = async {
+                let (elements, meta) = read_set(client, consistency).await?;
+                Ok((json!(elements), meta))
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "read", key: "", value: Value::Null, is_read: true },
+                call,
+            )
+            .await
+        }
+        Op::BankTransfer { from, to, amount } => {
+            let invoke = json!({"from": from, "to": to, "amount": amount});
+            let call = async {
+                let (from_key, to_key) = (account_key(*from), account_key(*to));
+                // Reads inside a transfer change nothing: their failures are definite.
+                let read = |key: String| async move {
+                    let read = client.get_with(&key, Consistency::Linearizable).await;
+                    let read = read.map_err(|e| OpError::definite(format!("reading {key}: {e}")))?;
+                    let kv = read.kv.ok_or_else(|| OpError::definite(format!("{key} is missing")))?;
+                    let balance = String::from_utf8_lossy(&kv.value)
+                        .parse::<u64>()
+                        .map_err(|_| OpError::definite(format!("{key} holds {:?}", kv.value)))?;
+                    Ok::<_, OpError>((balance, kv.version))
+                };
+                let (from_balance, from_version) = read(from_key.clone()).await?;
+                let (to_balance, to_version) = read(to_key.clone()).await?;
+                if from_balance < *amount {
+                    return Err(OpError::definite(format!("insufficient funds: {from_balance} < {amount}")));
+                }
+                let result = client
+                    .batch()
+                    .condition(&from_key, Expect::Version(from_version))
+                    .condition(&to_key, Expect::Version(to_version))
+                    .put(&from_key, (from_balance - amount).to_string())
+                    .put(&to_key, (to_balance + amount).to_string())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                if result.applied {
+                    Ok((invoke.clone(), CompletionMeta::default()))
+                } else {
+                    Err(OpError::definite("conflict: a balance changed since it was read"))
+                }
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "transfer", key: "", value: invoke.clone(), is_read: false },
+                call,
+            )
+            .await
+        }
+        Op::BankRead => {
+            let call = async {
+                let (balances, meta) = read_bank(client, consistency).await?;
+                Ok((json!(balances), meta))
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "read", key: "", value: Value::Null, is_read: true },
+                call,
+            )
+            .await
+        }
+    }
+}
+
+/// Every element of the set, by one scan of its prefix.
+pub async fn read_set(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
+    let kvs = client.scan(SET_PREFIX..SET_END).consistency(consistency).collect().await.map_err(|e| classify(&e))?;
+    let elements = kvs
+        .iter()
+        .map(|kv| {
+            let text = String::from_utf8_lossy(&kv.key[SET_PREFIX.len()..]).into_owned();
+            text.parse::<u64>().map_or(Value::String(text), Value::from)
+        })
+        .collect();
+    let meta = CompletionMeta { consistency: Some(consistency.as_str().to_string()), ..Default::default() };
+    Ok((elements, meta))
+}
+
+/// Every account's balance (`null`: missing, or not a number), by one scan
+/// of the bank's range (one shard: one read).
+pub async fn read_bank(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
+    let kvs = client.scan(BANK_PREFIX..BANK_END).consistency(consistency).collect().await.map_err(|e| classify(&e))?;
+    let mut balances = vec![Value::Null; ACCOUNTS];
+    for kv in kvs {
+        let name = String::from_utf8_lossy(&kv.key[BANK_PREFIX.len()..]).into_owned();
+        let balance = String::from_utf8_lossy(&kv.value).parse::<i64>().ok();
+        match name.parse::<usize>() {
+            Ok(i) if i < ACCOUNTS => balances[i] = balance.map_or(Value::Null, Value::from),
+            _ => return Err(OpError::definite(format!("unexpected bank key {name:?}"))),
+        }
+    }
+    let meta = CompletionMeta { consistency: Some(consistency.as_str().to_string()), ..Default::default() };
+    Ok((balances, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_operations_and_values_are_unique() {
+        let run = |seed| {
+            let mut ops = Vec::new();
+            for slot in 0..8 {
+                let mut generator = Generator::new(Workload::Register, seed, slot, 8);
+                ops.extend((0..400).map(|_| generator.next_op().unwrap()));
+            }
+            ops
+        };
+        let (a, b, c) = (run(3), run(3), run(4));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mut written = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for op in &a {
+            match op {
+                Op::RegisterWrite { key, value } | Op::RegisterCas { key, new: value, .. } => {
+                    assert!(written.insert(*value), "value {value} written twice");
+                    keys.insert(key.clone());
+                }
+                Op::RegisterRead { key } => {
+                    keys.insert(key.clone());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // 8 clients: 2 groups of 4; 45 ops per slot per key; 400 ops -> 9 epochs.
+        assert_eq!(keys.len(), 2 * 9, "{keys:?}");
+    }
+
+    #[test]
+    fn bank_transfers_move_between_distinct_accounts() {
+        let mut generator = Generator::new(Workload::Bank, 1, 0, 1);
+        for _ in 0..1000 {
+            if let Some(Op::BankTransfer { from, to, amount }) = generator.next_op() {
+                assert!(from != to && from < ACCOUNTS && to < ACCOUNTS && (1..=MAX_TRANSFER).contains(&amount));
+            }
+        }
+    }
+}
