@@ -234,7 +234,12 @@ impl Client {
     pub async fn get_with(&self, key: impl AsRef<[u8]>, consistency: Consistency) -> Result<ReadResult, Error> {
         let key = key.as_ref();
         check_key(key)?;
-        let request = pb::GetRequest { header: None, key: key.to_vec(), consistency: consistency.to_proto() };
+        let request = pb::GetRequest {
+            header: None,
+            key: key.to_vec(),
+            consistency: consistency.to_proto(),
+            max_staleness_ms: consistency.max_staleness_ms(),
+        };
         let reply = self.execute(key, consistency.needs_leader(), request).await?;
         let info = ReadInfo::from_proto(reply.read).map_err(Error::Protocol)?;
         // An empty key in the answer means "the key you asked for".
@@ -399,7 +404,8 @@ impl Client {
                 return Err(exhausted(is_write && may_have_applied, shard_id, attempts, last_cause));
             }
             let routed = self.route(key, deadline).await.and_then(|shard| {
-                let candidates = self.candidates(&shard);
+                let local = if needs_leader { None } else { config.region.as_deref() };
+                let candidates = self.candidates(&shard, local);
                 match pick(&candidates, &tried) {
                     Some(picked) => Ok((shard, picked)),
                     None => Err(Failure::NoRoute(format!(
@@ -565,11 +571,12 @@ impl Client {
         })
     }
 
-    /// Where to send a request for `shard`, best first: the cached leader,
-    /// then the replicas in map order.
-    fn candidates(&self, shard: &Shard) -> Vec<Target> {
+    /// Where to send a request for `shard`, best first: the replicas in
+    /// `local_region` (for reads any replica may serve), the cached leader,
+    /// then the other replicas in map order.
+    fn candidates(&self, shard: &Shard, local_region: Option<&str>) -> Vec<Target> {
         let leader = self.read_routing().leaders.get(&shard.shard_id).cloned();
-        candidates(shard, leader.as_ref())
+        candidates(shard, leader.as_ref(), local_region)
     }
 
     /// Records a `NotLeader` hint; returns the leader to try next, if known.
@@ -787,12 +794,15 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Targets for `shard`, best first, without duplicates.
-fn candidates(shard: &Shard, leader: Option<&LeaderHint>) -> Vec<Target> {
+/// Targets for `shard`, best first, without duplicates: replicas in
+/// `local_region` (if given), the leader, the other replicas.
+fn candidates(shard: &Shard, leader: Option<&LeaderHint>, local_region: Option<&str>) -> Vec<Target> {
     let mut targets: Vec<Target> = Vec::with_capacity(shard.replicas.len() + 1);
+    let target = |replica: &crate::shard_map::Replica| Target { node_id: replica.node_id, addr: replica.addr.clone() };
+    let local = shard.replicas.iter().filter(|r| local_region.is_some_and(|region| r.region == region)).map(target);
     let leader = leader.map(|hint| Target { node_id: hint.node_id, addr: hint.addr.clone() });
-    let replicas = shard.replicas.iter().map(|replica| Target { node_id: replica.node_id, addr: replica.addr.clone() });
-    for target in leader.into_iter().chain(replicas) {
+    let replicas = shard.replicas.iter().map(target);
+    for target in local.chain(leader).chain(replicas) {
         if !targets.iter().any(|known| known.addr == target.addr) {
             targets.push(target);
         }
@@ -843,16 +853,25 @@ mod tests {
 
     #[test]
     fn cached_leader_goes_first_without_duplicates() {
-        assert_eq!(addrs(&candidates(&shard(), None)), [1, 2, 3]);
+        assert_eq!(addrs(&candidates(&shard(), None, None)), [1, 2, 3]);
         let hint = LeaderHint { node_id: 2, addr: "127.0.0.1:7002".into(), term: 4 };
-        assert_eq!(addrs(&candidates(&shard(), Some(&hint))), [2, 1, 3]);
+        assert_eq!(addrs(&candidates(&shard(), Some(&hint), None)), [2, 1, 3]);
         let outsider = LeaderHint { node_id: 9, addr: "10.0.0.9:7001".into(), term: 4 };
-        assert_eq!(addrs(&candidates(&shard(), Some(&outsider))), [9, 1, 2, 3]);
+        assert_eq!(addrs(&candidates(&shard(), Some(&outsider), None)), [9, 1, 2, 3]);
+    }
+
+    #[test]
+    fn local_replicas_go_first_then_the_leader() {
+        let mut s = shard();
+        s.replicas[2].region = "us".into();
+        let hint = LeaderHint { node_id: 2, addr: "127.0.0.1:7002".into(), term: 4 };
+        assert_eq!(addrs(&candidates(&s, Some(&hint), Some("us"))), [3, 2, 1]);
+        assert_eq!(addrs(&candidates(&s, Some(&hint), Some("mars"))), [2, 1, 3]);
     }
 
     #[test]
     fn pick_skips_tried_nodes_then_starts_over() {
-        let targets = candidates(&shard(), None);
+        let targets = candidates(&shard(), None, None);
         let mut tried = HashSet::new();
         let (first, fresh) = pick(&targets, &tried).unwrap();
         assert_eq!((first.node_id, fresh), (1, true));

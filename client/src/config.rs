@@ -49,6 +49,10 @@ pub struct ClientConfig {
     /// Local IP every connection is made from (default: none, the OS
     /// chooses). The lab tells client regions apart by this source address.
     pub local_address: Option<IpAddr>,
+    /// The region this client runs in (default: none). Reads that need not
+    /// go to the leader (follower, bounded, stale) go to a replica in this
+    /// region first, then to the leader, then to the other replicas.
+    pub region: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -74,6 +78,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(1),
             scan_page_limit: 0,
             local_address: None,
+            region: None,
         }
     }
 
@@ -111,6 +116,12 @@ impl ClientConfig {
     /// Sets [`ClientConfig::scan_page_limit`].
     pub fn scan_page_limit(mut self, scan_page_limit: u32) -> Self {
         self.scan_page_limit = scan_page_limit;
+        self
+    }
+
+    /// Sets [`ClientConfig::region`].
+    pub fn region(mut self, region: Option<String>) -> Self {
+        self.region = region;
         self
     }
 

@@ -169,6 +169,7 @@ impl<'a> Scan<'a> {
                 end: end_on_wire.clone(),
                 limit: page_limit,
                 consistency: self.consistency.to_proto(),
+                max_staleness_ms: self.consistency.max_staleness_ms(),
             };
             let page = self.client.execute(&cursor, self.consistency.needs_leader(), request).await?;
             check_page(&cursor, end.as_deref(), out.last().map(|kv| kv.key.as_slice()), page_limit, &page)

@@ -10,41 +10,63 @@ use std::str::FromStr;
 use geokv_proto::kv as pb;
 use serde::Serialize;
 
-/// How fresh a read must be. See `DESIGN.md` for what each level costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How fresh a read must be. See `docs/consistency.md` for what each level
+/// costs and where it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Consistency {
     /// ReadIndex at the leader: a quorum confirms leadership first.
     #[default]
     Linearizable,
     /// Served by the leader from its lease, falling back to ReadIndex.
     Lease,
+    /// Linearizable, served by the nearest replica after one round trip to
+    /// the leader for its read index.
+    Follower,
+    /// Served by the nearest replica if it can prove it is at most this
+    /// stale; otherwise it falls back to `Follower` and says so. In a
+    /// response's `served`, the bound is not repeated (0).
+    Bounded { max_staleness_ms: u64 },
     /// Whatever one replica has applied, with a reported staleness bound.
     Stale,
 }
 
 impl Consistency {
-    /// All levels, strongest first.
-    pub const ALL: [Consistency; 3] = [Consistency::Linearizable, Consistency::Lease, Consistency::Stale];
+    /// The levels without parameters, strongest first (`Bounded` is parsed
+    /// from `bounded:<N>ms`).
+    pub const ALL: [Consistency; 4] =
+        [Consistency::Linearizable, Consistency::Lease, Consistency::Follower, Consistency::Stale];
 
     /// The lowercase name used by `kvctl` and in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Consistency::Linearizable => "linearizable",
             Consistency::Lease => "lease",
+            Consistency::Follower => "follower",
+            Consistency::Bounded { .. } => "bounded",
             Consistency::Stale => "stale",
         }
     }
 
     /// Whether requests at this level must be served by the shard leader.
+    /// The others go to the nearest replica.
     pub fn needs_leader(self) -> bool {
-        !matches!(self, Consistency::Stale)
+        matches!(self, Consistency::Linearizable | Consistency::Lease)
+    }
+
+    /// The staleness bound sent with the request (0 unless `Bounded`).
+    pub fn max_staleness_ms(self) -> u64 {
+        match self {
+            Consistency::Bounded { max_staleness_ms } => max_staleness_ms,
+            _ => 0,
+        }
     }
 
     pub(crate) fn to_proto(self) -> i32 {
         match self {
             Consistency::Linearizable => pb::Consistency::Linearizable as i32,
             Consistency::Lease => pb::Consistency::Lease as i32,
+            Consistency::Follower => pb::Consistency::Follower as i32,
+            Consistency::Bounded { .. } => pb::Consistency::Bounded as i32,
             Consistency::Stale => pb::Consistency::Stale as i32,
         }
     }
@@ -53,25 +75,51 @@ impl Consistency {
         match pb::Consistency::try_from(value).ok()? {
             pb::Consistency::Linearizable => Some(Consistency::Linearizable),
             pb::Consistency::Lease => Some(Consistency::Lease),
+            pb::Consistency::Follower => Some(Consistency::Follower),
+            pb::Consistency::Bounded => Some(Consistency::Bounded { max_staleness_ms: 0 }),
             pb::Consistency::Stale => Some(Consistency::Stale),
         }
     }
 }
 
+impl Serialize for Consistency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Consistency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Consistency::Bounded { max_staleness_ms } if *max_staleness_ms > 0 => {
+                write!(f, "bounded:{max_staleness_ms}ms")
+            }
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 
 impl FromStr for Consistency {
     type Err = String;
 
+    /// `linearizable`, `lease`, `follower`, `stale`, or `bounded:<N>ms`
+    /// (also `bounded:<N>`, in ms).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let help = "use linearizable, lease, follower, bounded:<N>ms or stale";
+        if let Some(bound) = s.strip_prefix("bounded:").or_else(|| s.strip_prefix("BOUNDED:")) {
+            let digits = bound.strip_suffix("ms").unwrap_or(bound);
+            return match digits.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(Consistency::Bounded { max_staleness_ms: ms }),
+                _ => Err(format!("bad staleness bound {bound:?}: give a positive number of ms, e.g. bounded:250ms")),
+            };
+        }
+        if s.eq_ignore_ascii_case("bounded") {
+            return Err(format!("bounded needs a bound, e.g. bounded:250ms; {help}"));
+        }
         Consistency::ALL
             .into_iter()
             .find(|level| level.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown consistency {s:?}: use linearizable, lease or stale"))
+            .ok_or_else(|| format!("unknown consistency {s:?}: {help}"))
     }
 }
 

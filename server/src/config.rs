@@ -69,6 +69,14 @@ pub struct RaftConfig {
     pub max_append_entries: u64,
     /// Time allowed to send one whole snapshot to a peer.
     pub snapshot_send_timeout_ms: u64,
+    /// The most two nodes' wall clocks may differ. Lease reads are served
+    /// only within `election_timeout_min_ms - max_clock_offset_ms` of the last
+    /// quorum acknowledgement; bounded-staleness reads add this to their
+    /// staleness; a node that sees a peer's clock further off refuses both.
+    pub max_clock_offset_ms: u64,
+    /// How often a leader confirms its leadership and pushes a safe time
+    /// (commit index as of a leader clock reading) to its followers.
+    pub safe_time_interval_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -82,6 +90,8 @@ impl Default for RaftConfig {
             logs_kept_after_snapshot: 1_000,
             max_append_entries: 512,
             snapshot_send_timeout_ms: 60_000,
+            max_clock_offset_ms: 50,
+            safe_time_interval_ms: 100,
         }
     }
 }
@@ -190,6 +200,12 @@ impl Config {
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), cause: e.to_string() })
     }
 
+    /// How long after a quorum acknowledgement a leader may serve lease
+    /// reads: shorter than the election timeout by the clock offset bound.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.raft.election_timeout_min_ms - self.raft.max_clock_offset_ms)
+    }
+
     /// This node's own entry in the initial cluster.
     pub fn me(&self) -> &Member {
         self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated: node is a member")
@@ -269,7 +285,11 @@ impl Config {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err(invalid("raft.election_timeout_max_ms", "must exceed election_timeout_min_ms"));
         }
+        if r.max_clock_offset_ms >= r.election_timeout_min_ms {
+            return Err(invalid("raft.max_clock_offset_ms", "must be below election_timeout_min_ms (the lease)"));
+        }
         for (field, v) in [
+            ("raft.safe_time_interval_ms", r.safe_time_interval_ms),
             ("raft.snapshot_every_entries", r.snapshot_every_entries),
             ("raft.max_append_entries", r.max_append_entries),
             ("raft.snapshot_send_timeout_ms", r.snapshot_send_timeout_ms),

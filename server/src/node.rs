@@ -15,10 +15,10 @@
 //!
 //! Shutdown stops the gRPC server first, then every Raft group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,15 +33,22 @@ use crate::metrics::Metrics;
 use crate::raft::command::{Command, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
+use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round};
 use crate::raft::state_machine::{SessionLimits, ShardKind};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
 use crate::shards::{META_SHARD_ID, ShardDesc, ShardMap};
 use crate::storage::Storage;
+use geokv_proto::raft::RaftMessage;
+use geokv_proto::raft::raft_client::RaftClient;
 
 /// How long a stopping node lets in-flight requests finish before it drops
 /// the connections that are still open.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long lease and bounded reads stay refused after a peer's clock was
+/// seen beyond `max_clock_offset_ms`.
+const CLOCK_SUSPECT_PERIOD: Duration = Duration::from_secs(10);
 
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
@@ -50,7 +57,19 @@ pub struct Node {
     pub config: Arc<Config>,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
+    /// Channels to every peer node, shared by all groups and by follower
+    /// reads and safe-time pushes.
+    pub peers: Arc<Peers>,
     groups: RwLock<BTreeMap<u64, ShardRaft>>,
+    /// Per shard: batched ReadIndex rounds run here as leader, and batched
+    /// read-index requests sent to the leader as follower.
+    leader_reads: Mutex<HashMap<u64, Arc<ReadIndexBatcher>>>,
+    follower_reads: Mutex<HashMap<u64, Arc<ReadIndexBatcher>>>,
+    /// Per shard: the newest safe time its leader pushed to this node.
+    safe_times: Mutex<HashMap<u64, SafeTime>>,
+    /// Set when a peer's clock was seen further off than the configured
+    /// bound: lease and bounded reads are refused until then.
+    clock_suspect_until: Mutex<Option<Instant>>,
     map_rx: watch::Receiver<Arc<ShardMap>>,
     map_tx: watch::Sender<Arc<ShardMap>>,
     /// The map a new cluster starts with (computed from the configuration).
@@ -71,11 +90,24 @@ impl Node {
         let nodes: Vec<_> = config.initial_cluster.iter().map(|m| m.desc()).collect();
         let initial_map = Arc::new(ShardMap::initial(&nodes, &config.split_point_bytes(), config.replication_factor)?);
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
+        let r = &config.raft;
+        let peers = Peers::new(PeerTimeouts {
+            connect: Duration::from_millis(r.election_timeout_min_ms),
+            keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
+            keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
+            snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
+            local_ip: config.outgoing_ip.parse().ok(),
+        });
         Ok(Arc::new(Node {
             config: Arc::new(config),
             storage,
             metrics: Arc::new(Metrics::default()),
+            peers,
             groups: RwLock::new(BTreeMap::new()),
+            leader_reads: Mutex::default(),
+            follower_reads: Mutex::default(),
+            safe_times: Mutex::default(),
+            clock_suspect_until: Mutex::default(),
             map_rx,
             map_tx,
             initial_map,
@@ -88,14 +120,7 @@ impl Node {
     /// and starts the shard map bootstrapper.
     pub async fn start_groups(self: &Arc<Self>) -> anyhow::Result<()> {
         let raft_config = Arc::new(self.config.openraft().validate()?);
-        let r = &self.config.raft;
-        let peers = Peers::new(PeerTimeouts {
-            connect: Duration::from_millis(r.election_timeout_min_ms),
-            keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
-            keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
-            snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
-            local_ip: self.config.outgoing_ip.parse().ok(),
-        });
+        let peers = self.peers.clone();
         let limits = SessionLimits {
             ttl_ms: self.config.limits.session_ttl_ms,
             gc_interval_ms: (self.config.limits.session_ttl_ms / 10).max(1_000),
@@ -120,6 +145,7 @@ impl Node {
         }
         self.ready.store(true, Ordering::Release);
         tokio::spawn(bootstrap_map(self.clone()));
+        tokio::spawn(push_safe_times(self.clone()));
         Ok(())
     }
 
@@ -171,6 +197,105 @@ impl Node {
         self.map_rx.borrow().clone()
     }
 
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
+    /// A linearizable read index confirmed by this node as the shard's
+    /// leader (batched with every concurrent caller).
+    pub async fn leader_read_index(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
+        let batcher = self.leader_reads.lock().expect("read batchers").entry(shard).or_default().clone();
+        batcher.confirm(leader_round(raft.clone(), self.request_timeout()), self.metrics.clone()).await
+    }
+
+    /// A linearizable read index for a read served by this replica: from the
+    /// shard's leader, one round trip shared by concurrent callers (or
+    /// locally if this node leads).
+    pub async fn follower_read_index(self: &Arc<Self>, shard: u64, raft: &ShardRaft) -> RoundResult {
+        let batcher = self.follower_reads.lock().expect("read batchers").entry(shard).or_default().clone();
+        let node = self.clone();
+        let raft = raft.clone();
+        let round: Round = Arc::new(move || {
+            let (node, raft) = (node.clone(), raft.clone());
+            Box::pin(async move { node.ask_leader_for_read_index(shard, &raft).await })
+        });
+        batcher.confirm(round, self.metrics.clone()).await
+    }
+
+    async fn ask_leader_for_read_index(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
+        let me = self.config.node_id;
+        let leader = raft.current_leader().await.ok_or_else(|| RoundError::Remote("no known leader".into()))?;
+        if leader == me {
+            return leader_round(raft.clone(), self.request_timeout())().await;
+        }
+        let addr = self
+            .shard_map()
+            .node(leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| RoundError::Remote(format!("leader {leader} is not in the shard map")))?;
+        let mut client = RaftClient::new(self.peers.channel(&addr));
+        let mut request =
+            tonic::Request::new(RaftMessage { shard_id: shard, payload: Vec::new(), error: String::new() });
+        request.set_timeout(self.request_timeout());
+        let reply = match tokio::time::timeout(self.request_timeout(), client.read_index(request)).await {
+            Err(_) => return Err(RoundError::TimedOut),
+            Ok(Err(status)) => return Err(RoundError::Remote(format!("leader {leader}: {}", status.message()))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        if !reply.error.is_empty() {
+            return Err(RoundError::Remote(format!("leader {leader}: {}", reply.error)));
+        }
+        crate::raft::decode::<u64>(&reply.payload).map_err(|e| RoundError::Remote(e.to_string()))
+    }
+
+    /// Waits (bounded) until this replica has applied `index` of `shard`.
+    pub async fn wait_applied(&self, raft: &ShardRaft, index: u64) -> Result<(), String> {
+        raft.wait(Some(self.request_timeout()))
+            .applied_index_at_least(Some(index), "read")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Records safe times pushed by `from`; refuses (and flags the clock)
+    /// times further ahead of this node's clock than the offset bound.
+    pub fn record_safe_times(&self, from: u64, entries: Vec<SafeTime>) {
+        let now = wall_ms();
+        let bound = self.config.raft.max_clock_offset_ms;
+        let mut times = self.safe_times.lock().expect("safe times");
+        for t in entries {
+            if t.leader_wall_ms > now + bound {
+                tracing::error!(
+                    peer = from,
+                    ahead_ms = t.leader_wall_ms - now,
+                    bound_ms = bound,
+                    "peer clock beyond max_clock_offset_ms: refusing lease and bounded reads"
+                );
+                *self.clock_suspect_until.lock().expect("clock flag") = Some(Instant::now() + CLOCK_SUSPECT_PERIOD);
+                continue;
+            }
+            let newer = times.get(&t.shard).is_none_or(|old| t.leader_wall_ms > old.leader_wall_ms);
+            if newer {
+                times.insert(t.shard, t);
+            }
+        }
+    }
+
+    /// An upper bound on how stale this replica's data of `shard` is, given
+    /// it has applied `applied`: `None` when it cannot tell.
+    pub fn staleness_bound_ms(&self, shard: u64, applied: u64) -> Option<u64> {
+        if !self.clock_ok() {
+            return None;
+        }
+        let t = self.safe_times.lock().expect("safe times").get(&shard).copied()?;
+        (applied >= t.index).then(|| wall_ms().saturating_sub(t.leader_wall_ms) + self.config.raft.max_clock_offset_ms)
+    }
+
+    /// False while a peer's clock was recently seen beyond the offset bound.
+    pub fn clock_ok(&self) -> bool {
+        self.clock_suspect_until.lock().expect("clock flag").is_none_or(|until| Instant::now() >= until)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -187,6 +312,54 @@ impl Node {
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(shard, cause = %e, "raft group did not shut down cleanly");
             }
+        }
+    }
+}
+
+/// The wall clock, in ms since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A leader's statement to a follower: every write committed before
+/// `leader_wall_ms` (leader clock) has index at most `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SafeTime {
+    pub shard: u64,
+    pub leader_wall_ms: u64,
+    pub index: u64,
+}
+
+/// For every shard this node leads: confirm leadership (batched ReadIndex,
+/// started after reading the clock, so the statement holds) and push the
+/// resulting safe time to the shard's other voters, one message per peer.
+async fn push_safe_times(node: Arc<Node>) {
+    let interval = Duration::from_millis(node.config.raft.safe_time_interval_ms);
+    let me = node.config.node_id;
+    while node.is_ready() {
+        tokio::time::sleep(interval).await;
+        let mut per_peer: BTreeMap<u64, Vec<SafeTime>> = BTreeMap::new();
+        for (shard, raft) in node.groups().await {
+            if shard == META_SHARD_ID || !raft.is_leader() {
+                continue;
+            }
+            let leader_wall_ms = wall_ms();
+            let Ok(index) = node.leader_read_index(shard, &raft).await else { continue };
+            for peer in raft.voter_ids().filter(|v| *v != me) {
+                per_peer.entry(peer).or_default().push(SafeTime { shard, leader_wall_ms, index });
+            }
+        }
+        let map = node.shard_map();
+        for (peer, entries) in per_peer {
+            let Some(addr) = map.node(peer).map(|n| n.addr.clone()) else { continue };
+            let mut client = RaftClient::new(node.peers.channel(&addr));
+            let payload = crate::raft::encode(&(me, entries));
+            let mut request = tonic::Request::new(RaftMessage { shard_id: 0, payload, error: String::new() });
+            request.set_timeout(interval * 10);
+            // Fire and forget: a lost push only makes bounded reads fall back.
+            tokio::spawn(async move {
+                let _ = client.safe_time(request).await;
+            });
         }
     }
 }

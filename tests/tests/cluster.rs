@@ -27,7 +27,7 @@ fn put_req(key: &str, value: &str) -> PutRequest {
 }
 
 fn get_req(key: &str, consistency: Consistency) -> GetRequest {
-    GetRequest { header: None, key: key.into(), consistency: consistency as i32 }
+    GetRequest { header: None, key: key.into(), consistency: consistency as i32, max_staleness_ms: 0 }
 }
 
 /// Writes through the leader of `shard`, re-finding it while leadership moves.
@@ -235,7 +235,14 @@ async fn scans_cross_shards_in_key_order_with_paging() {
     loop {
         let leader = c.wait_leader(shard_of(&start)).await;
         let mut kv = c.kv(leader).await;
-        let req = ScanRequest { header: None, start: start.clone(), end: Vec::new(), limit: 7, consistency: 0 };
+        let req = ScanRequest {
+            header: None,
+            start: start.clone(),
+            end: Vec::new(),
+            limit: 7,
+            consistency: 0,
+            max_staleness_ms: 0,
+        };
         let page = kv.scan(req).await.expect("scan page").into_inner();
         assert!(page.kvs.len() <= 7);
         got.extend(page.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()));
@@ -275,7 +282,14 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_applied() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("max_value_bytes"), "{}", err.message());
 
-    let inverted = ScanRequest { header: None, start: b"m".to_vec(), end: b"h".to_vec(), limit: 0, consistency: 0 };
+    let inverted = ScanRequest {
+        header: None,
+        start: b"m".to_vec(),
+        end: b"h".to_vec(),
+        limit: 0,
+        consistency: 0,
+        max_staleness_ms: 0,
+    };
     assert_eq!(kv.scan(inverted).await.expect_err("inverted").code(), Code::InvalidArgument);
 
     // A batch across shards is refused whole: neither key is written.
@@ -413,6 +427,61 @@ async fn concurrent_linearizable_reads_share_read_index_rounds() {
     };
     let (rounds, reads) = (delta("geokv_read_index_rounds_total"), delta("geokv_read_index_reads_total"));
     eprintln!("{reads} concurrent linearizable reads took {rounds} ReadIndex rounds");
-    assert_eq!(reads, 320.0);
-    assert!(rounds < reads, "{reads} reads took {rounds} rounds: concurrent reads must share rounds");
+    // The node's safe-time pushes also run (single-waiter) rounds meanwhile.
+    assert!(reads >= 320.0, "{reads}");
+    assert!(rounds < reads / 2.0, "{reads} reads took {rounds} rounds: concurrent reads must share rounds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_and_bounded_reads_say_what_they_served() {
+    let c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let mut at_follower = c.kv(follower).await;
+    let read = |consistency: Consistency, max_staleness_ms: u64| GetRequest {
+        max_staleness_ms,
+        ..get_req("h-fresh", consistency)
+    };
+
+    // FOLLOWER is linearizable: a write acknowledged before the read starts
+    // is seen, though the follower serves it.
+    for i in 0..20 {
+        let version = put_via_leader(&c, SHARD_H, "h-fresh", &format!("v{i}")).await;
+        let r = at_follower.get(read(Consistency::Follower, 0)).await.expect("follower read").into_inner();
+        let info = r.read.expect("read info");
+        assert_eq!((info.served, info.node_id, info.staleness_bound_ms), (Consistency::Follower as i32, follower, 0));
+        assert_eq!(r.kv.expect("present").version, version, "follower read {i} saw the latest write");
+    }
+
+    // BOUNDED within a generous bound is served locally once safe times
+    // arrive, and reports a bound within the one asked for.
+    let info = wait_for("a locally served bounded read", DEFAULT_DEADLINE, || {
+        let mut kv = at_follower.clone();
+        async move {
+            let info = kv.get(read(Consistency::Bounded, 5_000)).await.ok()?.into_inner().read?;
+            (info.served == Consistency::Bounded as i32).then_some(info)
+        }
+    })
+    .await;
+    assert!(!info.fell_back && info.staleness_bound_ms <= 5_000, "{info:?}");
+    // A bound no replica can promise (below the clock offset bound) falls
+    // back to a follower read, and says so.
+    let r = at_follower.get(read(Consistency::Bounded, 1)).await.expect("bounded read").into_inner();
+    let info = r.read.expect("read info");
+    assert_eq!((info.served, info.fell_back, info.staleness_bound_ms), (Consistency::Follower as i32, true, 0));
+    // STALE reports the same kind of finite estimate; BOUNDED needs a bound.
+    let info = at_follower.get(read(Consistency::Stale, 0)).await.expect("stale").into_inner().read.unwrap();
+    assert!(info.staleness_bound_ms < 60_000, "{info:?}");
+    let err = at_follower.get(read(Consistency::Bounded, 0)).await.expect_err("no bound");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // LEASE at the leader is served from the lease.
+    let info = wait_for("a lease read", DEFAULT_DEADLINE, || async {
+        let r = c.kv(leader).await.get(read(Consistency::Lease, 0)).await.ok()?.into_inner();
+        let info = r.read?;
+        (info.served == Consistency::Lease as i32).then_some(info)
+    })
+    .await;
+    assert_eq!((info.node_id, info.staleness_bound_ms), (leader, 0));
 }

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use geokv_client::display::{parse_hex, printable};
 use geokv_client::{
     Client, ClientConfig, ClusterStatus, Consistency, Error, Expect, ReadInfo, Shard, ShardMap, Versioned,
@@ -69,6 +69,11 @@ struct Cli {
     #[arg(long, global = true, env = "GEOKV_SOURCE_IP")]
     source_ip: Option<std::net::IpAddr>,
 
+    /// The region this client is in: follower, bounded and stale reads go to
+    /// a replica there first (`geokv-lab up` prints each region's settings).
+    #[arg(long, global = true, env = "GEOKV_REGION")]
+    region: Option<String>,
+
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -95,12 +100,17 @@ Examples:
   kvctl get user:42
   kvctl get user:42 -v                          also print version and who served it
   kvctl get user:42 --consistency stale         read any replica, cheap but maybe stale
+  kvctl get user:42 --consistency follower      linearizable, from a replica in --region
+  kvctl get user:42 --consistency bounded:250ms -v   local if at most 250 ms stale; says what it got
   kvctl --json get user:42                      {\"found\":true,\"key\":..,\"value\":..,\"version\":..,\"served\":..}")]
     Get {
         key: String,
         /// How fresh the read must be.
-        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-        consistency: ConsistencyArg,
+        /// linearizable (leader, ReadIndex), lease (leader lease), follower
+        /// (nearest replica, one round trip to the leader), bounded:<N>ms
+        /// (nearest replica if at most N ms stale, else follower), stale.
+        #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+        consistency: Consistency,
         /// Also print the version and which node and region served the read.
         #[arg(short, long)]
         verbose: bool,
@@ -162,8 +172,11 @@ Examples:
         #[arg(long)]
         limit: Option<usize>,
         /// How fresh each page must be.
-        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-        consistency: ConsistencyArg,
+        /// linearizable (leader, ReadIndex), lease (leader lease), follower
+        /// (nearest replica, one round trip to the leader), bounded:<N>ms
+        /// (nearest replica if at most N ms stale, else follower), stale.
+        #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+        consistency: Consistency,
     },
 
     /// Show nodes (reachable or not) and each shard's leader, term and indexes.
@@ -198,24 +211,9 @@ struct ExpectArgs {
     expect_absent: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ConsistencyArg {
-    /// Confirmed by a quorum at the leader (default).
-    Linearizable,
-    /// Served by the leader under its lease.
-    Lease,
-    /// Served by any replica; may be stale (the bound is reported).
-    Stale,
-}
-
-impl From<ConsistencyArg> for Consistency {
-    fn from(arg: ConsistencyArg) -> Self {
-        match arg {
-            ConsistencyArg::Linearizable => Consistency::Linearizable,
-            ConsistencyArg::Lease => Consistency::Lease,
-            ConsistencyArg::Stale => Consistency::Stale,
-        }
-    }
+/// Parses `--consistency`: linearizable, lease, follower, bounded:<N>ms, stale.
+fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -262,7 +260,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let json = cli.json;
     match cli.command {
         Command::Get { consistency, verbose, .. } => {
-            get(&client, command.expect("parsed above"), consistency.into(), verbose, json).await
+            get(&client, command.expect("parsed above"), consistency, verbose, json).await
         }
         Command::Put { value, .. } => {
             let key = command.expect("parsed above");
@@ -299,7 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Scan { start, end, limit, consistency } => {
             let start = start.map(|start| key_arg(&start)).transpose()?.unwrap_or_default();
             let end = end.map(|end| key_arg(&end)).transpose()?;
-            scan(&client, start, end, limit, consistency.into(), json).await
+            scan(&client, start, end, limit, consistency, json).await
         }
         Command::Status => status(&client, json).await,
         Command::Shards => {
@@ -315,7 +313,8 @@ async fn connect(cli: &Cli) -> Result<Client, String> {
     let config = ClientConfig::new(cli.endpoints.iter().map(|e| e.trim().to_string()))
         .deadline(deadline)
         .rpc_timeout(deadline.min(RPC_TIMEOUT_MAX))
-        .local_address(cli.source_ip);
+        .local_address(cli.source_ip)
+        .region(cli.region.clone());
     match config.connect().await {
         Ok(client) => Ok(client),
         Err(Error::Unavailable { cause, .. }) => Err(format!("{cause}; {START_CLUSTER_HINT}")),

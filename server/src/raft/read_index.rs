@@ -1,33 +1,46 @@
 //! Batched ReadIndex: concurrent linearizable reads of one shard share one
 //! leadership confirmation round.
 //!
-//! A ReadIndex round asks a quorum to confirm leadership, then waits until
-//! the state machine has applied the commit index observed at its start.
-//! Any read that *arrived before the round started* may be served after it:
-//! the round's read index is at least the commit index at the read's arrival.
-//! So reads queue up; one round runs at a time and takes everyone queued when
-//! it starts; whoever arrives during a round waits for the next one. Under
-//! load this turns N quorum rounds into about one per round trip, at the cost
-//! of at most one extra round for a read that arrives mid-round.
+//! A ReadIndex round asks a quorum to confirm leadership and yields the
+//! commit index observed at its start (the *read index*). Any read that
+//! *arrived before the round started* may be served once the replica has
+//! applied up to that index: the read index is at least the commit index at
+//! the read's arrival. So reads queue up; one round runs at a time and takes
+//! everyone queued when it starts; whoever arrives during a round waits for
+//! the next one. Under load this turns N quorum rounds into about one per
+//! round trip, at the cost of at most one extra round for a read that arrives
+//! mid-round.
+//!
+//! The same batcher serves two kinds of rounds: on the leader, an openraft
+//! ReadIndex ([`leader_round`]); on a follower, one RPC asking the leader for
+//! its read index (follower reads, `service::kv`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ReadPolicy;
 use openraft::error::{LinearizableReadError, RaftError};
+use openraft::{LinearizerOption, ReadPolicy};
 use tokio::sync::oneshot;
 
 use super::{ShardRaft, TypeConfig};
+use crate::metrics::Metrics;
 
-/// What a round tells each of its reads.
-pub type RoundResult = Result<(), RoundError>;
+/// What a round tells each of its reads: the index they must see applied.
+pub type RoundResult = Result<u64, RoundError>;
+
+/// A round to run; called once per round.
+pub type Round = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RoundResult> + Send>> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub enum RoundError {
     /// openraft could not confirm leadership (not leader, no quorum, stopped).
     Raft(RaftError<TypeConfig, LinearizableReadError<TypeConfig>>),
-    /// The round did not finish within the request timeout.
+    /// The leader could not be asked, or refused (follower reads).
+    Remote(String),
+    /// The round did not finish in time.
     TimedOut,
 }
 
@@ -37,22 +50,16 @@ struct Queue {
     waiting: Vec<oneshot::Sender<RoundResult>>,
 }
 
-/// One shard's ReadIndex batcher.
+/// One shard's batcher for one kind of round.
 #[derive(Default)]
 pub struct ReadIndexBatcher {
     queue: Mutex<Queue>,
 }
 
 impl ReadIndexBatcher {
-    /// Resolves once a ReadIndex round that started after this call has
-    /// confirmed leadership and the state machine has caught up with it.
+    /// Resolves with the read index of a round that started after this call.
     /// `counters` (rounds, reads) are incremented for observability.
-    pub async fn confirm(
-        self: &Arc<Self>,
-        raft: &ShardRaft,
-        timeout: Duration,
-        counters: Arc<crate::metrics::Metrics>,
-    ) -> RoundResult {
+    pub async fn confirm(self: &Arc<Self>, round: Round, counters: Arc<Metrics>) -> RoundResult {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().expect("read queue lock");
@@ -60,12 +67,12 @@ impl ReadIndexBatcher {
             !std::mem::replace(&mut q.running, true)
         };
         if start {
-            tokio::spawn(self.clone().run_rounds(raft.clone(), timeout, counters));
+            tokio::spawn(self.clone().run_rounds(round, counters));
         }
         rx.await.unwrap_or(Err(RoundError::TimedOut))
     }
 
-    async fn run_rounds(self: Arc<Self>, raft: ShardRaft, timeout: Duration, counters: Arc<crate::metrics::Metrics>) {
+    async fn run_rounds(self: Arc<Self>, round: Round, counters: Arc<Metrics>) {
         loop {
             let batch = {
                 let mut q = self.queue.lock().expect("read queue lock");
@@ -77,14 +84,36 @@ impl ReadIndexBatcher {
             };
             counters.read_index_rounds.fetch_add(1, Ordering::Relaxed);
             counters.read_index_reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let result = match tokio::time::timeout(timeout, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(RoundError::Raft(e)),
-                Err(_) => Err(RoundError::TimedOut),
-            };
+            let result = round().await;
             for waiter in batch {
                 let _ = waiter.send(result.clone());
             }
         }
+    }
+}
+
+/// The leader-side round: openraft's ReadIndex (a fresh quorum
+/// acknowledgement, then the local state machine catches up), bounded by
+/// `timeout`.
+pub fn leader_round(raft: ShardRaft, timeout: Duration) -> Round {
+    Arc::new(move || {
+        let raft = raft.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+                Ok(Ok(read_log_id)) => Ok(read_log_id.index()),
+                Ok(Err(e)) => Err(RoundError::Raft(e)),
+                Err(_) => Err(RoundError::TimedOut),
+            }
+        })
+    })
+}
+
+/// A lease read: served if the leader holds a quorum acknowledgement younger
+/// than `lease` (no round trip), refused at once otherwise.
+pub async fn lease_read(raft: &ShardRaft, lease: Duration) -> RoundResult {
+    let option = LinearizerOption::new(Some(lease), false).with_wait_timeout(Duration::ZERO);
+    match raft.ensure_linearizable(option).await {
+        Ok(read_log_id) => Ok(read_log_id.index()),
+        Err(e) => Err(RoundError::Raft(e)),
     }
 }

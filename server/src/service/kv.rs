@@ -19,7 +19,6 @@ use geokv_proto::kv::{
     GetResponse, PutRequest, ReadInfo, RequestHeader, ScanRequest, ScanResponse, WriteResponse, WriteSession,
 };
 use openraft::Instant as _;
-use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use tonic::{Request, Response, Status};
@@ -29,14 +28,12 @@ use crate::node::Node;
 use crate::raft::command::{
     Command, CommandResult, Condition, Expect, Op, Record, Rejection, Session, WriteCommand, WriteOutcome,
 };
-use crate::raft::read_index::{ReadIndexBatcher, RoundError, RoundResult};
+use crate::raft::read_index::{RoundError, RoundResult, lease_read};
 use crate::raft::{ShardRaft, TypeConfig, decode};
 use crate::shards::{ShardDesc, ShardMap};
 
 pub struct KvService {
     node: Arc<Node>,
-    /// One ReadIndex batcher per shard, created on first use.
-    read_batchers: std::sync::Mutex<std::collections::HashMap<u64, Arc<ReadIndexBatcher>>>,
 }
 
 /// A request routed to a hosted shard.
@@ -71,6 +68,8 @@ fn consistency_name(c: Consistency) -> &'static str {
         Consistency::Linearizable => "linearizable",
         Consistency::Lease => "lease",
         Consistency::Stale => "stale",
+        Consistency::Follower => "follower",
+        Consistency::Bounded => "bounded",
     }
 }
 
@@ -102,11 +101,7 @@ fn kv(key: Vec<u8>, r: Record) -> pb::KeyValue {
 
 impl KvService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, read_batchers: Default::default() }
-    }
-
-    fn read_batcher(&self, shard: u64) -> Arc<ReadIndexBatcher> {
-        self.read_batchers.lock().expect("read batchers lock").entry(shard).or_default().clone()
+        Self { node }
     }
 
     fn limits(&self) -> &crate::config::Limits {
@@ -188,11 +183,16 @@ impl KvService {
 
     /// Waits until a read at `consistency` may be served by this replica and
     /// reports what was actually served.
-    async fn read_barrier(&self, routed: &Routed, consistency: Consistency) -> Result<ReadInfo, Error> {
+    async fn read_barrier(
+        &self,
+        routed: &Routed,
+        consistency: Consistency,
+        max_staleness_ms: u64,
+    ) -> Result<ReadInfo, Error> {
         let shard = routed.shard.id;
         let raft = &routed.raft;
         let classify = |res: RoundResult| match res {
-            Ok(()) => Ok(()),
+            Ok(index) => Ok(index),
             Err(RoundError::TimedOut) => {
                 Err(Error::Unavailable(format!("shard {shard}: no quorum confirmed leadership in time")))
             }
@@ -200,51 +200,77 @@ impl KvService {
                 Err(self.not_leader(shard, raft, &f))
             }
             Err(RoundError::Raft(e)) => Err(Error::Unavailable(format!("shard {shard}: {e}"))),
+            Err(RoundError::Remote(e)) => Err(Error::Unavailable(format!("shard {shard}: follower read: {e}"))),
         };
-        let read_index = || async {
-            self.read_batcher(shard).confirm(raft, self.request_timeout(), self.node.metrics.clone()).await
+        let follower_read = || async {
+            let index = classify(self.node.follower_read_index(shard, raft).await)?;
+            self.node.wait_applied(raft, index).await.map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))
         };
         let (served, fell_back) = match consistency {
             Consistency::Linearizable => {
-                classify(read_index().await)?;
+                classify(self.node.leader_read_index(shard, raft).await)?;
                 (Consistency::Linearizable, false)
             }
             Consistency::Lease => {
-                let lease =
-                    tokio::time::timeout(self.request_timeout(), raft.ensure_linearizable(ReadPolicy::LeaseRead))
-                        .await
-                        .map_err(|_| RoundError::TimedOut)
-                        .and_then(|r| r.map(|_| ()).map_err(RoundError::Raft));
+                let lease = if self.node.clock_ok() {
+                    lease_read(raft, self.node.config.lease()).await
+                } else {
+                    Err(RoundError::Remote("clock offset beyond bound: lease refused".into()))
+                };
                 match classify(lease) {
-                    Ok(()) => (Consistency::Lease, false),
+                    Ok(_) => (Consistency::Lease, false),
                     Err(e @ Error::NotLeader { .. }) => return Err(e),
                     Err(_) => {
-                        classify(read_index().await)?;
+                        classify(self.node.leader_read_index(shard, raft).await)?;
                         (Consistency::Linearizable, true)
+                    }
+                }
+            }
+            Consistency::Follower => {
+                follower_read().await?;
+                (Consistency::Follower, false)
+            }
+            Consistency::Bounded => {
+                if max_staleness_ms == 0 {
+                    return Err(Error::invalid("a bounded-staleness read needs max_staleness_ms > 0"));
+                }
+                match self.local_staleness_ms(shard, raft) {
+                    Some(bound) if bound <= max_staleness_ms => (Consistency::Bounded, false),
+                    _ => {
+                        follower_read().await?;
+                        (Consistency::Follower, true)
                     }
                 }
             }
             Consistency::Stale => (Consistency::Stale, false),
         };
-        let m = raft.metrics().borrow_watched().clone();
         let staleness_bound_ms = match served {
-            Consistency::Linearizable | Consistency::Lease => 0,
-            // A leader cannot miss writes committed before its last quorum
-            // acknowledgement; a follower knows no bound yet.
-            Consistency::Stale if m.state == openraft::ServerState::Leader => {
-                m.last_quorum_acked.as_ref().map_or(u64::MAX, |t| t.elapsed().as_millis() as u64)
-            }
-            Consistency::Stale => u64::MAX,
+            Consistency::Linearizable | Consistency::Lease | Consistency::Follower => 0,
+            Consistency::Bounded | Consistency::Stale => self.local_staleness_ms(shard, raft).unwrap_or(u64::MAX),
         };
         let me = self.node.config.me();
         Ok(ReadInfo {
             served: served as i32,
             node_id: me.id,
             region: me.region.clone(),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            applied_index: raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index),
             staleness_bound_ms,
             fell_back,
         })
+    }
+
+    /// How stale this replica's data of `shard` may be right now, if known:
+    /// a leader cannot miss writes committed before its last quorum
+    /// acknowledgement; a follower knows its bound from its leader's safe time.
+    fn local_staleness_ms(&self, shard: u64, raft: &ShardRaft) -> Option<u64> {
+        let m = raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if m.state == openraft::ServerState::Leader {
+            let acked = m.last_quorum_acked.as_ref()?;
+            let committed = m.local_committed.map_or(0, |l| l.index);
+            return (applied >= committed).then(|| acked.elapsed().as_millis() as u64);
+        }
+        self.node.staleness_bound_ms(shard, applied)
     }
 
     fn read_record(&self, key: &[u8]) -> Result<Option<Record>, Error> {
@@ -329,7 +355,7 @@ impl Kv for KvService {
         self.observed("get", consistency_name(consistency), async {
             self.check_key(&req.key, "key")?;
             let routed = self.route(&req.key, req.header.as_ref()).await?;
-            let read = self.read_barrier(&routed, consistency).await?;
+            let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
             let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
             Ok(GetResponse { kv, read: Some(read) })
         })
@@ -425,7 +451,7 @@ impl Kv for KvService {
                 n => n,
             } as usize;
             let routed = self.route(&req.start, req.header.as_ref()).await?;
-            let read = self.read_barrier(&routed, consistency).await?;
+            let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
             let shard_end = routed.shard.end.clone();
             let stop = match (&end, &shard_end) {
                 (Some(e), Some(s)) => Some(e.min(s).clone()),

@@ -15,8 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::Node;
+use crate::node::{Node, SafeTime};
 use crate::raft::network::SHARD_METADATA_KEY;
+use crate::raft::read_index::RoundError;
 use crate::raft::{ShardRaft, Snapshot, SnapshotBlob, SnapshotMeta, TypeConfig, Vote, decode, encode};
 
 pub struct RaftService {
@@ -115,5 +116,26 @@ impl Raft for RaftService {
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (raft, shard, body) = self.open::<TransferLeaderRequest<TypeConfig>>(req).await?;
         reply(shard, raft.handle_transfer_leader(body).await)
+    }
+
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let shard = req.get_ref().shard_id;
+        let raft = self.group(shard).await?;
+        let result = self.node.leader_read_index(shard, &raft).await.map_err(|e| match e {
+            RoundError::Raft(e) => e.to_string(),
+            RoundError::Remote(e) => e,
+            RoundError::TimedOut => "leadership not confirmed in time".to_string(),
+        });
+        reply(shard, result)
+    }
+
+    async fn safe_time(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        if !self.node.is_ready() {
+            return Err(Status::unavailable("node is starting"));
+        }
+        let (from, entries) = decode::<(u64, Vec<SafeTime>)>(&req.get_ref().payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable safe times: {e}")))?;
+        self.node.record_safe_times(from, entries);
+        reply(0, Ok::<(), String>(()))
     }
 }
