@@ -59,6 +59,9 @@ pub const MAX_CLIENTS: usize = 256;
 pub const MAX_OPS: u64 = 10_000_000;
 /// How long the lab may take to elect every shard's leader.
 pub const LAB_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// A process waits this long after an operation that did not succeed
+/// (a dead node refuses at once; without it a process would spin).
+pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(100);
 /// How long the warm-up write may take (the lab just elected its leaders).
 pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where liveness and setup clients may spend retrying one RPC.
@@ -393,7 +396,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
 
     let nemesis = {
         let (recorder, stop, schedule) = (recorder.clone(), stop.clone(), schedule.clone());
-        async move { run_schedule(lab, &recorder, &schedule, started, &stop).await }
+        async move { run_schedule(lab, &recorder, &schedule, shard, started, &stop).await }
     };
     let mut workers = Vec::new();
     for (slot, pc) in clients.iter().enumerate() {
@@ -408,9 +411,13 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
                     break;
                 }
                 let Some(op) = generator.next_op() else { break };
-                if workload::execute(&recorder, &settings, &pc, process, &op).await == EventType::Info {
-                    process = recorder.fresh_process();
+                match workload::execute(&recorder, &settings, &pc, process, &op).await {
+                    EventType::Ok => continue,
+                    EventType::Info => process = recorder.fresh_process(),
+                    _ => {}
                 }
+                // A down or cut-off node answers at once: do not spin.
+                tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
             }
         }));
     }
@@ -458,6 +465,7 @@ async fn run_schedule(
     lab: &Lab,
     recorder: &Recorder,
     schedule: &Schedule,
+    workload_shard: u64,
     started: Instant,
     stop: &AtomicBool,
 ) -> Vec<String> {
@@ -467,7 +475,8 @@ async fn run_schedule(
         if !sleep_until_or_stop(start, stop).await {
             break;
         }
-        let applied = tokio::time::timeout(nemesis::APPLY_TIMEOUT, nemesis::apply(lab, &window.fault)).await;
+        let applied =
+            tokio::time::timeout(nemesis::APPLY_TIMEOUT, nemesis::apply(lab, &window.fault, workload_shard)).await;
         let applied = match applied {
             Ok(Ok(applied)) => applied,
             Ok(Err(why)) => {

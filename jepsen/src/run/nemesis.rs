@@ -101,7 +101,8 @@ pub enum Target {
     All,
 }
 
-/// One fault.
+/// One fault. Wherever a fault names a shard, shard 0 (the metadata
+/// shard, never a fault target) stands for the shard of the run's workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -255,8 +256,10 @@ async fn resolve(lab: &Lab, target: &Target) -> Result<Vec<u64>, String> {
     }
 }
 
-/// Starts a fault. An error means nothing was done (e.g. no leader to hit).
-pub async fn apply(lab: &Lab, fault: &Fault) -> Result<Applied, String> {
+/// Starts a fault (`workload_shard` stands in for a shard 0). An error means
+/// nothing was done (e.g. no leader to hit).
+pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Applied, String> {
+    let fault = &with_shard(fault, workload_shard);
     let applied = |description: String, nodes: Vec<u64>| Applied { description, fault: fault.clone(), nodes };
     match fault {
         Fault::Partition { shape, mode } => {
@@ -309,6 +312,24 @@ pub async fn apply(lab: &Lab, fault: &Fault) -> Result<Applied, String> {
             lab.set_latency(&nodes, &nodes, false, Some(*delay_ms), Some(*jitter_ms)).map_err(|e| e.to_string())?;
             Ok(applied(format!("latency {delay_ms} ms ±{jitter_ms} ms one-way between all nodes"), Vec::new()))
         }
+    }
+}
+
+/// `fault` with every shard 0 replaced by `workload_shard`.
+fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
+    let fix = |shard: u64| if shard == 0 { workload_shard } else { shard };
+    let target = |t: &Target| match t {
+        Target::Leader { shard } => Target::Leader { shard: fix(*shard) },
+        other => other.clone(),
+    };
+    match fault {
+        Fault::Partition { shape: FaultShape::IsolateLeader { shard }, mode } => {
+            Fault::Partition { shape: FaultShape::IsolateLeader { shard: fix(*shard) }, mode: *mode }
+        }
+        Fault::IsolateFollower { shard } => Fault::IsolateFollower { shard: fix(*shard) },
+        Fault::Kill { target: t } => Fault::Kill { target: target(t) },
+        Fault::Pause { target: t } => Fault::Pause { target: target(t) },
+        other => other.clone(),
     }
 }
 
