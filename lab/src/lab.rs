@@ -457,7 +457,8 @@ impl Lab {
     /// source IP.
     pub fn client_config_for_region(&self, region: &str) -> Result<ClientConfig> {
         Ok(ClientConfig::new([self.endpoint_for_region(region)?])
-            .local_address(Some(self.client_ip_for_region(region)?)))
+            .local_address(Some(self.client_ip_for_region(region)?))
+            .region(Some(region.to_string())))
     }
 
     /// A connected client in `region`.

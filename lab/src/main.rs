@@ -423,12 +423,12 @@ fn print_banner(lab: &Lab, control_addr: SocketAddr) {
     println!("\nA client in each region (the source IP tells the lab which region a client is in):");
     for view in lab.region_views() {
         println!(
-            "  {:<10} cargo run --bin kvctl -- --endpoints {} --source-ip {} put greeting hello",
-            view.region, view.endpoint, view.client_ip
+            "  {:<10} cargo run --bin kvctl -- --endpoints {} --source-ip {} --region {} put greeting hello",
+            view.region, view.endpoint, view.client_ip, view.region
         );
     }
     println!(
-        "  (or export GEOKV_ENDPOINTS=... GEOKV_SOURCE_IP=...; clients from any other IP, e.g. 127.0.0.1, \
+        "  (or export GEOKV_ENDPOINTS=... GEOKV_SOURCE_IP=... GEOKV_REGION=...; clients from any other IP, e.g. 127.0.0.1, \
          get no added latency)\n\n\
          From another terminal: cargo run --bin geokv-lab -- status | partition --region {} | heal | \
          kill N | restart N | pause N | resume N | latency ... | down\n\

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::BasicNode;
+use openraft::Instant as _;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, watch};
@@ -33,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::raft::command::{Command, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
-use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round};
+use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round, lease_read};
 use crate::raft::state_machine::{SessionLimits, ShardKind};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
@@ -208,6 +210,18 @@ impl Node {
         batcher.confirm(leader_round(raft.clone(), self.request_timeout()), self.metrics.clone()).await
     }
 
+    /// The read index this node, as leader, gives a follower: from its lease
+    /// when it holds one (no round trip, so a follower read costs one round
+    /// trip to the leader), else from a batched ReadIndex round.
+    pub async fn read_index_for_follower(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
+        if self.clock_ok()
+            && let Ok(index) = lease_read(raft, self.config.lease()).await
+        {
+            return Ok(index);
+        }
+        self.leader_read_index(shard, raft).await
+    }
+
     /// A linearizable read index for a read served by this replica: from the
     /// shard's leader, one round trip shared by concurrent callers (or
     /// locally if this node leads).
@@ -226,7 +240,7 @@ impl Node {
         let me = self.config.node_id;
         let leader = raft.current_leader().await.ok_or_else(|| RoundError::Remote("no known leader".into()))?;
         if leader == me {
-            return leader_round(raft.clone(), self.request_timeout())().await;
+            return self.read_index_for_follower(shard, raft).await;
         }
         let addr = self
             .shard_map()
@@ -330,9 +344,13 @@ pub struct SafeTime {
     pub index: u64,
 }
 
-/// For every shard this node leads: confirm leadership (batched ReadIndex,
-/// started after reading the clock, so the statement holds) and push the
-/// resulting safe time to the shard's other voters, one message per peer.
+/// For every shard this node leads, push a safe time to the shard's other
+/// voters (one message per peer). The statement comes from openraft's own
+/// leadership evidence, so it costs no extra round: `last_quorum_acked` is
+/// the send time of the newest heartbeat or append a quorum acknowledged; the
+/// node led then, so every write committed before that moment is at most its
+/// commit index now. The monotonic instant is turned into this node's wall
+/// clock for the receiver, which adds `max_clock_offset_ms`.
 async fn push_safe_times(node: Arc<Node>) {
     let interval = Duration::from_millis(node.config.raft.safe_time_interval_ms);
     let me = node.config.node_id;
@@ -343,10 +361,12 @@ async fn push_safe_times(node: Arc<Node>) {
             if shard == META_SHARD_ID || !raft.is_leader() {
                 continue;
             }
-            let leader_wall_ms = wall_ms();
-            let Ok(index) = node.leader_read_index(shard, &raft).await else { continue };
+            let m = raft.metrics().borrow_watched().clone();
+            let (Some(acked), Some(committed)) = (m.last_quorum_acked, m.local_committed) else { continue };
+            let age_ms = acked.elapsed().as_millis() as u64;
+            let safe = SafeTime { shard, leader_wall_ms: wall_ms().saturating_sub(age_ms), index: committed.index };
             for peer in raft.voter_ids().filter(|v| *v != me) {
-                per_peer.entry(peer).or_default().push(SafeTime { shard, leader_wall_ms, index });
+                per_peer.entry(peer).or_default().push(safe);
             }
         }
         let map = node.shard_map();

@@ -121,7 +121,7 @@ impl Raft for RaftService {
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let shard = req.get_ref().shard_id;
         let raft = self.group(shard).await?;
-        let result = self.node.leader_read_index(shard, &raft).await.map_err(|e| match e {
+        let result = self.node.read_index_for_follower(shard, &raft).await.map_err(|e| match e {
             RoundError::Raft(e) => e.to_string(),
             RoundError::Remote(e) => e,
             RoundError::TimedOut => "leadership not confirmed in time".to_string(),
