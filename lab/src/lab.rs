@@ -283,13 +283,17 @@ impl LabState {
 ///
 /// Invariants:
 /// - node ids are 1..=N; node `i` is in region `(i - 1) % regions`;
-/// - every node's front proxy runs for the lab's whole life, whether the
-///   node runs or not (a dead node's proxy closes what it accepts).
+/// - a node's front proxy runs whenever the lab has not killed the node:
+///   [`Lab::kill`] stops it too, so connections to a killed node are
+///   refused, as a dead process's port refuses them, and
+///   [`Lab::restart`] binds it again on the same address. (A node that
+///   exits on its own keeps its proxy, which resets what it accepts.)
 pub struct Lab {
     config: LabConfig,
     nodes: Vec<LabNode>,
     links: Arc<Links>,
-    proxies: Vec<JoinHandle<()>>,
+    /// Node id -> its running front proxy.
+    proxies: Mutex<BTreeMap<u64, JoinHandle<()>>>,
     initial_cluster: String,
     control_addr: Mutex<Option<SocketAddr>>,
 }
@@ -307,7 +311,7 @@ impl Lab {
             links.add_client_region(region, client_ip(index))?;
         }
         let mut nodes = Vec::new();
-        let mut proxies = Vec::new();
+        let mut proxies = BTreeMap::new();
         let mut listeners = Vec::new();
         for index in 0..config.total_nodes() {
             let id = index as u64 + 1;
@@ -334,11 +338,13 @@ impl Lab {
             });
         }
         for (node, listener) in nodes.iter().zip(listeners) {
-            proxies.push(tokio::spawn(run_front_proxy(listener, node.listen, Endpoint::Node(node.id), links.clone())));
+            let proxy = run_front_proxy(listener, node.listen, Endpoint::Node(node.id), links.clone());
+            proxies.insert(node.id, tokio::spawn(proxy));
         }
         let initial_cluster =
             nodes.iter().map(|n| format!("{}={}@{}", n.id, n.advertised, n.region)).collect::<Vec<_>>().join(",");
         check_data_dir(&config.data_dir, &initial_cluster, &nodes)?;
+        let proxies = Mutex::new(proxies);
         let lab = Lab { config, nodes, links, proxies, initial_cluster, control_addr: Mutex::new(None) };
         for node in &lab.nodes {
             lab.spawn(node)?;
@@ -475,18 +481,37 @@ impl Lab {
         }
     }
 
-    /// SIGKILLs node `id` (a crash).
+    fn lock_proxies(&self) -> MutexGuard<'_, BTreeMap<u64, JoinHandle<()>>> {
+        self.proxies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// SIGKILLs node `id` (a crash), and stops its front proxy: the
+    /// connections it relayed break and new ones are refused, so a client
+    /// can tell the request was never sent.
     pub fn kill(&self, id: u64) -> Result<()> {
         self.with_process(id, |p| {
             p.kill();
             Ok(())
         })?;
+        if let Some(proxy) = self.lock_proxies().remove(&id) {
+            proxy.abort();
+        }
         self.write_state()
     }
 
-    /// Starts node `id` again on its data directory.
+    /// Starts node `id` again on its data directory (and its front proxy,
+    /// on the same address, if [`Lab::kill`] stopped it). Must be called
+    /// within the lab's tokio runtime.
     pub fn restart(&self, id: u64) -> Result<()> {
-        self.spawn(self.node(id)?)?;
+        let node = self.node(id)?;
+        let mut proxies = self.lock_proxies();
+        if !proxies.contains_key(&id) {
+            let listener = rebind(node.advertised)?;
+            let proxy = run_front_proxy(listener, node.listen, Endpoint::Node(id), self.links.clone());
+            proxies.insert(id, tokio::spawn(proxy));
+        }
+        drop(proxies);
+        self.spawn(node)?;
         self.write_state()
     }
 
@@ -852,7 +877,7 @@ impl Lab {
                 });
             }
         });
-        for proxy in &self.proxies {
+        for (_, proxy) in std::mem::take(&mut *self.lock_proxies()) {
             proxy.abort();
         }
         let _ = self.write_state();
@@ -882,6 +907,21 @@ fn between(a: &[Endpoint], b: &[Endpoint], one_way: bool) -> Vec<Link> {
         }
     }
     links.into_iter().collect()
+}
+
+/// A listener on `addr` again, for a proxy that was stopped (address reuse
+/// on: connections of the old one may linger in TIME_WAIT).
+fn rebind(addr: SocketAddr) -> Result<TcpListener> {
+    let fail = Error::io(format!("bind the front proxy on {addr} again"));
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None);
+    let listener = socket.and_then(|socket| {
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    });
+    listener.map_err(fail)
 }
 
 /// A port the OS considers free on `ip` right now.

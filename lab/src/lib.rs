@@ -49,7 +49,9 @@
 //!   stall is the closest thing to a lossy link, a reset to a broken one.
 //! - **Kernel effects:** socket buffers of a real path, NIC queues, SYN
 //!   timeouts across a dead path (a stalled link still *accepts* connections
-//!   at once, and a dead node's proxy closes them), DNS, clock skew between
+//!   at once; a node the lab killed refuses them, as a dead process's port
+//!   does, but a node that exited on its own has its proxy reset what it
+//!   accepts), DNS, clock skew between
 //!   machines (all processes share one clock), and CPU: every node shares this
 //!   machine's cores, so load on one slows all.
 //! - **Intra-region distance** is 0 by default (`intra_region_rtt_ms`).
