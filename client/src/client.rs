@@ -353,6 +353,31 @@ impl Client {
         NodeStatus::from_proto(reply).map_err(Error::Protocol)
     }
 
+    /// Sets (`None`: clears) the region `shard`'s leader should live in. The
+    /// meta shard's leader applies it; this tries the map's nodes in turn
+    /// until one does. Returns the new shard map version.
+    pub async fn set_leader_region(&self, shard: u64, region: Option<&str>) -> Result<u64, Error> {
+        let map = self.refresh_shard_map().await?;
+        let mut causes = Vec::new();
+        for node in &map.nodes {
+            let Ok(channel) = self.channel(&node.addr) else { continue };
+            let mut admin = admin_client(channel);
+            let request = geokv_proto::admin::SetLeaderRegionRequest {
+                shard_id: shard,
+                region: region.unwrap_or_default().to_string(),
+            };
+            match tokio::time::timeout(self.inner.config.rpc_timeout, admin.set_leader_region(request)).await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner().map_version),
+                Ok(Err(status)) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound) => {
+                    return Err(Error::InvalidArgument(status.message().to_string()));
+                }
+                Ok(Err(status)) => causes.push(format!("{}: {}", node.addr, status.message())),
+                Err(_) => causes.push(format!("{}: no answer", node.addr)),
+            }
+        }
+        Err(Error::Unavailable { attempts: causes.len() as u32, cause: causes.join("; ") })
+    }
+
     /// Asks every node of the shard map for its status, concurrently. Nodes
     /// that do not answer are reported, not skipped silently.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
@@ -844,7 +869,14 @@ mod tests {
     }
 
     fn shard() -> Shard {
-        Shard { shard_id: 1, epoch: 1, start: vec![], end: vec![], replicas: vec![replica(1), replica(2), replica(3)] }
+        Shard {
+            shard_id: 1,
+            epoch: 1,
+            start: vec![],
+            end: vec![],
+            replicas: vec![replica(1), replica(2), replica(3)],
+            preferred_leader_region: None,
+        }
     }
 
     fn addrs(targets: &[Target]) -> Vec<u64> {

@@ -284,7 +284,14 @@ mod tests {
 
     #[test]
     fn wrong_shard_detail_carries_the_current_shard() {
-        let shard = ShardInfo { shard_id: 4, epoch: 2, start: b"m".to_vec(), end: vec![], replicas: vec![] };
+        let shard = ShardInfo {
+            shard_id: 4,
+            epoch: 2,
+            start: b"m".to_vec(),
+            end: vec![],
+            replicas: vec![],
+            ..Default::default()
+        };
         let status = with_detail(
             Code::FailedPrecondition,
             error_detail::Kind::WrongShard(WrongShard { current: Some(shard.clone()), map_version: 12 }),

@@ -42,6 +42,8 @@ pub struct Shard {
     /// Exclusive end key; empty means unbounded.
     pub end: Vec<u8>,
     pub replicas: Vec<Replica>,
+    /// The region the cluster keeps this shard's leader in when it can.
+    pub preferred_leader_region: Option<String>,
 }
 
 impl Shard {
@@ -61,6 +63,8 @@ impl Shard {
                 .into_iter()
                 .map(|r| Replica { node_id: r.node_id, addr: r.addr, region: r.region, zone: r.zone })
                 .collect(),
+            preferred_leader_region: (!shard.preferred_leader_region.is_empty())
+                .then_some(shard.preferred_leader_region),
         }
     }
 }
@@ -157,6 +161,7 @@ mod tests {
                 region: "eu".into(),
                 zone: "a".into(),
             }],
+            ..Default::default()
         }
     }
 

@@ -213,7 +213,7 @@ mod tests {
     }
 
     fn shard(shard_id: u64) -> Shard {
-        Shard { shard_id, epoch: 1, start: vec![], end: vec![], replicas: vec![] }
+        Shard { shard_id, epoch: 1, start: vec![], end: vec![], replicas: vec![], preferred_leader_region: None }
     }
 
     fn status(node_id: u64, groups: Vec<GroupStatus>) -> NodeStatus {

@@ -386,6 +386,13 @@ impl Admin for Node {
         self.state.lock().unwrap().leaders.insert(req.shard_id, req.to_node);
         Ok(Response::new(admin_pb::TransferLeaderResponse {}))
     }
+
+    async fn set_leader_region(
+        &self,
+        _: Request<admin_pb::SetLeaderRegionRequest>,
+    ) -> Result<Response<admin_pb::SetLeaderRegionResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster does no placement"))
+    }
 }
 
 /// Nodes 1..=`running` serve; node `running + 1` (if `with_dead_node`) is in
@@ -463,6 +470,7 @@ impl MockCluster {
                             zone: "a".into(),
                         })
                         .collect(),
+                    ..Default::default()
                 })
                 .collect(),
         };

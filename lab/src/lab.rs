@@ -505,10 +505,10 @@ impl Lab {
     pub fn restart(&self, id: u64) -> Result<()> {
         let node = self.node(id)?;
         let mut proxies = self.lock_proxies();
-        if !proxies.contains_key(&id) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = proxies.entry(id) {
             let listener = rebind(node.advertised)?;
             let proxy = run_front_proxy(listener, node.listen, Endpoint::Node(id), self.links.clone());
-            proxies.insert(id, tokio::spawn(proxy));
+            slot.insert(tokio::spawn(proxy));
         }
         drop(proxies);
         self.spawn(node)?;

@@ -76,6 +76,9 @@ struct NodeArgs {
     split_points: Option<Vec<String>>,
     #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
+    /// Region every shard keeps its leader in when it can (new clusters).
+    #[arg(long, env = "GEOKV_PREFERRED_LEADER_REGION")]
+    preferred_leader_region: Option<String>,
     #[arg(long, env = "GEOKV_HEARTBEAT_INTERVAL_MS")]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MIN_MS")]
@@ -113,6 +116,7 @@ impl NodeArgs {
             c.data_dir => self.data_dir,
             c.split_points => self.split_points,
             c.replication_factor => self.replication_factor,
+            c.preferred_leader_region => self.preferred_leader_region,
             c.raft.heartbeat_interval_ms => self.heartbeat_interval_ms,
             c.raft.election_timeout_min_ms => self.election_timeout_min_ms,
             c.raft.election_timeout_max_ms => self.election_timeout_max_ms,

@@ -158,6 +158,10 @@ pub struct Config {
     pub split_points: Vec<String>,
     /// Replicas per data shard (capped at the number of nodes).
     pub replication_factor: usize,
+    /// The region every shard of a new cluster keeps its leader in when it
+    /// can ("" = anywhere); change per shard with `kvctl shard
+    /// set-leader-region`. Must be identical on every initial member.
+    pub preferred_leader_region: String,
     pub raft: RaftConfig,
     pub limits: Limits,
 }
@@ -173,6 +177,7 @@ impl Default for Config {
             initial_cluster: Vec::new(),
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
             replication_factor: 3,
+            preferred_leader_region: String::new(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
@@ -268,6 +273,14 @@ impl Config {
         }
         if self.split_points.iter().any(String::is_empty) {
             return Err(invalid("split_points", "the empty key cannot be a split point"));
+        }
+        if !self.preferred_leader_region.is_empty()
+            && !self.initial_cluster.iter().any(|m| m.region == self.preferred_leader_region)
+        {
+            return Err(invalid(
+                "preferred_leader_region",
+                format!("no member is in {:?}", self.preferred_leader_region),
+            ));
         }
         if self.replication_factor == 0 {
             return Err(invalid("replication_factor", "must be at least 1"));

@@ -19,7 +19,7 @@ pub enum Error {
     NotLeader { shard: u64, leader_id: Option<u64>, leader_addr: Option<String>, term: u64 },
     /// The client routed with a stale view of the shard map.
     #[error("stale shard routing: {reason}")]
-    WrongShard { reason: String, current: Option<kv::ShardInfo>, map_version: u64 },
+    WrongShard { reason: String, current: Option<Box<kv::ShardInfo>>, map_version: u64 },
     /// The write was proposed but its fate is unknown: it may still commit.
     #[error("outcome unknown for shard {shard}: {cause}; retrying with the same session is safe")]
     Indeterminate { shard: u64, cause: String },
@@ -77,7 +77,10 @@ impl From<Error> for Status {
                 }))
             }
             Error::WrongShard { current, map_version, .. } => {
-                with_detail(error_detail::Kind::WrongShard(kv::WrongShard { current, map_version }))
+                with_detail(error_detail::Kind::WrongShard(kv::WrongShard {
+                    current: current.map(|c| *c),
+                    map_version,
+                }))
             }
             Error::Indeterminate { shard, .. } => {
                 with_detail(error_detail::Kind::Indeterminate(kv::Indeterminate { shard_id: shard }))

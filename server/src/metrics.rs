@@ -16,6 +16,7 @@
 //! | `geokv_apply_lag_entries` | shard | committed − applied on this node |
 //! | `geokv_replication_lag_entries` | shard, peer | leader only: last log − matched |
 //! | `geokv_snapshot_index`, `geokv_purged_index` | shard | |
+//! | `geokv_leader_outside_preferred_region` | shard | leader only: 1 while away from its preferred region |
 //! | `geokv_wal_fsyncs_total`, `geokv_wal_fsync_waiters_total` | | group commit effect |
 //! | `geokv_read_index_rounds_total`, `geokv_read_index_reads_total` | | ReadIndex batching effect |
 
@@ -118,6 +119,7 @@ impl Metrics {
         for (shard, n) in self.leader_changes.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "geokv_leader_changes_total{{shard=\"{shard}\"}} {n}");
         }
+        let map = node.shard_map();
         for (shard, raft) in node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
             let idx = |id: &Option<crate::raft::LogId>| id.as_ref().map_or(0, |l| l.index);
@@ -136,6 +138,11 @@ impl Metrics {
                 ("geokv_purged_index", idx(&m.purged)),
             ] {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {v}");
+            }
+            if m.state == openraft::ServerState::Leader && shard != crate::shards::META_SHARD_ID {
+                let preferred = map.shard(shard).and_then(|d| d.preferred_leader_region.as_deref());
+                let away = preferred.is_some_and(|r| r != node.config.me().region);
+                let _ = writeln!(out, "geokv_leader_outside_preferred_region{{shard=\"{shard}\"}} {}", u8::from(away));
             }
             if let Some(replication) = &m.replication {
                 for (peer, matched) in replication {

@@ -52,6 +52,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// seen beyond `max_clock_offset_ms`.
 const CLOCK_SUSPECT_PERIOD: Duration = Duration::from_secs(10);
 
+/// A voter may lag the leader by this many entries and still be handed
+/// leadership (it catches up as leader before serving).
+const MAX_TRANSFER_LAG_ENTRIES: u64 = 16;
+
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -148,6 +152,7 @@ impl Node {
         self.ready.store(true, Ordering::Release);
         tokio::spawn(bootstrap_map(self.clone()));
         tokio::spawn(push_safe_times(self.clone()));
+        tokio::spawn(place_leaders(self.clone()));
         Ok(())
     }
 
@@ -380,6 +385,49 @@ async fn push_safe_times(node: Arc<Node>) {
             tokio::spawn(async move {
                 let _ = client.safe_time(request).await;
             });
+        }
+    }
+}
+
+/// Moves leadership of every shard this node leads to the shard's preferred
+/// region, when one is set, this node is elsewhere, and a voter there is
+/// caught up. Runs on every node; only leaders act. After a failover the
+/// same loop brings leadership back once the preferred region's node has
+/// rejoined and caught up.
+async fn place_leaders(node: Arc<Node>) {
+    let r = &node.config.raft;
+    let interval = Duration::from_millis((r.heartbeat_interval_ms * 4).max(1_000));
+    let cooldown = Duration::from_millis(r.election_timeout_max_ms * 2);
+    let me = node.config.me().clone();
+    let mut last_attempt: HashMap<u64, Instant> = HashMap::new();
+    while node.is_ready() {
+        tokio::time::sleep(interval).await;
+        let map = node.shard_map();
+        for (shard, raft) in node.groups().await {
+            let Some(preferred) = map.shard(shard).and_then(|d| d.preferred_leader_region.clone()) else { continue };
+            if preferred == me.region || !raft.is_leader() {
+                continue;
+            }
+            if last_attempt.get(&shard).is_some_and(|t| t.elapsed() < cooldown) {
+                continue;
+            }
+            let m = raft.metrics().borrow_watched().clone();
+            let last_log = m.last_log_index.unwrap_or(0);
+            let caught_up = |peer: &u64| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(peer))
+                    .and_then(|matched| *matched)
+                    .is_some_and(|matched| matched.index + MAX_TRANSFER_LAG_ENTRIES >= last_log)
+            };
+            let target =
+                raft.voter_ids().filter(|v| map.node(*v).is_some_and(|n| n.region == preferred)).find(|v| caught_up(v));
+            let Some(target) = target else { continue };
+            last_attempt.insert(shard, Instant::now());
+            tracing::info!(shard, to = target, region = %preferred, "moving leadership to the preferred region");
+            if let Err(e) = raft.trigger().transfer_leader(target).await {
+                tracing::warn!(shard, cause = %e, "leadership transfer failed");
+            }
         }
     }
 }

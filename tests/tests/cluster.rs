@@ -485,3 +485,35 @@ async fn follower_and_bounded_reads_say_what_they_served() {
     .await;
     assert_eq!((info.node_id, info.staleness_bound_ms), (leader, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_leader_moves_to_its_preferred_region_and_returns_after_a_restart() {
+    let mut c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    // Prefer the region of a node that does not lead shard 2 now.
+    let target = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let region = geokv_tests::REGIONS[(target as usize - 1) % geokv_tests::REGIONS.len()];
+    let client = geokv_client::Client::connect(c.endpoints()).await.expect("connect");
+    let err = client.set_leader_region(SHARD_H, Some("atlantis")).await.expect_err("unknown region");
+    assert!(matches!(err, geokv_client::Error::InvalidArgument(_)), "{err}");
+    client.set_leader_region(SHARD_H, Some(region)).await.expect("set the preferred region");
+    wait_until_leader(&c, SHARD_H, target).await;
+    let map = client.refresh_shard_map().await.expect("map");
+    let shard = map.shards.iter().find(|s| s.shard_id == SHARD_H).unwrap();
+    assert_eq!(shard.preferred_leader_region.as_deref(), Some(region));
+
+    // Failover elsewhere, then back once the preferred node has rejoined.
+    c.kill(target);
+    let interim = c.wait_leader(SHARD_H).await;
+    assert_ne!(interim, target);
+    c.restart(target);
+    wait_until_leader(&c, SHARD_H, target).await;
+}
+
+async fn wait_until_leader(c: &TestCluster, shard: u64, want: u64) {
+    wait_for(&format!("node {want} to lead shard {shard}"), DEFAULT_DEADLINE, || async {
+        (c.wait_leader(shard).await == want).then_some(())
+    })
+    .await
+}

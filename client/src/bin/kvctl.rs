@@ -195,6 +195,28 @@ Examples:
   kvctl shards
   kvctl --json shards")]
     Shards,
+
+    /// Change a shard's placement.
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  kvctl shard set-leader-region 2 us-east"
+    )]
+    Shard(ShardCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCommand {
+    /// Keep SHARD's leader in REGION when a healthy replica is there: the
+    /// current leader hands leadership over, and takes it back there after a
+    /// failover. An empty REGION ("") lets the leader live anywhere.
+    #[command(after_help = "\
+Examples:
+  kvctl shard set-leader-region 2 us-east
+  kvctl shard set-leader-region 2 \"\"        no preference
+  kvctl status                                LEADER shows where leaders are; * marks one outside its region")]
+    SetLeaderRegion { shard: u64, region: String },
 }
 
 #[derive(Debug, Args)]
@@ -254,7 +276,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Get { key, .. } | Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => {
             Some(key_arg(key)?)
         }
-        Command::Scan { .. } | Command::Status | Command::Shards => None,
+        Command::Scan { .. } | Command::Status | Command::Shards | Command::Shard(_) => None,
     };
     let client = connect(&cli).await?;
     let json = cli.json;
@@ -303,6 +325,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Shards => {
             let map = client.refresh_shard_map().await.map_err(say)?;
             print_shard_map(&map, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shard(ShardCommand::SetLeaderRegion { shard, region }) => {
+            let region = (!region.is_empty()).then_some(region.as_str());
+            let version = client.set_leader_region(shard, region).await.map_err(say)?;
+            if json {
+                println!("{}", json!({ "shard": shard, "preferred_leader_region": region, "map_version": version }));
+            } else {
+                println!("OK shard {shard} leader region={} (map version {version})", region.unwrap_or("any"));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -549,7 +581,10 @@ fn print_status(cluster: &ClusterStatus) {
             let mut row = vec![shard.shard_id.to_string(), format_range(shard), shard.epoch.to_string()];
             match &health.leader {
                 Some(leader) => row.extend([
-                    format!("{}@{}", leader.node.node_id, leader.node.region),
+                    {
+                        let away = shard.preferred_leader_region.as_ref().is_some_and(|r| *r != leader.node.region);
+                        format!("{}@{}{}", leader.node.node_id, leader.node.region, if away { "*" } else { "" })
+                    },
                     leader.group.term.to_string(),
                     leader.group.applied_index.to_string(),
                     leader.group.committed_index.to_string(),
@@ -770,6 +805,7 @@ mod tests {
             start: start.into(),
             end: end.into(),
             replicas: vec![],
+            preferred_leader_region: None,
         };
         assert_eq!(format_range(&shard("", "")), "-inf..+inf");
         assert_eq!(format_range(&shard("g", "p")), "g..p");

@@ -87,6 +87,8 @@ pub enum MetaCommand {
     /// Installs the initial map if the meta shard has none yet; a no-op
     /// otherwise (every initial member may propose it).
     Bootstrap(ShardMap),
+    /// Sets (`None`: clears) the preferred leader region of a data shard.
+    SetLeaderRegion { shard: u64, region: Option<String> },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -154,6 +156,9 @@ impl std::fmt::Display for Command {
                 w.ops.len()
             ),
             Command::Meta(MetaCommand::Bootstrap(map)) => write!(f, "bootstrap-map(shards={})", map.shards.len()),
+            Command::Meta(MetaCommand::SetLeaderRegion { shard, region }) => {
+                write!(f, "set-leader-region(shard={shard}, region={region:?})")
+            }
         }
     }
 }

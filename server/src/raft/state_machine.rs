@@ -322,6 +322,33 @@ impl ShardStateMachine {
                         reason: "shard map commands go to the meta shard".into(),
                     }),
                 },
+                EntryPayload::Normal(Command::Meta(MetaCommand::SetLeaderRegion { shard, region })) => {
+                    let current = match &new_map {
+                        Some(m) => Some(m.clone()),
+                        None => self.stored_map()?,
+                    };
+                    let updated = match (&self.kind, current) {
+                        (ShardKind::Meta { .. }, Some(mut map)) => match map.shards.iter_mut().find(|s| s.id == *shard)
+                        {
+                            Some(desc) => {
+                                desc.preferred_leader_region = region.clone();
+                                map.version = index;
+                                Ok(map)
+                            }
+                            None => Err(format!("no shard {shard} in the map")),
+                        },
+                        (ShardKind::Meta { .. }, None) => Err("the shard map is not bootstrapped yet".to_string()),
+                        (ShardKind::Data { .. }, _) => Err("shard map commands go to the meta shard".to_string()),
+                    };
+                    match updated {
+                        Ok(map) => {
+                            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
+                            new_map = Some(map);
+                            CommandResult::Meta { map_version: index }
+                        }
+                        Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
+                    }
+                }
             };
             last_applied = Some(entry.log_id);
             results.push(result);

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
-    GetShardMapRequest, GroupStatus, NodeInfo, NodeStatusRequest, NodeStatusResponse, ShardMap as PbShardMap,
-    TransferLeaderRequest, TransferLeaderResponse,
+    GetShardMapRequest, GroupStatus, NodeInfo, NodeStatusRequest, NodeStatusResponse, SetLeaderRegionRequest,
+    SetLeaderRegionResponse, ShardMap as PbShardMap, TransferLeaderRequest, TransferLeaderResponse,
 };
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::kv::shard_info;
 use crate::node::Node;
+use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::shards::META_SHARD_ID;
+use openraft::error::{ClientWriteError, RaftError};
 
 pub struct AdminService {
     node: Arc<Node>,
@@ -111,5 +113,35 @@ impl Admin for AdminService {
         raft.trigger().transfer_leader(to_node).await.map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(shard = shard_id, to_node, "leadership transfer requested");
         Ok(Response::new(TransferLeaderResponse {}))
+    }
+
+    async fn set_leader_region(
+        &self,
+        req: Request<SetLeaderRegionRequest>,
+    ) -> Result<Response<SetLeaderRegionResponse>, Status> {
+        let SetLeaderRegionRequest { shard_id, region } = req.into_inner();
+        let map = self.node.shard_map();
+        if map.shard(shard_id).is_none() {
+            return Err(Status::not_found(format!("no data shard {shard_id} in map version {}", map.version)));
+        }
+        let region = (!region.is_empty()).then_some(region);
+        if let Some(r) = &region
+            && !map.has_region(r)
+        {
+            return Err(Status::invalid_argument(format!("no node of the cluster is in region {r:?}")));
+        }
+        let meta = self.node.group(META_SHARD_ID).await.ok_or_else(|| Status::unavailable("node is starting"))?;
+        let cmd = Command::Meta(MetaCommand::SetLeaderRegion { shard: shard_id, region });
+        match meta.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Meta { map_version } => Ok(Response::new(SetLeaderRegionResponse { map_version })),
+                other => Err(Status::failed_precondition(format!("not applied: {other:?}"))),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f.leader_id.and_then(|id| map.node(id)).map(|n| n.addr.clone()).unwrap_or_default();
+                Err(Status::failed_precondition(format!("not the meta shard's leader; ask {leader}")))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }

@@ -60,6 +60,7 @@ pub fn shard_info(map: &ShardMap, s: &ShardDesc) -> pb::ShardInfo {
                 zone: n.zone.clone(),
             })
             .collect(),
+        preferred_leader_region: s.preferred_leader_region.clone().unwrap_or_default(),
     }
 }
 
@@ -153,7 +154,7 @@ impl KvService {
                     "request routed to shard {} epoch {}, the key belongs to shard {} epoch {}",
                     h.shard_id, h.epoch, shard.id, shard.epoch
                 ),
-                current: Some(shard_info(&map, &shard)),
+                current: Some(Box::new(shard_info(&map, &shard))),
                 map_version: map.version,
             });
         }
@@ -317,7 +318,7 @@ impl KvService {
                 let map = self.node.shard_map();
                 Err(Error::WrongShard {
                     reason: r.to_string(),
-                    current: map.shard(shard).map(|s| shard_info(&map, s)),
+                    current: map.shard(shard).map(|s| Box::new(shard_info(&map, s))),
                     map_version: map.version,
                 })
             }

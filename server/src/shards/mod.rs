@@ -42,6 +42,8 @@ pub struct ShardDesc {
     pub start: Vec<u8>,
     pub end: Option<Vec<u8>>,
     pub replicas: Vec<u64>,
+    /// Where the cluster keeps this shard's leader when it can.
+    pub preferred_leader_region: Option<String>,
 }
 
 impl ShardDesc {
@@ -110,6 +112,7 @@ impl ShardMap {
                 start: start.clone(),
                 end: bounds.get(i + 1).cloned(),
                 replicas: (0..rf).map(|r| order[(i + r) % order.len()]).collect(),
+                preferred_leader_region: None,
             })
             .collect();
         let mut nodes = nodes.to_vec();
@@ -145,6 +148,11 @@ impl ShardMap {
             }
         }
         Ok(())
+    }
+
+    /// The regions of the map's nodes.
+    pub fn has_region(&self, region: &str) -> bool {
+        self.nodes.iter().any(|n| n.region == region)
     }
 
     pub fn node(&self, id: u64) -> Option<&NodeDesc> {
