@@ -122,10 +122,9 @@ impl Metrics {
         let map = node.shard_map();
         for (shard, raft) in node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
-            let idx = |id: &Option<crate::raft::LogId>| id.as_ref().map_or(0, |l| l.index);
             let last_log = m.last_log_index.unwrap_or(0);
-            let committed = idx(&m.local_committed);
-            let applied = idx(&m.last_applied);
+            let committed = crate::raft::index_of(&m.local_committed);
+            let applied = crate::raft::index_of(&m.last_applied);
             let is_leader = u8::from(m.state == openraft::ServerState::Leader);
             for (name, v) in [
                 ("geokv_raft_term", m.current_term),
@@ -134,8 +133,8 @@ impl Metrics {
                 ("geokv_raft_committed_index", committed),
                 ("geokv_raft_applied_index", applied),
                 ("geokv_apply_lag_entries", committed.saturating_sub(applied)),
-                ("geokv_snapshot_index", idx(&m.snapshot)),
-                ("geokv_purged_index", idx(&m.purged)),
+                ("geokv_snapshot_index", crate::raft::index_of(&m.snapshot)),
+                ("geokv_purged_index", crate::raft::index_of(&m.purged)),
             ] {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {v}");
             }
@@ -146,7 +145,7 @@ impl Metrics {
             }
             if let Some(replication) = &m.replication {
                 for (peer, matched) in replication {
-                    let lag = last_log.saturating_sub(idx(matched));
+                    let lag = last_log.saturating_sub(crate::raft::index_of(matched));
                     let _ = writeln!(out, "geokv_replication_lag_entries{{shard=\"{shard}\",peer=\"{peer}\"}} {lag}");
                 }
             }

@@ -52,6 +52,11 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Snapsho
 /// A whole shard snapshot, encoded (see `state_machine::SnapshotPayload`).
 pub type SnapshotBlob = Vec<u8>;
 
+/// The index of an optional log id (0 for none), as metrics and status show it.
+pub fn index_of(id: &Option<LogId>) -> u64 {
+    id.as_ref().map_or(0, |l| l.index)
+}
+
 /// Encodes a value stored on disk or sent between nodes.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")

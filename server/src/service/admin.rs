@@ -63,7 +63,6 @@ impl Admin for AdminService {
         let mut groups = Vec::new();
         for (shard, raft) in self.node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
-            let idx = |id: &Option<crate::raft::LogId>| id.as_ref().map_or(0, |l| l.index);
             let desc = map.shard(shard);
             groups.push(GroupStatus {
                 shard_id: shard,
@@ -71,10 +70,10 @@ impl Admin for AdminService {
                 leader_id: m.current_leader.unwrap_or(0),
                 term: m.current_term,
                 last_log_index: m.last_log_index.unwrap_or(0),
-                committed_index: idx(&m.local_committed),
-                applied_index: idx(&m.last_applied),
-                purged_index: idx(&m.purged),
-                snapshot_index: idx(&m.snapshot),
+                committed_index: crate::raft::index_of(&m.local_committed),
+                applied_index: crate::raft::index_of(&m.last_applied),
+                purged_index: crate::raft::index_of(&m.purged),
+                snapshot_index: crate::raft::index_of(&m.snapshot),
                 voters: m.membership_config.voter_ids().collect(),
                 epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),

@@ -11,7 +11,7 @@
 //! *indeterminate*, never failed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use geokv_proto::kv::kv_server::Kv;
 use geokv_proto::kv::{
@@ -72,10 +72,6 @@ fn consistency_name(c: Consistency) -> &'static str {
         Consistency::Follower => "follower",
         Consistency::Bounded => "bounded",
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn session(s: Option<WriteSession>) -> Session {
@@ -292,7 +288,7 @@ impl KvService {
         let shard = routed.shard.id;
         let cmd = Command::Write(WriteCommand {
             session,
-            proposed_at_ms: now_ms(),
+            proposed_at_ms: crate::node::wall_ms(),
             epoch: routed.shard.epoch,
             conditions,
             ops,
