@@ -373,17 +373,16 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let mut clients = Vec::new();
     for slot in 0..config.clients {
         let region = regions[slot % regions.len()].clone();
-        let client = lab
+        let client_config = lab
             .client_config_for_region(&region)?
             .max_attempts(1)
             .rpc_timeout(config.op_timeout)
-            .deadline(config.op_timeout)
-            .connect()
-            .await?;
+            .deadline(config.op_timeout);
+        let client = client_config.clone().connect().await?;
         let home_addr = lab.endpoint_for_region(&region)?;
         let source = lab.client_ip_for_region(&region)?;
         let home = workload::home_channel(&home_addr, source, config.op_timeout).map_err(RunError::Config)?;
-        clients.push(ProcessClient { client, home, region });
+        clients.push((ProcessClient { client, home, region }, client_config));
     }
 
     let recorder = Arc::new(Recorder::new());
@@ -399,10 +398,10 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         async move { run_schedule(lab, &recorder, &schedule, shard, started, &stop).await }
     };
     let mut workers = Vec::new();
-    for (slot, pc) in clients.iter().enumerate() {
+    for (slot, (pc, client_config)) in clients.into_iter().enumerate() {
         let mut generator = Generator::new(config.workload, config.seed, slot, config.clients);
         let (recorder, stop, budget) = (recorder.clone(), stop.clone(), budget.clone());
-        let pc = pc.clone();
+        let mut pc = pc;
         let mut process = first_processes[slot];
         workers.push(tokio::spawn(async move {
             loop {
@@ -413,7 +412,17 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
                 let Some(op) = generator.next_op() else { break };
                 match workload::execute(&recorder, &settings, &pc, process, &op).await {
                     EventType::Ok => continue,
-                    EventType::Info => process = recorder.fresh_process(),
+                    EventType::Info => {
+                        // A fresh process opens a fresh client (as Jepsen's
+                        // do): no cached leader that may be cut off. If the
+                        // region's node cannot give a shard map, keep the old.
+                        process = recorder.fresh_process();
+                        if let Ok(Ok(client)) =
+                            tokio::time::timeout(settings.op_timeout, client_config.clone().connect()).await
+                        {
+                            pc.client = client;
+                        }
+                    }
                     _ => {}
                 }
                 // A down or cut-off node answers at once: do not spin.
