@@ -146,3 +146,24 @@ fn jsonl_example_with_nemesis_and_keys() {
     assert!(html.contains("<rect class=\"fault\""), "the partition is shaded");
     assert!(html.contains("fault: isolate n1 (the leader)"));
 }
+
+#[test]
+fn run_refuses_nonsense_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing_out = run(&["run", "--workload", "register"]);
+    assert_eq!(missing_out.status.code(), Some(64), "{}", text(&missing_out.stderr));
+    let four_nodes = run(&["run", "--nodes", "4", "--out", out.to_str().unwrap()]);
+    assert_eq!(four_nodes.status.code(), Some(64));
+    assert!(text(&four_nodes.stderr).contains("not a multiple of the 3 regions"), "{}", text(&four_nodes.stderr));
+    let bad_schedule = dir.path().join("schedule.json");
+    std::fs::write(
+        &bad_schedule,
+        r#"{"seed":1,"windows":[{"start_ms":5,"end_ms":1,"fault":{"kind":"kill","target":{"of":"all"}}}]}"#,
+    )
+    .unwrap();
+    let replay = run(&["run", "--schedule", bad_schedule.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(replay.status.code(), Some(64));
+    assert!(text(&replay.stderr).contains("window 0 ends"), "{}", text(&replay.stderr));
+    assert!(!out.exists(), "nothing was started");
+}
