@@ -115,11 +115,9 @@ enum NemesisArg {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ReadConsistencyArg {
-    Linearizable,
-    Lease,
-    Stale,
+/// Parses `--read-consistency` (see geokv_client::Consistency).
+fn parse_consistency(s: &str) -> std::result::Result<Consistency, String> {
+    s.parse()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,8 +154,10 @@ struct RunArgs {
     /// Replay this schedule.json instead of generating one from the seed.
     #[arg(long)]
     schedule: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = ReadConsistencyArg::Linearizable)]
-    read_consistency: ReadConsistencyArg,
+    /// linearizable, lease, follower, bounded:<N>ms (reads checked after
+    /// moving each read's invoke back by its reported bound) or stale.
+    #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+    read_consistency: Consistency,
     /// Where the history, schedule, reports and node logs go.
     #[arg(long)]
     out: PathBuf,
@@ -292,11 +292,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         config.schedule = Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?);
     }
-    config.read_consistency = match args.read_consistency {
-        ReadConsistencyArg::Linearizable => Consistency::Linearizable,
-        ReadConsistencyArg::Lease => Consistency::Lease,
-        ReadConsistencyArg::Stale => Consistency::Stale,
-    };
+    config.read_consistency = args.read_consistency;
     config.op_timeout = Duration::from_millis(args.op_timeout_ms);
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);

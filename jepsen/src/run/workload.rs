@@ -285,7 +285,9 @@ fn proto_read_meta(info: Option<&pb::ReadInfo>) -> CompletionMeta {
         Ok(pb::Consistency::Linearizable) => "linearizable",
         Ok(pb::Consistency::Lease) => "lease",
         Ok(pb::Consistency::Stale) => "stale",
-        _ => "other",
+        Ok(pb::Consistency::Follower) => "follower",
+        Ok(pb::Consistency::Bounded) => "bounded",
+        Err(_) => "other",
     };
     CompletionMeta {
         node: Some(info.node_id.to_string()),
