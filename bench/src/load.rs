@@ -1,0 +1,370 @@
+//! The load generator: targets, connections and the closed-loop runner.
+//!
+//! A *target* is one operation on one system (`geokv get lease`, `etcd put`).
+//! A *cell* runs one target at one client count for a warm-up plus a
+//! measured window: `clients` workers each loop `send; wait for the answer;
+//! record`, sharing `ceil(clients / CLIENTS_PER_CONNECTION)` connections.
+//! Only operations that *start* inside the measured window are recorded, in
+//! HDR histograms (1 µs .. 60 s, 3 significant digits); failed operations are
+//! counted apart and never enter the histogram. Keys are drawn uniformly
+//! from `keys` keys by a per-worker RNG seeded from the run's seed, so a
+//! rerun with the same seed sends the same sequence.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use geokv_client::{Client, ClientConfig, Consistency};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cluster::{System, etcd_lazy_channel};
+use crate::etcdpb;
+
+/// Every benchmark key starts with this (one geokv shard, `[g, n)`).
+pub const KEY_PREFIX: &str = "k";
+/// Workers sharing one connection (gRPC multiplexes them over HTTP/2).
+pub const CLIENTS_PER_CONNECTION: usize = 8;
+/// Most concurrent clients a cell may run.
+pub const MAX_CLIENTS: usize = 1024;
+/// Longest latency the histograms hold, in µs (slower operations are clamped).
+const MAX_LATENCY_US: u64 = 60_000_000;
+/// Time one etcd RPC may take before it counts as failed.
+const ETCD_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before an etcd client retries on another member (clientv3's default
+/// backoff is 25 ms).
+pub const ETCD_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// The key with index `i`.
+pub fn key(i: u64) -> String {
+    format!("{KEY_PREFIX}{i:08}")
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadLevel {
+    /// geokv ReadIndex; etcd's default (linearizable) Range.
+    Linearizable,
+    /// geokv leader lease (etcd has none).
+    Lease,
+    /// Served from one member's local state with no freshness check:
+    /// geokv `Stale`, etcd `serializable` Range.
+    Local,
+}
+
+/// What one operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Put,
+    Get(ReadLevel),
+}
+
+/// One operation on one system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Target {
+    pub system: System,
+    pub op: Op,
+}
+
+impl Target {
+    /// `geokv put`, `etcd get serializable`, `geokv get stale`.
+    pub fn name(&self) -> String {
+        let op = match (self.system, self.op) {
+            (_, Op::Put) => "put",
+            (_, Op::Get(ReadLevel::Linearizable)) => "get linearizable",
+            (_, Op::Get(ReadLevel::Lease)) => "get lease",
+            (System::Geokv, Op::Get(ReadLevel::Local)) => "get stale",
+            (System::Etcd, Op::Get(ReadLevel::Local)) => "get serializable",
+        };
+        format!("{} {op}", self.system.as_str())
+    }
+}
+
+/// A workload compared across systems: which operation, and on which
+/// systems it exists. Adding a consistency level or a replication mode is a
+/// new row here (and an arm in [`Conn::send`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Workload {
+    pub name: &'static str,
+    pub op: Op,
+    pub systems: &'static [System],
+}
+
+/// Every workload the `local` scenario runs, in order.
+pub const WORKLOADS: &[Workload] = &[
+    Workload { name: "put", op: Op::Put, systems: &[System::Geokv, System::Etcd] },
+    Workload {
+        name: "get linearizable",
+        op: Op::Get(ReadLevel::Linearizable),
+        systems: &[System::Geokv, System::Etcd],
+    },
+    Workload {
+        name: "get local (geokv stale / etcd serializable)",
+        op: Op::Get(ReadLevel::Local),
+        systems: &[System::Geokv, System::Etcd],
+    },
+    Workload { name: "get lease", op: Op::Get(ReadLevel::Lease), systems: &[System::Geokv] },
+];
+
+/// An etcd connection: one channel per member, used in order of
+/// preference; a failed RPC moves the client to the next member.
+#[derive(Clone)]
+pub struct EtcdConn {
+    members: Arc<Vec<etcdpb::kv_client::KvClient<tonic::transport::Channel>>>,
+    preferred: Arc<AtomicU64>,
+}
+
+impl EtcdConn {
+    /// Channels to `endpoints` from `source_ip`, preferring the first.
+    pub fn new(endpoints: &[String], source_ip: Option<std::net::IpAddr>) -> EtcdConn {
+        let members =
+            endpoints.iter().map(|e| etcdpb::kv_client::KvClient::new(etcd_lazy_channel(e, source_ip))).collect();
+        EtcdConn { members: Arc::new(members), preferred: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn client(&self) -> etcdpb::kv_client::KvClient<tonic::transport::Channel> {
+        let index = self.preferred.load(Ordering::Relaxed) as usize % self.members.len();
+        self.members[index].clone()
+    }
+
+    fn fail_over(&self) {
+        self.preferred.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection to one system.
+#[derive(Clone)]
+pub enum Conn {
+    Geokv(Client),
+    Etcd(EtcdConn),
+}
+
+impl Conn {
+    /// `count` connections to `system` at `endpoints` (first preferred),
+    /// from `source_ip` when given (the lab's region of the client).
+    pub async fn open(
+        system: System,
+        endpoints: &[String],
+        source_ip: Option<std::net::IpAddr>,
+        count: usize,
+    ) -> Result<Vec<Conn>> {
+        let mut conns = Vec::new();
+        for _ in 0..count.max(1) {
+            conns.push(match system {
+                System::Geokv => {
+                    Conn::Geokv(ClientConfig::new(endpoints.to_vec()).local_address(source_ip).connect().await?)
+                }
+                System::Etcd => Conn::Etcd(EtcdConn::new(endpoints, source_ip)),
+            });
+        }
+        Ok(conns)
+    }
+
+    /// Sends one operation and waits for its answer.
+    pub async fn send(&self, op: Op, key: &str, value: &[u8]) -> Result<(), String> {
+        match (self, op) {
+            (Conn::Geokv(c), Op::Put) => c.put(key, value).await.map(drop).map_err(|e| e.to_string()),
+            (Conn::Geokv(c), Op::Get(level)) => {
+                let consistency = match level {
+                    ReadLevel::Linearizable => Consistency::Linearizable,
+                    ReadLevel::Lease => Consistency::Lease,
+                    ReadLevel::Local => Consistency::Stale,
+                };
+                c.get_with(key, consistency).await.map(drop).map_err(|e| e.to_string())
+            }
+            (Conn::Etcd(c), op) => {
+                let mut kv = c.client();
+                let result = match op {
+                    Op::Put => {
+                        let mut request = tonic::Request::new(etcdpb::PutRequest {
+                            key: key.as_bytes().to_vec(),
+                            value: value.to_vec(),
+                            ..Default::default()
+                        });
+                        request.set_timeout(ETCD_RPC_TIMEOUT);
+                        kv.put(request).await.map(drop)
+                    }
+                    Op::Get(level) => {
+                        if level == ReadLevel::Lease {
+                            return Err("etcd has no lease reads".into());
+                        }
+                        let mut request = tonic::Request::new(etcdpb::RangeRequest {
+                            key: key.as_bytes().to_vec(),
+                            serializable: level == ReadLevel::Local,
+                            ..Default::default()
+                        });
+                        request.set_timeout(ETCD_RPC_TIMEOUT);
+                        kv.range(request).await.map(drop)
+                    }
+                };
+                result.map_err(|status| {
+                    c.fail_over();
+                    format!("{:?}: {}", status.code(), status.message())
+                })
+            }
+        }
+    }
+}
+
+/// Connections needed for `clients` workers.
+pub fn connections_for(clients: usize) -> usize {
+    clients.div_ceil(CLIENTS_PER_CONNECTION)
+}
+
+/// What one cell should do.
+#[derive(Debug, Clone)]
+pub struct CellSpec {
+    pub op: Op,
+    pub clients: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub keys: u64,
+    pub seed: u64,
+}
+
+/// What one cell measured.
+pub struct CellOutcome {
+    /// Latency of successful operations started in the measured window, µs.
+    pub histogram: Histogram<u64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub measured: Duration,
+}
+
+impl CellOutcome {
+    pub fn throughput(&self) -> f64 {
+        self.histogram.len() as f64 / self.measured.as_secs_f64()
+    }
+}
+
+/// Latency histogram of the bench's range.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// A value of `bytes` bytes, the same for a seed.
+pub fn value(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..bytes).map(|_| rng.random_range(b'a'..=b'z')).collect()
+}
+
+/// Runs one closed-loop cell over `conns`; `progress` counts completed
+/// operations (for the progress line).
+pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, progress: Arc<AtomicU64>) -> CellOutcome {
+    assert!(spec.clients >= 1 && spec.clients <= MAX_CLIENTS, "clients {} out of 1..={MAX_CLIENTS}", spec.clients);
+    assert!(spec.keys >= 1, "no keys");
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.measure;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..spec.clients {
+        let conn = conns[worker % conns.len()].clone();
+        let value = value.clone();
+        let progress = progress.clone();
+        let spec = spec.clone();
+        workers.spawn(async move {
+            let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(worker as u64));
+            let mut histogram = new_histogram();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let k = key(rng.random_range(0..spec.keys));
+                let result = conn.send(spec.op, &k, &value).await;
+                let latency_us = (sent.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
+                progress.fetch_add(1, Ordering::Relaxed);
+                if sent < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(()) => histogram.record(latency_us).expect("clamped into range"),
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert(err);
+                    }
+                }
+            }
+            (histogram, errors, first_error)
+        });
+    }
+    let mut outcome = CellOutcome { histogram: new_histogram(), errors: 0, first_error: None, measured: spec.measure };
+    while let Some(joined) = workers.join_next().await {
+        let (histogram, errors, first_error) = joined.expect("bench worker panicked");
+        outcome.histogram.add(&histogram).expect("same bounds");
+        outcome.errors += errors;
+        if outcome.first_error.is_none() {
+            outcome.first_error = first_error;
+        }
+    }
+    // Workers stop sending at `end`; the window is the planned one, so an
+    // operation in flight at the end counts but does not stretch it.
+    outcome
+}
+
+/// Writes every key once with `concurrency` writers (before reads).
+pub async fn preload(conns: &[Conn], keys: u64, value: &[u8], concurrency: usize) -> Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(value.to_vec());
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency.max(1) {
+        let conn = conns[worker % conns.len()].clone();
+        let next = next.clone();
+        let value = value.clone();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    return Ok::<(), String>(());
+                }
+                let mut attempts = 0;
+                while let Err(err) = conn.send(Op::Put, &key(i), &value).await {
+                    attempts += 1;
+                    if attempts >= 5 {
+                        return Err(format!("preload {}: {err}", key(i)));
+                    }
+                    tokio::time::sleep(ETCD_RETRY_BACKOFF).await;
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined?.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_and_stay_in_one_shard_range() {
+        assert_eq!(key(7), "k00000007");
+        assert!(key(0) < key(99_999_999));
+        assert!(key(0).as_str() >= "g" && key(99_999_999).as_str() < "n");
+    }
+
+    #[test]
+    fn values_are_seeded() {
+        assert_eq!(value(256, 1), value(256, 1));
+        assert_ne!(value(256, 1), value(256, 2));
+        assert_eq!(value(256, 1).len(), 256);
+    }
+
+    #[test]
+    fn target_names_say_the_level_each_system_calls_it() {
+        let local = Op::Get(ReadLevel::Local);
+        assert_eq!(Target { system: System::Geokv, op: local }.name(), "geokv get stale");
+        assert_eq!(Target { system: System::Etcd, op: local }.name(), "etcd get serializable");
+        assert_eq!(connections_for(1), 1);
+        assert_eq!(connections_for(64), 8);
+    }
+}
