@@ -25,11 +25,11 @@
 //! # Scenarios
 //!
 //! - `local`: no added latency, both systems. Raw engine cost.
-//! - `3-region` / `5-region`: geokv only, in `geokv-lab` behind the emulated
-//!   WAN, clients in every region; each figure next to its physical floor.
-//!   etcd is not run there: the lab's proxies tell senders apart by source
-//!   IP and etcd cannot bind its peer connections to one (see
-//!   `docs/benchmarks.md`).
+//! - `3-region` / `5-region`: both systems behind the emulated WAN, clients
+//!   in every region, each figure next to its physical floor. geokv runs in
+//!   `geokv-lab`; etcd members each run in their own network namespace behind
+//!   the same proxy code ([`netns`]), since etcd cannot pick the source IP
+//!   of its peer connections.
 //! - `failover`: SIGKILL the leader under write load; time until writes
 //!   succeed again, for both systems, over several kills.
 //!

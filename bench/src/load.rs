@@ -32,8 +32,13 @@ pub const CLIENTS_PER_CONNECTION: usize = 8;
 pub const MAX_CLIENTS: usize = 1024;
 /// Longest latency the histograms hold, in µs (slower operations are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
-/// Time one etcd RPC may take before it counts as failed.
-const ETCD_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one RPC may take before it counts as failed (both systems; the
+/// `failover` scenario uses [`FAILOVER_RPC_TIMEOUT`]).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-RPC timeout in `failover`: a request parked at a member that lost
+/// its leader is abandoned and retried after this long, which bounds the
+/// resolution of the measured window.
+pub const FAILOVER_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause before an etcd client retries on another member (clientv3's default
 /// backoff is 25 ms).
 pub const ETCD_RETRY_BACKOFF: Duration = Duration::from_millis(25);
@@ -117,14 +122,15 @@ pub const WORKLOADS: &[Workload] = &[
 pub struct EtcdConn {
     members: Arc<Vec<etcdpb::kv_client::KvClient<tonic::transport::Channel>>>,
     preferred: Arc<AtomicU64>,
+    rpc_timeout: Duration,
 }
 
 impl EtcdConn {
     /// Channels to `endpoints` from `source_ip`, preferring the first.
-    pub fn new(endpoints: &[String], source_ip: Option<std::net::IpAddr>) -> EtcdConn {
+    pub fn new(endpoints: &[String], source_ip: Option<std::net::IpAddr>, rpc_timeout: Duration) -> EtcdConn {
         let members =
             endpoints.iter().map(|e| etcdpb::kv_client::KvClient::new(etcd_lazy_channel(e, source_ip))).collect();
-        EtcdConn { members: Arc::new(members), preferred: Arc::new(AtomicU64::new(0)) }
+        EtcdConn { members: Arc::new(members), preferred: Arc::new(AtomicU64::new(0)), rpc_timeout }
     }
 
     fn client(&self) -> etcdpb::kv_client::KvClient<tonic::transport::Channel> {
@@ -153,13 +159,28 @@ impl Conn {
         source_ip: Option<std::net::IpAddr>,
         count: usize,
     ) -> Result<Vec<Conn>> {
+        Conn::open_with_timeout(system, endpoints, source_ip, count, RPC_TIMEOUT).await
+    }
+
+    /// [`Conn::open`] with a per-RPC timeout.
+    pub async fn open_with_timeout(
+        system: System,
+        endpoints: &[String],
+        source_ip: Option<std::net::IpAddr>,
+        count: usize,
+        rpc_timeout: Duration,
+    ) -> Result<Vec<Conn>> {
         let mut conns = Vec::new();
         for _ in 0..count.max(1) {
             conns.push(match system {
-                System::Geokv => {
-                    Conn::Geokv(ClientConfig::new(endpoints.to_vec()).local_address(source_ip).connect().await?)
-                }
-                System::Etcd => Conn::Etcd(EtcdConn::new(endpoints, source_ip)),
+                System::Geokv => Conn::Geokv(
+                    ClientConfig::new(endpoints.to_vec())
+                        .local_address(source_ip)
+                        .rpc_timeout(rpc_timeout)
+                        .connect()
+                        .await?,
+                ),
+                System::Etcd => Conn::Etcd(EtcdConn::new(endpoints, source_ip, rpc_timeout)),
             });
         }
         Ok(conns)
@@ -186,7 +207,7 @@ impl Conn {
                             value: value.to_vec(),
                             ..Default::default()
                         });
-                        request.set_timeout(ETCD_RPC_TIMEOUT);
+                        request.set_timeout(c.rpc_timeout);
                         kv.put(request).await.map(drop)
                     }
                     Op::Get(level) => {
@@ -198,7 +219,7 @@ impl Conn {
                             serializable: level == ReadLevel::Local,
                             ..Default::default()
                         });
-                        request.set_timeout(ETCD_RPC_TIMEOUT);
+                        request.set_timeout(c.rpc_timeout);
                         kv.range(request).await.map(drop)
                     }
                 };

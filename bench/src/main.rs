@@ -210,11 +210,14 @@ async fn run(args: Args) -> Result<()> {
     machine.load_average_after = load_average();
     let scenario_name = args.scenario.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
     let notes = format!(
-        "scenario {scenario_name}; {} rounds; clients {:?}; warm-up {:?}, measured {:?} per cell; {} keys, {}-byte values; seed {}\n\
+        "scenario {scenario_name}; {} rounds; clients {:?} (WAN scenarios: {} per region; failover: {} kills); \
+         warm-up {:?}, measured {:?} per cell; {} keys, {}-byte values; seed {}\n\
          machine: {} cores, {}; load average before {:?}, after {:?}; busiest others before: {:?}\n\
          build: bench {}, geokv {}; etcd {}; took {:.0} s",
         settings.rounds,
         settings.clients,
+        settings.wan_clients,
+        settings.kills,
         settings.warmup,
         settings.measure,
         settings.keys,

@@ -462,7 +462,14 @@ async fn failover_once(cluster: &mut LocalCluster, settings: &Settings, value: &
     let mut endpoints = cluster.endpoints();
     endpoints.rotate_left(leader as usize - 1);
     let writers = settings.clients.iter().copied().max().unwrap_or(8).min(16);
-    let conns = Conn::open(cluster.system, &endpoints, None, load::connections_for(writers)).await?;
+    let conns = Conn::open_with_timeout(
+        cluster.system,
+        &endpoints,
+        None,
+        load::connections_for(writers),
+        load::FAILOVER_RPC_TIMEOUT,
+    )
+    .await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killed_at: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
     let first_after: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
