@@ -3,8 +3,10 @@
 //!
 //! # What it measures, and how it stays fair
 //!
-//! - **Same load generator.** One Rust closed-loop generator ([`load`])
-//!   drives both systems over gRPC: geokv through `geokv-client`, etcd
+//! - **Same load generator.** One Rust load generator ([`load`]), closed
+//!   loop by default or open loop at a fixed rate (`--rate`, latency from
+//!   the intended send time, bounded in flight, overflow counted), drives
+//!   both systems over gRPC: geokv through `geokv-client`, etcd
 //!   through its own v3 API (`KV.Put`, `KV.Range`; a vendored subset of
 //!   etcd's `rpc.proto` in `proto/etcd/`). Same keys, 256-byte values, client
 //!   counts, connections per client (8 clients share one HTTP/2 connection)

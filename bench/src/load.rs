@@ -1,9 +1,14 @@
-//! The load generator: targets, connections and the closed-loop runner.
+//! The load generator: targets, connections and the closed- and open-loop
+//! runners.
 //!
-//! A *target* is one operation on one system (`geokv get lease`, `etcd put`).
+//! A *target* is one operation, or a YCSB-style mix of reads and updates, on
+//! one system (`geokv get lease`, `etcd put`, `etcd ycsb-b linearizable`).
 //! A *cell* runs one target at one client count for a warm-up plus a
-//! measured window: `clients` workers each loop `send; wait for the answer;
-//! record`, sharing `ceil(clients / CLIENTS_PER_CONNECTION)` connections.
+//! measured window. Closed loop: `clients` workers each loop `send; wait for
+//! the answer; record`, sharing `ceil(clients / CLIENTS_PER_CONNECTION)`
+//! connections. Open loop (`CellSpec::rate`): operations arrive at a fixed
+//! rate whatever the system does, latency counts from each one's intended
+//! send time, and at most `clients` are in flight ([`run_open_loop`]).
 //! Only operations that *start* inside the measured window are recorded, in
 //! HDR histograms (1 µs .. 60 s, 3 significant digits); failed operations are
 //! counted apart and never enter the histogram. Keys are drawn uniformly
@@ -59,7 +64,16 @@ pub enum ReadLevel {
     /// Served from one member's local state with no freshness check:
     /// geokv `Stale`, etcd `serializable` Range.
     Local,
+    /// geokv follower read: one round trip to the leader for its read
+    /// index, then served by the client's own region's replica.
+    Follower,
+    /// geokv bounded-staleness read, served by the client's own region's
+    /// replica when it can prove it is at most this stale (else follower).
+    Bounded { max_staleness_ms: u64 },
 }
+
+/// The staleness bound of the `bounded` rows.
+pub const BOUNDED_STALENESS_MS: u64 = 250;
 
 /// What one operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -67,6 +81,50 @@ pub enum ReadLevel {
 pub enum Op {
     Put,
     Get(ReadLevel),
+    /// A YCSB-style mix: each operation is a get at `level` with
+    /// probability `read_percent`%, else an update (put) of an existing key.
+    Mix {
+        read_percent: u8,
+        level: ReadLevel,
+    },
+}
+
+impl Op {
+    /// The concrete operation to send next (a mix draws from `rng`).
+    pub fn pick(self, rng: &mut impl Rng) -> Op {
+        match self {
+            Op::Mix { read_percent, level } => {
+                if rng.random_range(0..100u8) < read_percent {
+                    Op::Get(level)
+                } else {
+                    Op::Put
+                }
+            }
+            op => op,
+        }
+    }
+}
+
+/// Name of a read level as `system` calls it.
+fn level_name(system: System, level: ReadLevel) -> String {
+    match (system, level) {
+        (_, ReadLevel::Linearizable) => "linearizable".into(),
+        (_, ReadLevel::Lease) => "lease".into(),
+        (System::Geokv, ReadLevel::Local) => "stale".into(),
+        (System::Etcd, ReadLevel::Local) => "serializable".into(),
+        (_, ReadLevel::Follower) => "follower".into(),
+        (_, ReadLevel::Bounded { max_staleness_ms }) => format!("bounded:{max_staleness_ms}ms"),
+    }
+}
+
+/// `ycsb-a`, `ycsb-b`, `ycsb-c` for the standard read shares, else `mix-<r>r`.
+fn mix_name(read_percent: u8) -> String {
+    match read_percent {
+        50 => "ycsb-a".into(),
+        95 => "ycsb-b".into(),
+        100 => "ycsb-c".into(),
+        r => format!("mix-{r}r"),
+    }
 }
 
 /// One operation on one system.
@@ -79,12 +137,12 @@ pub struct Target {
 impl Target {
     /// `geokv put`, `etcd get serializable`, `geokv get stale`.
     pub fn name(&self) -> String {
-        let op = match (self.system, self.op) {
-            (_, Op::Put) => "put",
-            (_, Op::Get(ReadLevel::Linearizable)) => "get linearizable",
-            (_, Op::Get(ReadLevel::Lease)) => "get lease",
-            (System::Geokv, Op::Get(ReadLevel::Local)) => "get stale",
-            (System::Etcd, Op::Get(ReadLevel::Local)) => "get serializable",
+        let op = match self.op {
+            Op::Put => "put".to_string(),
+            Op::Get(level) => format!("get {}", level_name(self.system, level)),
+            Op::Mix { read_percent, level } => {
+                format!("{} {}", mix_name(read_percent), level_name(self.system, level))
+            }
         };
         format!("{} {op}", self.system.as_str())
     }
@@ -114,6 +172,27 @@ pub const WORKLOADS: &[Workload] = &[
         systems: &[System::Geokv, System::Etcd],
     },
     Workload { name: "get lease", op: Op::Get(ReadLevel::Lease), systems: &[System::Geokv] },
+    Workload { name: "get follower", op: Op::Get(ReadLevel::Follower), systems: &[System::Geokv] },
+    Workload {
+        name: "get bounded:250ms",
+        op: Op::Get(ReadLevel::Bounded { max_staleness_ms: BOUNDED_STALENESS_MS }),
+        systems: &[System::Geokv],
+    },
+    Workload {
+        name: "ycsb-a (50% get linearizable, 50% update)",
+        op: Op::Mix { read_percent: 50, level: ReadLevel::Linearizable },
+        systems: &[System::Geokv, System::Etcd],
+    },
+    Workload {
+        name: "ycsb-b (95% get linearizable, 5% update)",
+        op: Op::Mix { read_percent: 95, level: ReadLevel::Linearizable },
+        systems: &[System::Geokv, System::Etcd],
+    },
+    Workload {
+        name: "ycsb-c (100% get linearizable)",
+        op: Op::Mix { read_percent: 100, level: ReadLevel::Linearizable },
+        systems: &[System::Geokv, System::Etcd],
+    },
 ];
 
 /// An etcd connection: one channel per member, used in order of
@@ -159,14 +238,27 @@ impl Conn {
         source_ip: Option<std::net::IpAddr>,
         count: usize,
     ) -> Result<Vec<Conn>> {
-        Conn::open_with_timeout(system, endpoints, source_ip, count, RPC_TIMEOUT).await
+        Conn::open_with_timeout(system, endpoints, source_ip, None, count, RPC_TIMEOUT).await
     }
 
-    /// [`Conn::open`] with a per-RPC timeout.
+    /// [`Conn::open`] for clients in `region`: geokv's client then serves
+    /// follower, bounded and stale reads from that region's replica first.
+    pub async fn open_in_region(
+        system: System,
+        endpoints: &[String],
+        source_ip: Option<std::net::IpAddr>,
+        region: &str,
+        count: usize,
+    ) -> Result<Vec<Conn>> {
+        Conn::open_with_timeout(system, endpoints, source_ip, Some(region.to_string()), count, RPC_TIMEOUT).await
+    }
+
+    /// [`Conn::open`] with the client's region (geokv) and a per-RPC timeout.
     pub async fn open_with_timeout(
         system: System,
         endpoints: &[String],
         source_ip: Option<std::net::IpAddr>,
+        region: Option<String>,
         count: usize,
         rpc_timeout: Duration,
     ) -> Result<Vec<Conn>> {
@@ -176,6 +268,7 @@ impl Conn {
                 System::Geokv => Conn::Geokv(
                     ClientConfig::new(endpoints.to_vec())
                         .local_address(source_ip)
+                        .region(region.clone())
                         .rpc_timeout(rpc_timeout)
                         .connect()
                         .await?,
@@ -189,12 +282,15 @@ impl Conn {
     /// Sends one operation and waits for its answer.
     pub async fn send(&self, op: Op, key: &str, value: &[u8]) -> Result<(), String> {
         match (self, op) {
+            (_, Op::Mix { .. }) => Err("a mix is not one operation (Op::pick it first)".into()),
             (Conn::Geokv(c), Op::Put) => c.put(key, value).await.map(drop).map_err(|e| e.to_string()),
             (Conn::Geokv(c), Op::Get(level)) => {
                 let consistency = match level {
                     ReadLevel::Linearizable => Consistency::Linearizable,
                     ReadLevel::Lease => Consistency::Lease,
                     ReadLevel::Local => Consistency::Stale,
+                    ReadLevel::Follower => Consistency::Follower,
+                    ReadLevel::Bounded { max_staleness_ms } => Consistency::Bounded { max_staleness_ms },
                 };
                 c.get_with(key, consistency).await.map(drop).map_err(|e| e.to_string())
             }
@@ -210,9 +306,10 @@ impl Conn {
                         request.set_timeout(c.rpc_timeout);
                         kv.put(request).await.map(drop)
                     }
+                    Op::Mix { .. } => unreachable!("matched above"),
                     Op::Get(level) => {
-                        if level == ReadLevel::Lease {
-                            return Err("etcd has no lease reads".into());
+                        if !matches!(level, ReadLevel::Linearizable | ReadLevel::Local) {
+                            return Err(format!("etcd has no {level:?} reads"));
                         }
                         let mut request = tonic::Request::new(etcdpb::RangeRequest {
                             key: key.as_bytes().to_vec(),
@@ -246,6 +343,10 @@ pub struct CellSpec {
     pub measure: Duration,
     pub keys: u64,
     pub seed: u64,
+    /// Open loop: arrivals at this many operations per second (all
+    /// clients together), with at most `clients` in flight. `None`: closed
+    /// loop.
+    pub rate: Option<f64>,
 }
 
 /// What one cell measured.
@@ -255,6 +356,10 @@ pub struct CellOutcome {
     pub errors: u64,
     pub first_error: Option<String>,
     pub measured: Duration,
+    /// Open loop: arrivals in the measured window that found `clients`
+    /// operations already in flight and were dropped (not sent, not in the
+    /// histogram). Always 0 in closed loop.
+    pub overflow: u64,
 }
 
 impl CellOutcome {
@@ -277,6 +382,9 @@ pub fn value(bytes: usize, seed: u64) -> Vec<u8> {
 /// Runs one closed-loop cell over `conns`; `progress` counts completed
 /// operations (for the progress line).
 pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, progress: Arc<AtomicU64>) -> CellOutcome {
+    if let Some(rate) = spec.rate {
+        return run_open_loop(conns, spec, rate, value, progress).await;
+    }
     assert!(spec.clients >= 1 && spec.clients <= MAX_CLIENTS, "clients {} out of 1..={MAX_CLIENTS}", spec.clients);
     assert!(spec.keys >= 1, "no keys");
     let start = Instant::now();
@@ -298,8 +406,9 @@ pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, prog
                 if sent >= end {
                     break;
                 }
+                let op = spec.op.pick(&mut rng);
                 let k = key(rng.random_range(0..spec.keys));
-                let result = conn.send(spec.op, &k, &value).await;
+                let result = conn.send(op, &k, &value).await;
                 let latency_us = (sent.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
                 progress.fetch_add(1, Ordering::Relaxed);
                 if sent < measure_from {
@@ -316,7 +425,8 @@ pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, prog
             (histogram, errors, first_error)
         });
     }
-    let mut outcome = CellOutcome { histogram: new_histogram(), errors: 0, first_error: None, measured: spec.measure };
+    let mut outcome =
+        CellOutcome { histogram: new_histogram(), errors: 0, first_error: None, measured: spec.measure, overflow: 0 };
     while let Some(joined) = workers.join_next().await {
         let (histogram, errors, first_error) = joined.expect("bench worker panicked");
         outcome.histogram.add(&histogram).expect("same bounds");
@@ -328,6 +438,84 @@ pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, prog
     // Workers stop sending at `end`; the window is the planned one, so an
     // operation in flight at the end counts but does not stretch it.
     outcome
+}
+
+/// What the open-loop operations of a cell share.
+struct OpenLoopTally {
+    histogram: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs one open-loop cell: operation *i* is due at `start + i / rate`
+/// whatever happened to the ones before it, and its latency is measured
+/// from that *intended* time, so a stalled server shows up in the latency
+/// instead of silently lowering the offered load (no coordinated omission).
+/// At most `spec.clients` operations are in flight; an arrival that finds
+/// them all busy is dropped and counted as overflow, so memory stays bounded
+/// however far the system falls behind.
+async fn run_open_loop(
+    conns: &[Conn],
+    spec: &CellSpec,
+    rate: f64,
+    value: Arc<Vec<u8>>,
+    progress: Arc<AtomicU64>,
+) -> CellOutcome {
+    assert!(rate > 0.0 && rate.is_finite(), "rate {rate} must be positive");
+    assert!(spec.clients >= 1 && spec.clients <= MAX_CLIENTS, "clients {} out of 1..={MAX_CLIENTS}", spec.clients);
+    assert!(spec.keys >= 1, "no keys");
+    let start = tokio::time::Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.measure;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(spec.clients));
+    let tally =
+        Arc::new(std::sync::Mutex::new(OpenLoopTally { histogram: new_histogram(), errors: 0, first_error: None }));
+    let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003));
+    let mut overflow = 0u64;
+    for i in 0u64.. {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        if intended >= end {
+            break;
+        }
+        if intended > tokio::time::Instant::now() {
+            tokio::time::sleep_until(intended).await;
+        }
+        let measured = intended >= measure_from;
+        let op = spec.op.pick(&mut rng);
+        let k = key(rng.random_range(0..spec.keys));
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            overflow += u64::from(measured);
+            continue;
+        };
+        let conn = conns[i as usize % conns.len()].clone();
+        let (value, progress, tally) = (value.clone(), progress.clone(), tally.clone());
+        tokio::spawn(async move {
+            let result = conn.send(op, &k, &value).await;
+            let latency_us = (intended.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
+            progress.fetch_add(1, Ordering::Relaxed);
+            if measured {
+                let mut tally = tally.lock().expect("tally lock");
+                match result {
+                    Ok(()) => tally.histogram.record(latency_us).expect("clamped into range"),
+                    Err(err) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(err);
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Wait for the operations still in flight (each is bounded by its RPC timeout).
+    let _all = in_flight.acquire_many(spec.clients as u32).await.expect("semaphore never closed");
+    let tally = tally.lock().expect("tally lock");
+    CellOutcome {
+        histogram: tally.histogram.clone(),
+        errors: tally.errors,
+        first_error: tally.first_error.clone(),
+        measured: spec.measure,
+        overflow,
+    }
 }
 
 /// Writes every key once with `concurrency` writers (before reads).
@@ -378,6 +566,20 @@ mod tests {
         assert_eq!(value(256, 1), value(256, 1));
         assert_ne!(value(256, 1), value(256, 2));
         assert_eq!(value(256, 1).len(), 256);
+    }
+
+    #[test]
+    fn mixes_draw_their_read_share() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let b = Op::Mix { read_percent: 95, level: ReadLevel::Linearizable };
+        let reads = (0..10_000).filter(|_| b.pick(&mut rng) == Op::Get(ReadLevel::Linearizable)).count();
+        assert!((9300..9700).contains(&reads), "{reads}");
+        let c = Op::Mix { read_percent: 100, level: ReadLevel::Linearizable };
+        assert!((0..1000).all(|_| c.pick(&mut rng) != Op::Put));
+        assert_eq!(Op::Put.pick(&mut rng), Op::Put);
+        assert_eq!(Target { system: System::Etcd, op: b }.name(), "etcd ycsb-b linearizable");
+        let bounded = Op::Get(ReadLevel::Bounded { max_staleness_ms: 250 });
+        assert_eq!(Target { system: System::Geokv, op: bounded }.name(), "geokv get bounded:250ms");
     }
 
     #[test]

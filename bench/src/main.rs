@@ -57,6 +57,11 @@ struct Args {
     warmup_ms: Option<u64>,
     #[arg(long)]
     measure_ms: Option<u64>,
+    /// Open loop: offer this many operations per second to every cell (fixed-rate
+    /// arrivals, latency from the intended send time); `--clients` is then the
+    /// in-flight bound, and arrivals beyond it are dropped and counted as overflow.
+    #[arg(long, value_name = "OPS_PER_S")]
+    rate: Option<f64>,
     /// Distinct keys (all written before reads).
     #[arg(long)]
     keys: Option<u64>,
@@ -135,7 +140,11 @@ fn settings(args: &Args) -> Result<Settings> {
         regions_file,
         wan_clients: args.wan_clients.unwrap_or(wan_clients),
         kills: args.kills.unwrap_or(kills),
+        rate: args.rate,
     };
+    if settings.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of operations per second");
+    }
     if settings.rounds == 0
         || settings.keys == 0
         || settings.clients.iter().any(|&c| c == 0 || c > geokv_bench::load::MAX_CLIENTS)
@@ -210,10 +219,14 @@ async fn run(args: Args) -> Result<()> {
     machine.load_average_after = load_average();
     let scenario_name = args.scenario.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
     let notes = format!(
-        "scenario {scenario_name}; {} rounds; clients {:?} (WAN scenarios: {} per region; failover: {} kills); \
+        "scenario {scenario_name}; {}; {} rounds; clients {:?} (WAN scenarios: {} per region; failover: {} kills); \
          warm-up {:?}, measured {:?} per cell; {} keys, {}-byte values; seed {}\n\
          machine: {} cores, {}; load average before {:?}, after {:?}; busiest others before: {:?}\n\
          build: bench {}, geokv {}; etcd {}; took {:.0} s",
+        match settings.rate {
+            Some(rate) => format!("open loop at {rate} ops/s per cell (clients = in-flight bound)"),
+            None => "closed loop".to_string(),
+        },
         settings.rounds,
         settings.clients,
         settings.wan_clients,

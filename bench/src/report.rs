@@ -64,6 +64,8 @@ pub struct CellResult {
     pub ops: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Open loop: arrivals dropped because the in-flight bound was reached.
+    pub overflow: u64,
     pub throughput_ops_s: f64,
     pub latency: Latency,
     pub cpu: CpuUse,
@@ -97,6 +99,9 @@ impl CellResult {
         if outcome.errors > 0 {
             noisy.get_or_insert(format!("{} errors", outcome.errors));
         }
+        if outcome.overflow > 0 {
+            noisy.get_or_insert(format!("{} arrivals dropped at the in-flight bound", outcome.overflow));
+        }
         CellResult {
             round,
             workload: workload.to_string(),
@@ -107,6 +112,7 @@ impl CellResult {
             ops,
             errors: outcome.errors,
             first_error: outcome.first_error.clone(),
+            overflow: outcome.overflow,
             throughput_ops_s: outcome.throughput(),
             latency: Latency::of(&outcome.histogram),
             ops_per_server_cpu_s: (cpu.target_servers_s > 0.0).then(|| ops as f64 / cpu.target_servers_s),
@@ -155,6 +161,8 @@ pub struct Summary {
     pub region: Option<String>,
     pub rounds: usize,
     pub noisy_rounds: usize,
+    /// Open loop: arrivals dropped at the in-flight bound, all rounds.
+    pub overflow: u64,
     pub p50_ms: Spread,
     pub p99_ms: Spread,
     pub throughput_ops_s: Spread,
@@ -223,6 +231,7 @@ impl Collector {
                     region: key.3.clone(),
                     rounds: cells.len(),
                     noisy_rounds: cells.iter().filter(|c| c.noisy.is_some()).count(),
+                    overflow: cells.iter().map(|c| c.overflow).sum(),
                     p50_ms: spread(&|c| c.latency.p50_ms),
                     p99_ms: spread(&|c| c.latency.p99_ms),
                     throughput_ops_s: spread(&|c| c.throughput_ops_s),
@@ -310,7 +319,11 @@ pub fn summary_table(summaries: &[Summary]) -> String {
             } else {
                 format!("{:.0}", s.ops_per_server_cpu_s.median)
             },
-            if s.noisy_rounds > 0 { format!("{}/{}", s.noisy_rounds, s.rounds) } else { String::new() }
+            match (s.noisy_rounds, s.overflow) {
+                (0, _) => String::new(),
+                (n, 0) => format!("{n}/{}", s.rounds),
+                (n, dropped) => format!("{n}/{} ({dropped} arrivals dropped)", s.rounds),
+            }
         );
     }
     out

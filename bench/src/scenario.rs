@@ -39,6 +39,9 @@ pub struct Settings {
     pub wan_clients: usize,
     /// Leader kills per system in `failover`.
     pub kills: usize,
+    /// Open loop: operations per second offered to each cell (then
+    /// `clients` is the in-flight bound). `None`: closed loop.
+    pub rate: Option<f64>,
 }
 
 /// A progress line on stderr: `[cell 5/42] round 2/3 etcd put c=64  1.2s  3,456 ops`.
@@ -101,6 +104,7 @@ async fn measure_cell(
         measure: settings.measure,
         keys: settings.keys,
         seed: settings.seed ^ round as u64,
+        rate: settings.rate,
     };
     let all: Vec<u32> = target_pids.iter().chain(idle_pids).copied().collect();
     let label = format!(
@@ -244,12 +248,20 @@ fn floor_ms(
     match (system, op) {
         (_, Op::Put | Op::Get(ReadLevel::Linearizable)) => ("RTT to leader + leader's quorum RTT", to_leader + quorum),
         (_, Op::Get(ReadLevel::Lease)) => ("RTT to leader", to_leader),
-        // geokv's client sends stale reads to the cached leader first.
-        (System::Geokv, Op::Get(ReadLevel::Local)) => {
-            ("RTT to leader (the client routes stale reads there)", to_leader)
+        // The client (region set) reads its own region's replica first.
+        (System::Geokv, Op::Get(ReadLevel::Local | ReadLevel::Bounded { .. })) => {
+            let nearest = replicas.iter().map(|&j| matrix.rtt_ms(client, j)).min().unwrap_or(to_leader);
+            ("nearest replica", nearest)
+        }
+        // The leader's read index, then the nearest replica (local if any).
+        (System::Geokv, Op::Get(ReadLevel::Follower)) => {
+            let via = |j: usize| matrix.rtt_ms(client, j) + matrix.rtt_ms(j, leader);
+            let nearest = replicas.iter().min_by_key(|&&j| matrix.rtt_ms(client, j)).map_or(to_leader, |&j| via(j));
+            ("nearest replica + its RTT to leader", nearest)
         }
         // etcd's client talks to its own region's member.
-        (System::Etcd, Op::Get(ReadLevel::Local)) => ("local member", 0),
+        (System::Etcd, Op::Get(_)) => ("local member", 0),
+        (_, Op::Mix { .. }) => ("(a mix)", 0),
     }
 }
 
@@ -260,6 +272,9 @@ fn op_name(op: Op) -> &'static str {
         Op::Get(ReadLevel::Linearizable) => "get linearizable",
         Op::Get(ReadLevel::Lease) => "get lease",
         Op::Get(ReadLevel::Local) => "get local (stale / serializable)",
+        Op::Get(ReadLevel::Follower) => "get follower",
+        Op::Get(ReadLevel::Bounded { .. }) => "get bounded",
+        Op::Mix { .. } => "mix",
     }
 }
 
@@ -305,8 +320,16 @@ pub async fn wan(
         for (r, region) in regions.iter().enumerate() {
             let endpoint = started.endpoint_for_region(region).map_err(|e| anyhow!("{e}"))?;
             let ip = started.client_ip_for_region(region).map_err(|e| anyhow!("{e}"))?;
-            let conns =
-                Conn::open(System::Geokv, &[endpoint], Some(ip), load::connections_for(settings.wan_clients)).await?;
+            // The client knows its region, so follower, bounded and stale
+            // reads go to that region's replica first.
+            let conns = Conn::open_in_region(
+                System::Geokv,
+                &[endpoint],
+                Some(ip),
+                region,
+                load::connections_for(settings.wan_clients),
+            )
+            .await?;
             pools.push((System::Geokv, r, conns));
         }
         lab = Some(started);
@@ -346,11 +369,20 @@ pub async fn wan(
         let mut ops = vec![Op::Put, Op::Get(ReadLevel::Linearizable)];
         if system == System::Geokv {
             ops.push(Op::Get(ReadLevel::Lease));
+            ops.push(Op::Get(ReadLevel::Follower));
+            ops.push(Op::Get(ReadLevel::Bounded { max_staleness_ms: load::BOUNDED_STALENESS_MS }));
         }
         ops.push(Op::Get(ReadLevel::Local));
         ops
     };
-    let all_ops = [Op::Put, Op::Get(ReadLevel::Linearizable), Op::Get(ReadLevel::Lease), Op::Get(ReadLevel::Local)];
+    let all_ops = [
+        Op::Put,
+        Op::Get(ReadLevel::Linearizable),
+        Op::Get(ReadLevel::Lease),
+        Op::Get(ReadLevel::Follower),
+        Op::Get(ReadLevel::Bounded { max_staleness_ms: load::BOUNDED_STALENESS_MS }),
+        Op::Get(ReadLevel::Local),
+    ];
     let total: usize = pools.iter().map(|(s, _, _)| ops(*s).len()).sum::<usize>() * settings.rounds;
     let mut progress = Progress::new(total);
     let mut collector = Collector::default();
@@ -465,6 +497,7 @@ async fn failover_once(cluster: &mut LocalCluster, settings: &Settings, value: &
     let conns = Conn::open_with_timeout(
         cluster.system,
         &endpoints,
+        None,
         None,
         load::connections_for(writers),
         load::FAILOVER_RPC_TIMEOUT,

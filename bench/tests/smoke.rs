@@ -31,8 +31,9 @@ fn local_smoke_measures_every_target_and_writes_the_report() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     let cells = results["result"]["cells"].as_array().expect("cells");
-    // put, get linearizable, get local on each system, get lease on geokv; 2 client counts.
-    let expected = if systems.contains("etcd") { 2 * 7 } else { 2 * 4 };
+    // put, get linearizable, get local and YCSB A/B/C on each system; get
+    // lease, follower and bounded on geokv; 2 client counts.
+    let expected = if systems.contains("etcd") { 2 * 15 } else { 2 * 9 };
     assert_eq!(cells.len(), expected, "{stdout}");
     for cell in cells {
         assert!(cell["ops"].as_u64().unwrap() > 0, "a target measured nothing: {cell}");
@@ -43,4 +44,26 @@ fn local_smoke_measures_every_target_and_writes_the_report() {
     }
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("latency CDF"));
+}
+
+#[test]
+fn open_loop_smoke_offers_a_fixed_rate_and_reports_overflow() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_geokv-bench"))
+        .args(["--scenario", "local", "--smoke", "--systems", "geokv", "--rate", "200", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run geokv-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "geokv-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("open loop at 200 ops/s"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    for cell in results["result"]["cells"].as_array().expect("cells") {
+        // 200 ops/s over a 0.3 s window: about 60 arrivals, sent or dropped.
+        let (ops, dropped) = (cell["ops"].as_u64().unwrap(), cell["overflow"].as_u64().unwrap());
+        assert!(ops > 0, "a target measured nothing: {cell}");
+        assert!(ops + dropped + cell["errors"].as_u64().unwrap() <= 61, "more than the offered load: {cell}");
+    }
 }
