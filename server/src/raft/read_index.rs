@@ -5,11 +5,11 @@
 //! commit index observed at its start (the *read index*). Any read that
 //! *arrived before the round started* may be served once the replica has
 //! applied up to that index: the read index is at least the commit index at
-//! the read's arrival. So reads queue up; one round runs at a time and takes
-//! everyone queued when it starts; whoever arrives during a round waits for
-//! the next one. Under load this turns N quorum rounds into about one per
-//! round trip, at the cost of at most one extra round for a read that arrives
-//! mid-round.
+//! the read's arrival. So reads queue up, and a round takes everyone queued
+//! when it starts. Up to a few rounds run at once: a read that arrives
+//! mid-round starts the next one right away rather than waiting a whole
+//! round for the current one to finish. Under load this turns N rounds into
+//! a handful per round trip.
 //!
 //! The same batcher serves two kinds of rounds: on the leader, an openraft
 //! ReadIndex ([`leader_round`]); on a follower, one RPC asking the leader for
@@ -44,9 +44,14 @@ pub enum RoundError {
     TimedOut,
 }
 
+/// Rounds one batcher runs at once. A read that arrives while rounds are in
+/// flight starts a new one (up to this many) instead of waiting for the
+/// current one to finish, so a read costs one round, not up to two.
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+
 #[derive(Default)]
 struct Queue {
-    running: bool,
+    in_flight: usize,
     waiting: Vec<oneshot::Sender<RoundResult>>,
 }
 
@@ -64,7 +69,11 @@ impl ReadIndexBatcher {
         let start = {
             let mut q = self.queue.lock().expect("read queue lock");
             q.waiting.push(tx);
-            !std::mem::replace(&mut q.running, true)
+            let start = q.in_flight < MAX_ROUNDS_IN_FLIGHT;
+            if start {
+                q.in_flight += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(self.clone().run_rounds(round, counters));
@@ -72,12 +81,14 @@ impl ReadIndexBatcher {
         rx.await.unwrap_or(Err(RoundError::TimedOut))
     }
 
+    /// Runs rounds while reads are waiting; each round takes every read
+    /// queued when it starts (they all arrived before it started).
     async fn run_rounds(self: Arc<Self>, round: Round, counters: Arc<Metrics>) {
         loop {
             let batch = {
                 let mut q = self.queue.lock().expect("read queue lock");
                 if q.waiting.is_empty() {
-                    q.running = false;
+                    q.in_flight -= 1;
                     return;
                 }
                 std::mem::take(&mut q.waiting)
