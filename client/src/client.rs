@@ -357,25 +357,38 @@ impl Client {
     /// meta shard's leader applies it; this tries the map's nodes in turn
     /// until one does. Returns the new shard map version.
     pub async fn set_leader_region(&self, shard: u64, region: Option<&str>) -> Result<u64, Error> {
-        let map = self.refresh_shard_map().await?;
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.deadline;
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let mut causes = Vec::new();
-        for node in &map.nodes {
-            let Ok(channel) = self.channel(&node.addr) else { continue };
-            let mut admin = admin_client(channel);
-            let request = geokv_proto::admin::SetLeaderRegionRequest {
-                shard_id: shard,
-                region: region.unwrap_or_default().to_string(),
-            };
-            match tokio::time::timeout(self.inner.config.rpc_timeout, admin.set_leader_region(request)).await {
-                Ok(Ok(reply)) => return Ok(reply.into_inner().map_version),
-                Ok(Err(status)) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound) => {
-                    return Err(Error::InvalidArgument(status.message().to_string()));
+        let mut attempts = 0u32;
+        // Rounds over every node until one (the meta shard's leader) applies
+        // it; a cluster still bootstrapping or electing answers "retry".
+        while Instant::now() < deadline && attempts < config.max_attempts {
+            let map = self.refresh_shard_map().await?;
+            for node in &map.nodes {
+                let Ok(channel) = self.channel(&node.addr) else { continue };
+                attempts += 1;
+                let mut admin = admin_client(channel);
+                let request = geokv_proto::admin::SetLeaderRegionRequest {
+                    shard_id: shard,
+                    region: region.unwrap_or_default().to_string(),
+                };
+                match tokio::time::timeout(config.rpc_timeout, admin.set_leader_region(request)).await {
+                    Ok(Ok(reply)) => return Ok(reply.into_inner().map_version),
+                    Ok(Err(status))
+                        if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound) =>
+                    {
+                        return Err(Error::InvalidArgument(status.message().to_string()));
+                    }
+                    Ok(Err(status)) => causes.push(format!("{}: {}", node.addr, status.message())),
+                    Err(_) => causes.push(format!("{}: no answer", node.addr)),
                 }
-                Ok(Err(status)) => causes.push(format!("{}: {}", node.addr, status.message())),
-                Err(_) => causes.push(format!("{}: no answer", node.addr)),
             }
+            sleep_until_or(deadline, backoff.next_delay()).await;
         }
-        Err(Error::Unavailable { attempts: causes.len() as u32, cause: causes.join("; ") })
+        let recent = causes.len().saturating_sub(3);
+        Err(Error::Unavailable { attempts, cause: causes[recent..].join("; ") })
     }
 
     /// Asks every node of the shard map for its status, concurrently. Nodes

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use geokv_proto::admin::admin_client::AdminClient;
-use geokv_proto::admin::{GroupStatus, NodeStatusRequest, NodeStatusResponse};
+use geokv_proto::admin::{GetShardMapRequest, GroupStatus, NodeStatusRequest, NodeStatusResponse};
 use geokv_proto::kv::kv_client::KvClient;
 use tonic::transport::Channel;
 
@@ -294,6 +294,18 @@ impl TestCluster {
         for shard in shards {
             leaders.insert(shard, self.wait_leader(shard).await);
         }
+        // The meta shard holds the bootstrapped map (version > 0) everywhere.
+        wait_for("the shard map to be bootstrapped", DEFAULT_DEADLINE, || async {
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                let mut admin = AdminClient::new(channel(&n.addr));
+                let map = admin.get_shard_map(GetShardMapRequest {}).await.ok()?.into_inner();
+                if map.version == 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
         leaders
     }
 

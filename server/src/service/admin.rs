@@ -120,6 +120,9 @@ impl Admin for AdminService {
     ) -> Result<Response<SetLeaderRegionResponse>, Status> {
         let SetLeaderRegionRequest { shard_id, region } = req.into_inner();
         let map = self.node.shard_map();
+        if map.version == 0 {
+            return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
+        }
         if map.shard(shard_id).is_none() {
             return Err(Status::not_found(format!("no data shard {shard_id} in map version {}", map.version)));
         }
