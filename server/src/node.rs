@@ -205,8 +205,18 @@ impl Node {
         self.map_rx.borrow().clone()
     }
 
-    fn request_timeout(&self) -> Duration {
+    /// How long a request may wait for Raft (`limits.request_timeout_ms`).
+    pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
+    /// A read index from this leader's lease (no round trip), refused when
+    /// the lease cannot be proven or this node's clock is suspect.
+    pub async fn lease_read_index(&self, raft: &ShardRaft) -> RoundResult {
+        if !self.clock_ok() {
+            return Err(RoundError::Remote("clock offset beyond bound: lease refused".into()));
+        }
+        lease_read(raft, self.config.lease()).await
     }
 
     /// A linearizable read index confirmed by this node as the shard's
@@ -220,12 +230,10 @@ impl Node {
     /// when it holds one (no round trip, so a follower read costs one round
     /// trip to the leader), else from a batched ReadIndex round.
     pub async fn read_index_for_follower(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
-        if self.clock_ok()
-            && let Ok(index) = lease_read(raft, self.config.lease()).await
-        {
-            return Ok(index);
+        match self.lease_read_index(raft).await {
+            Ok(index) => Ok(index),
+            Err(_) => self.leader_read_index(shard, raft).await,
         }
-        self.leader_read_index(shard, raft).await
     }
 
     /// A linearizable read index for a read served by this replica: from the

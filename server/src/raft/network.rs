@@ -82,10 +82,6 @@ impl Peers {
         channels.insert(addr.to_string(), channel.clone());
         channel
     }
-
-    pub fn timeouts(&self) -> PeerTimeouts {
-        self.timeouts
-    }
 }
 
 /// Creates per-peer links for one shard's Raft group.

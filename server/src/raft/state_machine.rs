@@ -155,6 +155,15 @@ impl ShardStateMachine {
         self.apply_meta(apply_meta_tag::SHARD_MAP)
     }
 
+    /// The map as of the entry being applied: one written earlier in this
+    /// run (not yet on disk), else the stored one.
+    fn current_map(&self, pending: &Option<ShardMap>) -> io::Result<Option<ShardMap>> {
+        match pending {
+            Some(map) => Ok(Some(map.clone())),
+            None => self.stored_map(),
+        }
+    }
+
     fn read_record(&self, key: &[u8], overlay: &Overlay) -> io::Result<Option<Record>> {
         if let Some(r) = overlay.data.get(key) {
             return Ok(r.clone());
@@ -302,10 +311,7 @@ impl ShardStateMachine {
                 }
                 EntryPayload::Normal(Command::Meta(MetaCommand::Bootstrap(map))) => match &self.kind {
                     ShardKind::Meta { .. } => {
-                        let current = match &new_map {
-                            Some(m) => Some(m.clone()),
-                            None => self.stored_map()?,
-                        };
+                        let current = self.current_map(&new_map)?;
                         match current {
                             Some(existing) => CommandResult::Meta { map_version: existing.version },
                             None => {
@@ -323,10 +329,7 @@ impl ShardStateMachine {
                     }),
                 },
                 EntryPayload::Normal(Command::Meta(MetaCommand::SetLeaderRegion { shard, region })) => {
-                    let current = match &new_map {
-                        Some(m) => Some(m.clone()),
-                        None => self.stored_map()?,
-                    };
+                    let current = self.current_map(&new_map)?;
                     let updated = match (&self.kind, current) {
                         (ShardKind::Meta { .. }, Some(mut map)) => match map.shards.iter_mut().find(|s| s.id == *shard)
                         {

@@ -11,7 +11,7 @@
 //! *indeterminate*, never failed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use geokv_proto::kv::kv_server::Kv;
 use geokv_proto::kv::{
@@ -28,7 +28,7 @@ use crate::node::Node;
 use crate::raft::command::{
     Command, CommandResult, Condition, Expect, Op, Record, Rejection, Session, WriteCommand, WriteOutcome,
 };
-use crate::raft::read_index::{RoundError, RoundResult, lease_read};
+use crate::raft::read_index::{RoundError, RoundResult};
 use crate::raft::{ShardRaft, TypeConfig, decode};
 use crate::shards::{ShardDesc, ShardMap};
 
@@ -103,10 +103,6 @@ impl KvService {
 
     fn limits(&self) -> &crate::config::Limits {
         &self.node.config.limits
-    }
-
-    fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.limits().request_timeout_ms)
     }
 
     fn check_key(&self, key: &[u8], what: &str) -> Result<(), Error> {
@@ -208,21 +204,14 @@ impl KvService {
                 classify(self.node.leader_read_index(shard, raft).await)?;
                 (Consistency::Linearizable, false)
             }
-            Consistency::Lease => {
-                let lease = if self.node.clock_ok() {
-                    lease_read(raft, self.node.config.lease()).await
-                } else {
-                    Err(RoundError::Remote("clock offset beyond bound: lease refused".into()))
-                };
-                match classify(lease) {
-                    Ok(_) => (Consistency::Lease, false),
-                    Err(e @ Error::NotLeader { .. }) => return Err(e),
-                    Err(_) => {
-                        classify(self.node.leader_read_index(shard, raft).await)?;
-                        (Consistency::Linearizable, true)
-                    }
+            Consistency::Lease => match classify(self.node.lease_read_index(raft).await) {
+                Ok(_) => (Consistency::Lease, false),
+                Err(e @ Error::NotLeader { .. }) => return Err(e),
+                Err(_) => {
+                    classify(self.node.leader_read_index(shard, raft).await)?;
+                    (Consistency::Linearizable, true)
                 }
-            }
+            },
             Consistency::Follower => {
                 follower_read().await?;
                 (Consistency::Follower, false)
@@ -293,10 +282,10 @@ impl KvService {
             conditions,
             ops,
         });
-        let res = tokio::time::timeout(self.request_timeout(), routed.raft.client_write(cmd)).await;
+        let res = tokio::time::timeout(self.node.request_timeout(), routed.raft.client_write(cmd)).await;
         let indeterminate = |cause: String| Error::Indeterminate { shard, cause };
         let resp = match res {
-            Err(_) => return Err(indeterminate(format!("not committed within {:?}", self.request_timeout()))),
+            Err(_) => return Err(indeterminate(format!("not committed within {:?}", self.node.request_timeout()))),
             Ok(Ok(resp)) => resp,
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 return Err(self.not_leader(shard, &routed.raft, &f));

@@ -150,7 +150,7 @@ impl ShardMap {
         Ok(())
     }
 
-    /// The regions of the map's nodes.
+    /// Whether any node of the map is in `region`.
     pub fn has_region(&self, region: &str) -> bool {
         self.nodes.iter().any(|n| n.region == region)
     }

@@ -293,13 +293,6 @@ impl Storage {
         }
         Ok(out)
     }
-
-    /// Flushes memtables and compacts; used by tests and after large purges.
-    pub fn compact(&self) {
-        for name in ALL_CFS {
-            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
-        }
-    }
 }
 
 /// A raw `(key, value)` pair read from a column family.
