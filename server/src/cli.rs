@@ -74,6 +74,9 @@ struct NodeArgs {
     /// Keys at which data shards are pre-split, comma-separated, increasing.
     #[arg(long, env = "GEOKV_SPLIT_POINTS", value_delimiter = ',')]
     split_points: Option<Vec<String>>,
+    /// Key ranges served by eventual (multi-master) shards: START..END,...
+    #[arg(long, env = "GEOKV_EVENTUAL_RANGES", value_delimiter = ',')]
+    eventual_ranges: Option<Vec<String>>,
     #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
     /// Region every shard keeps its leader in when it can (new clusters).
@@ -115,6 +118,7 @@ impl NodeArgs {
             c.outgoing_ip => self.outgoing_ip,
             c.data_dir => self.data_dir,
             c.split_points => self.split_points,
+            c.eventual_ranges => self.eventual_ranges,
             c.replication_factor => self.replication_factor,
             c.preferred_leader_region => self.preferred_leader_region,
             c.raft.heartbeat_interval_ms => self.heartbeat_interval_ms,

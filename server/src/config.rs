@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shards::NodeDesc;
+use crate::shards::{KeyRange, NodeDesc};
 
 /// One member of the initial cluster (shared, identical, by every node).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +136,43 @@ impl Default for Limits {
     }
 }
 
+/// Eventual-mode (multi-master) replication settings, per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventualConfig {
+    /// Most entries one shard's outbox keeps for peers that have not
+    /// acknowledged them. A peer further behind (down or partitioned for
+    /// long) is sent the shard's whole range instead (full resync), and the
+    /// oldest entries are dropped: the outbox's disk use stays bounded.
+    pub outbox_max_entries: u64,
+    /// Most writes in one replication message.
+    pub ship_batch_entries: usize,
+    /// Replication messages in flight per (peer, shard) before waiting for
+    /// acknowledgements.
+    pub ship_window: usize,
+    /// With nothing to ship, a replica tells each peer how far its clock has
+    /// got this often (lets peers collect tombstones).
+    pub heartbeat_interval_ms: u64,
+    /// How often acknowledged outbox entries and tombstones every replica has
+    /// seen are collected.
+    pub gc_interval_ms: u64,
+    /// Discarded writes this node remembers (oldest dropped first).
+    pub conflict_log_entries: u64,
+}
+
+impl Default for EventualConfig {
+    fn default() -> Self {
+        Self {
+            outbox_max_entries: 1_000_000,
+            ship_batch_entries: 256,
+            ship_window: 8,
+            heartbeat_interval_ms: 200,
+            gc_interval_ms: 1_000,
+            conflict_log_entries: 10_000,
+        }
+    }
+}
+
 /// A node's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -162,8 +199,14 @@ pub struct Config {
     /// can ("" = anywhere); change per shard with `kvctl shard
     /// set-leader-region`. Must be identical on every initial member.
     pub preferred_leader_region: String,
+    /// Key ranges served by eventual (multi-master, last-writer-wins) shards
+    /// instead of Raft, as `START..END` (empty END: to the end of the key
+    /// space). The key space is also split at every range boundary. Must be
+    /// identical on every initial member.
+    pub eventual_ranges: Vec<String>,
     pub raft: RaftConfig,
     pub limits: Limits,
+    pub eventual: EventualConfig,
 }
 
 impl Default for Config {
@@ -178,8 +221,10 @@ impl Default for Config {
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
             replication_factor: 3,
             preferred_leader_region: String::new(),
+            eventual_ranges: Vec::new(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            eventual: EventualConfig::default(),
         }
     }
 }
@@ -218,6 +263,29 @@ impl Config {
 
     pub fn split_point_bytes(&self) -> Vec<Vec<u8>> {
         self.split_points.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    /// The eventual ranges as `(start, end)` byte strings, sorted; refuses
+    /// malformed, empty or overlapping ranges.
+    pub fn eventual_range_bytes(&self) -> Result<Vec<KeyRange>, ConfigError> {
+        let mut ranges = Vec::new();
+        for r in &self.eventual_ranges {
+            let (start, end) = r.split_once("..").ok_or_else(|| {
+                invalid("eventual_ranges", format!("{r:?} is not START..END (END may be empty: to the end)"))
+            })?;
+            let end = (!end.is_empty()).then(|| end.as_bytes().to_vec());
+            if end.as_deref().is_some_and(|e| e <= start.as_bytes()) {
+                return Err(invalid("eventual_ranges", format!("{r:?} is empty: END must sort after START")));
+            }
+            ranges.push((start.as_bytes().to_vec(), end));
+        }
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            if pair[0].1.as_ref().is_none_or(|end| *end > pair[1].0) {
+                return Err(invalid("eventual_ranges", "ranges overlap"));
+            }
+        }
+        Ok(ranges)
     }
 
     /// Checks every field; the first problem found is returned.
@@ -281,6 +349,20 @@ impl Config {
                 "preferred_leader_region",
                 format!("no member is in {:?}", self.preferred_leader_region),
             ));
+        }
+        self.eventual_range_bytes()?;
+        let e = &self.eventual;
+        for (field, v) in [
+            ("eventual.outbox_max_entries", e.outbox_max_entries),
+            ("eventual.ship_batch_entries", e.ship_batch_entries as u64),
+            ("eventual.ship_window", e.ship_window as u64),
+            ("eventual.heartbeat_interval_ms", e.heartbeat_interval_ms),
+            ("eventual.gc_interval_ms", e.gc_interval_ms),
+            ("eventual.conflict_log_entries", e.conflict_log_entries),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
         }
         if self.replication_factor == 0 {
             return Err(invalid("replication_factor", "must be at least 1"));

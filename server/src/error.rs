@@ -29,6 +29,10 @@ pub enum Error {
     /// The exactly-once session no longer remembers this write's result.
     #[error("{0}")]
     SessionExpired(String),
+    /// The request is well-formed but this shard cannot do it (e.g. a
+    /// compare-and-swap on an eventual shard): not retryable.
+    #[error("{0}")]
+    NotSupported(String),
     /// A bug or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -47,7 +51,9 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotLeader { .. } | Error::WrongShard { .. } | Error::SessionExpired(_) => Code::FailedPrecondition,
+            Error::NotLeader { .. } | Error::WrongShard { .. } | Error::SessionExpired(_) | Error::NotSupported(_) => {
+                Code::FailedPrecondition
+            }
             Error::Indeterminate { .. } => Code::Unknown,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
@@ -85,9 +91,11 @@ impl From<Error> for Status {
             Error::Indeterminate { shard, .. } => {
                 with_detail(error_detail::Kind::Indeterminate(kv::Indeterminate { shard_id: shard }))
             }
-            Error::InvalidArgument(_) | Error::Unavailable(_) | Error::SessionExpired(_) | Error::Internal(_) => {
-                Status::new(code, message)
-            }
+            Error::InvalidArgument(_)
+            | Error::Unavailable(_)
+            | Error::SessionExpired(_)
+            | Error::NotSupported(_)
+            | Error::Internal(_) => Status::new(code, message),
         }
     }
 }

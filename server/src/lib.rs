@@ -13,13 +13,18 @@
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`) and [`metrics`];
 //! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings.
 //!
-//! What a node deliberately does not do yet: split, merge or move shards,
-//! change membership, follower/bounded reads, or the eventual mode. The types
-//! (epochs on every request and shard, per-shard sessions) are shaped for them.
+//! Beside the Raft groups, a node may hold replicas of *eventual* shards
+//! ([`eventual`]): leaderless, last-writer-wins by hybrid logical clock, the
+//! measured contrast to consensus.
+//!
+//! What a node deliberately does not do yet: split, merge or move shards, or
+//! change membership. The types (epochs on every request and shard, per-shard
+//! sessions) are shaped for them.
 
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod eventual;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -19,6 +19,13 @@
 //! | `geokv_leader_outside_preferred_region` | shard | leader only: 1 while away from its preferred region |
 //! | `geokv_wal_fsyncs_total`, `geokv_wal_fsync_waiters_total` | | group commit effect |
 //! | `geokv_read_index_rounds_total`, `geokv_read_index_reads_total` | | ReadIndex batching effect |
+//! | `geokv_ec_replication_delay_ms` | shard, origin | eventual: receive time − the write's timestamp (histogram, ms) |
+//! | `geokv_ec_replication_lag_entries`, `geokv_ec_replication_lag_ms` | shard, peer | eventual: writes the peer has not acknowledged, and the age of the oldest |
+//! | `geokv_ec_outbox_depth` | shard | eventual: entries kept for some peer |
+//! | `geokv_ec_conflicts_total` | shard | eventual: writes this node discarded under last-writer-wins |
+//! | `geokv_ec_catchup_seconds` | shard | eventual: from a peer link's recovery to the peer holding everything (convergence after heal) |
+//! | `geokv_ec_resyncs_total` | shard, peer | eventual: full-range resyncs (peer behind the outbox bound) |
+//! | `geokv_ec_tombstones`, `geokv_ec_tombstones_collected_total` | shard / - | eventual: tombstones held and collected |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,26 +44,61 @@ use crate::raft::TypeConfig;
 const LATENCY_BUCKETS_S: [f64; 15] =
     [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
+/// Replication delay bucket upper bounds, in ms (WAN one-way delays are
+/// tens of ms: the buckets are fine there).
+const DELAY_BUCKETS_MS: [f64; 24] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 125.0, 150.0, 200.0, 300.0, 500.0,
+    1000.0, 2000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
+
 /// The largest HTTP request head the metrics endpoint reads, in bytes.
 const MAX_HTTP_REQUEST_BYTES: usize = 8 * 1024;
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; LATENCY_BUCKETS_S.len()],
+/// A cumulative Prometheus histogram over the bucket bounds `B`.
+#[derive(Debug, Clone)]
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    counts: [u64; N],
     count: u64,
-    sum_s: f64,
+    sum: f64,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
-            if seconds <= *bound {
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram { bounds, counts: [0; N], count: 0, sum: 0.0 }
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (i, bound) in self.bounds.iter().enumerate() {
+            if value <= *bound {
                 self.counts[i] += 1;
             }
         }
         self.count += 1;
-        self.sum_s += seconds;
+        self.sum += value;
     }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+type LatencyHistogram = Histogram<{ LATENCY_BUCKETS_S.len() }>;
+type DelayHistogram = Histogram<{ DELAY_BUCKETS_MS.len() }>;
+
+/// Eventual-mode counters, by shard (and peer or origin).
+#[derive(Debug, Default)]
+struct EcMetrics {
+    conflicts: BTreeMap<u64, u64>,
+    delay: BTreeMap<(u64, u64), DelayHistogram>,
+    catchup: BTreeMap<u64, LatencyHistogram>,
+    resyncs: BTreeMap<(u64, u64), u64>,
+    tombstones_collected: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,14 +108,42 @@ pub struct Metrics {
     pub read_index_reads: std::sync::atomic::AtomicU64,
     leader_changes: Mutex<BTreeMap<u64, u64>>,
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
-    latency: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    latency: Mutex<BTreeMap<(&'static str, &'static str), LatencyHistogram>>,
+    ec: Mutex<EcMetrics>,
 }
 
 impl Metrics {
     /// Records one finished request.
     pub fn observe(&self, op: &'static str, consistency: &'static str, code: tonic::Code, elapsed: Duration) {
         *self.requests.lock().expect("metrics lock").entry((op, format!("{code:?}"))).or_default() += 1;
-        self.latency.lock().expect("metrics lock").entry((op, consistency)).or_default().observe(elapsed.as_secs_f64());
+        self.latency
+            .lock()
+            .expect("metrics lock")
+            .entry((op, consistency))
+            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_S))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn ec_conflict(&self, shard: u64) {
+        *self.ec.lock().expect("metrics lock").conflicts.entry(shard).or_default() += 1;
+    }
+
+    pub fn ec_replication_delay(&self, shard: u64, origin: u64, delay_ms: u64) {
+        let mut ec = self.ec.lock().expect("metrics lock");
+        ec.delay.entry((shard, origin)).or_insert_with(|| Histogram::new(&DELAY_BUCKETS_MS)).observe(delay_ms as f64);
+    }
+
+    pub fn ec_catchup(&self, shard: u64, took: Duration) {
+        let mut ec = self.ec.lock().expect("metrics lock");
+        ec.catchup.entry(shard).or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_S)).observe(took.as_secs_f64());
+    }
+
+    pub fn ec_resync(&self, shard: u64, peer: u64) {
+        *self.ec.lock().expect("metrics lock").resyncs.entry((shard, peer)).or_default() += 1;
+    }
+
+    pub fn ec_tombstones_collected(&self, n: u64) {
+        self.ec.lock().expect("metrics lock").tombstones_collected += n;
     }
 
     /// Counts leader changes of one group until it shuts down.
@@ -108,12 +178,7 @@ impl Metrics {
         out.push_str("# TYPE geokv_request_duration_seconds histogram\n");
         for ((op, consistency), h) in self.latency.lock().expect("metrics lock").iter() {
             let labels = format!("op=\"{op}\",consistency=\"{consistency}\"");
-            for (bound, count) in LATENCY_BUCKETS_S.iter().zip(h.counts) {
-                let _ = writeln!(out, "geokv_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(out, "geokv_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "geokv_request_duration_seconds_sum{{{labels}}} {}", h.sum_s);
-            let _ = writeln!(out, "geokv_request_duration_seconds_count{{{labels}}} {}", h.count);
+            h.render(&mut out, "geokv_request_duration_seconds", &labels);
         }
         out.push_str("# TYPE geokv_leader_changes_total counter\n");
         for (shard, n) in self.leader_changes.lock().expect("metrics lock").iter() {
@@ -153,9 +218,48 @@ impl Metrics {
         let rounds = self.read_index_rounds.load(std::sync::atomic::Ordering::Relaxed);
         let reads = self.read_index_reads.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(out, "geokv_read_index_rounds_total {rounds}\ngeokv_read_index_reads_total {reads}");
+        self.render_eventual(&mut out, node);
         let (syncs, waiters) = node.storage.sync_stats();
         let _ = writeln!(out, "geokv_wal_fsyncs_total {syncs}\ngeokv_wal_fsync_waiters_total {waiters}");
         out
+    }
+}
+
+impl Metrics {
+    fn render_eventual(&self, out: &mut String, node: &Node) {
+        {
+            let ec = self.ec.lock().expect("metrics lock");
+            out.push_str("# TYPE geokv_ec_conflicts_total counter\n");
+            for (shard, n) in &ec.conflicts {
+                let _ = writeln!(out, "geokv_ec_conflicts_total{{shard=\"{shard}\"}} {n}");
+            }
+            out.push_str("# TYPE geokv_ec_replication_delay_ms histogram\n");
+            for ((shard, origin), h) in &ec.delay {
+                h.render(out, "geokv_ec_replication_delay_ms", &format!("shard=\"{shard}\",origin=\"{origin}\""));
+            }
+            out.push_str("# TYPE geokv_ec_catchup_seconds histogram\n");
+            for (shard, h) in &ec.catchup {
+                h.render(out, "geokv_ec_catchup_seconds", &format!("shard=\"{shard}\""));
+            }
+            out.push_str("# TYPE geokv_ec_resyncs_total counter\n");
+            for ((shard, peer), n) in &ec.resyncs {
+                let _ = writeln!(out, "geokv_ec_resyncs_total{{shard=\"{shard}\",peer=\"{peer}\"}} {n}");
+            }
+            let _ = writeln!(out, "geokv_ec_tombstones_collected_total {}", ec.tombstones_collected);
+        }
+        for shard in node.eventual_shards() {
+            let id = shard.id();
+            let (last, first_kept, durable) = shard.positions();
+            let _ = writeln!(out, "geokv_ec_outbox_depth{{shard=\"{id}\"}} {}", (last + 1).saturating_sub(first_kept));
+            let _ = writeln!(out, "geokv_ec_tombstones{{shard=\"{id}\"}} {}", shard.tombstones());
+            let acked: Vec<(u64, u64)> =
+                shard.peers.lock().expect("ec peers").iter().map(|(peer, p)| (*peer, p.acked)).collect();
+            for (peer, acked) in acked {
+                let labels = format!("shard=\"{id}\",peer=\"{peer}\"");
+                let _ = writeln!(out, "geokv_ec_replication_lag_entries{{{labels}}} {}", durable.saturating_sub(acked));
+                let _ = writeln!(out, "geokv_ec_replication_lag_ms{{{labels}}} {}", shard.lag_ms(acked, durable));
+            }
+        }
     }
 }
 

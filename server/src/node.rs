@@ -32,6 +32,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
+use crate::eventual::{EcNode, EcShard};
 use crate::metrics::Metrics;
 use crate::raft::command::{Command, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
@@ -68,6 +69,9 @@ pub struct Node {
     /// reads and safe-time pushes.
     pub peers: Arc<Peers>,
     groups: RwLock<BTreeMap<u64, ShardRaft>>,
+    /// Replicas of eventual (leaderless) shards, and what they share.
+    eventual: Mutex<BTreeMap<u64, Arc<EcShard>>>,
+    pub ec: Arc<EcNode>,
     /// Per shard: batched ReadIndex rounds run here as leader, and batched
     /// read-index requests sent to the leader as follower.
     leader_reads: Mutex<HashMap<u64, Arc<ReadIndexBatcher>>>,
@@ -95,7 +99,12 @@ impl Node {
         let storage = Storage::open(&config.data_dir.join("db"))
             .with_context(|| format!("cannot open storage under {}", config.data_dir.display()))?;
         let nodes: Vec<_> = config.initial_cluster.iter().map(|m| m.desc()).collect();
-        let initial_map = Arc::new(ShardMap::initial(&nodes, &config.split_point_bytes(), config.replication_factor)?);
+        let initial_map = Arc::new(ShardMap::initial(
+            &nodes,
+            &config.split_point_bytes(),
+            &config.eventual_range_bytes()?,
+            config.replication_factor,
+        )?);
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
         let peers = Peers::new(PeerTimeouts {
@@ -105,12 +114,22 @@ impl Node {
             snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
             local_ip: config.outgoing_ip.parse().ok(),
         });
+        let metrics = Arc::new(Metrics::default());
+        let ec = EcNode::open(
+            config.node_id,
+            storage.clone(),
+            metrics.clone(),
+            config.eventual.clone(),
+            config.raft.max_clock_offset_ms,
+        )?;
         Ok(Arc::new(Node {
             config: Arc::new(config),
             storage,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             peers,
             groups: RwLock::new(BTreeMap::new()),
+            eventual: Mutex::default(),
+            ec,
             leader_reads: Mutex::default(),
             follower_reads: Mutex::default(),
             safe_times: Mutex::default(),
@@ -145,12 +164,24 @@ impl Node {
         // initial one.
         let map = self.shard_map();
         for shard in map.shards_on(me).cloned().collect::<Vec<ShardDesc>>() {
+            if shard.is_eventual() {
+                let replica = EcShard::open(self.ec.clone(), shard.clone())?;
+                self.eventual.lock().expect("eventual shards").insert(shard.id, replica);
+                tracing::info!(shard = shard.id, replicas = ?shard.replicas, "eventual shard started");
+                continue;
+            }
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
             let sm = ShardStateMachine::new(shard.id, kind, self.storage.clone(), limits)?;
             let raft = self.start_group(shard.id, sm, &shard.replicas, &raft_config, &peers).await?;
             self.groups.write().await.insert(shard.id, raft);
         }
         self.ready.store(true, Ordering::Release);
+        for shard in self.eventual_shards() {
+            for peer in shard.desc.replicas.iter().copied().filter(|p| *p != me) {
+                tokio::spawn(crate::eventual::ship::run(self.clone(), shard.clone(), peer));
+            }
+            tokio::spawn(collect_eventual(self.clone(), shard));
+        }
         tokio::spawn(bootstrap_map(self.clone()));
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
@@ -197,6 +228,16 @@ impl Node {
     /// Every hosted group, by shard id.
     pub async fn groups(&self) -> Vec<(u64, ShardRaft)> {
         self.groups.read().await.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    /// The replica of eventual shard `shard` on this node, if any.
+    pub fn eventual_shard(&self, shard: u64) -> Option<Arc<EcShard>> {
+        self.eventual.lock().expect("eventual shards").get(&shard).cloned()
+    }
+
+    /// Every eventual shard replica on this node.
+    pub fn eventual_shards(&self) -> Vec<Arc<EcShard>> {
+        self.eventual.lock().expect("eventual shards").values().cloned().collect()
     }
 
     /// The current shard map: the meta shard's once bootstrapped, before that
@@ -437,6 +478,19 @@ async fn place_leaders(node: Arc<Node>) {
             if let Err(e) = raft.trigger().transfer_leader(target).await {
                 tracing::warn!(shard, cause = %e, "leadership transfer failed");
             }
+        }
+    }
+}
+
+/// Periodically drops what an eventual shard no longer needs: outbox
+/// entries every peer acknowledged (and any beyond the outbox bound), and
+/// tombstones every replica has seen.
+async fn collect_eventual(node: Arc<Node>, shard: Arc<EcShard>) {
+    let interval = Duration::from_millis(node.config.eventual.gc_interval_ms);
+    while node.is_ready() {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = shard.collect() {
+            tracing::warn!(shard = shard.id(), cause = %e, "eventual shard collection failed");
         }
     }
 }

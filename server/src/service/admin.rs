@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
-    GetShardMapRequest, GroupStatus, NodeInfo, NodeStatusRequest, NodeStatusResponse, SetLeaderRegionRequest,
-    SetLeaderRegionResponse, ShardMap as PbShardMap, TransferLeaderRequest, TransferLeaderResponse,
+    Conflict as PbConflict, EcPeer, GetShardMapRequest, GroupStatus, ListConflictsRequest, ListConflictsResponse,
+    NodeInfo, NodeStatusRequest, NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse,
+    ShardMap as PbShardMap, TransferLeaderRequest, TransferLeaderResponse,
 };
+use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
@@ -16,6 +18,9 @@ use crate::node::Node;
 use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::shards::META_SHARD_ID;
 use openraft::error::{ClientWriteError, RaftError};
+
+/// Conflicts listed when the request asks for no limit.
+const DEFAULT_CONFLICT_LIMIT: usize = 100;
 
 pub struct AdminService {
     node: Arc<Node>,
@@ -78,8 +83,39 @@ impl Admin for AdminService {
                 epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),
                 end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
+                mode: ShardMode::Raft as i32,
+                ..GroupStatus::default()
             });
         }
+        for replica in self.node.eventual_shards() {
+            let (last, first_kept, durable) = replica.positions();
+            let peers: Vec<(u64, u64, bool)> =
+                replica.peers.lock().expect("ec peers").iter().map(|(id, p)| (*id, p.acked, p.resyncing)).collect();
+            groups.push(GroupStatus {
+                shard_id: replica.id(),
+                role: "eventual".into(),
+                voters: replica.desc.replicas.clone(),
+                epoch: replica.desc.epoch,
+                start: replica.desc.start.clone(),
+                end: replica.desc.end.clone().unwrap_or_default(),
+                mode: ShardMode::Eventual as i32,
+                ec_last_seq: last,
+                ec_outbox_depth: (last + 1).saturating_sub(first_kept),
+                ec_peers: peers
+                    .into_iter()
+                    .map(|(node_id, acked_seq, resyncing)| EcPeer {
+                        node_id,
+                        acked_seq,
+                        lag_entries: durable.saturating_sub(acked_seq),
+                        lag_ms: replica.lag_ms(acked_seq, durable),
+                        resyncing,
+                    })
+                    .collect(),
+                ec_tombstones: replica.tombstones(),
+                ..GroupStatus::default()
+            });
+        }
+        groups.sort_by_key(|g| g.shard_id);
         Ok(Response::new(NodeStatusResponse {
             node: Some(NodeInfo {
                 node_id: me.id,
@@ -112,6 +148,38 @@ impl Admin for AdminService {
         raft.trigger().transfer_leader(to_node).await.map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(shard = shard_id, to_node, "leadership transfer requested");
         Ok(Response::new(TransferLeaderResponse {}))
+    }
+
+    async fn list_conflicts(
+        &self,
+        req: Request<ListConflictsRequest>,
+    ) -> Result<Response<ListConflictsResponse>, Status> {
+        let ListConflictsRequest { shard_id, limit } = req.into_inner();
+        let limit = if limit == 0 { DEFAULT_CONFLICT_LIMIT } else { limit as usize };
+        let ec = &self.node.ec;
+        let shard = (shard_id != 0).then_some(shard_id);
+        let list = ec.conflicts.list(&self.node.storage, shard, limit).map_err(Status::from)?;
+        let (total_recorded, capacity) = ec.conflicts.totals();
+        Ok(Response::new(ListConflictsResponse {
+            conflicts: list
+                .into_iter()
+                .map(|c| PbConflict {
+                    shard_id: c.shard,
+                    key: c.key,
+                    winner_hlc: Some(c.winner.to_proto()),
+                    winner_origin: c.winner.node,
+                    winner_deleted: c.winner_deleted,
+                    loser_hlc: Some(c.loser.to_proto()),
+                    loser_origin: c.loser.node,
+                    loser_deleted: c.loser_value.is_none(),
+                    loser_value: c.loser_value,
+                    recorded_by: c.recorded_by,
+                    recorded_at_ms: c.recorded_at_ms,
+                })
+                .collect(),
+            total_recorded,
+            capacity,
+        }))
     }
 
     async fn set_leader_region(

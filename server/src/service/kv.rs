@@ -24,6 +24,7 @@ use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, 
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::eventual::{EcRecord, EcShard};
 use crate::node::Node;
 use crate::raft::command::{
     Command, CommandResult, Condition, Expect, Op, Record, Rejection, Session, WriteCommand, WriteOutcome,
@@ -40,6 +41,12 @@ pub struct KvService {
 struct Routed {
     shard: ShardDesc,
     raft: ShardRaft,
+}
+
+/// Where a request goes: a Raft group, or a replica of an eventual shard.
+enum Target {
+    Raft(Routed),
+    Eventual(Arc<EcShard>),
 }
 
 /// The wire form of a shard descriptor (with replica addresses and regions).
@@ -61,6 +68,10 @@ pub fn shard_info(map: &ShardMap, s: &ShardDesc) -> pb::ShardInfo {
             })
             .collect(),
         preferred_leader_region: s.preferred_leader_region.clone().unwrap_or_default(),
+        mode: match s.mode {
+            crate::shards::ShardMode::Raft => pb::ShardMode::Raft,
+            crate::shards::ShardMode::Eventual => pb::ShardMode::Eventual,
+        } as i32,
     }
 }
 
@@ -71,6 +82,7 @@ fn consistency_name(c: Consistency) -> &'static str {
         Consistency::Stale => "stale",
         Consistency::Follower => "follower",
         Consistency::Bounded => "bounded",
+        Consistency::Eventual => "eventual",
     }
 }
 
@@ -93,7 +105,14 @@ fn expectation(e: Option<pb::Expectation>, what: &str) -> Result<Expect, Error> 
 }
 
 fn kv(key: Vec<u8>, r: Record) -> pb::KeyValue {
-    pb::KeyValue { key, value: r.value, version: r.version }
+    pb::KeyValue { key, value: r.value, version: r.version, hlc: None, origin: 0 }
+}
+
+/// A live record of an eventual shard as the client sees it (`None` for a
+/// tombstone).
+fn ec_kv(key: Vec<u8>, r: EcRecord) -> Option<pb::KeyValue> {
+    let origin = r.origin();
+    Some(pb::KeyValue { key, value: r.value?, version: 0, hlc: Some(r.hlc.to_proto()), origin })
 }
 
 impl KvService {
@@ -127,9 +146,29 @@ impl KvService {
         Ok(())
     }
 
+    /// Like [`Self::route_any`], for operations only Raft shards support
+    /// (`op` names the operation in the refusal).
+    async fn route(&self, key: &[u8], header: Option<&RequestHeader>, op: &str) -> Result<Routed, Error> {
+        let refuse = |shard: u64| {
+            Error::NotSupported(format!(
+                "{op} is refused on eventual shard {shard}: its replicas accept writes independently and keep the \
+                 newest (last writer wins), so nothing can be compared or applied atomically there; use a Raft shard"
+            ))
+        };
+        match self.route_any(key, header).await {
+            Ok(Target::Raft(routed)) => Ok(routed),
+            Ok(Target::Eventual(replica)) => Err(refuse(replica.id())),
+            // Refused the same way on a node without a replica.
+            Err(e) => match self.node.shard_map().shard_for_key(key) {
+                Some(s) if s.is_eventual() => Err(refuse(s.id)),
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Finds the shard of `key`, checks the client's routing, and the local
     /// replica.
-    async fn route(&self, key: &[u8], header: Option<&RequestHeader>) -> Result<Routed, Error> {
+    async fn route_any(&self, key: &[u8], header: Option<&RequestHeader>) -> Result<Target, Error> {
         if !self.node.is_ready() {
             return Err(Error::Unavailable("node is starting; retry shortly".into()));
         }
@@ -150,8 +189,13 @@ impl KvService {
                 map_version: map.version,
             });
         }
+        if shard.is_eventual()
+            && let Some(replica) = self.node.eventual_shard(shard.id)
+        {
+            return Ok(Target::Eventual(replica));
+        }
         match self.node.group(shard.id).await {
-            Some(raft) => Ok(Routed { shard, raft }),
+            Some(raft) => Ok(Target::Raft(Routed { shard, raft })),
             None => {
                 // Not a replica here: point at one that is.
                 let replica = shard.replicas.first().and_then(|id| map.node(*id));
@@ -228,11 +272,13 @@ impl KvService {
                     }
                 }
             }
-            Consistency::Stale => (Consistency::Stale, false),
+            Consistency::Stale | Consistency::Eventual => (Consistency::Stale, false),
         };
         let staleness_bound_ms = match served {
             Consistency::Linearizable | Consistency::Lease | Consistency::Follower => 0,
-            Consistency::Bounded | Consistency::Stale => self.local_staleness_ms(shard, raft).unwrap_or(u64::MAX),
+            Consistency::Bounded | Consistency::Stale | Consistency::Eventual => {
+                self.local_staleness_ms(shard, raft).unwrap_or(u64::MAX)
+            }
         };
         let me = self.node.config.me();
         Ok(ReadInfo {
@@ -242,6 +288,43 @@ impl KvService {
             applied_index: raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index),
             staleness_bound_ms,
             fell_back,
+            weaker_than_requested: false,
+        })
+    }
+
+    /// What a read of an eventual shard got: this replica's state, with the
+    /// bound its peers' progress proves (every write accepted anywhere
+    /// before that long ago is here).
+    fn eventual_read_info(&self, replica: &EcShard, requested: Consistency) -> ReadInfo {
+        let me = self.node.config.me();
+        ReadInfo {
+            served: Consistency::Eventual as i32,
+            node_id: me.id,
+            region: me.region.clone(),
+            applied_index: 0,
+            staleness_bound_ms: replica
+                .staleness_bound_ms(self.node.config.raft.max_clock_offset_ms)
+                .unwrap_or(u64::MAX),
+            fell_back: false,
+            weaker_than_requested: !matches!(requested, Consistency::Stale | Consistency::Eventual),
+        }
+    }
+
+    /// A write to an eventual shard: durable on this replica, shipped later.
+    async fn eventual_write(
+        &self,
+        replica: &EcShard,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<WriteResponse, Error> {
+        let receipt = replica.write(key, value).await?;
+        Ok(WriteResponse {
+            version: 0,
+            existed: receipt.existed,
+            shard_id: replica.id(),
+            eventual: true,
+            hlc: Some(receipt.hlc.to_proto()),
+            origin: self.node.config.node_id,
         })
     }
 
@@ -332,6 +415,17 @@ impl KvService {
     }
 }
 
+fn raft_write_response(routed: &Routed, out: &WriteOutcome) -> WriteResponse {
+    WriteResponse {
+        version: out.version,
+        existed: out.existed.first().copied().unwrap_or(false),
+        shard_id: routed.shard.id,
+        eventual: false,
+        hlc: None,
+        origin: 0,
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
@@ -340,7 +434,13 @@ impl Kv for KvService {
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
         self.observed("get", consistency_name(consistency), async {
             self.check_key(&req.key, "key")?;
-            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
+                Target::Raft(routed) => routed,
+                Target::Eventual(replica) => {
+                    let kv = replica.get(&req.key)?.and_then(|r| ec_kv(req.key.clone(), r));
+                    return Ok(GetResponse { kv, read: Some(self.eventual_read_info(&replica, consistency)) });
+                }
+            };
             let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
             let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
             Ok(GetResponse { kv, read: Some(read) })
@@ -354,14 +454,13 @@ impl Kv for KvService {
         self.observed("put", "-", async {
             self.check_key(&req.key, "key")?;
             self.check_value(&req.value)?;
-            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
+                Target::Raft(routed) => routed,
+                Target::Eventual(replica) => return self.eventual_write(&replica, req.key, Some(req.value)).await,
+            };
             let op = Op::Put { key: req.key, value: req.value };
             let out = self.propose(&routed, session(req.session), Vec::new(), vec![op]).await?;
-            Ok(WriteResponse {
-                version: out.version,
-                existed: out.existed.first().copied().unwrap_or(false),
-                shard_id: routed.shard.id,
-            })
+            Ok(raft_write_response(&routed, &out))
         })
         .await
     }
@@ -371,14 +470,13 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.observed("delete", "-", async {
             self.check_key(&req.key, "key")?;
-            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
+                Target::Raft(routed) => routed,
+                Target::Eventual(replica) => return self.eventual_write(&replica, req.key, None).await,
+            };
             let op = Op::Delete { key: req.key };
             let out = self.propose(&routed, session(req.session), Vec::new(), vec![op]).await?;
-            Ok(WriteResponse {
-                version: out.version,
-                existed: out.existed.first().copied().unwrap_or(false),
-                shard_id: routed.shard.id,
-            })
+            Ok(raft_write_response(&routed, &out))
         })
         .await
     }
@@ -392,7 +490,7 @@ impl Kv for KvService {
                 self.check_value(v)?;
             }
             let expect = expectation(req.expected, "compare-and-swap")?;
-            let routed = self.route(&req.key, req.header.as_ref()).await?;
+            let routed = self.route(&req.key, req.header.as_ref(), "compare-and-swap").await?;
             let condition = Condition { key: req.key.clone(), expect };
             let op = match req.new_value {
                 Some(value) => Op::Put { key: req.key.clone(), value },
@@ -436,9 +534,15 @@ impl Kv for KvService {
                 }
                 n => n,
             } as usize;
-            let routed = self.route(&req.start, req.header.as_ref()).await?;
-            let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
-            let shard_end = routed.shard.end.clone();
+            let (read, shard_end, eventual) = match self.route_any(&req.start, req.header.as_ref()).await? {
+                Target::Raft(routed) => {
+                    let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
+                    (read, routed.shard.end.clone(), false)
+                }
+                Target::Eventual(replica) => {
+                    (self.eventual_read_info(&replica, consistency), replica.desc.end.clone(), true)
+                }
+            };
             let stop = match (&end, &shard_end) {
                 (Some(e), Some(s)) => Some(e.min(s).clone()),
                 (Some(e), None) => Some(e.clone()),
@@ -454,8 +558,15 @@ impl Kv for KvService {
                     _ => (false, Vec::new()),
                 }
             };
-            let kvs =
-                rows.into_iter().map(|(k, v)| decode::<Record>(&v).map(|r| kv(k, r))).collect::<Result<Vec<_>, _>>()?;
+            let mut kvs = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                if eventual {
+                    // Tombstones count toward the page but are not returned.
+                    kvs.extend(ec_kv(k, decode::<EcRecord>(&v)?));
+                } else {
+                    kvs.push(kv(k, decode::<Record>(&v)?));
+                }
+            }
             Ok(ScanResponse { kvs, resume_key, more, read: Some(read) })
         })
         .await
@@ -506,7 +617,7 @@ impl Kv for KvService {
                     l.max_batch_bytes
                 )));
             }
-            let routed = self.route(ops[0].key(), req.header.as_ref()).await?;
+            let routed = self.route(ops[0].key(), req.header.as_ref(), "an atomic batch").await?;
             let keys = ops.iter().map(Op::key).chain(conditions.iter().map(|c| c.key.as_slice()));
             for key in keys {
                 if !routed.shard.contains(key) {
@@ -527,7 +638,7 @@ impl Kv for KvService {
                     .zip(out.current)
                     .map(|(key, r)| match r {
                         Some(r) => kv(key, r),
-                        None => pb::KeyValue { key, value: Vec::new(), version: 0 },
+                        None => pb::KeyValue { key, value: Vec::new(), version: 0, hlc: None, origin: 0 },
                     })
                     .collect()
             };

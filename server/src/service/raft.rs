@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::eventual::Ship;
 use crate::node::{Node, SafeTime};
 use crate::raft::network::SHARD_METADATA_KEY;
 use crate::raft::read_index::RoundError;
@@ -54,6 +55,15 @@ fn reply<T: Serialize, E: std::fmt::Display>(shard: u64, res: Result<T, E>) -> R
     }))
 }
 
+/// The shard a stream is for, from its `geokv-shard` metadata.
+fn shard_of_stream<T>(req: &Request<T>) -> Result<u64, Status> {
+    req.metadata()
+        .get(SHARD_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("stream without `{SHARD_METADATA_KEY}` metadata")))
+}
+
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -79,14 +89,7 @@ impl Raft for RaftService {
         &self,
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let shard: u64 = req
-            .metadata()
-            .get(SHARD_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("append stream without `{SHARD_METADATA_KEY}` metadata"))
-            })?;
+        let shard = shard_of_stream(&req)?;
         let raft = self.group(shard).await?;
         let inbound = req.into_inner();
         // Requests in arrival order; a message that does not decode (or names
@@ -105,6 +108,39 @@ impl Raft for RaftService {
                 Err(fatal) => RaftMessage { shard_id: shard, payload: Vec::new(), error: fatal.to_string() },
             })
         });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    type EcReplicateStream = ReplyStream;
+
+    async fn ec_replicate(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::EcReplicateStream>, Status> {
+        let shard = shard_of_stream(&req)?;
+        if !self.node.is_ready() {
+            return Err(Status::unavailable("node is starting"));
+        }
+        let replica = self.node.eventual_shard(shard).ok_or_else(|| {
+            Status::not_found(format!("node {} hosts no replica of eventual shard {shard}", self.node.config.node_id))
+        })?;
+        // One message at a time, in arrival order: each acknowledgement
+        // follows the durable write of everything before it. A message that
+        // does not decode ends the stream (the sender reconnects).
+        let replies = req
+            .into_inner()
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| futures::future::ready(m.ok()))
+            .then(move |m| {
+                let replica = replica.clone();
+                async move {
+                    let result = match decode::<Ship>(&m.payload) {
+                        Ok(ship) => replica.receive(ship).await,
+                        Err(e) => Err(format!("undecodable replication message: {e}")),
+                    };
+                    reply(shard, result).map(Response::into_inner)
+                }
+            });
         Ok(Response::new(Box::pin(replies)))
     }
 

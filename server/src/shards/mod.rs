@@ -30,6 +30,20 @@ pub struct NodeDesc {
     pub zone: String,
 }
 
+/// A key range `[start, end)`; `end = None`: to the end of the key space.
+pub type KeyRange = (Vec<u8>, Option<Vec<u8>>);
+
+/// How a shard replicates writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardMode {
+    /// One Raft group; linearizable.
+    #[default]
+    Raft,
+    /// No leader: every replica accepts writes, last writer wins by hybrid
+    /// logical clock (see `crate::eventual`).
+    Eventual,
+}
+
 /// One data shard: the key range `[start, end)` (`end = None`: unbounded).
 ///
 /// Invariants:
@@ -44,9 +58,14 @@ pub struct ShardDesc {
     pub replicas: Vec<u64>,
     /// Where the cluster keeps this shard's leader when it can.
     pub preferred_leader_region: Option<String>,
+    pub mode: ShardMode,
 }
 
 impl ShardDesc {
+    pub fn is_eventual(&self) -> bool {
+        self.mode == ShardMode::Eventual
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
     }
@@ -79,13 +98,15 @@ pub enum MapError {
 }
 
 impl ShardMap {
-    /// The map of a new cluster: shards split at `split_points`, each placed on
-    /// `replication_factor` nodes (fewer if the cluster is smaller), spread
-    /// over as many regions as possible, rotating so that replicas (and
-    /// initial leaders) spread over the nodes.
+    /// The map of a new cluster: shards split at `split_points` and at the
+    /// boundaries of `eventual_ranges` (shards inside those are eventual),
+    /// each placed on `replication_factor` nodes (fewer if the cluster is
+    /// smaller), spread over as many regions as possible, rotating so that
+    /// replicas (and initial leaders) spread over the nodes.
     pub fn initial(
         nodes: &[NodeDesc],
         split_points: &[Vec<u8>],
+        eventual_ranges: &[KeyRange],
         replication_factor: usize,
     ) -> Result<ShardMap, MapError> {
         if nodes.is_empty() {
@@ -103,6 +124,22 @@ impl ShardMap {
         let rf = replication_factor.clamp(1, nodes.len());
         let mut bounds: Vec<Vec<u8>> = vec![Vec::new()];
         bounds.extend(split_points.iter().cloned());
+        for (start, end) in eventual_ranges {
+            bounds.push(start.clone());
+            bounds.extend(end.iter().cloned());
+        }
+        bounds.sort();
+        bounds.dedup();
+        let eventual = |start: &[u8], end: Option<&[u8]>| {
+            eventual_ranges.iter().any(|(s, e)| {
+                start >= s.as_slice()
+                    && match (e, end) {
+                        (None, _) => true,
+                        (Some(e), Some(end)) => end <= e.as_slice(),
+                        (Some(_), None) => false,
+                    }
+            })
+        };
         let shards = bounds
             .iter()
             .enumerate()
@@ -113,6 +150,11 @@ impl ShardMap {
                 end: bounds.get(i + 1).cloned(),
                 replicas: (0..rf).map(|r| order[(i + r) % order.len()]).collect(),
                 preferred_leader_region: None,
+                mode: if eventual(start, bounds.get(i + 1).map(Vec::as_slice)) {
+                    ShardMode::Eventual
+                } else {
+                    ShardMode::Raft
+                },
             })
             .collect();
         let mut nodes = nodes.to_vec();
@@ -207,7 +249,7 @@ mod tests {
     fn initial_map_covers_every_key_once() {
         let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west")];
         let splits = vec![b"g".to_vec(), b"n".to_vec(), b"u".to_vec()];
-        let map = ShardMap::initial(&nodes, &splits, 3).unwrap();
+        let map = ShardMap::initial(&nodes, &splits, &[], 3).unwrap();
         assert_eq!(map.shards.len(), 4);
         for key in [&b""[..], b"a", b"g", b"mzz", b"n", b"u", b"\xff\xff"] {
             let s = map.shard_for_key(key).unwrap();
@@ -227,7 +269,7 @@ mod tests {
             node(5, "eu-west"),
             node(6, "eu-west"),
         ];
-        let map = ShardMap::initial(&nodes, &[b"m".to_vec()], 3).unwrap();
+        let map = ShardMap::initial(&nodes, &[b"m".to_vec()], &[], 3).unwrap();
         for s in &map.shards {
             let mut regions: Vec<_> = s.replicas.iter().map(|r| map.node(*r).unwrap().region.clone()).collect();
             regions.sort();
@@ -237,11 +279,28 @@ mod tests {
     }
 
     #[test]
+    fn eventual_ranges_become_their_own_shards() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west")];
+        let splits = vec![b"g".to_vec(), b"n".to_vec()];
+        let ranges = vec![(b"ev/".to_vec(), Some(b"ev0".to_vec())), (b"x".to_vec(), None)];
+        let map = ShardMap::initial(&nodes, &splits, &ranges, 3).unwrap();
+        let mode = |key: &[u8]| map.shard_for_key(key).unwrap().mode;
+        assert_eq!(mode(b"ev/a"), ShardMode::Eventual);
+        assert_eq!(mode(b"ev0"), ShardMode::Raft);
+        assert_eq!(mode(b"e"), ShardMode::Raft);
+        assert_eq!(mode(b"h"), ShardMode::Raft);
+        assert_eq!(mode(b"x"), ShardMode::Eventual);
+        assert_eq!(mode(b"\xff"), ShardMode::Eventual);
+        // [, ev/) [ev/, ev0) [ev0, g) [g, n) [n, x) [x, ..)
+        assert_eq!(map.shards.len(), 6);
+    }
+
+    #[test]
     fn bad_split_points_are_refused() {
         let nodes = [node(1, "a")];
-        let err = ShardMap::initial(&nodes, &[b"n".to_vec(), b"g".to_vec()], 3).unwrap_err();
+        let err = ShardMap::initial(&nodes, &[b"n".to_vec(), b"g".to_vec()], &[], 3).unwrap_err();
         assert!(matches!(err, MapError::BadSplitPoints(_)));
-        assert!(ShardMap::initial(&nodes, &[Vec::new()], 3).is_err());
-        assert_eq!(ShardMap::initial(&[], &[], 3).unwrap_err(), MapError::NoNodes);
+        assert!(ShardMap::initial(&nodes, &[Vec::new()], &[], 3).is_err());
+        assert_eq!(ShardMap::initial(&[], &[], &[], 3).unwrap_err(), MapError::NoNodes);
     }
 }

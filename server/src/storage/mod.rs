@@ -13,6 +13,8 @@
 //! | `data`       | user key, unprefixed                  | encoded value record           |
 //! | `apply_meta` | shard id ++ tag byte                  | applied log id, membership, shard map, snapshot |
 //! | `sessions`   | shard id ++ client id ++ [sequence]   | exactly-once session state     |
+//! | `ec_outbox`  | shard id ++ sequence (BE u64)          | eventual writes to ship to peers |
+//! | `ec_meta`    | shard id ++ tag ++ ...                 | eventual-mode positions, tombstone index, conflict log |
 //!
 //! User keys are stored unprefixed: shards are contiguous key ranges and a node
 //! holds at most one replica of any range, so a future split moves no data.
@@ -43,7 +45,25 @@ const CF_RAFT_META: &str = "raft_meta";
 const CF_DATA: &str = "data";
 const CF_APPLY_META: &str = "apply_meta";
 const CF_SESSIONS: &str = "sessions";
-const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS];
+const CF_EC_OUTBOX: &str = "ec_outbox";
+const CF_EC_META: &str = "ec_meta";
+const ALL_CFS: [&str; 7] = [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS, CF_EC_OUTBOX, CF_EC_META];
+
+/// The eventual mode's column families, whose keys its module lays out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcFamily {
+    Outbox,
+    Meta,
+}
+
+impl EcFamily {
+    fn cf_name(self) -> &'static str {
+        match self {
+            EcFamily::Outbox => CF_EC_OUTBOX,
+            EcFamily::Meta => CF_EC_META,
+        }
+    }
+}
 
 /// Tags for per-shard records in `raft_meta`.
 pub mod raft_meta_tag {
@@ -272,6 +292,34 @@ impl Storage {
         Ok(ShardImage { applied, membership, shard_map, data, sessions })
     }
 
+    // ---- eventual mode ---------------------------------------------------
+
+    pub fn get_ec(&self, family: EcFamily, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(family.cf_name()), key)?)
+    }
+
+    /// Up to `limit` pairs of `family` with keys in `[start, end)`, in key
+    /// order, or in reverse key order when `reverse` (starting below `end`).
+    pub fn scan_ec(
+        &self,
+        family: EcFamily,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mode = if reverse { IteratorMode::End } else { IteratorMode::Start };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(family.cf_name()), ro, mode).take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     // ---- sessions ------------------------------------------------------
 
     pub fn get_session(&self, shard: u64, session_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -367,6 +415,22 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+
+    pub fn put_ec(&mut self, family: EcFamily, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(self.storage.cf(family.cf_name()), key, value);
+    }
+
+    pub fn delete_ec(&mut self, family: EcFamily, key: &[u8]) {
+        self.wb.delete_cf(self.storage.cf(family.cf_name()), key);
+    }
+
+    /// Deletes the keys of `family` in `[start, end)` (one range tombstone:
+    /// for occasional bulk collection, not per write).
+    pub fn delete_ec_range(&mut self, family: EcFamily, start: &[u8], end: &[u8]) {
+        if start < end {
+            self.wb.delete_range_cf(self.storage.cf(family.cf_name()), start, end);
+        }
     }
 
     pub fn put_session(&mut self, shard: u64, session_key: &[u8], value: &[u8]) {
