@@ -16,6 +16,15 @@
 //! 4. **Stop** on success, on a final answer, or when `max_attempts` or the
 //!    deadline runs out. A write that any attempt may have applied ends as
 //!    [`Error::Indeterminate`]; otherwise exhaustion is [`Error::Unavailable`].
+//!
+//! Eventual shards ([`ShardMode::Eventual`]) have no leader: every request
+//! for them, read or write, goes to a replica in the client's region first,
+//! then to the others in map order, and no leader is cached for them. Their
+//! writes are not exactly-once (a replica stamps each one it receives with a
+//! new timestamp), so a write is retried on another replica only after a
+//! failure that proves nothing was applied (refused connection, the node
+//! declining, a stale map); after any other failure it ends at once as
+//! [`Error::Indeterminate`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,7 +47,9 @@ use crate::scan::{KeyRange, Scan};
 use crate::session::SessionTracker;
 use crate::shard_map::{Shard, ShardMap};
 use crate::status::{ClusterStatus, NodeReport, NodeStatus};
-use crate::types::{CasResult, Consistency, DeleteResult, Expect, ReadInfo, ReadResult, Versioned, WriteResult};
+use crate::types::{
+    CasResult, Consistency, DeleteResult, Expect, ReadInfo, ReadResult, ShardMode, Versioned, WriteResult,
+};
 
 /// HTTP/2 keep-alive ping interval on every connection, so a connection to a
 /// partitioned node is noticed and replaced instead of hanging every request.
@@ -106,6 +117,9 @@ impl std::fmt::Debug for Client {
 pub(crate) trait KvCall: Clone + Send + 'static {
     type Reply: Send + 'static;
 
+    /// For operations eventual shards refuse: their name in errors.
+    const RAFT_ONLY: Option<&'static str>;
+
     fn set_header(&mut self, header: pb::RequestHeader);
 
     /// The write session, for writes; `None` for reads.
@@ -120,14 +134,19 @@ pub(crate) trait KvCall: Clone + Send + 'static {
 
 macro_rules! kv_call {
     ($request:ty => $reply:ty, $method:ident, read) => {
-        kv_call!(@impl $request => $reply, $method, |_request| None);
+        kv_call!(@impl $request => $reply, $method, None, |_request| None);
     };
     ($request:ty => $reply:ty, $method:ident, write) => {
-        kv_call!(@impl $request => $reply, $method, |request| request.session.as_mut());
+        kv_call!(@impl $request => $reply, $method, None, |request| request.session.as_mut());
     };
-    (@impl $request:ty => $reply:ty, $method:ident, |$this:ident| $session:expr) => {
+    ($request:ty => $reply:ty, $method:ident, raft_only_write $name:literal) => {
+        kv_call!(@impl $request => $reply, $method, Some($name), |request| request.session.as_mut());
+    };
+    (@impl $request:ty => $reply:ty, $method:ident, $raft_only:expr, |$this:ident| $session:expr) => {
         impl KvCall for $request {
             type Reply = $reply;
+
+            const RAFT_ONLY: Option<&'static str> = $raft_only;
 
             fn set_header(&mut self, header: pb::RequestHeader) {
                 self.header = Some(header);
@@ -157,8 +176,8 @@ kv_call!(pb::GetRequest => pb::GetResponse, get, read);
 kv_call!(pb::ScanRequest => pb::ScanResponse, scan, read);
 kv_call!(pb::PutRequest => pb::WriteResponse, put, write);
 kv_call!(pb::DeleteRequest => pb::WriteResponse, delete, write);
-kv_call!(pb::CasRequest => pb::CasResponse, compare_and_swap, write);
-kv_call!(pb::BatchRequest => pb::BatchResponse, batch, write);
+kv_call!(pb::CasRequest => pb::CasResponse, compare_and_swap, raft_only_write "compare-and-swap");
+kv_call!(pb::BatchRequest => pb::BatchResponse, batch, raft_only_write "batch");
 
 /// A sequence number in flight; finishing (dropping) it lets the server
 /// forget the result.
@@ -252,7 +271,11 @@ impl Client {
         Ok(ReadResult { kv: reply.kv.map(Versioned::from), info })
     }
 
-    /// Writes a value. Applied exactly once even when retried.
+    /// Writes a value. On a Raft shard it is applied exactly once even when
+    /// retried. On an eventual shard it is acknowledged once durable on one
+    /// replica (`origin` in the result) and replicated asynchronously; it is
+    /// retried only when no attempt can have reached a replica, so an
+    /// attempt that may have arrived ends as [`Error::Indeterminate`].
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<WriteResult, Error> {
         let key = key.as_ref();
         check_key(key)?;
@@ -264,21 +287,26 @@ impl Client {
             value: value.as_ref().to_vec(),
         };
         let reply = self.execute(key, true, request).await?;
-        Ok(WriteResult { version: reply.version, shard_id: reply.shard_id })
+        Ok(WriteResult::from_proto(reply))
     }
 
     /// Deletes a key (deleting an absent key succeeds with `existed: false`).
+    /// On eventual shards, see [`Client::put`].
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<DeleteResult, Error> {
         let key = key.as_ref();
         check_key(key)?;
         let ticket = self.begin_write();
         let request = pb::DeleteRequest { header: None, session: Some(ticket.session()), key: key.to_vec() };
         let reply = self.execute(key, true, request).await?;
-        Ok(DeleteResult { version: reply.version, existed: reply.existed, shard_id: reply.shard_id })
+        Ok(DeleteResult::from_proto(reply))
     }
 
     /// Compare-and-swap: writes `new_value` (or deletes the key when `None`)
     /// only if the key's current state matches `expect`.
+    ///
+    /// Keys of eventual shards have no single current state to compare
+    /// against: their nodes refuse it, and this returns
+    /// [`Error::EventualShard`].
     pub async fn cas(
         &self,
         key: impl AsRef<[u8]>,
@@ -442,8 +470,7 @@ impl Client {
                 return Err(exhausted(is_write && may_have_applied, shard_id, attempts, last_cause));
             }
             let routed = self.route(key, deadline).await.and_then(|shard| {
-                let local = if needs_leader { None } else { config.region.as_deref() };
-                let candidates = self.candidates(&shard, local);
+                let candidates = self.candidates_for(&shard, needs_leader);
                 match pick(&candidates, &tried) {
                     Some(picked) => Ok((shard, picked)),
                     None => Err(Failure::NoRoute(format!(
@@ -488,9 +515,10 @@ impl Client {
                 session.first_incomplete = self.lock_sessions().first_incomplete();
             }
             let timeout = config.rpc_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let eventual = shard.mode.is_eventual();
             let failure = match self.send(&target, call.clone(), timeout).await {
                 Ok(reply) => {
-                    if needs_leader {
+                    if needs_leader && !eventual {
                         self.note_leader(shard.shard_id, &target);
                     }
                     return Ok(reply);
@@ -499,6 +527,21 @@ impl Client {
             };
             may_have_applied |= failure.may_have_applied();
             last_cause = format!("node {} ({}): {}", target.node_id, target.addr, failure.describe());
+            if let Some(operation) = C::RAFT_ONLY
+                && let Some(message) = refused_as_eventual(&failure, eventual)
+            {
+                return Err(Error::EventualShard { shard_id: shard.shard_id, operation, message });
+            }
+            if eventual && is_write && may_have_applied {
+                // A replica stamps every write it receives anew: resending
+                // could apply this one twice, so its outcome stays unknown.
+                return Err(Error::Indeterminate {
+                    shard_id: shard.shard_id,
+                    cause: format!(
+                        "{last_cause}; writes to eventual shards are not retried once an attempt may have reached a replica"
+                    ),
+                });
+            }
             tracing::debug!(
                 attempts,
                 shard = shard.shard_id,
@@ -509,6 +552,15 @@ impl Client {
             );
 
             match failure {
+                // Eventual shards have no leader: a node saying otherwise
+                // knows a newer map (the shard changed mode).
+                Failure::NotLeader { .. } if eventual => {
+                    let before = self.cached_map().version;
+                    if let Err(refresh_failure) = self.refresh_map(Some(&target.addr), before + 1, deadline).await {
+                        last_cause = format!("{last_cause}; then {}", Failure::from(refresh_failure).describe());
+                    }
+                    wait_first = true;
+                }
                 Failure::NotLeader { shard_id: hinted_shard, leader_id, leader_addr, term } => {
                     let hinted_shard = if hinted_shard == 0 { shard.shard_id } else { hinted_shard };
                     match self.learn_leader(hinted_shard, leader_id, &leader_addr, term) {
@@ -609,12 +661,18 @@ impl Client {
         })
     }
 
-    /// Where to send a request for `shard`, best first: the replicas in
-    /// `local_region` (for reads any replica may serve), the cached leader,
-    /// then the other replicas in map order.
-    fn candidates(&self, shard: &Shard, local_region: Option<&str>) -> Vec<Target> {
+    /// Where to send a request for `shard`, best first. Raft shards: the
+    /// replicas in the client's region (for reads any replica may serve),
+    /// the cached leader, then the other replicas in map order. Eventual
+    /// shards: see [`eventual_candidates`].
+    fn candidates_for(&self, shard: &Shard, needs_leader: bool) -> Vec<Target> {
+        let region = self.inner.config.region.as_deref();
+        if shard.mode == ShardMode::Eventual {
+            return eventual_candidates(shard, region);
+        }
+        let local = if needs_leader { None } else { region };
         let leader = self.read_routing().leaders.get(&shard.shard_id).cloned();
-        candidates(shard, leader.as_ref(), local_region)
+        candidates(shard, leader.as_ref(), local)
     }
 
     /// Records a `NotLeader` hint; returns the leader to try next, if known.
@@ -649,7 +707,7 @@ impl Client {
     }
 
     /// The channel to `addr`, created on first use.
-    fn channel(&self, addr: &str) -> Result<Channel, Failure> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Failure> {
         let mut channels = self.inner.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -814,13 +872,13 @@ impl std::fmt::Display for CauseList {
     }
 }
 
-fn admin_client(channel: Channel) -> AdminClient<Channel> {
+pub(crate) fn admin_client(channel: Channel) -> AdminClient<Channel> {
     AdminClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
 }
 
-fn timed_out(timeout: Duration) -> Failure {
+pub(crate) fn timed_out(timeout: Duration) -> Failure {
     Failure::MaybeProcessed(format!("no answer within {} ms", timeout.as_millis()))
 }
 
@@ -846,6 +904,28 @@ fn candidates(shard: &Shard, leader: Option<&LeaderHint>, local_region: Option<&
         }
     }
     targets
+}
+
+/// Targets for a request (read or write) on an eventual shard, best first:
+/// the replicas in `local_region` (if given), then the others, in map order.
+/// Every replica accepts writes there, so no leader is involved.
+fn eventual_candidates(shard: &Shard, local_region: Option<&str>) -> Vec<Target> {
+    candidates(shard, None, local_region)
+}
+
+/// The server's message when `failure` is an eventual shard refusing an
+/// operation it does not support (compare-and-swap, batch): a
+/// `FAILED_PRECONDITION` from a shard the map says is eventual, or whose
+/// message says so.
+fn refused_as_eventual(failure: &Failure, eventual: bool) -> Option<String> {
+    match failure {
+        Failure::Rejected { code: tonic::Code::FailedPrecondition, message }
+            if eventual || message.to_ascii_lowercase().contains("eventual") =>
+        {
+            Some(message.clone())
+        }
+        _ => None,
+    }
 }
 
 /// The first candidate not yet tried (`fresh`), or the best one again when
@@ -889,6 +969,7 @@ mod tests {
             end: vec![],
             replicas: vec![replica(1), replica(2), replica(3)],
             preferred_leader_region: None,
+            mode: ShardMode::Raft,
         }
     }
 
@@ -912,6 +993,47 @@ mod tests {
         let hint = LeaderHint { node_id: 2, addr: "127.0.0.1:7002".into(), term: 4 };
         assert_eq!(addrs(&candidates(&s, Some(&hint), Some("us"))), [3, 2, 1]);
         assert_eq!(addrs(&candidates(&s, Some(&hint), Some("mars"))), [2, 1, 3]);
+    }
+
+    #[test]
+    fn eventual_shards_go_to_the_own_region_first_else_the_first_replica() {
+        let mut s = shard();
+        s.mode = ShardMode::Eventual;
+        s.replicas[1].region = "us".into();
+        s.replicas[2].region = "us".into();
+        assert_eq!(addrs(&eventual_candidates(&s, Some("us"))), [2, 3, 1]);
+        assert_eq!(addrs(&eventual_candidates(&s, Some("eu"))), [1, 2, 3]);
+        assert_eq!(addrs(&eventual_candidates(&s, Some("mars"))), [1, 2, 3], "no replica there: the first");
+        assert_eq!(addrs(&eventual_candidates(&s, None)), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn eventual_shards_ignore_the_leader_cache_whatever_the_level() {
+        let config = ClientConfig::default().region(Some("us".into()));
+        let client = test_client(config);
+        let mut s = shard();
+        s.replicas[2].region = "us".into();
+        client.learn_leader(1, 2, "127.0.0.1:7002", 3);
+        // Raft: leader-only requests go to the cached leader, others local first.
+        assert_eq!(addrs(&client.candidates_for(&s, true)), [2, 1, 3]);
+        assert_eq!(addrs(&client.candidates_for(&s, false)), [3, 2, 1]);
+        s.mode = ShardMode::Eventual;
+        assert_eq!(addrs(&client.candidates_for(&s, true)), [3, 1, 2]);
+        assert_eq!(addrs(&client.candidates_for(&s, false)), [3, 1, 2]);
+    }
+
+    #[test]
+    fn eventual_refusals_are_recognised() {
+        let refusal =
+            |message: &str| Failure::Rejected { code: tonic::Code::FailedPrecondition, message: message.to_string() };
+        assert!(refused_as_eventual(&refusal("compare-and-swap is not supported here"), true).is_some());
+        assert!(refused_as_eventual(&refusal("shard 3 is eventual: no compare-and-swap"), false).is_some());
+        assert!(refused_as_eventual(&refusal("something else"), false).is_none());
+        let other = Failure::Rejected { code: tonic::Code::Unimplemented, message: "eventual".into() };
+        assert!(refused_as_eventual(&other, true).is_none());
+        let err = Error::EventualShard { shard_id: 3, operation: "batch", message: "refused".into() };
+        assert!(!err.is_retryable() && !err.is_indeterminate());
+        assert!(err.to_string().contains("use put and delete"), "{err}");
     }
 
     #[test]
@@ -952,18 +1074,22 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
-    #[tokio::test]
-    async fn concurrent_writes_track_first_incomplete() {
-        let client = Client {
+    fn test_client(config: ClientConfig) -> Client {
+        Client {
             inner: Arc::new(Inner {
-                config: ClientConfig::default(),
+                config,
                 client_id: 42,
                 sessions: Mutex::new(SessionTracker::new()),
                 channels: Mutex::new(HashMap::new()),
                 routing: RwLock::new(Routing::default()),
                 refresh_lock: tokio::sync::Mutex::new(()),
             }),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_track_first_incomplete() {
+        let client = test_client(ClientConfig::default());
         let a = client.begin_write();
         let b = client.begin_write();
         assert_eq!(a.session().sequence, 1);

@@ -35,6 +35,25 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     (0..digits.len()).step_by(2).map(|at| u8::from_str_radix(digits.get(at..at + 2)?, 16).ok()).collect()
 }
 
+/// Milliseconds since the Unix epoch as an RFC 3339 UTC time with
+/// milliseconds, e.g. `2024-11-22T03:20:00.123Z`.
+pub fn utc_millis(ms: u64) -> String {
+    let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hours, minutes) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (seconds, millis) = (ms_of_day / 1_000 % 60, ms_of_day % 1_000);
+    format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z")
+}
+
 /// Text that would read back as hex is itself shown as hex, so the display
 /// stays unambiguous.
 fn looks_like_hex(text: &str) -> bool {
@@ -63,6 +82,14 @@ mod tests {
     fn text_that_looks_like_hex_is_shown_as_hex() {
         assert_eq!(printable(b"0xff"), "0x30786666");
         assert_eq!(printable(b"0xnope"), "0xnope");
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_millis(1_732_245_600_123), "2024-11-22T03:20:00.123Z");
+        assert_eq!(utc_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_millis(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -64,6 +64,21 @@ pub enum Error {
         message: String,
     },
 
+    /// A compare-and-swap or batch on a key of an eventual shard, refused by
+    /// the server (eventual shards accept only puts and deletes, which last
+    /// writer wins settles: there is no single current value to compare
+    /// against). Nothing was applied; retrying cannot succeed.
+    #[error(
+        "{operation} is not available on shard {shard_id}, an eventual (last-writer-wins) shard ({message}); use put and delete for its keys, or keep keys that need compare-and-swap or batches in a Raft shard"
+    )]
+    EventualShard {
+        shard_id: u64,
+        /// "compare-and-swap" or "batch".
+        operation: &'static str,
+        /// The server's message.
+        message: String,
+    },
+
     /// The server answered something that breaks the protocol (e.g. a scan
     /// page that goes backwards, an unordered shard map).
     #[error("protocol violation: {0}; client and server versions may not match, report this")]
@@ -99,7 +114,8 @@ pub(crate) enum Failure {
     /// know who is. Definitely not applied.
     NotLeader { shard_id: u64, leader_id: u64, leader_addr: String, term: u64 },
     /// The client's shard map is stale. Definitely not applied.
-    WrongShard { current: Option<ShardInfo>, map_version: u64 },
+    /// (Boxed: a shard is large, and failures are passed around by value.)
+    WrongShard { current: Option<Box<ShardInfo>>, map_version: u64 },
     /// The server proposed the write but cannot tell whether it committed.
     /// Retrying with the same session is safe.
     Indeterminate { shard_id: u64, message: String },
@@ -215,7 +231,7 @@ fn classify_detail(kind: error_detail::Kind, message: String) -> Failure {
             term: not_leader.term,
         },
         error_detail::Kind::WrongShard(wrong_shard) => {
-            Failure::WrongShard { current: wrong_shard.current, map_version: wrong_shard.map_version }
+            Failure::WrongShard { current: wrong_shard.current.map(Box::new), map_version: wrong_shard.map_version }
         }
         error_detail::Kind::Indeterminate(indeterminate) => {
             Failure::Indeterminate { shard_id: indeterminate.shard_id, message }
@@ -297,7 +313,7 @@ mod tests {
             error_detail::Kind::WrongShard(WrongShard { current: Some(shard.clone()), map_version: 12 }),
         );
         let failure = classify(&status);
-        assert_eq!(failure, Failure::WrongShard { current: Some(shard), map_version: 12 });
+        assert_eq!(failure, Failure::WrongShard { current: Some(Box::new(shard)), map_version: 12 });
         assert!(!failure.may_have_applied());
     }
 

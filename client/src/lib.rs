@@ -17,7 +17,8 @@
 //! # Routing and retries
 //!
 //! The key space is split into shards, contiguous ranges `[start, end)` each
-//! replicated by its own Raft group. The client fetches the shard map
+//! replicated by its own Raft group (or, for eventual shards, by leaderless
+//! replicas: see below). The client fetches the shard map
 //! (`Admin.GetShardMap`) from any seed node at [`Client::connect`], finds the
 //! shard owning a key by binary search, and sends the request with that
 //! shard's id and epoch in the header. Writes and linearizable or lease reads
@@ -58,6 +59,22 @@
 //! therefore treat `Unavailable` writes as failed and `Indeterminate` ones as
 //! maybe-applied.
 //!
+//! # Eventual shards
+//!
+//! Key ranges a cluster configures as eventual ([`ShardMode::Eventual`]) have
+//! no leader: every replica accepts puts and deletes, stamps them with its
+//! hybrid logical clock ([`Hlc`]), acknowledges once the write is durable
+//! locally and replicates it asynchronously; the newest timestamp wins. The
+//! client sends every request for such a shard to a replica in its own
+//! region ([`ClientConfig::region`]) first. A write acknowledged there
+//! ([`WriteResult::eventual`], `hlc`, `origin`) may still lose to a
+//! concurrent write with a newer timestamp; [`Client::conflicts`] lists such
+//! lost writes. These writes are not exactly-once: a write that may have
+//! reached a replica is never resent, and ends as [`Error::Indeterminate`]
+//! when no answer came back. Reads are served [`Served::Eventual`] (the
+//! replica's local state) whatever level was asked for, and
+//! compare-and-swap and batches are refused ([`Error::EventualShard`]).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -94,6 +111,7 @@ mod backoff;
 mod batch;
 mod client;
 mod config;
+mod conflicts;
 pub mod display;
 mod error;
 mod scan;
@@ -105,11 +123,14 @@ mod types;
 pub use batch::Batch;
 pub use client::Client;
 pub use config::{ClientConfig, DEV_ENDPOINTS};
+pub use conflicts::{Conflict, ConflictLogInfo, ConflictReport, DEFAULT_CONFLICT_LIMIT, NodeConflicts};
 pub use error::Error;
 pub use scan::{KeyRange, Scan, ScanBounds};
 pub use shard_map::{NodeInfo, Replica, Shard, ShardMap};
-pub use status::{ClusterStatus, GroupStatus, NodeReport, NodeStatus, Role, ShardHealth, ShardLeader};
+pub use status::{
+    ClusterStatus, EcPeer, GroupStatus, NodeReport, NodeStatus, ReplicaStatus, Role, ShardHealth, ShardLeader,
+};
 pub use types::{
-    BatchResult, CasResult, Consistency, DeleteResult, Expect, KeyState, KeyValue, ReadInfo, ReadResult, Versioned,
-    WriteResult,
+    BatchResult, CasResult, Consistency, DeleteResult, Expect, Hlc, KeyState, KeyValue, ReadInfo, ReadResult, Served,
+    ShardMode, Versioned, WriteResult,
 };

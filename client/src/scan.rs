@@ -281,7 +281,12 @@ mod tests {
         pb::ScanResponse {
             kvs: keys
                 .iter()
-                .map(|key| pb::KeyValue { key: key.as_bytes().to_vec(), value: vec![], version: 1 })
+                .map(|key| pb::KeyValue {
+                    key: key.as_bytes().to_vec(),
+                    value: vec![],
+                    version: 1,
+                    ..Default::default()
+                })
                 .collect(),
             resume_key: resume_key.as_bytes().to_vec(),
             more,

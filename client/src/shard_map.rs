@@ -8,6 +8,8 @@
 
 use geokv_proto::{admin as admin_pb, kv as pb};
 
+use crate::types::ShardMode;
+
 /// A node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -28,7 +30,8 @@ pub struct Replica {
     pub zone: String,
 }
 
-/// A contiguous key range `[start, end)` and its Raft group.
+/// A contiguous key range `[start, end)` and its replica group: a Raft
+/// group, or the leaderless replicas of an eventual shard (see `mode`).
 ///
 /// Invariants (checked by [`ShardMap::from_proto`]):
 /// - `end` is empty (unbounded) or `start < end`.
@@ -44,6 +47,9 @@ pub struct Shard {
     pub replicas: Vec<Replica>,
     /// The region the cluster keeps this shard's leader in when it can.
     pub preferred_leader_region: Option<String>,
+    /// How the shard replicates: through a Raft leader, or eventually (every
+    /// replica accepts writes, last writer wins).
+    pub mode: ShardMode,
 }
 
 impl Shard {
@@ -65,6 +71,7 @@ impl Shard {
                 .collect(),
             preferred_leader_region: (!shard.preferred_leader_region.is_empty())
                 .then_some(shard.preferred_leader_region),
+            mode: ShardMode::from_proto(shard.mode),
         }
     }
 }
@@ -201,6 +208,26 @@ mod tests {
         let map = map(vec![shard(7, "", "")]).unwrap();
         assert_eq!(map.shard_for_key(b"").unwrap().shard_id, 7);
         assert_eq!(map.shard_for_key(b"zzz").unwrap().shard_id, 7);
+    }
+
+    #[test]
+    fn shard_mode_is_kept() {
+        let mut eventual = shard(2, "m", "");
+        eventual.mode = pb::ShardMode::Eventual as i32;
+        let mut unknown = shard(3, "t", "");
+        unknown.mode = 99;
+        let map = map(vec![
+            shard(1, "", "m"),
+            {
+                eventual.end = b"t".to_vec();
+                eventual
+            },
+            unknown,
+        ])
+        .unwrap();
+        assert_eq!(map.shard(1).unwrap().mode, ShardMode::Raft);
+        assert_eq!(map.shard_for_key(b"p").unwrap().mode, ShardMode::Eventual);
+        assert_eq!(map.shard(3).unwrap().mode, ShardMode::Raft, "unknown modes route like Raft");
     }
 
     #[test]

@@ -7,8 +7,10 @@ use geokv_proto::admin as admin_pb;
 
 use crate::Error;
 use crate::shard_map::{NodeInfo, Shard, ShardMap};
+use crate::types::ShardMode;
 
-/// A node's role in one Raft group.
+/// A node's role in one Raft group (or [`Role::Eventual`] for a replica of
+/// an eventual shard, which has no leader).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     Leader,
@@ -16,6 +18,8 @@ pub enum Role {
     Candidate,
     Learner,
     Shutdown,
+    /// A replica of an eventual shard: accepts writes itself, no leader.
+    Eventual,
     /// A role this client does not know.
     Other(String),
 }
@@ -28,6 +32,7 @@ impl Role {
             "candidate" => Role::Candidate,
             "learner" => Role::Learner,
             "shutdown" => Role::Shutdown,
+            "eventual" => Role::Eventual,
             other => Role::Other(other.to_string()),
         }
     }
@@ -39,6 +44,7 @@ impl Role {
             Role::Candidate => "candidate",
             Role::Learner => "learner",
             Role::Shutdown => "shutdown",
+            Role::Eventual => "eventual",
             Role::Other(other) => other,
         }
     }
@@ -50,7 +56,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// One node's view of one Raft group it hosts.
+/// One node's view of one replica group it hosts (a Raft group, or its
+/// replica of an eventual shard: then `role` is [`Role::Eventual`], there is
+/// no leader nor term, and the `ec_*` fields say how replication is going).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
     pub shard_id: u64,
@@ -70,6 +78,39 @@ pub struct GroupStatus {
     pub start: Vec<u8>,
     /// Empty means unbounded.
     pub end: Vec<u8>,
+    pub mode: ShardMode,
+    /// Eventual shards: writes this replica accepted (its outbox sequence).
+    pub ec_last_seq: u64,
+    /// Eventual shards: outbox entries still kept for some peer.
+    pub ec_outbox_depth: u64,
+    /// Eventual shards: how far each peer has acknowledged this replica's
+    /// writes.
+    pub ec_peers: Vec<EcPeer>,
+    /// Eventual shards: tombstones still held (collected once every replica
+    /// has seen them).
+    pub ec_tombstones: u64,
+}
+
+impl GroupStatus {
+    /// The peer furthest behind this replica, by entries (then by age).
+    pub fn ec_max_lag(&self) -> Option<&EcPeer> {
+        self.ec_peers.iter().max_by_key(|peer| (peer.lag_entries, peer.lag_ms))
+    }
+}
+
+/// How far one peer has acknowledged an eventual replica's writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcPeer {
+    pub node_id: u64,
+    /// The replica's outbox sequence the peer has acknowledged.
+    pub acked_seq: u64,
+    /// Writes not yet acknowledged (`ec_last_seq - acked_seq`).
+    pub lag_entries: u64,
+    /// Age of the oldest unacknowledged write, ms.
+    pub lag_ms: u64,
+    /// The peer fell behind what the outbox keeps and is being (or was) sent
+    /// the whole range instead.
+    pub resyncing: bool,
 }
 
 /// What one node says about itself.
@@ -105,6 +146,21 @@ impl NodeStatus {
                     epoch: group.epoch,
                     start: group.start,
                     end: group.end,
+                    mode: ShardMode::from_proto(group.mode),
+                    ec_last_seq: group.ec_last_seq,
+                    ec_outbox_depth: group.ec_outbox_depth,
+                    ec_peers: group
+                        .ec_peers
+                        .into_iter()
+                        .map(|peer| EcPeer {
+                            node_id: peer.node_id,
+                            acked_seq: peer.acked_seq,
+                            lag_entries: peer.lag_entries,
+                            lag_ms: peer.lag_ms,
+                            resyncing: peer.resyncing,
+                        })
+                        .collect(),
+                    ec_tombstones: group.ec_tombstones,
                 })
                 .collect(),
             uptime_ms: status.uptime_ms,
@@ -140,6 +196,13 @@ pub struct ShardLeader {
     pub group: GroupStatus,
 }
 
+/// One reachable replica of a shard and what it says about the shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub node: NodeInfo,
+    pub group: GroupStatus,
+}
+
 /// One shard's health, as `kvctl status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardHealth {
@@ -152,6 +215,23 @@ pub struct ShardHealth {
     pub named_leader_id: Option<u64>,
     /// How many reachable nodes host a replica of the shard.
     pub replicas_reporting: usize,
+    /// Those replicas' views, in the map's node order.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+impl ShardHealth {
+    pub fn mode(&self) -> ShardMode {
+        self.shard.mode
+    }
+
+    /// Whether the shard cannot take writes: a Raft shard without a
+    /// reachable leader, or an eventual shard without any reachable replica.
+    pub fn is_degraded(&self) -> bool {
+        match self.shard.mode {
+            ShardMode::Raft => self.leader.is_none(),
+            ShardMode::Eventual => self.replicas_reporting == 0,
+        }
+    }
 }
 
 impl ClusterStatus {
@@ -183,7 +263,11 @@ fn shard_health(shard: &Shard, answered: &[&NodeStatus]) -> ShardHealth {
             .max_by_key(|(_, group)| group.term)
             .and_then(|(_, group)| group.leader_id),
     };
-    ShardHealth { shard: shard.clone(), leader, named_leader_id, replicas_reporting: views.len() }
+    let replicas: Vec<ReplicaStatus> = views
+        .iter()
+        .map(|(status, group)| ReplicaStatus { node: status.node.clone(), group: (*group).clone() })
+        .collect();
+    ShardHealth { shard: shard.clone(), leader, named_leader_id, replicas_reporting: replicas.len(), replicas }
 }
 
 #[cfg(test)]
@@ -209,11 +293,64 @@ mod tests {
             epoch: 1,
             start: vec![],
             end: vec![],
+            mode: ShardMode::Raft,
+            ec_last_seq: 0,
+            ec_outbox_depth: 0,
+            ec_peers: vec![],
+            ec_tombstones: 0,
         }
     }
 
     fn shard(shard_id: u64) -> Shard {
-        Shard { shard_id, epoch: 1, start: vec![], end: vec![], replicas: vec![], preferred_leader_region: None }
+        Shard {
+            shard_id,
+            epoch: 1,
+            start: vec![],
+            end: vec![],
+            replicas: vec![],
+            preferred_leader_region: None,
+            mode: ShardMode::Raft,
+        }
+    }
+
+    fn eventual_group(shard_id: u64, lags: &[(u64, u64, u64)]) -> GroupStatus {
+        GroupStatus {
+            role: Role::Eventual,
+            leader_id: None,
+            term: 0,
+            mode: ShardMode::Eventual,
+            ec_last_seq: 40,
+            ec_outbox_depth: 12,
+            ec_peers: lags
+                .iter()
+                .map(|&(node_id, lag_entries, lag_ms)| EcPeer {
+                    node_id,
+                    acked_seq: 40 - lag_entries,
+                    lag_entries,
+                    lag_ms,
+                    resyncing: false,
+                })
+                .collect(),
+            ec_tombstones: 3,
+            ..group(shard_id, Role::Eventual, None, 0)
+        }
+    }
+
+    #[test]
+    fn eventual_shards_are_healthy_without_a_leader() {
+        let mut eventual = shard(9);
+        eventual.mode = ShardMode::Eventual;
+        let one = status(1, vec![eventual_group(9, &[(2, 0, 0), (3, 12, 340)])]);
+        let two = status(2, vec![eventual_group(9, &[(1, 0, 0), (3, 12, 350)])]);
+        let health = shard_health(&eventual, &[&one, &two]);
+        assert_eq!(health.leader, None);
+        assert_eq!(health.replicas_reporting, 2);
+        assert_eq!(health.replicas.iter().map(|r| r.node.node_id).collect::<Vec<_>>(), [1, 2]);
+        assert!(!health.is_degraded());
+        let lag = health.replicas[0].group.ec_max_lag().unwrap();
+        assert_eq!((lag.node_id, lag.lag_entries, lag.lag_ms), (3, 12, 340));
+        assert!(shard_health(&eventual, &[]).is_degraded(), "no replica reachable");
+        assert!(shard_health(&shard(9), &[&one]).is_degraded(), "a Raft shard needs a leader");
     }
 
     fn status(node_id: u64, groups: Vec<GroupStatus>) -> NodeStatus {
@@ -248,6 +385,7 @@ mod tests {
     #[test]
     fn roles_parse() {
         assert_eq!(Role::parse("leader"), Role::Leader);
+        assert_eq!(Role::parse("eventual"), Role::Eventual);
         assert_eq!(Role::parse("witness"), Role::Other("witness".into()));
         assert_eq!(Role::parse("witness").to_string(), "witness");
     }

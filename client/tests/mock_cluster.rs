@@ -6,13 +6,18 @@
 //! writes, and a queue of faults to inject. Each test sets up a story —
 //! "node 2 leads", "the shard split", "the first put is lost after applying"
 //! — and checks both what the client returned and which RPCs it sent.
+//!
+//! Shards can be made eventual ([`MockCluster::set_eventual`]): then every
+//! node accepts puts and deletes (stamped with a fake HLC, not deduplicated),
+//! reads are served EVENTUAL, compare-and-swap and batches are refused, and
+//! each node answers `ListConflicts` from its own scripted log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use geokv_client::{Client, ClientConfig, Consistency, Error, Expect};
+use geokv_client::{Client, ClientConfig, Consistency, Error, Expect, Served};
 use geokv_proto::admin::admin_server::{Admin, AdminServer};
 use geokv_proto::admin::{self as admin_pb, GetShardMapRequest, NodeStatusRequest, NodeStatusResponse};
 use geokv_proto::kv::kv_server::{Kv, KvServer};
@@ -66,6 +71,10 @@ struct State {
     faults: Vec<Fault>,
     calls: Vec<Call>,
     page_size: usize,
+    /// Eventual shards: key → (HLC, origin) of the write that produced it.
+    stamps: HashMap<Vec<u8>, (pb::Hlc, u64)>,
+    /// Eventual shards: each node's conflict log, newest first.
+    conflicts: HashMap<u64, Vec<admin_pb::Conflict>>,
 }
 
 impl State {
@@ -75,6 +84,10 @@ impl State {
             .iter()
             .find(|s| s.start.as_slice() <= key && (s.end.is_empty() || key < s.end.as_slice()))
             .cloned()
+    }
+
+    fn is_eventual(shard: &pb::ShardInfo) -> bool {
+        shard.mode == pb::ShardMode::Eventual as i32
     }
 
     fn addr_of(&self, node_id: u64) -> String {
@@ -159,7 +172,7 @@ impl Node {
             return Err(wrong_shard(Some(shard)));
         }
         let leader = state.leaders.get(&shard.shard_id).copied().unwrap_or(0);
-        if needs_leader && leader != self.id {
+        if needs_leader && leader != self.id && !State::is_eventual(&shard) {
             return Err(status_with(
                 Code::FailedPrecondition,
                 "not leader",
@@ -174,17 +187,58 @@ impl Node {
         Ok(shard)
     }
 
-    fn read_info(&self, state: &State, consistency: i32) -> pb::ReadInfo {
+    fn read_info(&self, state: &State, consistency: i32, eventual: bool) -> pb::ReadInfo {
         let stale = consistency == pb::Consistency::Stale as i32;
         pb::ReadInfo {
-            served: consistency,
+            served: if eventual { pb::Consistency::Eventual as i32 } else { consistency },
             node_id: self.id,
             region: format!("region-{}", self.id),
             applied_index: state.log_index,
-            staleness_bound_ms: if stale { u64::MAX } else { 0 },
+            staleness_bound_ms: if stale || eventual { u64::MAX } else { 0 },
             fell_back: false,
+            weaker_than_requested: eventual && !stale,
         }
     }
+
+    /// Applies a write to an eventual shard here: a new timestamp every time.
+    fn write_eventual(
+        &self,
+        state: &mut State,
+        shard: &pb::ShardInfo,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> pb::WriteResponse {
+        state.log_index += 1;
+        let hlc = pb::Hlc { physical_ms: 1_732_245_600_000 + state.log_index, logical: 0, node_id: self.id };
+        let existed = match value {
+            Some(value) => {
+                state.stamps.insert(key.clone(), (hlc, self.id));
+                state.data.insert(key, (value, 0)).is_some()
+            }
+            None => {
+                state.stamps.remove(&key);
+                state.data.remove(&key).is_some()
+            }
+        };
+        pb::WriteResponse {
+            version: 0,
+            existed,
+            shard_id: shard.shard_id,
+            eventual: true,
+            hlc: Some(hlc),
+            origin: self.id,
+        }
+    }
+}
+
+fn refuse_on_eventual(shard: &pb::ShardInfo, what: &str) -> Result<(), Status> {
+    if State::is_eventual(shard) {
+        return Err(Status::failed_precondition(format!(
+            "{what} is not supported on eventual shard {}: writes there are last-writer-wins",
+            shard.shard_id
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -194,13 +248,17 @@ impl Kv for Node {
         self.enter("get", &request.header, &None).await?;
         let state = self.state.lock().unwrap();
         let needs_leader = request.consistency != pb::Consistency::Stale as i32;
-        self.check(&state, &request.header, &request.key, needs_leader)?;
+        let shard = self.check(&state, &request.header, &request.key, needs_leader)?;
+        let stamp = state.stamps.get(&request.key).copied();
         let kv = state.data.get(&request.key).map(|(value, version)| pb::KeyValue {
             key: request.key.clone(),
             value: value.clone(),
             version: *version,
+            hlc: stamp.map(|(hlc, _)| hlc),
+            origin: stamp.map_or(0, |(_, origin)| origin),
         });
-        Ok(Response::new(pb::GetResponse { kv, read: Some(self.read_info(&state, request.consistency)) }))
+        let read = self.read_info(&state, request.consistency, State::is_eventual(&shard));
+        Ok(Response::new(pb::GetResponse { kv, read: Some(read) }))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::WriteResponse>, Status> {
@@ -208,6 +266,13 @@ impl Kv for Node {
         let lose = self.enter("put", &request.header, &request.session).await?;
         let mut state = self.state.lock().unwrap();
         let shard = self.check(&state, &request.header, &request.key, true)?;
+        if State::is_eventual(&shard) {
+            let reply = self.write_eventual(&mut state, &shard, request.key, Some(request.value));
+            if lose {
+                return Err(Status::unknown("connection reset after the write"));
+            }
+            return Ok(Response::new(reply));
+        }
         let session = request.session.expect("writes carry a session");
         let id = (session.client_id, session.sequence);
         let reply = match state.sessions.get(&id) {
@@ -217,7 +282,8 @@ impl Kv for Node {
                 state.log_index += 1;
                 let version = state.log_index;
                 state.data.insert(request.key, (request.value, version));
-                let reply = pb::WriteResponse { version, existed: false, shard_id: shard.shard_id };
+                let reply =
+                    pb::WriteResponse { version, existed: false, shard_id: shard.shard_id, ..Default::default() };
                 state.sessions.insert(id, Stored::Write(reply));
                 reply
             }
@@ -233,9 +299,17 @@ impl Kv for Node {
         self.enter("delete", &request.header, &request.session).await?;
         let mut state = self.state.lock().unwrap();
         let shard = self.check(&state, &request.header, &request.key, true)?;
+        if State::is_eventual(&shard) {
+            return Ok(Response::new(self.write_eventual(&mut state, &shard, request.key, None)));
+        }
         state.log_index += 1;
         let existed = state.data.remove(&request.key).is_some();
-        Ok(Response::new(pb::WriteResponse { version: state.log_index, existed, shard_id: shard.shard_id }))
+        Ok(Response::new(pb::WriteResponse {
+            version: state.log_index,
+            existed,
+            shard_id: shard.shard_id,
+            ..Default::default()
+        }))
     }
 
     async fn compare_and_swap(&self, request: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
@@ -244,6 +318,7 @@ impl Kv for Node {
         self.enter("cas", &request.header, &request.session).await?;
         let mut state = self.state.lock().unwrap();
         let shard = self.check(&state, &request.header, &request.key, true)?;
+        refuse_on_eventual(&shard, "compare-and-swap")?;
         let session = request.session.expect("writes carry a session");
         let id = (session.client_id, session.sequence);
         if let Some(Stored::Cas(reply)) = state.sessions.get(&id) {
@@ -273,7 +348,12 @@ impl Kv for Node {
             pb::CasResponse {
                 swapped: false,
                 version: current.as_ref().map_or(0, |(_, v)| *v),
-                current: current.map(|(value, version)| pb::KeyValue { key: request.key.clone(), value, version }),
+                current: current.map(|(value, version)| pb::KeyValue {
+                    key: request.key.clone(),
+                    value,
+                    version,
+                    ..Default::default()
+                }),
                 shard_id: shard.shard_id,
             }
         };
@@ -298,7 +378,16 @@ impl Kv for Node {
         let kvs: Vec<pb::KeyValue> = keys
             .by_ref()
             .take(page)
-            .map(|(key, (value, version))| pb::KeyValue { key: key.clone(), value: value.clone(), version: *version })
+            .map(|(key, (value, version))| {
+                let stamp = state.stamps.get(key).copied();
+                pb::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    version: *version,
+                    hlc: stamp.map(|(hlc, _)| hlc),
+                    origin: stamp.map_or(0, |(_, origin)| origin),
+                }
+            })
             .collect();
         let (more, resume_key) = if keys.next().is_some() {
             let mut resume = kvs.last().expect("a full page").key.clone();
@@ -313,7 +402,7 @@ impl Kv for Node {
             kvs,
             resume_key,
             more,
-            read: Some(self.read_info(&state, request.consistency)),
+            read: Some(self.read_info(&state, request.consistency, State::is_eventual(&shard))),
         }))
     }
 
@@ -327,6 +416,7 @@ impl Kv for Node {
             None => return Err(Status::invalid_argument("empty batch")),
         };
         let shard = self.check(&state, &request.header, &first_key, true)?;
+        refuse_on_eventual(&shard, "batch")?;
         state.log_index += 1;
         let version = state.log_index;
         for op in request.ops {
@@ -360,6 +450,30 @@ impl Admin for Node {
             .filter(|shard| shard.replicas.iter().any(|r| r.node_id == self.id))
             .map(|shard| {
                 let leader = state.leaders.get(&shard.shard_id).copied().unwrap_or(0);
+                if State::is_eventual(shard) {
+                    let peers = shard.replicas.iter().filter(|r| r.node_id != self.id);
+                    return admin_pb::GroupStatus {
+                        shard_id: shard.shard_id,
+                        role: "eventual".into(),
+                        mode: pb::ShardMode::Eventual as i32,
+                        ec_last_seq: 40,
+                        ec_outbox_depth: 12,
+                        ec_peers: peers
+                            .map(|r| admin_pb::EcPeer {
+                                node_id: r.node_id,
+                                acked_seq: 40 - r.node_id,
+                                lag_entries: r.node_id,
+                                lag_ms: 100 * r.node_id,
+                                resyncing: r.node_id == 3,
+                            })
+                            .collect(),
+                        ec_tombstones: 3,
+                        epoch: shard.epoch,
+                        start: shard.start.clone(),
+                        end: shard.end.clone(),
+                        ..Default::default()
+                    };
+                }
                 admin_pb::GroupStatus {
                     shard_id: shard.shard_id,
                     role: if leader == self.id { "leader" } else { "follower" }.into(),
@@ -392,6 +506,21 @@ impl Admin for Node {
         _: Request<admin_pb::SetLeaderRegionRequest>,
     ) -> Result<Response<admin_pb::SetLeaderRegionResponse>, Status> {
         Err(Status::unimplemented("the mock cluster does no placement"))
+    }
+
+    async fn list_conflicts(
+        &self,
+        request: Request<admin_pb::ListConflictsRequest>,
+    ) -> Result<Response<admin_pb::ListConflictsResponse>, Status> {
+        let request = request.into_inner();
+        self.enter("list_conflicts", &None, &None).await?;
+        let state = self.state.lock().unwrap();
+        let log = state.conflicts.get(&self.id).cloned().unwrap_or_default();
+        let total_recorded = log.len() as u64;
+        let limit = if request.limit == 0 { 100 } else { request.limit as usize };
+        let conflicts =
+            log.into_iter().filter(|c| request.shard_id == 0 || c.shard_id == request.shard_id).take(limit).collect();
+        Ok(Response::new(admin_pb::ListConflictsResponse { conflicts, total_recorded, capacity: 2 }))
     }
 }
 
@@ -475,6 +604,34 @@ impl MockCluster {
                 .collect(),
         };
         state.leaders = leaders.iter().enumerate().map(|(index, leader)| (index as u64 + 1, *leader)).collect();
+    }
+
+    /// Makes shard `shard_id` eventual: no leader, every replica writes.
+    fn set_eventual(&self, shard_id: u64) {
+        let mut state = self.state.lock().unwrap();
+        for shard in state.map.shards.iter_mut().filter(|s| s.shard_id == shard_id) {
+            shard.mode = pb::ShardMode::Eventual as i32;
+        }
+        state.leaders.insert(shard_id, 0);
+    }
+
+    /// Adds a conflict to `node`'s log (newest first).
+    fn record_conflict(&self, node: u64, key: &str, loser: (u64, u64), winner: (u64, u64), at: u64) {
+        let hlc = |(physical_ms, node_id): (u64, u64)| Some(pb::Hlc { physical_ms, logical: 0, node_id });
+        let conflict = admin_pb::Conflict {
+            shard_id: 1,
+            key: key.as_bytes().to_vec(),
+            winner_hlc: hlc(winner),
+            winner_origin: winner.1,
+            winner_deleted: false,
+            loser_hlc: hlc(loser),
+            loser_origin: loser.1,
+            loser_deleted: false,
+            loser_value: Some(format!("lost-{}", loser.0).into_bytes()),
+            recorded_by: node,
+            recorded_at_ms: at,
+        };
+        self.state.lock().unwrap().conflicts.entry(node).or_default().insert(0, conflict);
     }
 
     /// Puts the dead node first in every shard's replica list.
@@ -775,10 +932,10 @@ async fn kvctl_speaks_to_humans_and_scripts() {
 
     let (code, shards, _) = kvctl(&cluster, &["shards"]).await;
     assert_eq!(code, 0);
-    assert!(shards.contains("1      -inf..m  1      1@region-1,2@region-2"), "{shards}");
+    assert!(shards.contains("1      -inf..m  1      raft  1@region-1,2@region-2"), "{shards}");
     let (code, status, _) = kvctl(&cluster, &["status"]).await;
     assert_eq!(code, 0, "{status}");
-    assert!(status.contains("2      m..+inf  1      2@region-2"), "{status}");
+    assert!(status.contains("2      m..+inf  1      raft  2@region-2"), "{status}");
 
     cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 0]);
     let (code, status, warning) = kvctl(&cluster, &["--json", "status"]).await;
@@ -791,4 +948,171 @@ async fn kvctl_speaks_to_humans_and_scripts() {
     assert_eq!(code, 1);
     assert!(error.starts_with("error: unavailable after"), "{error}");
     assert_eq!(error.lines().count(), 1, "{error}");
+}
+
+#[tokio::test]
+async fn eventual_requests_go_to_the_own_region_replica_whatever_the_level() {
+    let cluster = MockCluster::start(3, false).await;
+    cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 1]);
+    cluster.set_eventual(2);
+    let client = cluster.config().region(Some("region-2".into())).connect().await.unwrap();
+
+    let written = client.put("p", "v").await.unwrap();
+    assert!(written.eventual);
+    assert_eq!((written.version, written.origin), (0, Some(2)));
+    assert_eq!(written.hlc.unwrap().node_id, 2);
+    let read = client.get_with("p", Consistency::Linearizable).await.unwrap();
+    assert_eq!(read.info.served, Served::Eventual);
+    assert!(read.info.weaker_than_requested);
+    assert_eq!(read.info.node_id, 2, "read in the client's region");
+    let value = read.kv.unwrap();
+    assert_eq!((value.value.as_slice(), value.hlc, value.origin), (&b"v"[..], written.hlc, Some(2)));
+    let deleted = client.delete("p").await.unwrap();
+    assert!(deleted.eventual && deleted.existed);
+    assert!(deleted.hlc > written.hlc);
+    // The Raft shard next door still goes to its leader for writes.
+    client.put("a", "v").await.unwrap();
+    let stale = client.get_with("p", Consistency::Stale).await.unwrap();
+    assert!(!stale.info.weaker_than_requested);
+    assert_eq!(cluster.nodes_called("put"), [2, 1]);
+
+    // No replica in the client's region: the first replica.
+    let elsewhere = cluster.config().region(Some("mars".into())).connect().await.unwrap();
+    elsewhere.put("q", "v").await.unwrap();
+    elsewhere.get("q").await.unwrap();
+    let calls: Vec<(&str, u64)> = cluster.calls().iter().map(|c| (c.method, c.node)).collect();
+    assert_eq!(calls, [("put", 1), ("get", 1)]);
+}
+
+#[tokio::test]
+async fn eventual_writes_are_retried_only_when_surely_not_applied() {
+    let cluster = MockCluster::start(2, true).await;
+    cluster.set_eventual(1);
+    cluster.dead_node_first();
+    let client = cluster.config().max_attempts(4).connect().await.unwrap();
+
+    // The dead node refuses the connection: nothing was sent, try the next.
+    let written = client.put("k", "v").await.unwrap();
+    assert_eq!(written.origin, Some(1));
+    // A node declining (Unavailable from the server itself): next replica.
+    cluster.fault(1, "put", 1, Action::Fail(Code::Unavailable, "node is starting", None));
+    assert_eq!(client.put("k", "w").await.unwrap().origin, Some(2));
+    cluster.calls();
+
+    // An attempt that may have arrived is never resent: the outcome is unknown.
+    cluster.fault(1, "put", 1, Action::ApplyThenLose);
+    let err = client.put("k", "x").await.unwrap_err();
+    assert!(matches!(err, Error::Indeterminate { shard_id: 1, .. }), "{err}");
+    assert!(err.to_string().contains("not retried"), "{err}");
+    assert_eq!(cluster.nodes_called("put"), [1], "one attempt only");
+    let timeout = cluster.config().rpc_timeout(Duration::from_millis(50)).connect().await.unwrap();
+    cluster.fault(1, "put", 1, Action::Delay(Duration::from_millis(300)));
+    assert!(timeout.put("k", "y").await.unwrap_err().is_indeterminate());
+    assert_eq!(cluster.nodes_called("put"), [1]);
+}
+
+#[tokio::test]
+async fn cas_and_batch_on_an_eventual_shard_are_refused_clearly() {
+    let cluster = MockCluster::start(2, false).await;
+    cluster.set_eventual(1);
+    let client = cluster.client().await;
+
+    let err = client.cas("k", Expect::Absent, Some(b"v".to_vec())).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::EventualShard { shard_id: 1, operation: "compare-and-swap", message } if message.contains("last-writer-wins")),
+        "{err}"
+    );
+    assert!(!err.is_retryable() && !err.is_indeterminate());
+    let err = client.batch().put("a", "1").put("b", "2").send().await.unwrap_err();
+    assert!(matches!(&err, Error::EventualShard { operation: "batch", .. }), "{err}");
+    assert_eq!(cluster.calls().iter().filter(|c| c.method == "cas" || c.method == "batch").count(), 2);
+}
+
+#[tokio::test]
+async fn conflicts_are_gathered_from_every_node_and_merged() {
+    let cluster = MockCluster::start(2, true).await;
+    cluster.set_eventual(1);
+    let client = cluster.client().await;
+    // Node 1 and 2 both discarded write 100@1 for 101@2; node 2 also 200@2.
+    cluster.record_conflict(1, "k", (100, 1), (101, 2), 5_000);
+    cluster.record_conflict(2, "k", (100, 1), (101, 2), 5_002);
+    cluster.record_conflict(2, "j", (200, 2), (201, 1), 6_000);
+
+    let report = client.conflicts(None, 0).await.unwrap();
+    let summary: Vec<(&[u8], Vec<u64>, u64)> =
+        report.conflicts.iter().map(|c| (c.key.as_slice(), c.recorded_by.clone(), c.recorded_at_ms)).collect();
+    assert_eq!(summary, [(&b"j"[..], vec![2], 6_000), (&b"k"[..], vec![1, 2], 5_000)]);
+    assert_eq!(report.conflicts[1].loser_value.as_deref(), Some(&b"lost-100"[..]));
+    assert!(!report.truncated);
+    assert_eq!(report.nodes.len(), 3);
+    assert_eq!(report.unreachable().map(|n| n.node.node_id).collect::<Vec<_>>(), [3]);
+    let two = report.nodes[1].log.as_ref().unwrap();
+    assert_eq!((two.returned, two.total_recorded, two.capacity), (2, 2, 2));
+
+    let cut = client.conflicts(Some(1), 1).await.unwrap();
+    assert_eq!(cut.conflicts.len(), 1);
+    assert!(cut.truncated);
+}
+
+#[tokio::test]
+async fn kvctl_on_eventual_shards() {
+    let cluster = MockCluster::start(2, false).await;
+    cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 1]);
+    cluster.set_eventual(2);
+
+    let (code, out, _) = kvctl(&cluster, &["put", "p", "hello"]).await;
+    assert_eq!((code, out.as_str()), (0, "OK eventual (acked by node 1 at HLC 1732245600001.0@1)\n"));
+    let (code, out, note) = kvctl(&cluster, &["get", "p"]).await;
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "stdout stays the bare value");
+    assert_eq!(note, "served: eventual hlc=1732245600001.0@1 origin=1 node=1 region=region-1\n");
+    let (_, verbose, _) = kvctl(&cluster, &["get", "p", "-v"]).await;
+    assert!(
+        verbose.starts_with("hello\nhlc=1732245600001.0@1 origin=1 served=eventual (weaker than requested) node=1"),
+        "{verbose}"
+    );
+    let (_, json, _) = kvctl(&cluster, &["--json", "get", "p"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (&json["served"], &json["hlc"], &json["origin"]),
+        (&"eventual".into(), &"1732245600001.0@1".into(), &1.into())
+    );
+    assert_eq!(json["weaker_than_requested"], true);
+    let (_, out, _) = kvctl(&cluster, &["--region", "region-2", "del", "p"]).await;
+    assert_eq!(out, "OK eventual (acked by node 2 at HLC 1732245600002.0@2) existed=true\n");
+
+    let (code, _, error) = kvctl(&cluster, &["cas", "p", "--expect-absent", "v"]).await;
+    assert_eq!(code, 1);
+    assert!(error.contains("compare-and-swap is not available on shard 2, an eventual"), "{error}");
+
+    let (_, shards, _) = kvctl(&cluster, &["shards"]).await;
+    assert!(shards.contains("2      m..+inf  1      eventual  1@region-1,2@region-2"), "{shards}");
+    let (code, status, warning) = kvctl(&cluster, &["status"]).await;
+    assert_eq!((code, warning.as_str()), (0, ""), "an eventual shard needs no leader: {status}");
+    assert!(status.contains("2      m..+inf  1      eventual  - (2/2 replicas answer)  -"), "{status}");
+    assert!(status.contains("2      1@region-1  eventual  40        12      3           2:2/200ms"), "{status}");
+    let (_, json, _) = kvctl(&cluster, &["--json", "status"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["shards"][1]["mode"], "eventual");
+    assert_eq!(json["shards"][1]["degraded"], false);
+    assert_eq!(json["shards"][1]["eventual"][1]["peers"][0]["lag_entries"], 1);
+
+    cluster.record_conflict(2, "r", (80, 2), (85, 1), 1_732_245_599_000);
+    cluster.record_conflict(2, "q", (90, 2), (95, 1), 1_732_245_600_000);
+    cluster.record_conflict(1, "p", (100, 1), (101, 2), 1_732_245_601_000);
+    cluster.record_conflict(2, "p", (100, 1), (101, 2), 1_732_245_601_005);
+    let (code, table, notes) = kvctl(&cluster, &["conflicts"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        table,
+        "SHARD  KEY  LOSER             WINNER   RECORDED-BY  AT\n\
+         1      p    100.0@1 lost-100  101.0@2  1,2          2024-11-22T03:20:01.000Z\n\
+         1      q    90.0@2 lost-90    95.0@1   2            2024-11-22T03:20:00.000Z\n\
+         1      r    80.0@2 lost-80    85.0@1   2            2024-11-22T03:19:59.000Z\n"
+    );
+    assert!(notes.contains("node 2 recorded 3 conflicts but keeps the newest 2"), "{notes}");
+    let (_, json, _) = kvctl(&cluster, &["--json", "conflicts", "--limit", "1"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["conflicts"][0]["recorded_by"], serde_json::json!([1, 2]));
+    assert_eq!(json["conflicts"][0]["loser"]["hlc"], "100.0@1");
+    assert_eq!(json["truncated"], true);
 }

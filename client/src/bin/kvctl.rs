@@ -8,15 +8,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use geokv_client::display::{parse_hex, printable};
+use geokv_client::display::{parse_hex, printable, utc_millis};
 use geokv_client::{
-    Client, ClientConfig, ClusterStatus, Consistency, Error, Expect, ReadInfo, Shard, ShardMap, Versioned,
+    Client, ClientConfig, ClusterStatus, Conflict, ConflictReport, Consistency, Error, Expect, Hlc, ReadInfo, Shard,
+    ShardHealth, ShardMap, ShardMode, Versioned,
 };
 use serde_json::{Value, json};
 
 /// Exit code: a compare-and-swap did not swap.
 const EXIT_NOT_SWAPPED: u8 = 2;
-/// Exit code: `status` found a shard without a reachable leader.
+/// Exit code: `status` found a Raft shard without a reachable leader (or an
+/// eventual shard without a reachable replica).
 const EXIT_DEGRADED: u8 = 3;
 /// Exit code: the command line could not be parsed (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -34,7 +36,13 @@ const START_CLUSTER_HINT: &str = "is the cluster running? start one with `cargo 
         kvctl contacts any of --endpoints, learns the shard map from it, and routes each \
         request to the right shard's leader, following redirects and retrying within \
         --timeout-ms. Keys and values are UTF-8 text (or hex with --hex); values that are \
-        not printable text are shown as 0x-prefixed hex.",
+        not printable text are shown as 0x-prefixed hex.\n\n\
+        Eventual shards (MODE eventual in `kvctl shards`) have no leader: a replica in \
+        --region (else the first one) acknowledges each put or delete once it is durable \
+        there, stamped with a hybrid logical clock (HLC), and replicates it later; the \
+        newest HLC wins and concurrent writes that lose are listed by `kvctl conflicts`. \
+        Reads there are served \"eventual\" (that replica's state, maybe stale) whatever \
+        --consistency asks for; cas and batches are refused.",
     after_help = "\
 Examples:
   kvctl put greeting hello              write a key
@@ -44,12 +52,13 @@ Examples:
   kvctl scan a m --limit 20             keys in [a, m)
   kvctl --json status                   cluster health for scripts
   GEOKV_ENDPOINTS=10.0.0.1:7001 kvctl shards
+  kvctl conflicts --shard 4             writes eventual shards acknowledged, then discarded
 
 Exit codes:
   0   success (including `get` of an absent key)
   1   error (message on stderr)
   2   `cas` did not swap
-  3   `status`: some shard has no reachable leader
+  3   `status`: some shard has no reachable leader (eventual: no reachable replica)
   64  bad command line"
 )]
 struct Cli {
@@ -95,6 +104,9 @@ enum Command {
     /// Read one key.
     #[command(after_help = "\
 Prints the value, or \"(not found)\" (exit code 0) when the key does not exist.
+On an eventual shard the read is served \"eventual\" (one replica's state, maybe
+stale) whatever --consistency asks; a note on stderr (on stdout with -v) says so,
+with the HLC and origin of the write that produced the value.
 
 Examples:
   kvctl get user:42
@@ -109,9 +121,10 @@ Examples:
         /// linearizable (leader, ReadIndex), lease (leader lease), follower
         /// (nearest replica, one round trip to the leader), bounded:<N>ms
         /// (nearest replica if at most N ms stale, else follower), stale.
+        /// Keys of eventual shards are always served eventual.
         #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
         consistency: Consistency,
-        /// Also print the version and which node and region served the read.
+        /// Also print the version (or HLC) and which node and region served the read.
         #[arg(short, long)]
         verbose: bool,
     },
@@ -120,6 +133,10 @@ Examples:
     #[command(after_help = "\
 Prints \"OK version=N\", N being the log index of the write. A write that times out
 is reported as \"outcome unknown\": it may have been applied; read the key back.
+On an eventual shard it prints \"OK eventual (acked by node N at HLC T)\": the write is
+durable on node N only, replicates later, and may still lose to a concurrent write
+with a newer HLC (see `kvctl conflicts`). It is not retried once it may have
+reached a replica.
 
 Examples:
   kvctl put user:42 alice
@@ -129,6 +146,8 @@ Examples:
     /// Delete one key.
     #[command(after_help = "\
 Prints \"OK version=N existed=true|false\". Deleting an absent key succeeds.
+On an eventual shard: \"OK eventual (acked by node N at HLC T) existed=...\", existed
+being what node N had (see `kvctl put --help`).
 
 Example:
   kvctl del user:42")]
@@ -137,7 +156,8 @@ Example:
     /// Compare-and-swap: write (or delete) only if the key is as expected.
     #[command(after_help = "\
 Prints \"swapped version=N\", or \"not swapped: current=V version=N\" and exits with
-code 2 so scripts can tell the two apart.
+code 2 so scripts can tell the two apart. Keys of eventual shards have no single
+current version to compare with: cas on them is refused (exit code 1).
 
 Examples:
   kvctl cas lock --expect-absent me             take a lock
@@ -157,8 +177,9 @@ Examples:
 
     /// List keys in [START, END), across shards, in key order.
     #[command(after_help = "\
-Prints a KEY / VALUE / VERSION table. START defaults to the first key, END to the
-end of the key space; use \"\" for an explicit empty START.
+Prints a KEY / VALUE / VERSION table (for keys of eventual shards VERSION shows the
+HLC of the write, physical_ms.logical@node). START defaults to the first key, END to
+the end of the key space; use \"\" for an explicit empty START.
 
 Examples:
   kvctl scan                                    everything
@@ -175,6 +196,7 @@ Examples:
         /// linearizable (leader, ReadIndex), lease (leader lease), follower
         /// (nearest replica, one round trip to the leader), bounded:<N>ms
         /// (nearest replica if at most N ms stale, else follower), stale.
+        /// Pages of eventual shards are always served eventual.
         #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
         consistency: Consistency,
     },
@@ -184,13 +206,22 @@ Examples:
 Asks every node of the shard map for its status. Shards without a reachable
 leader are flagged and make kvctl exit with code 3.
 
+Eventual shards have no leader: their row says \"eventual\" and how many replicas
+answered, and a second table shows each replica's replication: writes it
+accepted (LAST-SEQ), entries its outbox still keeps (OUTBOX), tombstones not yet
+collected, and how far each peer lags (node:entries/ms, * while resyncing).
+They are flagged (exit code 3) only when no replica answers.
+
 Examples:
   kvctl status
-  kvctl --json status | jq '.shards[] | select(.leader == null)'")]
+  kvctl --json status | jq '.shards[] | select(.degraded)'")]
     Status,
 
-    /// Show the shard map: nodes, and each shard's range, epoch and replicas.
+    /// Show the shard map: nodes, and each shard's range, epoch, mode and replicas.
     #[command(after_help = "\
+MODE is raft (one leader, linearizable writes, cas and batches) or eventual (every
+replica accepts puts and deletes, last writer wins; see `kvctl --help`).
+
 Examples:
   kvctl shards
   kvctl --json shards")]
@@ -204,6 +235,38 @@ Examples:
   kvctl shard set-leader-region 2 us-east"
     )]
     Shard(ShardCommand),
+
+    /// List writes to eventual shards that were acknowledged, then lost.
+    #[command(
+        long_about = "List writes to eventual shards that were acknowledged, then lost.\n\n\
+            A conflict is a write that was acknowledged to its client and then lost, under \
+            last-writer-wins, to a concurrent write it had not seen: one with a newer hybrid \
+            logical clock (HLC) timestamp, accepted by another replica (or by the same one) \
+            before the two met. The newer write's value is the key's value everywhere; the \
+            loser's value is gone except from this log.\n\n\
+            Only eventual shards have conflicts: Raft shards order every write through their \
+            leader. Each node logs the writes it discarded itself, so one conflict is usually \
+            recorded by several nodes (RECORDED-BY); kvctl asks every node and merges the \
+            copies. Each node's log is bounded by its eventual.conflict_log_entries setting: \
+            the oldest entries are dropped first, and kvctl says when a node dropped some.",
+        after_help = "\
+Columns: LOSER is the discarded write (its HLC physical_ms.logical@node, the value
+it wrote or <delete>, and \"via N\" when the accepting replica differs from the HLC's
+node); WINNER the write that beat it; AT when it was first recorded (UTC).
+
+Examples:
+  kvctl conflicts                               the newest 100 across all eventual shards
+  kvctl conflicts --shard 4 --limit 20
+  kvctl --json conflicts | jq '.conflicts[] | select(.key == \"cart:42\")'"
+    )]
+    Conflicts {
+        /// Only this shard (default: every eventual shard).
+        #[arg(long)]
+        shard: Option<u64>,
+        /// At most this many conflicts, newest first (0: 100).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,7 +339,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Get { key, .. } | Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => {
             Some(key_arg(key)?)
         }
-        Command::Scan { .. } | Command::Status | Command::Shards | Command::Shard(_) => None,
+        Command::Scan { .. } | Command::Status | Command::Shards | Command::Shard(_) | Command::Conflicts { .. } => {
+            None
+        }
     };
     let client = connect(&cli).await?;
     let json = cli.json;
@@ -288,7 +353,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let key = command.expect("parsed above");
             let written = client.put(&key, key_arg(&value)?).await.map_err(say)?;
             if json {
-                print_json(&json!({"version": written.version, "shard_id": written.shard_id}));
+                let mut out = json!({"version": written.version, "shard_id": written.shard_id});
+                merge(&mut out, eventual_write_json(written.eventual, written.hlc, written.origin));
+                print_json(&out);
+            } else if written.eventual {
+                println!("OK {}", describe_eventual_write(written.hlc, written.origin));
             } else {
                 println!("OK version={}", written.version);
             }
@@ -297,11 +366,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Del { .. } => {
             let deleted = client.delete(command.expect("parsed above")).await.map_err(say)?;
             if json {
-                print_json(&json!({
+                let mut out = json!({
                     "version": deleted.version,
                     "existed": deleted.existed,
                     "shard_id": deleted.shard_id,
-                }));
+                });
+                merge(&mut out, eventual_write_json(deleted.eventual, deleted.hlc, deleted.origin));
+                print_json(&out);
+            } else if deleted.eventual {
+                println!("OK {} existed={}", describe_eventual_write(deleted.hlc, deleted.origin), deleted.existed);
             } else {
                 println!("OK version={} existed={}", deleted.version, deleted.existed);
             }
@@ -325,6 +398,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Shards => {
             let map = client.refresh_shard_map().await.map_err(say)?;
             print_shard_map(&map, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Conflicts { shard, limit } => {
+            let report = client.conflicts(shard, limit).await.map_err(say)?;
+            if json {
+                print_json(&conflicts_json(&report));
+            } else {
+                print_conflicts(&report);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Shard(ShardCommand::SetLeaderRegion { shard, region }) => {
@@ -382,6 +464,10 @@ async fn get(
         if let Some(kv) = &read.kv {
             out["value"] = json!(printable(&kv.value));
             out["version"] = json!(kv.version);
+            if kv.hlc.is_some() || kv.origin.is_some() {
+                out["hlc"] = json!(kv.hlc);
+                out["origin"] = json!(kv.origin);
+            }
         }
         merge(&mut out, read_info_json(&read.info));
         print_json(&out);
@@ -391,11 +477,39 @@ async fn get(
         Some(kv) => println!("{}", printable(&kv.value)),
         None => println!("(not found)"),
     }
+    let stamp = read.kv.as_ref().map(|kv| stamp_of(kv.version, kv.hlc, kv.origin));
     if verbose {
-        let version = read.kv.as_ref().map_or(0, |kv| kv.version);
-        println!("version={version} {}", describe_read(&read.info));
+        let stamp = stamp.unwrap_or_else(|| "version=0".into());
+        println!("{stamp} {}", describe_read(&read.info));
+    } else if read.info.served.is_eventual() {
+        // Keep stdout the bare value for scripts; say what kind of read it was.
+        let stamp = stamp.map(|stamp| format!(" {stamp}")).unwrap_or_default();
+        eprintln!("served: eventual{stamp} node={} region={}", read.info.node_id, read.info.region);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `version=N` for a Raft value, `hlc=T origin=N` for an eventual one.
+fn stamp_of(version: u64, hlc: Option<Hlc>, origin: Option<u64>) -> String {
+    match (hlc, origin) {
+        (None, None) => format!("version={version}"),
+        (hlc, origin) => {
+            let hlc = hlc.map_or_else(|| "-".into(), |hlc| hlc.to_string());
+            let origin = origin.map_or_else(|| "-".into(), |origin| origin.to_string());
+            format!("hlc={hlc} origin={origin}")
+        }
+    }
+}
+
+/// `eventual (acked by node N at HLC T)`.
+fn describe_eventual_write(hlc: Option<Hlc>, origin: Option<u64>) -> String {
+    let node = origin.or(hlc.map(|hlc| hlc.node_id)).map_or_else(|| "?".into(), |node| node.to_string());
+    let hlc = hlc.map_or_else(|| "?".into(), |hlc| hlc.to_string());
+    format!("eventual (acked by node {node} at HLC {hlc})")
+}
+
+fn eventual_write_json(eventual: bool, hlc: Option<Hlc>, origin: Option<u64>) -> Value {
+    if eventual { json!({"eventual": true, "hlc": hlc, "origin": origin}) } else { json!({"eventual": false}) }
 }
 
 fn describe_read(info: &ReadInfo) -> String {
@@ -404,6 +518,13 @@ fn describe_read(info: &ReadInfo) -> String {
         None => "unknown".into(),
     };
     let fell_back = if info.fell_back { " (fell back)" } else { "" };
+    if info.served.is_eventual() {
+        let weaker = if info.weaker_than_requested { " (weaker than requested)" } else { "" };
+        return format!(
+            "served=eventual{weaker} node={} region={} staleness_bound={staleness}",
+            info.node_id, info.region
+        );
+    }
     format!(
         "served={}{fell_back} node={} region={} applied_index={} staleness_bound={staleness}",
         info.served, info.node_id, info.region, info.applied_index
@@ -418,6 +539,7 @@ fn read_info_json(info: &ReadInfo) -> Value {
         "applied_index": info.applied_index,
         "staleness_bound_ms": info.staleness_bound_ms,
         "fell_back": info.fell_back,
+        "weaker_than_requested": info.weaker_than_requested,
     })
 }
 
@@ -448,7 +570,12 @@ async fn cas(
 }
 
 fn versioned_json(versioned: &Versioned) -> Value {
-    json!({"value": printable(&versioned.value), "version": versioned.version})
+    let mut out = json!({"value": printable(&versioned.value), "version": versioned.version});
+    if versioned.hlc.is_some() || versioned.origin.is_some() {
+        out["hlc"] = json!(versioned.hlc);
+        out["origin"] = json!(versioned.origin);
+    }
+    out
 }
 
 async fn scan(
@@ -468,7 +595,14 @@ async fn scan(
     if json {
         let rows: Vec<Value> = kvs
             .iter()
-            .map(|kv| json!({"key": printable(&kv.key), "value": printable(&kv.value), "version": kv.version}))
+            .map(|kv| {
+                let mut row = json!({"key": printable(&kv.key), "value": printable(&kv.value), "version": kv.version});
+                if kv.hlc.is_some() || kv.origin.is_some() {
+                    row["hlc"] = json!(kv.hlc);
+                    row["origin"] = json!(kv.origin);
+                }
+                row
+            })
             .collect();
         print_json(&Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
@@ -479,7 +613,13 @@ async fn scan(
     }
     let rows: Vec<Vec<String>> = kvs
         .iter()
-        .map(|kv| vec![printable(&kv.key).into_owned(), printable(&kv.value).into_owned(), kv.version.to_string()])
+        .map(|kv| {
+            let version = match kv.hlc {
+                Some(hlc) if kv.version == 0 => hlc.to_string(),
+                _ => kv.version.to_string(),
+            };
+            vec![printable(&kv.key).into_owned(), printable(&kv.value).into_owned(), version]
+        })
         .collect();
     print_table(&["KEY", "VALUE", "VERSION"], &rows);
     Ok(ExitCode::SUCCESS)
@@ -488,7 +628,7 @@ async fn scan(
 async fn status(client: &Client, json: bool) -> Result<ExitCode, String> {
     let cluster = client.cluster_status().await.map_err(say)?;
     let shards = cluster.shards();
-    let degraded = shards.iter().any(|health| health.leader.is_none());
+    let degraded = shards.iter().any(ShardHealth::is_degraded);
     if json {
         print_json(&status_json(&cluster));
     } else {
@@ -525,6 +665,12 @@ fn status_json(cluster: &ClusterStatus) -> Value {
         .map(|health| {
             let mut shard = shard_json(&health.shard);
             shard["replicas_reporting"] = json!(health.replicas_reporting);
+            shard["degraded"] = json!(health.is_degraded());
+            if health.mode() == ShardMode::Eventual {
+                shard["leader"] = Value::Null;
+                shard["eventual"] = Value::Array(eventual_replicas_json(health));
+                return shard;
+            }
             match &health.leader {
                 Some(leader) => {
                     shard["leader"] = json!({
@@ -546,6 +692,54 @@ fn status_json(cluster: &ClusterStatus) -> Value {
         })
         .collect();
     json!({"map_version": cluster.map.version, "nodes": nodes, "shards": shards})
+}
+
+fn eventual_replicas_json(health: &ShardHealth) -> Vec<Value> {
+    health
+        .replicas
+        .iter()
+        .map(|replica| {
+            let group = &replica.group;
+            let peers: Vec<Value> = group
+                .ec_peers
+                .iter()
+                .map(|peer| {
+                    json!({
+                        "node_id": peer.node_id,
+                        "acked_seq": peer.acked_seq,
+                        "lag_entries": peer.lag_entries,
+                        "lag_ms": peer.lag_ms,
+                        "resyncing": peer.resyncing,
+                    })
+                })
+                .collect();
+            json!({
+                "node_id": replica.node.node_id,
+                "region": replica.node.region,
+                "role": group.role.as_str(),
+                "last_seq": group.ec_last_seq,
+                "outbox_depth": group.ec_outbox_depth,
+                "tombstones": group.ec_tombstones,
+                "peers": peers,
+            })
+        })
+        .collect()
+}
+
+/// Each peer's lag behind a replica: `node:entries/ms`, `*` while resyncing.
+fn format_peer_lags(group: &geokv_client::GroupStatus) -> String {
+    if group.ec_peers.is_empty() {
+        return "-".into();
+    }
+    let lags: Vec<String> = group
+        .ec_peers
+        .iter()
+        .map(|peer| {
+            let resyncing = if peer.resyncing { "*" } else { "" };
+            format!("{}:{}/{}ms{resyncing}", peer.node_id, peer.lag_entries, peer.lag_ms)
+        })
+        .collect();
+    lags.join(" ")
 }
 
 fn print_status(cluster: &ClusterStatus) {
@@ -578,7 +772,13 @@ fn print_status(cluster: &ClusterStatus) {
         .iter()
         .map(|health| {
             let shard = &health.shard;
-            let mut row = vec![shard.shard_id.to_string(), format_range(shard), shard.epoch.to_string()];
+            let mut row =
+                vec![shard.shard_id.to_string(), format_range(shard), shard.epoch.to_string(), shard.mode.to_string()];
+            if shard.mode == ShardMode::Eventual {
+                let answered = format!("- ({}/{} replicas answer)", health.replicas_reporting, shard.replicas.len());
+                row.extend([answered, "-".into(), "-".into(), "-".into()]);
+                return row;
+            }
             match &health.leader {
                 Some(leader) => row.extend([
                     {
@@ -600,17 +800,50 @@ fn print_status(cluster: &ClusterStatus) {
         .collect();
     println!();
     println!("Shards:");
-    print_table(&["SHARD", "RANGE", "EPOCH", "LEADER", "TERM", "APPLIED", "COMMITTED"], &shard_rows);
+    print_table(&["SHARD", "RANGE", "EPOCH", "MODE", "LEADER", "TERM", "APPLIED", "COMMITTED"], &shard_rows);
+    let eventual_rows: Vec<Vec<String>> = shards
+        .iter()
+        .filter(|health| health.mode() == ShardMode::Eventual)
+        .flat_map(|health| {
+            health.replicas.iter().map(|replica| {
+                let group = &replica.group;
+                vec![
+                    health.shard.shard_id.to_string(),
+                    format!("{}@{}", replica.node.node_id, replica.node.region),
+                    group.role.to_string(),
+                    group.ec_last_seq.to_string(),
+                    group.ec_outbox_depth.to_string(),
+                    group.ec_tombstones.to_string(),
+                    format_peer_lags(group),
+                ]
+            })
+        })
+        .collect();
+    if !eventual_rows.is_empty() {
+        println!();
+        println!("Eventual replication (PEER-LAG: node:entries/ms behind this replica, * resyncing):");
+        print_table(&["SHARD", "REPLICA", "ROLE", "LAST-SEQ", "OUTBOX", "TOMBSTONES", "PEER-LAG"], &eventual_rows);
+    }
     for report in cluster.unreachable() {
         if let Err(err) = &report.status {
             eprintln!("warning: node {} ({}) did not answer: {err}", report.node.node_id, report.node.addr);
         }
     }
-    let leaderless: Vec<String> = shards
-        .iter()
-        .filter(|health| health.leader.is_none())
-        .map(|health| health.shard.shard_id.to_string())
-        .collect();
+    let degraded_ids = |mode: ShardMode| -> Vec<String> {
+        shards
+            .iter()
+            .filter(|health| health.mode() == mode && health.is_degraded())
+            .map(|health| health.shard.shard_id.to_string())
+            .collect()
+    };
+    let unreachable_eventual = degraded_ids(ShardMode::Eventual);
+    if !unreachable_eventual.is_empty() {
+        eprintln!(
+            "warning: eventual shard(s) {} have no reachable replica: their keys cannot be read or written until one answers",
+            unreachable_eventual.join(",")
+        );
+    }
+    let leaderless = degraded_ids(ShardMode::Raft);
     if !leaderless.is_empty() {
         eprintln!(
             "warning: shard(s) {} have no reachable leader: an election may be running or a quorum is down; retry in a few seconds",
@@ -645,12 +878,18 @@ fn print_shard_map(map: &ShardMap, json: bool) {
         .map(|shard| {
             let replicas: Vec<String> =
                 shard.replicas.iter().map(|replica| format!("{}@{}", replica.node_id, replica.region)).collect();
-            vec![shard.shard_id.to_string(), format_range(shard), shard.epoch.to_string(), replicas.join(",")]
+            vec![
+                shard.shard_id.to_string(),
+                format_range(shard),
+                shard.epoch.to_string(),
+                shard.mode.to_string(),
+                replicas.join(","),
+            ]
         })
         .collect();
     println!();
     println!("Shards:");
-    print_table(&["SHARD", "RANGE", "EPOCH", "REPLICAS"], &shard_rows);
+    print_table(&["SHARD", "RANGE", "EPOCH", "MODE", "REPLICAS"], &shard_rows);
 }
 
 fn shard_json(shard: &Shard) -> Value {
@@ -666,8 +905,100 @@ fn shard_json(shard: &Shard) -> Value {
         "epoch": shard.epoch,
         "start": printable(&shard.start),
         "end": if shard.end.is_empty() { Value::Null } else { json!(printable(&shard.end)) },
+        "mode": shard.mode,
         "replicas": replicas,
     })
+}
+
+/// A write in a conflict: its HLC, plus ` via N` when the accepting replica
+/// is not the HLC's node.
+fn format_stamp(hlc: Hlc, origin: u64) -> String {
+    if origin == 0 || origin == hlc.node_id { hlc.to_string() } else { format!("{hlc} via {origin}") }
+}
+
+fn conflict_row(conflict: &Conflict) -> Vec<String> {
+    let lost = match (&conflict.loser_value, conflict.loser_deleted) {
+        (_, true) => "<delete>".to_string(),
+        (Some(value), false) => printable(value).into_owned(),
+        (None, false) => "(value not kept)".to_string(),
+    };
+    let winner_deleted = if conflict.winner_deleted { " <delete>" } else { "" };
+    let recorded_by: Vec<String> = conflict.recorded_by.iter().map(u64::to_string).collect();
+    vec![
+        conflict.shard_id.to_string(),
+        printable(&conflict.key).into_owned(),
+        format!("{} {lost}", format_stamp(conflict.loser_hlc, conflict.loser_origin)),
+        format!("{}{winner_deleted}", format_stamp(conflict.winner_hlc, conflict.winner_origin)),
+        recorded_by.join(","),
+        utc_millis(conflict.recorded_at_ms),
+    ]
+}
+
+fn print_conflicts(report: &ConflictReport) {
+    if report.conflicts.is_empty() {
+        println!("(no conflicts)");
+    } else {
+        let rows: Vec<Vec<String>> = report.conflicts.iter().map(conflict_row).collect();
+        print_table(&["SHARD", "KEY", "LOSER", "WINNER", "RECORDED-BY", "AT"], &rows);
+    }
+    if report.truncated {
+        eprintln!("note: more conflicts were recorded than --limit shows; raise --limit or pick a --shard");
+    }
+    for node in &report.nodes {
+        match &node.log {
+            Ok(log) if log.overflowed() => eprintln!(
+                "note: node {} recorded {} conflicts but keeps the newest {} (eventual.conflict_log_entries); older ones are gone from its log",
+                node.node.node_id, log.total_recorded, log.capacity
+            ),
+            Ok(_) => {}
+            Err(err) => eprintln!(
+                "warning: node {} ({}) did not answer: {err}; conflicts only it recorded are missing",
+                node.node.node_id, node.node.addr
+            ),
+        }
+    }
+}
+
+fn conflicts_json(report: &ConflictReport) -> Value {
+    let conflicts: Vec<Value> = report
+        .conflicts
+        .iter()
+        .map(|conflict| {
+            json!({
+                "shard_id": conflict.shard_id,
+                "key": printable(&conflict.key),
+                "loser": {
+                    "hlc": conflict.loser_hlc,
+                    "origin": conflict.loser_origin,
+                    "deleted": conflict.loser_deleted,
+                    "value": conflict.loser_value.as_deref().map(printable),
+                },
+                "winner": {
+                    "hlc": conflict.winner_hlc,
+                    "origin": conflict.winner_origin,
+                    "deleted": conflict.winner_deleted,
+                },
+                "recorded_by": conflict.recorded_by,
+                "recorded_at_ms": conflict.recorded_at_ms,
+            })
+        })
+        .collect();
+    let nodes: Vec<Value> = report
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut out = json!({"node_id": node.node.node_id, "addr": node.node.addr, "reachable": node.log.is_ok()});
+            match &node.log {
+                Ok(log) => merge(
+                    &mut out,
+                    json!({"returned": log.returned, "total_recorded": log.total_recorded, "capacity": log.capacity}),
+                ),
+                Err(err) => out["error"] = json!(err.to_string()),
+            }
+            out
+        })
+        .collect();
+    json!({"conflicts": conflicts, "truncated": report.truncated, "nodes": nodes})
 }
 
 /// `start..end`, with `-inf` and `+inf` for the open ends.
@@ -798,6 +1129,72 @@ mod tests {
     }
 
     #[test]
+    fn eventual_writes_and_values_say_where_and_when() {
+        let hlc = Hlc::new(1_732_245_600_123, 4, 2);
+        assert_eq!(describe_eventual_write(Some(hlc), Some(2)), "eventual (acked by node 2 at HLC 1732245600123.4@2)");
+        assert_eq!(stamp_of(7, None, None), "version=7");
+        assert_eq!(stamp_of(0, Some(hlc), Some(2)), "hlc=1732245600123.4@2 origin=2");
+        assert_eq!(eventual_write_json(false, None, None), json!({"eventual": false}));
+        assert_eq!(
+            eventual_write_json(true, Some(hlc), Some(2)),
+            json!({"eventual": true, "hlc": "1732245600123.4@2", "origin": 2})
+        );
+    }
+
+    #[test]
+    fn requesting_eventual_explains_itself() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        let err = parse(&["get", "k", "--consistency", "eventual"]).unwrap_err().to_string();
+        assert!(err.contains("always served eventual") && err.contains("stale"), "{err}");
+        assert!(parse(&["get", "k", "--consistency", "stale"]).is_ok());
+    }
+
+    #[test]
+    fn conflicts_rows_and_help() {
+        let conflict = Conflict {
+            shard_id: 4,
+            key: b"cart:42".to_vec(),
+            loser_hlc: Hlc::new(1_732_245_600_123, 0, 1),
+            loser_origin: 1,
+            loser_deleted: false,
+            loser_value: Some(b"apple".to_vec()),
+            winner_hlc: Hlc::new(1_732_245_600_130, 2, 3),
+            winner_origin: 2,
+            winner_deleted: true,
+            recorded_by: vec![1, 2, 3],
+            recorded_at_ms: 1_732_245_601_000,
+        };
+        assert_eq!(
+            conflict_row(&conflict),
+            [
+                "4",
+                "cart:42",
+                "1732245600123.0@1 apple",
+                "1732245600130.2@3 via 2 <delete>",
+                "1,2,3",
+                "2024-11-22T03:20:01.000Z"
+            ]
+        );
+        let deleted = Conflict { loser_deleted: true, loser_value: None, ..conflict };
+        assert_eq!(conflict_row(&deleted)[2], "1732245600123.0@1 <delete>");
+
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        let Command::Conflicts { shard, limit } =
+            parse(&["conflicts", "--shard", "4", "--limit", "5"]).unwrap().command
+        else {
+            panic!("not conflicts");
+        };
+        assert_eq!((shard, limit), (Some(4), 5));
+        let mut command = Cli::command();
+        let help = command.find_subcommand_mut("conflicts").unwrap().render_long_help().to_string();
+        for needle in ["acknowledged", "last-writer-wins", "Only eventual shards", "eventual.conflict_log_entries"] {
+            assert!(help.contains(needle), "conflicts --help lacks {needle:?}:\n{help}");
+        }
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("Eventual shards") && top.contains("cas and batches are refused"), "{top}");
+    }
+
+    #[test]
     fn ranges_and_uptimes() {
         let shard = |start: &str, end: &str| Shard {
             shard_id: 1,
@@ -806,6 +1203,7 @@ mod tests {
             end: end.into(),
             replicas: vec![],
             preferred_leader_region: None,
+            mode: ShardMode::Raft,
         };
         assert_eq!(format_range(&shard("", "")), "-inf..+inf");
         assert_eq!(format_range(&shard("g", "p")), "g..p");
