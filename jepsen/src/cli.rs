@@ -101,7 +101,11 @@ total and show no negative balance).
 
 Stale register reads go to the process's own region's node (as a geo client
 would read locally); linearizable and lease reads go through the client
-library to the leader. Exit codes as for `check`: 0 valid (\"no anomaly
+library to the leader. With --eventual the keys live on an eventual shard
+and every process reads and writes through its own region's replica; the
+register workload must then be found INVALID under partitions (a negative
+control), and the replicas must converge after the final heal (the
+`convergence` checker, with convergence_ms in report.json). Exit codes as for `check`: 0 valid (\"no anomaly
 found in N operations\", never a proof), 1 invalid, 2 unknown, 3
 inconclusive or the run could not be carried out, 64 usage.";
 
@@ -173,6 +177,17 @@ struct RunArgs {
     /// Keep the nodes' data directories (logs are always kept).
     #[arg(long)]
     keep_data: bool,
+    /// Serve the workload's keys from an eventual (multi-master,
+    /// last-writer-wins) shard: the nodes get --eventual-ranges covering them,
+    /// every process reads and writes through its own region's replica, no
+    /// CAS is generated, and after the final heal every replica must converge
+    /// (register and set workloads).
+    #[arg(long)]
+    eventual: bool,
+    /// --eventual: seconds after the final heal within which every replica
+    /// must hold the same value and timestamp for every key.
+    #[arg(long, default_value_t = 30)]
+    convergence_timeout_s: u64,
     /// Run this `geokv` binary for the nodes (default: this executable's `node` mode).
     #[arg(long)]
     geokv_bin: Option<PathBuf>,
@@ -297,6 +312,8 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
     config.keep_data = args.keep_data;
+    config.eventual = args.eventual;
+    config.convergence_timeout = Duration::from_secs(args.convergence_timeout_s);
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }

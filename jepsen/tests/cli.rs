@@ -165,5 +165,8 @@ fn run_refuses_nonsense_before_starting_anything() {
     let replay = run(&["run", "--schedule", bad_schedule.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(replay.status.code(), Some(64));
     assert!(text(&replay.stderr).contains("window 0 ends"), "{}", text(&replay.stderr));
+    let eventual_bank = run(&["run", "--workload", "bank", "--eventual", "--out", out.to_str().unwrap()]);
+    assert_eq!(eventual_bank.status.code(), Some(64));
+    assert!(text(&eventual_bank.stderr).contains("eventual shards refuse"), "{}", text(&eventual_bank.stderr));
     assert!(!out.exists(), "nothing was started");
 }

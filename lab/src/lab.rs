@@ -30,6 +30,8 @@ pub const STATE_FILE: &str = "lab.json";
 pub const ADMIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often conditions are polled while waiting for them.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Most bytes read from one metrics scrape.
+pub const MAX_METRICS_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The advertised address of node `id`: what peers and clients dial (the
 /// node's front proxy listens there).
@@ -105,6 +107,9 @@ pub struct LabConfig {
     pub start_timeout: Duration,
     /// `RUST_LOG` for the nodes (default: inherited, else `info,openraft=warn`).
     pub node_log_filter: Option<String>,
+    /// Give every node a Prometheus endpoint (`--metrics-listen` on its own
+    /// IP, a free port; see [`LabNode::metrics`] and [`Lab::scrape_metrics`]).
+    pub metrics: bool,
 }
 
 impl LabConfig {
@@ -124,6 +129,7 @@ impl LabConfig {
             node_args: Vec::new(),
             start_timeout: Duration::from_secs(60),
             node_log_filter: None,
+            metrics: false,
         }
     }
 
@@ -166,6 +172,8 @@ pub struct LabNode {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Its Prometheus endpoint (`GET /metrics`), when [`LabConfig::metrics`].
+    pub metrics: Option<SocketAddr>,
     process: Mutex<Option<NodeProcess>>,
 }
 
@@ -217,6 +225,9 @@ pub struct NodeView {
     pub advertised: String,
     pub listen: String,
     pub log: String,
+    /// Its Prometheus endpoint, when the lab runs with metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// A link fault as `status` shows it.
@@ -236,6 +247,9 @@ pub struct ShardView {
     pub term: u64,
     /// Applied index per node that answered.
     pub applied: BTreeMap<u64, u64>,
+    /// An eventual (multi-master) shard: it has no leader, and needs none.
+    #[serde(default)]
+    pub eventual: bool,
 }
 
 /// Everything `status` shows.
@@ -325,6 +339,7 @@ impl Lab {
                 Some(port) => SocketAddr::new(node_ip(id), port),
                 None => free_addr(node_ip(id))?,
             };
+            let metrics = if config.metrics { Some(free_addr(node_ip(id))?) } else { None };
             links.add_node(id, &region, node_ip(id))?;
             listeners.push(listener);
             nodes.push(LabNode {
@@ -334,6 +349,7 @@ impl Lab {
                 listen,
                 data_dir: config.data_dir.join(format!("node-{id}")),
                 log_path: config.data_dir.join(format!("node-{id}.log")),
+                metrics,
                 process: Mutex::new(None),
             });
         }
@@ -354,7 +370,8 @@ impl Lab {
         lab.wait_until("every shard has a leader", deadline, |lab| async move {
             let status = lab.status().await;
             let all_up = status.unreachable.is_empty();
-            (all_up && !status.shards.is_empty() && status.shards.iter().all(|s| s.leader.is_some())).then_some(())
+            let ready = |s: &ShardView| s.leader.is_some() || s.eventual;
+            (all_up && !status.shards.is_empty() && status.shards.iter().all(ready)).then_some(())
         })
         .await?;
         Ok(lab)
@@ -372,6 +389,9 @@ impl Lab {
             .arg(format!("--outgoing-ip={}", node_ip(node.id)))
             .arg(format!("--data-dir={}", node.data_dir.display()))
             .arg(format!("--initial-cluster={}", self.initial_cluster));
+        if let Some(metrics) = node.metrics {
+            command.arg(format!("--metrics-listen={metrics}"));
+        }
         let optional = [
             ("heartbeat-interval-ms", self.config.heartbeat_interval_ms),
             ("election-timeout-min-ms", self.config.election_timeout_min_ms),
@@ -693,6 +713,36 @@ impl Lab {
         tokio::time::timeout(ADMIN_RPC_TIMEOUT, call).await.map_err(|_| fail("status timed out".into()))?
     }
 
+    /// Node `id`'s Prometheus metrics text (`GET /metrics` on its metrics
+    /// endpoint, asked directly). Requires [`LabConfig::metrics`].
+    pub async fn scrape_metrics(&self, id: u64) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let node = self.node(id)?;
+        let fail = |cause: String| Error::Node { node: id, cause };
+        let addr = node.metrics.ok_or_else(|| fail("the lab was started without metrics endpoints".into()))?;
+        let call = async {
+            let mut stream =
+                tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(format!("connect to {addr}: {e}")))?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: lab\r\n\r\n")
+                .await
+                .map_err(|e| fail(format!("send to {addr}: {e}")))?;
+            let mut body = Vec::new();
+            stream
+                .take(MAX_METRICS_BYTES)
+                .read_to_end(&mut body)
+                .await
+                .map_err(|e| fail(format!("read from {addr}: {e}")))?;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| fail("a reply without headers".into()))?;
+            if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+                return Err(fail(format!("metrics endpoint answered {}", head.lines().next().unwrap_or(""))));
+            }
+            Ok(body.to_string())
+        };
+        tokio::time::timeout(ADMIN_RPC_TIMEOUT, call).await.map_err(|_| fail("metrics scrape timed out".into()))?
+    }
+
     /// Nodes, link faults, and every shard's leader as the nodes report it.
     pub async fn status(&self) -> LabStatus {
         let answers = futures::future::join_all(self.nodes.iter().map(|n| async move {
@@ -713,7 +763,9 @@ impl Lab {
                             leader: None,
                             term: 0,
                             applied: BTreeMap::new(),
+                            eventual: false,
                         });
+                        view.eventual |= g.mode == geokv_proto::kv::ShardMode::Eventual as i32;
                         view.applied.insert(id, g.applied_index);
                         if g.role == "leader" && g.term >= view.term {
                             view.term = g.term;
@@ -748,6 +800,7 @@ impl Lab {
                 advertised: n.advertised.to_string(),
                 listen: n.listen.to_string(),
                 log: n.log_path.display().to_string(),
+                metrics: n.metrics.map(|m| m.to_string()),
             })
             .collect()
     }

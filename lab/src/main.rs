@@ -139,6 +139,14 @@ struct UpArgs {
     election_timeout_min_ms: Option<u64>,
     #[arg(long)]
     election_timeout_max_ms: Option<u64>,
+    /// Key ranges served by eventual (multi-master) shards, START..END
+    /// (comma-separated; END empty = to the end), given to every node.
+    #[arg(long, value_delimiter = ',')]
+    eventual_ranges: Vec<String>,
+    /// Give every node a Prometheus endpoint on its own IP (a free port;
+    /// `status --json` lists them).
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Args)]
@@ -351,6 +359,10 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.election_timeout_min_ms = args.election_timeout_min_ms;
     config.election_timeout_max_ms = args.election_timeout_max_ms;
+    if !args.eventual_ranges.is_empty() {
+        config.node_args.push(format!("--eventual-ranges={}", args.eventual_ranges.join(",")));
+    }
+    config.metrics = args.metrics;
     let total = config.nodes_per_region * config.regions.regions().len();
     println!(
         "geokv-lab: starting {total} nodes in {} regions; waiting for every shard to elect a leader...",
@@ -468,7 +480,11 @@ fn print_status(status: &LabStatus) {
     println!("{:<6} {:<7} {:<6} APPLIED (node=index)", "SHARD", "LEADER", "TERM");
     for s in &status.shards {
         let name = if s.shard_id == 0 { "meta".to_string() } else { s.shard_id.to_string() };
-        let leader = s.leader.map_or("none".into(), |l| l.to_string());
+        let leader = match s.leader {
+            Some(l) => l.to_string(),
+            None if s.eventual => "eventual".into(),
+            None => "none".into(),
+        };
         let applied: Vec<String> = s.applied.iter().map(|(n, a)| format!("{n}={a}")).collect();
         println!("{:<6} {:<7} {:<6} {}", name, leader, s.term, applied.join(" "));
     }

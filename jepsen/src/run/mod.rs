@@ -66,6 +66,10 @@ pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(100);
 pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where liveness and setup clients may spend retrying one RPC.
 pub const SETUP_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Eventual mode: how often the convergence check reads every replica.
+pub const CONVERGENCE_POLL: Duration = Duration::from_millis(100);
+/// Eventual mode: keys whose replicas still differ listed in the report.
+pub const MAX_DIVERGENT_LISTED: usize = 20;
 
 /// Why a run produced no verdict.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,16 @@ pub struct RunConfig {
     pub check: CheckConfig,
     /// Keep the nodes' data directories after the run (logs are always kept).
     pub keep_data: bool,
+    /// Eventual mode: the nodes serve the workload's keys from an eventual
+    /// (multi-master, last-writer-wins) shard
+    /// ([`Workload::eventual_range`]), and every process reads and writes
+    /// through its own region's replica. Register CAS is not generated
+    /// (eventual shards refuse it). After the liveness phase, the
+    /// convergence check must see every replica agree.
+    pub eventual: bool,
+    /// Eventual mode: after the final heal, every replica must hold the same
+    /// value and timestamp for every key within this.
+    pub convergence_timeout: Duration,
 }
 
 impl RunConfig {
@@ -140,6 +154,8 @@ impl RunConfig {
             liveness_timeout: Duration::from_secs(30),
             check: CheckConfig::default(),
             keep_data: false,
+            eventual: false,
+            convergence_timeout: Duration::from_secs(30),
         }
     }
 
@@ -161,6 +177,15 @@ impl RunConfig {
         }
         if let Some(schedule) = &self.schedule {
             schedule.validate().map_err(|e| RunError::Config(format!("schedule: {e}")))?;
+        }
+        if self.eventual && self.workload.eventual_range().is_none() {
+            return bad(format!(
+                "--eventual: the {} workload needs conditional batches, which eventual shards refuse",
+                self.workload.as_str()
+            ));
+        }
+        if self.eventual && self.convergence_timeout.is_zero() {
+            return bad("the convergence timeout must be above zero".into());
         }
         Ok(())
     }
@@ -193,6 +218,36 @@ pub struct Liveness {
     pub keys: Vec<KeyLiveness>,
 }
 
+/// One key whose replicas disagreed when the convergence check gave up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Divergent {
+    pub key: String,
+    /// Per node: `value@hlc` (`physical_ms.logical.node`), `absent`, or why
+    /// the node did not answer.
+    pub replicas: BTreeMap<u64, String>,
+}
+
+/// Eventual mode: whether every replica ended up with the same state.
+#[derive(Clone, Debug, Serialize)]
+pub struct Convergence {
+    pub verdict: ReportVerdict,
+    pub summary: String,
+    pub converged: bool,
+    /// From the final heal until every replica returned the same value and
+    /// timestamp for every key (`None`: not within the bound).
+    pub convergence_ms: Option<u64>,
+    pub bound_ms: u64,
+    /// The key range compared (`[start, end)`), read from each node directly
+    /// (a local read on each replica).
+    pub range: (String, String),
+    pub keys: usize,
+    /// Rounds of reads (one local scan of the range per node each).
+    pub rounds: u64,
+    /// When not converged: up to [`MAX_DIVERGENT_LISTED`] keys that differ.
+    pub divergent_count: usize,
+    pub divergent: Vec<Divergent>,
+}
+
 /// The run's parameters, as the report records them.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunParameters {
@@ -210,6 +265,10 @@ pub struct RunParameters {
     pub liveness_timeout_ms: u64,
     pub key_time_limit_ms: u64,
     pub key_cache_limit_bytes: usize,
+    /// Eventual mode, with the range given to the nodes as `--eventual-ranges`.
+    pub eventual: bool,
+    pub eventual_range: Option<String>,
+    pub convergence_timeout_ms: Option<u64>,
 }
 
 /// What the run did.
@@ -241,6 +300,9 @@ pub struct RunReport {
     pub availability: Vec<WindowAvailability>,
     pub nemesis_windows: Vec<NemesisWindow>,
     pub liveness: Liveness,
+    /// Eventual mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<Convergence>,
     pub parameters: RunParameters,
     pub schedule: Schedule,
     pub stats: RunStats,
@@ -257,8 +319,9 @@ impl RunReport {
         let mut out = String::new();
         let p = &self.parameters;
         let nemesis = if p.schedule_replayed { "a replayed schedule".to_string() } else { format!("{:?}", p.nemesis) };
+        let mode = p.eventual_range.as_ref().map_or(String::new(), |r| format!(" on an eventual shard ({r})"));
         out.push_str(&format!(
-            "geokv-jepsen run: {} workload, {} nodes, {} clients, seed {}, {} reads, nemesis {nemesis} ({} windows)\n",
+            "geokv-jepsen run: {} workload{mode}, {} nodes, {} clients, seed {}, {} reads, nemesis {nemesis} ({} windows)\n",
             p.workload.as_str(),
             p.nodes,
             p.clients,
@@ -329,6 +392,9 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     lab_config.regions = matrix;
     lab_config.start_timeout = LAB_START_TIMEOUT;
     lab_config.node_log_filter = Some("warn".into());
+    if let Some(range) = eventual_range(&config) {
+        lab_config.node_args.push(format!("--eventual-ranges={range}"));
+    }
     let lab = Lab::start(lab_config).await?;
     let result = drive(&config, &lab).await;
     lab.shutdown(false);
@@ -340,11 +406,24 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
             }
         }
     }
-    let (events, stats, liveness, schedule) = result?;
-    finish(&config, events, stats, liveness, schedule)
+    let driven = result?;
+    finish(&config, driven)
 }
 
-type Driven = (Vec<crate::history::Event>, RunStats, Liveness, Schedule);
+/// `START..END` of the eventual range in eventual mode.
+fn eventual_range(config: &RunConfig) -> Option<String> {
+    let (start, end) = config.workload.eventual_range().filter(|_| config.eventual)?;
+    Some(format!("{start}..{end}"))
+}
+
+/// What driving the cluster produced.
+struct Driven {
+    events: Vec<crate::history::Event>,
+    stats: RunStats,
+    liveness: Liveness,
+    convergence: Option<Convergence>,
+    schedule: Schedule,
+}
 
 async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let shard = lab.shard_of(config.workload.sample_key().as_bytes()).await?;
@@ -366,7 +445,14 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     // Warm-up (not recorded): the workload's shard takes a write.
     let setup = lab.client_config_for_region(&regions[0])?.rpc_timeout(SETUP_RPC_TIMEOUT).deadline(WARMUP_TIMEOUT);
     let setup = setup.connect().await?;
-    setup.put(config.workload.warmup_key(), "warm").await?;
+    if config.eventual {
+        // Every replica takes writes on an eventual shard: warm up each one.
+        for region in &regions {
+            eventual_warmup(lab, region, config.workload.warmup_key()).await?;
+        }
+    } else {
+        setup.put(config.workload.warmup_key(), "warm").await?;
+    }
     if config.workload == Workload::Bank {
         setup_bank(&setup).await?;
     }
@@ -389,7 +475,8 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let budget = Arc::new(AtomicU64::new(config.ops));
-    let settings = OpSettings { consistency: config.read_consistency, op_timeout: config.op_timeout };
+    let settings =
+        OpSettings { consistency: config.read_consistency, op_timeout: config.op_timeout, eventual: config.eventual };
     let first_processes: Vec<u64> = (0..config.clients).map(|_| recorder.fresh_process()).collect();
     let deadline = started + config.time_limit;
 
@@ -400,6 +487,9 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let mut workers = Vec::new();
     for (slot, (pc, client_config)) in clients.into_iter().enumerate() {
         let mut generator = Generator::new(config.workload, config.seed, slot, config.clients);
+        if config.eventual {
+            generator = generator.without_cas();
+        }
         let (recorder, stop, budget) = (recorder.clone(), stop.clone(), budget.clone());
         let mut pc = pc;
         let mut process = first_processes[slot];
@@ -441,8 +531,13 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
 
     // Final heal, then liveness: every key takes a write again, then a read.
     let healed = nemesis::heal_all(lab);
+    let healed_at = Instant::now();
     recorder.nemesis("final-heal", json!(healed.join("; ")));
     let liveness = liveness_phase(config, lab, &recorder, &regions[0]).await?;
+    let convergence = match config.workload.eventual_range().filter(|_| config.eventual) {
+        Some(range) => Some(convergence_check(lab, range, healed_at, config.convergence_timeout).await),
+        None => None,
+    };
     let duration_s = started.elapsed().as_secs_f64();
     let events = recorder.events();
     let processes = events.iter().filter_map(|e| e.process).collect::<BTreeSet<_>>().len();
@@ -454,7 +549,148 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         processes,
         nemesis_skipped: skipped,
     };
-    Ok((events, stats, liveness, schedule))
+    Ok(Driven { events, stats, liveness, convergence, schedule })
+}
+
+/// Eventual mode: one unrecorded write of `key` through `region`'s replica,
+/// retried until it is accepted (the node may still be opening its shards).
+async fn eventual_warmup(lab: &Lab, region: &str, key: &str) -> Result<(), RunError> {
+    let source = lab.client_ip_for_region(region)?;
+    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, SETUP_RPC_TIMEOUT)
+        .map_err(RunError::Config)?;
+    let started = Instant::now();
+    loop {
+        match workload::raw_put(&home, key, "warm", SETUP_RPC_TIMEOUT).await {
+            Ok(_) => return Ok(()),
+            Err(status) if started.elapsed() > WARMUP_TIMEOUT => {
+                return Err(RunError::Config(format!(
+                    "the warm-up write through {region} was not accepted within {WARMUP_TIMEOUT:?}: {status}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(PAUSE_AFTER_FAILURE).await,
+        }
+    }
+}
+
+/// One replica's state of a key, as the convergence check compares it.
+fn replica_state(kv: &geokv_proto::kv::KeyValue) -> String {
+    let value = String::from_utf8_lossy(&kv.value);
+    match &kv.hlc {
+        Some(h) => format!("{value}@{}.{}.{} (origin {})", h.physical_ms, h.logical, h.node_id, kv.origin),
+        None => format!("{value}@- (origin {})", kv.origin),
+    }
+}
+
+/// Eventual mode, after the final heal and the liveness phase: reads the
+/// whole `range` from every node directly (its real listener, no proxy: a
+/// local read on that replica) every [`CONVERGENCE_POLL`] until all return
+/// the same keys with the same values and timestamps, or `bound` after
+/// `healed_at` has passed.
+async fn convergence_check(lab: &Lab, range: (&str, &str), healed_at: Instant, bound: Duration) -> Convergence {
+    let (start, end) = range;
+    let nodes: Vec<(u64, Result<geokv_proto::kv::kv_client::KvClient<tonic::transport::Channel>, String>)> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", n.listen))
+                .map(|e| e.connect_timeout(SETUP_RPC_TIMEOUT).tcp_nodelay(true).connect_lazy())
+                .map(geokv_proto::kv::kv_client::KvClient::new)
+                .map_err(|e| e.to_string());
+            (n.id, channel)
+        })
+        .collect();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let reads = futures::future::join_all(nodes.iter().map(|(id, node)| async move {
+            let state = match node {
+                Ok(node) => workload::raw_scan(node, start, end, Consistency::Stale, SETUP_RPC_TIMEOUT)
+                    .await
+                    .map(|(kvs, _)| {
+                        kvs.iter()
+                            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), replica_state(kv)))
+                            .collect::<BTreeMap<String, String>>()
+                    })
+                    .map_err(|s| format!("no answer: {}", s.message())),
+                Err(e) => Err(e.clone()),
+            };
+            (*id, state)
+        }))
+        .await;
+        let elapsed_ms = healed_at.elapsed().as_millis() as u64;
+        let all_answered = reads.iter().all(|(_, r)| r.is_ok());
+        let first = reads.first().and_then(|(_, r)| r.as_ref().ok());
+        let equal = all_answered && reads.iter().all(|(_, r)| r.as_ref().ok() == first);
+        let keys = first.map_or(0, BTreeMap::len);
+        let bound_ms = bound.as_millis() as u64;
+        let range_pair = (start.to_string(), end.to_string());
+        if equal {
+            return Convergence {
+                verdict: ReportVerdict::Valid,
+                summary: format!(
+                    "all {} replicas hold the same {keys} keys (values and timestamps) {elapsed_ms} ms after the final heal (bound {bound_ms} ms)",
+                    reads.len()
+                ),
+                converged: true,
+                convergence_ms: Some(elapsed_ms),
+                bound_ms,
+                range: range_pair,
+                keys,
+                rounds,
+                divergent_count: 0,
+                divergent: Vec::new(),
+            };
+        }
+        if healed_at.elapsed() >= bound {
+            let mut all_keys = BTreeSet::new();
+            for (_, r) in &reads {
+                if let Ok(map) = r {
+                    all_keys.extend(map.keys().cloned());
+                }
+            }
+            let mut divergent = Vec::new();
+            let mut divergent_count = 0;
+            for key in &all_keys {
+                let replicas: BTreeMap<u64, String> = reads
+                    .iter()
+                    .map(|(id, r)| {
+                        let state = match r {
+                            Ok(map) => map.get(key).cloned().unwrap_or_else(|| "absent".into()),
+                            Err(e) => e.clone(),
+                        };
+                        (*id, state)
+                    })
+                    .collect();
+                let distinct: BTreeSet<&String> = replicas.values().collect();
+                if distinct.len() > 1 {
+                    divergent_count += 1;
+                    if divergent.len() < MAX_DIVERGENT_LISTED {
+                        divergent.push(Divergent { key: key.clone(), replicas });
+                    }
+                }
+            }
+            let unanswered: Vec<String> =
+                reads.iter().filter(|(_, r)| r.is_err()).map(|(id, _)| format!("node {id}")).collect();
+            let why = if unanswered.is_empty() {
+                format!("{divergent_count} of {} keys still differ between replicas", all_keys.len())
+            } else {
+                format!("{} did not answer; {divergent_count} keys differ", unanswered.join(", "))
+            };
+            return Convergence {
+                verdict: ReportVerdict::Invalid,
+                summary: format!("replicas did not converge within {bound_ms} ms of the final heal: {why}"),
+                converged: false,
+                convergence_ms: None,
+                bound_ms,
+                range: range_pair,
+                keys: all_keys.len(),
+                rounds,
+                divergent_count,
+                divergent,
+            };
+        }
+        tokio::time::sleep(CONVERGENCE_POLL).await;
+    }
 }
 
 /// Sleeps until `at`, or returns false early when `stop` is set.
@@ -541,7 +777,7 @@ async fn liveness_phase(
     };
     let source = lab.client_ip_for_region(region)?;
     let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound).map_err(RunError::Config)?;
-    let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound };
+    let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound, eventual: config.eventual };
     let events = recorder.events();
     let mut keys: Vec<(String, Op, Op)> = Vec::new();
     // Values nobody else writes: above every slot's range.
@@ -614,6 +850,9 @@ async fn final_read(
     recorder.invoke(process, f, "", Value::Null);
     let read = async {
         match w {
+            Workload::Set if settings.eventual => {
+                workload::read_set_local(&pc.home, settings.consistency, settings.op_timeout).await
+            }
             Workload::Set => workload::read_set(&pc.client, settings.consistency).await,
             _ => workload::read_bank(&pc.client, settings.consistency).await,
         }
@@ -655,13 +894,8 @@ fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
     std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
 }
 
-fn finish(
-    config: &RunConfig,
-    events: Vec<crate::history::Event>,
-    mut stats: RunStats,
-    liveness: Liveness,
-    schedule: Schedule,
-) -> Result<RunOutcome, RunError> {
+fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
+    let Driven { events, mut stats, liveness, convergence, schedule } = driven;
     let out = &config.out_dir;
     let history_path = out.join("history.jsonl");
     write_file(&history_path, &crate::history::write_jsonl(&events))?;
@@ -707,6 +941,12 @@ fn finish(
         "liveness".into(),
         json!({"verdict": liveness.verdict, "summary": liveness.summary, "bound_ms": liveness.bound_ms}),
     );
+    if let Some(c) = &convergence {
+        checkers.insert(
+            "convergence".into(),
+            json!({"verdict": c.verdict, "summary": c.summary, "convergence_ms": c.convergence_ms, "bound_ms": c.bound_ms}),
+        );
+    }
     let verdicts = checkers.values().map(|c| match c["verdict"].as_str() {
         Some("valid") => ReportVerdict::Valid,
         Some("invalid") => ReportVerdict::Invalid,
@@ -755,6 +995,7 @@ fn finish(
         availability: report::availability(&history),
         nemesis_windows: history.nemesis_windows.clone(),
         liveness,
+        convergence,
         parameters: RunParameters {
             workload: config.workload,
             seed: config.seed,
@@ -770,6 +1011,9 @@ fn finish(
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
             key_time_limit_ms: config.check.key_time_limit_ms,
             key_cache_limit_bytes: config.check.key_cache_limit_bytes,
+            eventual: config.eventual,
+            eventual_range: eventual_range(config),
+            convergence_timeout_ms: config.eventual.then_some(config.convergence_timeout.as_millis() as u64),
         },
         schedule,
         stats,

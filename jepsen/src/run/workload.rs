@@ -13,7 +13,9 @@
 //!   Slots are split into groups of at most [`MAX_PROCESSES_PER_KEY`]; a
 //!   group's key rotates after about [`OPS_PER_KEY`] operations, so no key's
 //!   search grows large. A CAS expects the value this slot last wrote on the
-//!   key (or an absent key) and swaps in a fresh value.
+//!   key (or an absent key) and swaps in a fresh value. In eventual mode
+//!   ([`Generator::without_cas`]) the CAS share becomes writes: eventual
+//!   shards refuse CAS.
 //! - **set**: `add e` puts key `set/<e>`; `read` scans the `set/` prefix.
 //! - **bank**: [`ACCOUNTS`] accounts `bank/<i>` in one shard, starting at
 //!   [`INITIAL_BALANCE`]. A transfer reads both balances and sends one batch
@@ -93,6 +95,20 @@ impl Workload {
         }
     }
 
+    /// The key range `[start, end)` given to the nodes as an eventual range
+    /// in eventual mode: every key the workload touches, and its warm-up key.
+    /// `None`: the workload cannot run on an eventual shard (bank transfers
+    /// are conditional batches, which eventual shards refuse).
+    pub fn eventual_range(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            // "r-warmup" and "r<group>-<epoch>" ('-' < '0'..'9' < ':').
+            Workload::Register => Some(("r-", "r:")),
+            // "sd-warmup" and "set/<e>".
+            Workload::Set => Some(("sd-", SET_END)),
+            Workload::Bank => None,
+        }
+    }
+
     /// A key the workload's shard holds (to find the shard the nemesis aims at).
     pub fn sample_key(self) -> &'static str {
         match self {
@@ -144,7 +160,8 @@ pub fn set_key(element: u64) -> String {
 /// One slot's seeded operation source.
 ///
 /// Invariant: the `n`-th call to [`Generator::next_op`] depends only on the
-/// seed, the workload, the slot and the number of clients.
+/// seed, the workload, the slot, the number of clients and whether CAS is
+/// generated ([`Generator::without_cas`]).
 pub struct Generator {
     workload: Workload,
     slot: usize,
@@ -154,6 +171,9 @@ pub struct Generator {
     ops_per_slot_per_key: u64,
     /// Register key -> the value this slot last wrote there.
     last_written: HashMap<String, u64>,
+    /// Whether register CAS operations are generated (eventual shards refuse
+    /// them: without, the CAS share becomes writes).
+    cas: bool,
 }
 
 impl Generator {
@@ -169,7 +189,15 @@ impl Generator {
             group: slot / group_size,
             ops_per_slot_per_key: (OPS_PER_KEY / group_size as u64).max(1),
             last_written: HashMap::new(),
+            cas: true,
         }
+    }
+
+    /// The same generator with every register CAS turned into a write of the
+    /// same fresh value (the random stream, keys and values stay as they are).
+    pub fn without_cas(mut self) -> Generator {
+        self.cas = false;
+        self
     }
 
     fn unique(&self) -> u64 {
@@ -189,7 +217,7 @@ impl Generator {
                 let key = format!("r{}-{epoch}", self.group);
                 if roll < 50 {
                     Op::RegisterRead { key }
-                } else if roll < 80 {
+                } else if roll < 80 || !self.cas {
                     let value = self.unique();
                     self.last_written.insert(key.clone(), value);
                     Op::RegisterWrite { key, value }
@@ -241,6 +269,10 @@ pub struct OpSettings {
     /// An operation that takes longer is abandoned: `fail` for reads, `info`
     /// for writes.
     pub op_timeout: Duration,
+    /// Eventual mode: every read and write goes to the process's own
+    /// region's node over the raw Kv API (that replica accepts the write and
+    /// serves the read locally), not through the client library's routing.
+    pub eventual: bool,
 }
 
 /// Why an operation did not succeed.
@@ -287,6 +319,7 @@ fn proto_read_meta(info: Option<&pb::ReadInfo>) -> CompletionMeta {
         Ok(pb::Consistency::Stale) => "stale",
         Ok(pb::Consistency::Follower) => "follower",
         Ok(pb::Consistency::Bounded) => "bounded",
+        Ok(pb::Consistency::Eventual) => "eventual",
         Err(_) => "other",
     };
     CompletionMeta {
@@ -294,6 +327,123 @@ fn proto_read_meta(info: Option<&pb::ReadInfo>) -> CompletionMeta {
         region: Some(info.region.clone()),
         consistency: Some(served.to_string()),
         staleness_bound_ms: (info.staleness_bound_ms != u64::MAX).then_some(info.staleness_bound_ms),
+        error: None,
+    }
+}
+
+/// The proto level (and bound) of a read at `consistency`.
+fn pb_consistency(consistency: Consistency) -> (pb::Consistency, u64) {
+    match consistency {
+        Consistency::Linearizable => (pb::Consistency::Linearizable, 0),
+        Consistency::Lease => (pb::Consistency::Lease, 0),
+        Consistency::Follower => (pb::Consistency::Follower, 0),
+        Consistency::Bounded { max_staleness_ms } => (pb::Consistency::Bounded, max_staleness_ms),
+        Consistency::Stale => (pb::Consistency::Stale, 0),
+    }
+}
+
+/// A request header that lets the node route by key.
+fn any_shard() -> Option<pb::RequestHeader> {
+    Some(pb::RequestHeader { shard_id: 0, epoch: 0 })
+}
+
+/// Sorts a raw write's error: refused before it could apply
+/// (`FAILED_PRECONDITION`, `INVALID_ARGUMENT`, e.g. a CAS on an eventual
+/// shard) is definite; anything else may have applied.
+fn classify_status(status: &tonic::Status) -> OpError {
+    let definite = matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument);
+    OpError { definite, message: format!("{}: {}", status.code(), status.message()) }
+}
+
+/// One key read from `node` over the raw Kv API (served where it lands).
+pub async fn raw_get(
+    node: &KvClient<Channel>,
+    key: &str,
+    consistency: Consistency,
+    timeout: Duration,
+) -> Result<pb::GetResponse, tonic::Status> {
+    let (level, max_staleness_ms) = pb_consistency(consistency);
+    let request = pb::GetRequest {
+        header: any_shard(),
+        key: key.as_bytes().to_vec(),
+        consistency: level as i32,
+        max_staleness_ms,
+    };
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout);
+    Ok(node.clone().get(request).await?.into_inner())
+}
+
+/// One put sent to `node` over the raw Kv API. On an eventual shard that
+/// replica accepts it (no forwarding to a leader).
+pub async fn raw_put(
+    node: &KvClient<Channel>,
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> Result<pb::WriteResponse, tonic::Status> {
+    let request = pb::PutRequest {
+        header: any_shard(),
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout);
+    Ok(node.clone().put(request).await?.into_inner())
+}
+
+/// Most pages one raw scan reads (a bound: the workloads' ranges are small).
+pub const MAX_SCAN_PAGES: usize = 10_000;
+
+/// Every pair in `[start, end)` as `node` serves it at `consistency`, page by
+/// page (each RPC bounded by `timeout`), with the first page's read info.
+pub async fn raw_scan(
+    node: &KvClient<Channel>,
+    start: &str,
+    end: &str,
+    consistency: Consistency,
+    timeout: Duration,
+) -> Result<(Vec<pb::KeyValue>, Option<pb::ReadInfo>), tonic::Status> {
+    let (level, max_staleness_ms) = pb_consistency(consistency);
+    let mut from = start.as_bytes().to_vec();
+    let mut kvs = Vec::new();
+    let mut info = None;
+    for _ in 0..MAX_SCAN_PAGES {
+        let request = pb::ScanRequest {
+            header: any_shard(),
+            start: from.clone(),
+            end: end.as_bytes().to_vec(),
+            consistency: level as i32,
+            max_staleness_ms,
+            ..Default::default()
+        };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        let page = node.clone().scan(request).await?.into_inner();
+        if info.is_none() {
+            info = page.read;
+        }
+        kvs.extend(page.kvs);
+        if !page.more || page.resume_key.is_empty() || page.resume_key.as_slice() >= end.as_bytes() {
+            return Ok((kvs, info));
+        }
+        if page.resume_key <= from {
+            return Err(tonic::Status::internal("a scan page did not move forward"));
+        }
+        from = page.resume_key;
+    }
+    Err(tonic::Status::internal(format!("the scan took more than {MAX_SCAN_PAGES} pages")))
+}
+
+/// What an eventual write's completion records: the replica that accepted
+/// it (`origin`) and that it was accepted as eventual.
+fn eventual_write_meta(reply: &pb::WriteResponse, region: &str) -> CompletionMeta {
+    CompletionMeta {
+        node: Some(reply.origin.to_string()),
+        region: Some(region.to_string()),
+        consistency: Some(if reply.eventual { "eventual" } else { "raft" }.to_string()),
+        staleness_bound_ms: None,
         error: None,
     }
 }
@@ -354,17 +504,10 @@ pub async fn execute(
     match op {
         Op::RegisterRead { key } => {
             let call = async {
-                if consistency == Consistency::Stale {
-                    let request = pb::GetRequest {
-                        header: Some(pb::RequestHeader { shard_id: 0, epoch: 0 }),
-                        key: key.as_bytes().to_vec(),
-                        consistency: pb::Consistency::Stale as i32,
-                        ..Default::default()
-                    };
-                    let mut home = pc.home.clone();
-                    let mut request = tonic::Request::new(request);
-                    request.set_timeout(settings.op_timeout);
-                    let reply = home.get(request).await.map_err(|s| OpError::definite(s.to_string()))?.into_inner();
+                if consistency == Consistency::Stale || settings.eventual {
+                    let reply = raw_get(&pc.home, key, consistency, settings.op_timeout)
+                        .await
+                        .map_err(|s| OpError::definite(s.to_string()))?;
                     let value = reply.kv.map_or(Value::Null, |kv| register_value(&kv.value));
                     Ok((value, proto_read_meta(reply.read.as_ref())))
                 } else {
@@ -378,6 +521,12 @@ pub async fn execute(
         }
         Op::RegisterWrite { key, value } => {
             let call = async {
+                if settings.eventual {
+                    let reply = raw_put(&pc.home, key, &value.to_string(), settings.op_timeout)
+                        .await
+                        .map_err(|s| classify_status(&s))?;
+                    return Ok((json!(value), eventual_write_meta(&reply, &pc.region)));
+                }
                 client.put(key, value.to_string()).await.map_err(|e| classify(&e))?;
                 Ok((json!(value), CompletionMeta::default()))
             };
@@ -410,6 +559,12 @@ pub async fn execute(
         }
         Op::SetAdd { element } => {
             let call = async {
+                if settings.eventual {
+                    let reply = raw_put(&pc.home, &set_key(*element), "1", settings.op_timeout)
+                        .await
+                        .map_err(|s| classify_status(&s))?;
+                    return Ok((json!(element), eventual_write_meta(&reply, &pc.region)));
+                }
                 client.put(set_key(*element), "1").await.map_err(|e| classify(&e))?;
                 Ok((json!(element), CompletionMeta::default()))
             };
@@ -423,6 +578,10 @@ pub async fn execute(
         }
         Op::SetRead => {
             let call = async {
+                if settings.eventual {
+                    let (elements, meta) = read_set_local(&pc.home, consistency, settings.op_timeout).await?;
+                    return Ok((json!(elements), meta));
+                }
                 let (elements, meta) = read_set(client, consistency).await?;
                 Ok((json!(elements), meta))
             };
@@ -506,6 +665,25 @@ pub async fn read_set(client: &Client, consistency: Consistency) -> Result<(Vec<
     Ok((elements, meta))
 }
 
+/// Every element of the set as one replica (`node`) serves it.
+pub async fn read_set_local(
+    node: &KvClient<Channel>,
+    consistency: Consistency,
+    timeout: Duration,
+) -> Result<(Vec<Value>, CompletionMeta), OpError> {
+    let (kvs, info) = raw_scan(node, SET_PREFIX, SET_END, consistency, timeout)
+        .await
+        .map_err(|s| OpError::definite(s.to_string()))?;
+    let elements = kvs
+        .iter()
+        .map(|kv| {
+            let text = String::from_utf8_lossy(&kv.key[SET_PREFIX.len()..]).into_owned();
+            text.parse::<u64>().map_or(Value::String(text), Value::from)
+        })
+        .collect();
+    Ok((elements, proto_read_meta(info.as_ref())))
+}
+
 /// Every account's balance (`null`: missing, or not a number), by one scan
 /// of the bank's range (one shard: one read).
 pub async fn read_bank(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
@@ -556,6 +734,24 @@ mod tests {
         }
         // 8 clients: 2 groups of 4; 45 ops per slot per key; 400 ops -> 9 epochs.
         assert_eq!(keys.len(), 2 * 9, "{keys:?}");
+    }
+
+    #[test]
+    fn without_cas_turns_every_cas_into_a_write_of_the_same_value() {
+        let mut with = Generator::new(Workload::Register, 9, 1, 6);
+        let mut without = Generator::new(Workload::Register, 9, 1, 6).without_cas();
+        let mut converted = 0;
+        for _ in 0..500 {
+            match (with.next_op().unwrap(), without.next_op().unwrap()) {
+                (Op::RegisterCas { key, new, .. }, Op::RegisterWrite { key: k, value }) => {
+                    assert_eq!((key, new), (k, value));
+                    converted += 1;
+                }
+                (_, Op::RegisterCas { .. }) => panic!("a CAS without CAS"),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+        assert!(converted > 50, "{converted}");
     }
 
     #[test]
