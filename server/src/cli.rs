@@ -77,6 +77,10 @@ struct NodeArgs {
     /// Key ranges served by eventual (multi-master) shards: START..END,...
     #[arg(long, env = "GEOKV_EVENTUAL_RANGES", value_delimiter = ',')]
     eventual_ranges: Option<Vec<String>>,
+    #[arg(long, env = "GEOKV_EVENTUAL_OUTBOX_MAX_ENTRIES")]
+    eventual_outbox_max_entries: Option<u64>,
+    #[arg(long, env = "GEOKV_EVENTUAL_CONFLICT_LOG_ENTRIES")]
+    eventual_conflict_log_entries: Option<u64>,
     #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
     /// Region every shard keeps its leader in when it can (new clusters).
@@ -119,6 +123,8 @@ impl NodeArgs {
             c.data_dir => self.data_dir,
             c.split_points => self.split_points,
             c.eventual_ranges => self.eventual_ranges,
+            c.eventual.outbox_max_entries => self.eventual_outbox_max_entries,
+            c.eventual.conflict_log_entries => self.eventual_conflict_log_entries,
             c.replication_factor => self.replication_factor,
             c.preferred_leader_region => self.preferred_leader_region,
             c.raft.heartbeat_interval_ms => self.heartbeat_interval_ms,

@@ -1,0 +1,248 @@
+//! Eventual shards against real `geokv` processes (3 nodes, one per region,
+//! every node a replica of the eventual range `ev/..ev0`).
+//!
+//! Shown here: every replica accepts writes and says they are eventual;
+//! compare-and-swap and batches are refused; a replica killed while the
+//! others write catches up after its restart (from the outbox, and by a full
+//! resync when it fell behind the outbox bound); deleted keys stay deleted
+//! and their tombstones are collected once every replica has them.
+//! Concurrent writes on both sides of a partition: lab/tests/eventual_partition.rs.
+
+use std::collections::BTreeMap;
+
+use geokv_proto::kv::{self as pb, Consistency, ScanRequest};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
+use tonic::Code;
+
+const RANGE_START: &str = "ev/";
+const RANGE_END: &str = "ev0";
+
+fn start(extra: &[&str]) -> TestCluster {
+    let mut extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
+    extra_args.extend(extra.iter().map(|s| s.to_string()));
+    let opts = ClusterOptions { metrics: true, extra_args, ..ClusterOptions::default() };
+    TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts)
+}
+
+async fn put(c: &TestCluster, node: u64, key: &str, value: &str) -> pb::WriteResponse {
+    let req = pb::PutRequest { header: None, session: None, key: key.into(), value: value.into() };
+    c.kv(node).await.put(req).await.unwrap_or_else(|e| panic!("put {key} at node {node}: {e}")).into_inner()
+}
+
+async fn delete(c: &TestCluster, node: u64, key: &str) -> pb::WriteResponse {
+    let req = pb::DeleteRequest { header: None, session: None, key: key.into() };
+    c.kv(node).await.delete(req).await.unwrap_or_else(|e| panic!("delete {key} at node {node}: {e}")).into_inner()
+}
+
+/// `key -> (value, hlc)` of the whole eventual range as `node` serves it.
+async fn state(c: &TestCluster, node: u64) -> Option<BTreeMap<String, (String, (u64, u32, u64))>> {
+    let mut out = BTreeMap::new();
+    let mut start = RANGE_START.as_bytes().to_vec();
+    loop {
+        let req = ScanRequest {
+            header: None,
+            start: start.clone(),
+            end: RANGE_END.into(),
+            limit: 1000,
+            consistency: Consistency::Stale as i32,
+            max_staleness_ms: 0,
+        };
+        let resp = c.kv(node).await.scan(req).await.ok()?.into_inner();
+        assert_eq!(resp.read.as_ref().map(|r| r.node_id), Some(node), "served locally");
+        for kv in resp.kvs {
+            let h = kv.hlc.expect("eventual values carry their timestamp");
+            let v = (String::from_utf8(kv.value).unwrap(), (h.physical_ms, h.logical, h.node_id));
+            out.insert(String::from_utf8(kv.key).unwrap(), v);
+        }
+        if !resp.more || resp.resume_key.as_slice() >= RANGE_END.as_bytes() {
+            return Some(out);
+        }
+        start = resp.resume_key;
+    }
+}
+
+/// Waits until every running node serves the same range, and returns it.
+async fn converged(c: &TestCluster) -> BTreeMap<String, (String, (u64, u32, u64))> {
+    wait_for("every replica to hold the same data", DEFAULT_DEADLINE, || async {
+        let mut states = Vec::new();
+        for n in c.nodes.iter().filter(|n| n.is_running()) {
+            states.push(state(c, n.id).await?);
+        }
+        states.windows(2).all(|w| w[0] == w[1]).then(|| states.pop()).flatten()
+    })
+    .await
+}
+
+fn eventual_shard(status: &geokv_proto::admin::NodeStatusResponse) -> &geokv_proto::admin::GroupStatus {
+    status.groups.iter().find(|g| g.role == "eventual").expect("the node holds the eventual shard")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_accepts_writes_and_says_so_and_atomic_ops_are_refused() {
+    let c = start(&[]);
+    c.wait_all_leaders().await;
+    for node in 1..=3u64 {
+        let w = put(&c, node, &format!("ev/from-{node}"), "v").await;
+        assert!(w.eventual, "the response says the write is eventual");
+        assert_eq!(w.origin, node, "acknowledged by the replica asked");
+        assert_eq!(w.hlc.map(|h| h.node_id), Some(node));
+        assert_eq!(w.version, 0);
+    }
+    let data = converged(&c).await;
+    assert_eq!(data.len(), 3);
+
+    // A read at any requested level is served locally and labelled EVENTUAL.
+    let req = pb::GetRequest {
+        header: None,
+        key: "ev/from-1".into(),
+        consistency: Consistency::Linearizable as i32,
+        max_staleness_ms: 0,
+    };
+    let resp = c.kv(2).await.get(req).await.unwrap().into_inner();
+    let read = resp.read.unwrap();
+    assert_eq!((read.served, read.node_id), (Consistency::Eventual as i32, 2));
+    assert!(read.weaker_than_requested);
+    assert_eq!(resp.kv.unwrap().origin, 1);
+
+    let cas = pb::CasRequest {
+        header: None,
+        session: None,
+        key: "ev/from-1".into(),
+        expected: Some(pb::Expectation { expect: Some(pb::expectation::Expect::Absent(true)) }),
+        new_value: Some("x".into()),
+    };
+    let err = c.kv(1).await.compare_and_swap(cas).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("eventual shard"), "{}", err.message());
+    let batch = pb::BatchRequest {
+        header: None,
+        session: None,
+        conditions: Vec::new(),
+        ops: vec![pb::BatchOp {
+            op: Some(pb::batch_op::Op::Put(pb::batch_op::Put { key: "ev/b".into(), value: "v".into() })),
+        }],
+    };
+    let err = c.kv(3).await.batch(batch).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    // Raft shards beside it are untouched: a CAS there works.
+    let cas = pb::CasRequest {
+        header: None,
+        session: None,
+        key: "h-key".into(),
+        expected: Some(pb::Expectation { expect: Some(pb::expectation::Expect::Absent(true)) }),
+        new_value: Some("x".into()),
+    };
+    wait_for("a CAS on a Raft shard", DEFAULT_DEADLINE, || async {
+        for node in 1..=3 {
+            if let Ok(r) = c.kv(node).await.compare_and_swap(cas.clone()).await {
+                return Some(r.into_inner());
+            }
+        }
+        None
+    })
+    .await;
+}
+
+/// Kills node 3, writes (puts, overwrites, deletes) through nodes 1 and 2,
+/// restarts node 3 and waits for every replica to agree; returns what node 3
+/// holds.
+async fn write_while_node_3_is_down(c: &mut TestCluster, writes: usize) -> BTreeMap<String, (String, (u64, u32, u64))> {
+    c.wait_all_leaders().await;
+    put(c, 3, "ev/before", "written by 3").await;
+    converged(c).await;
+    c.kill(3);
+    let mut expected = BTreeMap::new();
+    for i in 0..writes {
+        let node = 1 + (i % 2) as u64;
+        let key = format!("ev/k{:03}", i % (writes / 2));
+        if i % 7 == 6 {
+            delete(c, node, &key).await;
+            expected.remove(&key);
+        } else {
+            let value = format!("v{i}");
+            put(c, node, &key, &value).await;
+            expected.insert(key, value);
+        }
+    }
+    c.restart(3);
+    let data = converged(c).await;
+    let mut got: BTreeMap<String, String> = data.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
+    assert_eq!(got.remove("ev/before").as_deref(), Some("written by 3"));
+    assert_eq!(got, expected, "node 3 holds every write made while it was down");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_catches_up_from_the_outbox_after_restart() {
+    let mut c = start(&[]);
+    write_while_node_3_is_down(&mut c, 120).await;
+    // Caught up by replay: no resync was needed.
+    let m = c.metrics(1).await;
+    assert!(!m.keys().any(|k| k.starts_with("geokv_ec_resyncs_total")), "no resync: {m:?}");
+    wait_for("outboxes to drain", DEFAULT_DEADLINE, || async {
+        let mut depth = 0.0;
+        for n in 1..=3 {
+            depth += c
+                .metrics(n)
+                .await
+                .iter()
+                .filter(|(k, _)| k.starts_with("geokv_ec_outbox_depth"))
+                .map(|(_, v)| v)
+                .sum::<f64>();
+        }
+        (depth == 0.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_outbox_bound_is_resynced() {
+    let mut c = start(&["--eventual-outbox-max-entries=10"]);
+    write_while_node_3_is_down(&mut c, 120).await;
+    let resyncs: f64 = c
+        .metrics(1)
+        .await
+        .iter()
+        .chain(c.metrics(2).await.iter())
+        .filter(|(k, _)| k.starts_with("geokv_ec_resyncs_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(resyncs >= 1.0, "node 3 was past the outbox bound of nodes 1 and 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_keys_stay_deleted_and_tombstones_are_collected() {
+    let mut c = start(&[]);
+    c.wait_all_leaders().await;
+    put(&c, 3, "ev/doomed", "old").await;
+    converged(&c).await;
+    // Node 3 holds the old value while the key is deleted elsewhere.
+    c.kill(3);
+    let d = delete(&c, 1, "ev/doomed").await;
+    assert!(d.existed);
+    put(&c, 2, "ev/other", "v").await;
+    // The tombstone stays while node 3 has not seen it.
+    let status = c.status(1).await.unwrap();
+    assert_eq!(eventual_shard(&status).ec_tombstones, 1);
+    c.restart(3);
+    let data = converged(&c).await;
+    assert!(!data.contains_key("ev/doomed"), "the old value did not come back: {data:?}");
+    // Every replica has seen the delete: the tombstone goes everywhere.
+    wait_for("tombstones to be collected", DEFAULT_DEADLINE, || async {
+        for n in 1..=3 {
+            if eventual_shard(&c.status(n).await?).ec_tombstones != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    // Restarts bring nothing back either.
+    for n in 1..=3 {
+        c.kill(n);
+        c.restart(n);
+    }
+    c.wait_all_leaders().await;
+    let data = converged(&c).await;
+    assert!(!data.contains_key("ev/doomed") && data.contains_key("ev/other"), "{data:?}");
+}
