@@ -34,7 +34,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::Config;
 use crate::eventual::{EcNode, EcShard};
 use crate::metrics::Metrics;
-use crate::raft::command::{Command, MetaCommand};
+use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
 use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round, lease_read};
@@ -165,10 +165,7 @@ impl Node {
         let map = self.shard_map();
         for shard in map.shards_on(me).cloned().collect::<Vec<ShardDesc>>() {
             if shard.is_eventual() {
-                let replica = EcShard::open(self.ec.clone(), shard.clone())?;
-                self.eventual.lock().expect("eventual shards").insert(shard.id, replica);
-                tracing::info!(shard = shard.id, replicas = ?shard.replicas, "eventual shard started");
-                continue;
+                continue; // started below, once the node is ready
             }
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
             let sm = ShardStateMachine::new(shard.id, kind, self.storage.clone(), limits)?;
@@ -176,12 +173,8 @@ impl Node {
             self.groups.write().await.insert(shard.id, raft);
         }
         self.ready.store(true, Ordering::Release);
-        for shard in self.eventual_shards() {
-            for peer in shard.desc.replicas.iter().copied().filter(|p| *p != me) {
-                tokio::spawn(crate::eventual::ship::run(self.clone(), shard.clone(), peer));
-            }
-            tokio::spawn(collect_eventual(self.clone(), shard));
-        }
+        self.start_eventual_shards()?;
+        tokio::spawn(watch_for_new_shards(self.clone()));
         tokio::spawn(bootstrap_map(self.clone()));
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
@@ -228,6 +221,27 @@ impl Node {
     /// Every hosted group, by shard id.
     pub async fn groups(&self) -> Vec<(u64, ShardRaft)> {
         self.groups.read().await.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    /// Starts a replica (and its shippers and collector) of every eventual
+    /// shard of the current map placed on this node and not running yet.
+    fn start_eventual_shards(self: &Arc<Self>) -> anyhow::Result<()> {
+        let me = self.config.node_id;
+        let map = self.shard_map();
+        for desc in map.shards_on(me).filter(|s| s.is_eventual()) {
+            if self.eventual_shard(desc.id).is_some() {
+                continue;
+            }
+            let shard = EcShard::open(self.ec.clone(), desc.clone())
+                .with_context(|| format!("cannot open eventual shard {}", desc.id))?;
+            self.eventual.lock().expect("eventual shards").insert(desc.id, shard.clone());
+            for peer in desc.replicas.iter().copied().filter(|p| *p != me) {
+                tokio::spawn(crate::eventual::ship::run(self.clone(), shard.clone(), peer));
+            }
+            tokio::spawn(collect_eventual(self.clone(), shard));
+            tracing::info!(shard = desc.id, replicas = ?desc.replicas, "eventual shard started");
+        }
+        Ok(())
     }
 
     /// The replica of eventual shard `shard` on this node, if any.
@@ -289,6 +303,44 @@ impl Node {
             Box::pin(async move { node.ask_leader_for_read_index(shard, &raft).await })
         });
         batcher.confirm(round, self.metrics.clone()).await
+    }
+
+    /// Proposes an internal command to `shard`'s leader, wherever it is
+    /// (trying the leader this node knows, then every replica), retrying
+    /// for a bounded time while leadership is unknown.
+    pub async fn propose_internal(&self, shard: u64, cmd: &Command) -> Result<CommandResult, String> {
+        let deadline = Instant::now() + self.request_timeout();
+        let mut last_error = String::from("no replica answered");
+        while Instant::now() < deadline {
+            let map = self.shard_map();
+            let mut candidates: Vec<u64> = Vec::new();
+            if let Some(raft) = self.group(shard).await
+                && let Some(leader) = raft.current_leader().await
+            {
+                candidates.push(leader);
+            }
+            match map.shard(shard) {
+                Some(desc) => candidates.extend(&desc.replicas),
+                None if shard == META_SHARD_ID => candidates.extend(map.nodes.iter().map(|n| n.id)),
+                None => return Err(format!("no shard {shard} in the map")),
+            }
+            for id in candidates {
+                let Some(addr) = map.node(id).map(|n| n.addr.clone()) else { continue };
+                let mut client = RaftClient::new(self.peers.channel(&addr));
+                let payload = crate::raft::encode(cmd);
+                let mut request = tonic::Request::new(RaftMessage { shard_id: shard, payload, error: String::new() });
+                request.set_timeout(self.request_timeout());
+                match client.propose(request).await {
+                    Ok(reply) if reply.get_ref().error.is_empty() => {
+                        return crate::raft::decode(&reply.get_ref().payload).map_err(|e| e.to_string());
+                    }
+                    Ok(reply) => last_error = format!("node {id}: {}", reply.get_ref().error),
+                    Err(status) => last_error = format!("node {id}: {}", status.message()),
+                }
+            }
+            tokio::time::sleep(BOOTSTRAP_RETRY_INTERVAL).await;
+        }
+        Err(last_error)
     }
 
     async fn ask_leader_for_read_index(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
@@ -478,6 +530,17 @@ async fn place_leaders(node: Arc<Node>) {
             if let Err(e) = raft.trigger().transfer_leader(target).await {
                 tracing::warn!(shard, cause = %e, "leadership transfer failed");
             }
+        }
+    }
+}
+
+/// Starts replicas of eventual shards added to the map while the node runs
+/// (`kvctl shard create`).
+async fn watch_for_new_shards(node: Arc<Node>) {
+    let mut rx = node.map_rx.clone();
+    while node.is_ready() && rx.changed().await.is_ok() {
+        if let Err(e) = node.start_eventual_shards() {
+            tracing::error!(cause = %e, "cannot start a new eventual shard");
         }
     }
 }

@@ -246,3 +246,83 @@ async fn deleted_keys_stay_deleted_and_tombstones_are_collected() {
     let data = converged(&c).await;
     assert!(!data.contains_key("ev/doomed") && data.contains_key("ev/other"), "{data:?}");
 }
+
+/// A put through whichever node leads the key's Raft shard.
+async fn raft_put(c: &TestCluster, key: &str) -> pb::WriteResponse {
+    wait_for(&format!("put {key}"), DEFAULT_DEADLINE, || async {
+        for node in 1..=3 {
+            let req = pb::PutRequest { header: None, session: None, key: key.into(), value: "raft".into() };
+            if let Ok(r) = c.kv(node).await.put(req).await {
+                return Some(r.into_inner());
+            }
+        }
+        None
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_shard_is_carved_from_a_raft_shard_at_runtime() {
+    use geokv_proto::admin::CreateShardRequest;
+    use geokv_proto::admin::admin_client::AdminClient;
+    // No eventual range at start: shards [, g) [g, n) [n, u) [u, ..).
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let mut admin = AdminClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.node(2).addr)).unwrap().connect_lazy(),
+    );
+    let create = |start: &str, end: &str| CreateShardRequest {
+        start: start.into(),
+        end: end.into(),
+        mode: pb::ShardMode::Eventual as i32,
+    };
+    // A Raft key inside the range to be carved: refused until it is gone.
+    let w = raft_put(&c, "f-raft").await;
+    assert!(!w.eventual);
+    let err = admin.create_shard(create("f", "g")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("f-raft"), "{}", err.message());
+    // Ranges that do not keep one end of one Raft shard are refused clearly.
+    for (start, end) in [("c", "d"), ("f", "h"), ("", "g")] {
+        let err = admin.create_shard(create(start, end)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{start}..{end}: {}", err.message());
+    }
+    let err = admin
+        .create_shard(CreateShardRequest { mode: pb::ShardMode::Raft as i32, ..create("ev/", "g") })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Once the key is deleted (through Raft), the range can be carved.
+    wait_for("delete f-raft", DEFAULT_DEADLINE, || async {
+        for node in 1..=3 {
+            let req = pb::DeleteRequest { header: None, session: None, key: "f-raft".into() };
+            if let Ok(r) = c.kv(node).await.delete(req).await {
+                return Some(r.into_inner());
+            }
+        }
+        None
+    })
+    .await;
+    let created = admin.create_shard(create("ev/", "g")).await.expect("carve [ev/, g) from [, g)").into_inner();
+    assert_eq!((created.parent_shard_id, created.parent_epoch), (1, 2));
+    // The same request again is answered with the same shard.
+    let again = admin.create_shard(create("ev/", "g")).await.unwrap().into_inner();
+    assert_eq!(again.shard_id, created.shard_id);
+
+    // Every replica starts it and accepts writes there; the parent keeps the rest.
+    let acked = wait_for("every replica to serve the new shard", DEFAULT_DEADLINE, || async {
+        let mut acked = Vec::new();
+        for node in 1..=3 {
+            let req =
+                pb::PutRequest { header: None, session: None, key: format!("ev/{node}").into(), value: "v".into() };
+            acked.push(c.kv(node).await.put(req).await.ok()?.into_inner());
+        }
+        Some(acked)
+    })
+    .await;
+    assert!(acked.iter().all(|w| w.eventual && w.shard_id == created.shard_id));
+    assert_eq!(converged(&c).await.len(), 3);
+    let w = raft_put(&c, "a-raft").await;
+    assert!(!w.eventual && w.shard_id == 1, "the parent still serves its part");
+}

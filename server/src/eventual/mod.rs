@@ -184,8 +184,8 @@ impl ConflictLog {
     fn open(storage: &Storage, capacity: u64) -> Result<ConflictLog, StorageError> {
         let (start, end) = (meta_key(NODE_WIDE, tag::CONFLICT, &[]), meta_key(NODE_WIDE, tag::CONFLICT + 1, &[]));
         let seq_of = |k: &[u8]| u64::from_be_bytes(k[9..17].try_into().expect("conflict key"));
-        let last = storage.scan_ec(EcFamily::Meta, &start, &end, 1, true)?.first().map(|(k, _)| seq_of(k));
-        let first = storage.scan_ec(EcFamily::Meta, &start, &end, 1, false)?.first().map(|(k, _)| seq_of(k));
+        let last = storage.scan_ec(EcFamily::Meta, &start, Some(&end), 1, true)?.first().map(|(k, _)| seq_of(k));
+        let first = storage.scan_ec(EcFamily::Meta, &start, Some(&end), 1, false)?.first().map(|(k, _)| seq_of(k));
         let next = last.map_or(1, |l| l + 1);
         Ok(ConflictLog { capacity, next: Mutex::new((next, first.unwrap_or(next))) })
     }
@@ -206,7 +206,7 @@ impl ConflictLog {
         let (start, end) = (meta_key(NODE_WIDE, tag::CONFLICT, &[]), meta_key(NODE_WIDE, tag::CONFLICT + 1, &[]));
         let mut out = Vec::new();
         // Kept records are bounded by the capacity; read newest first.
-        for (_, v) in storage.scan_ec(EcFamily::Meta, &start, &end, self.capacity as usize, true)? {
+        for (_, v) in storage.scan_ec(EcFamily::Meta, &start, Some(&end), self.capacity as usize, true)? {
             let c: Conflict = decode(&v)?;
             if shard.is_none_or(|s| s == c.shard) {
                 out.push(c);
@@ -348,7 +348,7 @@ impl EcShard {
             peers.insert(peer, PeerState { acked, ..PeerState::default() });
         }
         let (start, end) = (meta_key(id, tag::TOMBSTONE, &[]), meta_key(id, tag::TOMBSTONE + 1, &[]));
-        let tombstones = s.scan_ec(EcFamily::Meta, &start, &end, usize::MAX, false)?.len() as i64;
+        let tombstones = s.scan_ec(EcFamily::Meta, &start, Some(&end), usize::MAX, false)?.len() as i64;
         let (durable_tx, _) = watch::channel(last_seq);
         Ok(Arc::new(EcShard {
             desc,
@@ -367,10 +367,16 @@ impl EcShard {
 
     /// The record under `key`, tombstones included.
     pub fn get(&self, key: &[u8]) -> Result<Option<EcRecord>, Error> {
-        match self.node.storage.get_data(key)? {
+        match self.node.storage.get_ec(EcFamily::Data, key)? {
             Some(b) => Ok(Some(decode(&b)?)),
             None => Ok(None),
         }
+    }
+
+    /// Up to `limit` records (tombstones included) from `start` to the end
+    /// of the shard's range, in key order.
+    pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        Ok(self.node.storage.scan_ec(EcFamily::Data, start, self.desc.end.as_deref(), limit, false)?)
     }
 
     /// Accepts a local write (`value = None`: delete) and returns once it is
@@ -418,7 +424,7 @@ impl EcShard {
             batch.put_ec(EcFamily::Meta, &tombstone_key(self.id(), record.hlc, key), &[]);
             self.tombstones.fetch_add(1, Ordering::Relaxed);
         }
-        batch.put_data(key, &encode(record));
+        batch.put_ec(EcFamily::Data, key, &encode(record));
     }
 
     /// Last writer wins: applies `incoming` if it is newer than what is
@@ -582,7 +588,7 @@ impl EcShard {
         let rows = self.node.storage.scan_ec(
             EcFamily::Outbox,
             &outbox_key(self.id(), from),
-            &outbox_key(self.id(), to.saturating_add(1)),
+            Some(&outbox_key(self.id(), to.saturating_add(1))),
             limit,
             false,
         )?;
@@ -656,7 +662,7 @@ impl EcShard {
         let start = meta_key(id, tag::TOMBSTONE, &[]);
         let end = tombstone_key(id, stable, &[]);
         let mut collected = 0;
-        for (k, _) in storage.scan_ec(EcFamily::Meta, &start, &end, 10_000, false)? {
+        for (k, _) in storage.scan_ec(EcFamily::Meta, &start, Some(&end), 10_000, false)? {
             let (Some(hlc), user_key) = (Hlc::from_be_bytes(&k[9..]), &k[29..]) else { continue };
             let _st = self.state.lock().expect("ec state");
             let mut b = storage.batch();
@@ -665,7 +671,7 @@ impl EcShard {
             // since the scan): then only the entry goes.
             let live = self.get(user_key)?.is_some_and(|r| r.value.is_none() && r.hlc == hlc);
             if live {
-                b.delete_data(user_key);
+                b.delete_ec(EcFamily::Data, user_key);
             }
             storage.write_relaxed(b)?;
             if live {
@@ -835,7 +841,7 @@ mod tests {
         let (last, first_kept, _) = a.shard.positions();
         assert_eq!((last, first_kept), (10, 7), "outbox_max_entries = 4 keeps the newest 4");
         // The entries b needs are gone: a resync (pages, then the marker).
-        let rows = a.shard.node().storage.scan_data(b"ev/", Some(b"ev0"), 100).unwrap();
+        let rows = a.shard.scan(b"ev/", 100).unwrap();
         let writes = rows.into_iter().map(|(key, v)| EcWrite { key, record: decode(&v).unwrap() }).collect();
         b.shard.receive(a.ship(ShipBody::Resync(writes))).await.unwrap();
         let (seq, clock) = a.shard.watermark();

@@ -192,12 +192,7 @@ fn next_message(shard: &EcShard, peer: u64, position: &mut Position) -> Result<O
     if durable < *seq {
         return Ok(None);
     }
-    let end = shard.desc.end.as_deref();
-    let rows = shard
-        .node()
-        .storage
-        .scan_data(from_key, end, cfg.ship_batch_entries)
-        .map_err(|e| format!("resync scan: {e}"))?;
+    let rows = shard.scan(from_key, cfg.ship_batch_entries).map_err(|e| format!("resync scan: {e}"))?;
     if rows.is_empty() {
         *done = true;
         return Ok(Some((ShipBody::ResyncDone { seq: *seq, clock: *clock }, Sent::ResyncDone { seq: *seq })));

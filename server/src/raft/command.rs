@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::shards::ShardMap;
+use crate::shards::{ShardDesc, ShardMap};
 
 /// A Raft log payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,18 @@ pub enum Command {
     Write(WriteCommand),
     /// A change to the shard map (meta shard only).
     Meta(MetaCommand),
+    /// The data shard gives up part of its range (to a new shard carved out
+    /// of it). Applied in log order, so every replica rejects writes to the
+    /// given-up keys from the same entry on.
+    Shrink(ShrinkCommand),
+}
+
+/// A data shard's new, narrower range and its new epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShrinkCommand {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    pub epoch: u64,
 }
 
 /// Exactly-once identity of a write (Raft thesis §6.3, extended for clients
@@ -89,6 +101,11 @@ pub enum MetaCommand {
     Bootstrap(ShardMap),
     /// Sets (`None`: clears) the preferred leader region of a data shard.
     SetLeaderRegion { shard: u64, region: Option<String> },
+    /// Adds `shard`, whose range is cut from the end or the start of
+    /// `parent`; the parent keeps `parent_start..parent_end` at
+    /// `parent_epoch` (its own log already shrank it). A no-op when `shard`
+    /// is already in the map.
+    CarveShard { parent: u64, parent_start: Vec<u8>, parent_end: Option<Vec<u8>>, parent_epoch: u64, shard: ShardDesc },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -110,6 +127,10 @@ pub enum CommandResult {
     /// A meta command was applied; the map is now at this version.
     Meta {
         map_version: u64,
+    },
+    /// A shrink was applied: the shard is now at this epoch.
+    Shrunk {
+        epoch: u64,
     },
 }
 
@@ -137,6 +158,9 @@ pub enum Rejection {
     /// The request was routed with an older epoch than the shard's.
     #[error("stale epoch {request_epoch} for shard {shard} at epoch {epoch}")]
     StaleEpoch { shard: u64, request_epoch: u64, epoch: u64 },
+    /// A shrink would give up keys that hold data.
+    #[error("shard {shard} holds keys in the range it would give up (first: {first_key:?}); delete them first")]
+    NotEmpty { shard: u64, first_key: String },
     /// A command that this shard kind does not accept.
     #[error("command not accepted by shard {shard}: {reason}")]
     WrongKind { shard: u64, reason: String },
@@ -159,6 +183,10 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::SetLeaderRegion { shard, region }) => {
                 write!(f, "set-leader-region(shard={shard}, region={region:?})")
             }
+            Command::Meta(MetaCommand::CarveShard { parent, shard, .. }) => {
+                write!(f, "carve-shard(parent={parent}, new={}, mode={:?})", shard.id, shard.mode)
+            }
+            Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
         }
     }
 }

@@ -29,7 +29,9 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::command::{Command, CommandResult, MetaCommand, Record, Rejection, WriteCommand, WriteOutcome};
+use super::command::{
+    Command, CommandResult, MetaCommand, Record, Rejection, ShrinkCommand, WriteCommand, WriteOutcome,
+};
 use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
 use crate::shards::ShardMap;
 use crate::storage::{Batch, MetaFamily, Storage, apply_meta_tag};
@@ -43,7 +45,20 @@ pub enum ShardKind {
     Data { start: Vec<u8>, end: Option<Vec<u8>>, epoch: u64 },
 }
 
+/// A data shard's stored range record: `(start, end, epoch)`.
+type RangeRecord = (Vec<u8>, Option<Vec<u8>>, u64);
+
 impl ShardKind {
+    /// The range to snapshot: the one stored as of the snapshot (a shrink
+    /// may have applied after this kind was cloned), else this kind's.
+    fn snapshot_range(&self, stored: Option<&[u8]>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let ShardKind::Data { start, end, .. } = self else { return None };
+        match stored.map(decode::<RangeRecord>) {
+            Some(Ok((start, end, _))) => Some((start, end)),
+            _ => Some((start.clone(), end.clone())),
+        }
+    }
+
     fn range(&self) -> Option<(&[u8], Option<&[u8]>)> {
         match self {
             ShardKind::Meta { .. } => None,
@@ -87,6 +102,8 @@ struct SnapshotPayload {
     sessions: Vec<(Vec<u8>, Vec<u8>)>,
     /// The encoded shard map (meta shard only).
     shard_map: Option<Vec<u8>>,
+    /// The data shard's range record when it changed since creation.
+    range: Option<Vec<u8>>,
 }
 
 /// The most results one client session keeps (its writes in flight). When
@@ -132,6 +149,12 @@ impl ShardStateMachine {
     pub fn new(shard: u64, kind: ShardKind, storage: Arc<Storage>, limits: SessionLimits) -> io::Result<Self> {
         let mut sm = Self { shard, kind, storage, limits, last_applied_index: None };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
+        // A shrink applied earlier wins over the range the caller knows.
+        if let (ShardKind::Data { .. }, Some((start, end, epoch))) =
+            (&sm.kind, sm.apply_meta::<RangeRecord>(apply_meta_tag::RANGE)?)
+        {
+            sm.kind = ShardKind::Data { start, end, epoch };
+        }
         if let ShardKind::Meta { map_tx } = &sm.kind
             && let Some(map) = sm.stored_map()?
         {
@@ -282,7 +305,8 @@ impl ShardStateMachine {
     /// Applies a run of committed entries as one durable batch and returns
     /// one result per entry. Nothing is answered before the batch is on disk.
     pub async fn apply_run(&mut self, run: &[Entry]) -> io::Result<Vec<CommandResult>> {
-        let mut batch = self.storage.batch();
+        let storage = self.storage.clone();
+        let mut batch = storage.batch();
         let mut overlay = Overlay::default();
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
@@ -328,6 +352,10 @@ impl ShardStateMachine {
                         reason: "shard map commands go to the meta shard".into(),
                     }),
                 },
+                // Handled below (they need `&mut self`).
+                EntryPayload::Normal(Command::Shrink(_) | Command::Meta(MetaCommand::CarveShard { .. })) => {
+                    CommandResult::None
+                }
                 EntryPayload::Normal(Command::Meta(MetaCommand::SetLeaderRegion { shard, region })) => {
                     let current = self.current_map(&new_map)?;
                     let updated = match (&self.kind, current) {
@@ -353,6 +381,23 @@ impl ShardStateMachine {
                     }
                 }
             };
+            let result = match (result, &entry.payload) {
+                (CommandResult::None, EntryPayload::Normal(Command::Shrink(cmd))) => {
+                    self.apply_shrink(cmd, &mut batch, &overlay)?
+                }
+                (CommandResult::None, EntryPayload::Normal(Command::Meta(carve @ MetaCommand::CarveShard { .. }))) => {
+                    match self.carve(index, carve, &new_map)? {
+                        Ok(map) => {
+                            let version = map.version;
+                            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
+                            new_map = Some(map);
+                            CommandResult::Meta { map_version: version }
+                        }
+                        Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
+                    }
+                }
+                (result, _) => result,
+            };
             last_applied = Some(entry.log_id);
             results.push(result);
         }
@@ -365,12 +410,96 @@ impl ShardStateMachine {
         if let Some(m) = &membership {
             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(m));
         }
-        self.storage.write_durable(batch)?.await?;
+        storage.write_durable(batch)?.await?;
 
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
         }
         Ok(results)
+    }
+
+    /// Narrows this data shard's range (see [`Command::Shrink`]): refused
+    /// unless the new range keeps one end of the current one, is not empty,
+    /// and the keys given up hold no data (as of this entry).
+    fn apply_shrink(
+        &mut self,
+        cmd: &ShrinkCommand,
+        batch: &mut Batch<'_>,
+        overlay: &Overlay,
+    ) -> io::Result<CommandResult> {
+        let reject = |reason: String| Ok(CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }));
+        let ShardKind::Data { start, end, epoch } = &self.kind else {
+            return reject("the meta shard has no range to shrink".into());
+        };
+        if (&cmd.start, &cmd.end, cmd.epoch) == (start, end, *epoch) {
+            return Ok(CommandResult::Shrunk { epoch: *epoch }); // a retry
+        }
+        if cmd.epoch <= *epoch {
+            return reject(format!("shrink to epoch {} but the shard is at epoch {epoch}", cmd.epoch));
+        }
+        let keeps_start =
+            cmd.start == *start && cmd.end.is_some() && end.as_ref().is_none_or(|e| cmd.end.as_ref() < Some(e));
+        let keeps_end = cmd.end == *end && cmd.start > *start;
+        let nonempty = cmd.end.as_ref().is_none_or(|e| *e > cmd.start);
+        if !(keeps_start ^ keeps_end) || !nonempty {
+            return reject("the new range must keep exactly one end of the current range".into());
+        }
+        let given_up: (Vec<u8>, Option<Vec<u8>>) = if keeps_start {
+            (cmd.end.clone().expect("checked"), end.clone())
+        } else {
+            (start.clone(), Some(cmd.start.clone()))
+        };
+        let in_given_up = |k: &[u8]| k >= given_up.0.as_slice() && given_up.1.as_deref().is_none_or(|e| k < e);
+        let mut first_key =
+            overlay.data.iter().filter(|(k, r)| r.is_some() && in_given_up(k)).map(|(k, _)| k.clone()).min();
+        if first_key.is_none() {
+            // Stored keys there, unless this run deleted them.
+            for (k, _) in self.storage.scan_data(&given_up.0, given_up.1.as_deref(), 1 + overlay.data.len())? {
+                if !matches!(overlay.data.get(&k), Some(None)) {
+                    first_key = Some(k);
+                    break;
+                }
+            }
+        }
+        if let Some(k) = first_key {
+            let first_key = String::from_utf8_lossy(&k).into_owned();
+            return Ok(CommandResult::Rejected(Rejection::NotEmpty { shard: self.shard, first_key }));
+        }
+        let record: RangeRecord = (cmd.start.clone(), cmd.end.clone(), cmd.epoch);
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&record));
+        tracing::info!(shard = self.shard, epoch = cmd.epoch, "shard range shrunk");
+        self.kind = ShardKind::Data { start: cmd.start.clone(), end: cmd.end.clone(), epoch: cmd.epoch };
+        Ok(CommandResult::Shrunk { epoch: cmd.epoch })
+    }
+
+    /// The map after a [`MetaCommand::CarveShard`], or why it is refused.
+    fn carve(&self, index: u64, cmd: &MetaCommand, pending: &Option<ShardMap>) -> io::Result<Result<ShardMap, String>> {
+        let MetaCommand::CarveShard { parent, parent_start, parent_end, parent_epoch, shard } = cmd else {
+            unreachable!("only carve commands come here")
+        };
+        let ShardKind::Meta { .. } = &self.kind else {
+            return Ok(Err("shard map commands go to the meta shard".into()));
+        };
+        let Some(mut map) = self.current_map(pending)? else {
+            return Ok(Err("the shard map is not bootstrapped yet".into()));
+        };
+        if map.shard(shard.id).is_some() {
+            return Ok(Ok(map)); // a retry: already there
+        }
+        let Some(pos) = map.shards.iter().position(|s| s.id == *parent) else {
+            return Ok(Err(format!("no shard {parent} in the map")));
+        };
+        let p = &mut map.shards[pos];
+        if p.epoch + 1 != *parent_epoch {
+            return Ok(Err(format!("shard {parent} is at epoch {}, not {}", p.epoch, parent_epoch - 1)));
+        }
+        let insert_at = if *parent_start == p.start { pos + 1 } else { pos };
+        p.start = parent_start.clone();
+        p.end = parent_end.clone();
+        p.epoch = *parent_epoch;
+        map.shards.insert(insert_at, shard.clone());
+        map.version = index;
+        Ok(map.validate().map(|()| map).map_err(|e| e.to_string()))
     }
 
     /// Drops sessions idle for longer than the TTL, at most once per GC
@@ -439,6 +568,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         if let Some((start, end)) = self.kind.range() {
             batch.clear_data_range(start, end)?;
         }
+        // The snapshot's range (when it shrank since creation) becomes ours.
+        if let (ShardKind::Data { .. }, Some(bytes)) = (&self.kind, &payload.range) {
+            let (start, end, epoch) = decode::<RangeRecord>(bytes)?;
+            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, bytes);
+            self.kind = ShardKind::Data { start, end, epoch };
+        }
         for (key, record) in &payload.data {
             assert!(self.kind.contains(key), "shard {}: snapshot holds key {key:?} outside its range", self.shard);
             batch.put_data(key, record);
@@ -486,12 +621,18 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     type SnapshotData = SnapshotBlob;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let image = self.storage.shard_image(self.shard, self.kind.range())?;
+        let kind = self.kind.clone();
+        let image = self.storage.shard_image(self.shard, |stored| kind.snapshot_range(stored))?;
         let last_log_id: Option<LogId> = image.applied.as_deref().map(decode).transpose()?;
         let last_membership: StoredMembership =
             image.membership.as_deref().map(decode).transpose()?.unwrap_or_default();
         let keys = image.data.len();
-        let payload = SnapshotPayload { data: image.data, sessions: image.sessions, shard_map: image.shard_map };
+        let payload = SnapshotPayload {
+            data: image.data,
+            sessions: image.sessions,
+            shard_map: image.shard_map,
+            range: image.range_record,
+        };
         let blob = encode(&payload);
         let meta = SnapshotMeta { last_log_id, last_membership };
         let mut batch = self.storage.batch();
@@ -645,5 +786,52 @@ mod tests {
         let r = follower.apply_run(&[write(2, s, 1000, vec![], vec![put("h1", "again")])]).await.unwrap();
         assert_eq!(outcome(&r[0]).version, 1);
         assert_eq!(follower.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    }
+
+    fn shrink(index: u64, start: &str, end: &str, epoch: u64) -> Entry {
+        let cmd = ShrinkCommand { start: start.into(), end: Some(end.into()), epoch };
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Shrink(cmd)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shrink_gives_up_only_empty_keys_and_survives_restart_and_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let none = Session::default();
+        // [g, n) at epoch 3 holds "m1": giving up [m, n) is refused.
+        sm.apply_run(&[write(1, none, 1, vec![], vec![put("m1", "a"), put("h1", "a")])]).await.unwrap();
+        let r = sm.apply_run(&[shrink(2, "g", "m", 4)]).await.unwrap();
+        assert!(matches!(&r[0], CommandResult::Rejected(Rejection::NotEmpty { first_key, .. }) if first_key == "m1"));
+        // Deleted in the same run, then given up: accepted; and the middle or both ends are refused.
+        let del = write(3, none, 1, vec![], vec![Op::Delete { key: "m1".into() }]);
+        let r = sm.apply_run(&[del, shrink(4, "h", "m", 4), shrink(5, "g", "m", 4)]).await.unwrap();
+        assert!(matches!(r[1], CommandResult::Rejected(Rejection::WrongKind { .. })), "{:?}", r[1]);
+        assert_eq!(r[2], CommandResult::Shrunk { epoch: 4 });
+        // From here on every replica refuses the given-up keys and old epochs.
+        let mut w = write(6, none, 1, vec![], vec![put("m2", "a")]);
+        if let EntryPayload::Normal(Command::Write(c)) = &mut w.payload {
+            c.epoch = 4;
+        }
+        let r = sm.apply_run(&[w, write(7, none, 1, vec![], vec![put("h2", "a")])]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Rejected(Rejection::KeyOutsideShard { shard: 2 }));
+        assert!(matches!(r[1], CommandResult::Rejected(Rejection::StaleEpoch { epoch: 4, request_epoch: 3, .. })));
+        // A retry of the same shrink is a no-op.
+        assert_eq!(sm.apply_run(&[shrink(8, "g", "m", 4)]).await.unwrap()[0], CommandResult::Shrunk { epoch: 4 });
+
+        // A restart keeps the narrower range, whatever range the caller passes.
+        let wide = ShardKind::Data { start: b"g".to_vec(), end: Some(b"n".to_vec()), epoch: 3 };
+        let restarted = ShardStateMachine::new(2, wide, sm.storage.clone(), limits()).unwrap();
+        assert!(matches!(&restarted.kind, ShardKind::Data { end: Some(e), epoch: 4, .. } if e == b"m"));
+        // A snapshot carries it to a replica that never applied the shrink.
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = data_sm(other_dir.path(), limits());
+        other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert!(matches!(&other.kind, ShardKind::Data { end: Some(e), epoch: 4, .. } if e == b"m"));
+        assert!(other.storage.get_data(b"h1").unwrap().is_some());
     }
 }

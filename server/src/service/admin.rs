@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
-    Conflict as PbConflict, EcPeer, GetShardMapRequest, GroupStatus, ListConflictsRequest, ListConflictsResponse,
-    NodeInfo, NodeStatusRequest, NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse,
-    ShardMap as PbShardMap, TransferLeaderRequest, TransferLeaderResponse,
+    Conflict as PbConflict, CreateShardRequest, CreateShardResponse, EcPeer, GetShardMapRequest, GroupStatus,
+    ListConflictsRequest, ListConflictsResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
+    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, TransferLeaderRequest,
+    TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -15,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::kv::shard_info;
 use crate::node::Node;
-use crate::raft::command::{Command, CommandResult, MetaCommand};
-use crate::shards::META_SHARD_ID;
+use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand};
+use crate::shards::{META_SHARD_ID, ShardDesc};
 use openraft::error::{ClientWriteError, RaftError};
 
 /// Conflicts listed when the request asks for no limit.
@@ -180,6 +181,112 @@ impl Admin for AdminService {
             total_recorded,
             capacity,
         }))
+    }
+
+    async fn create_shard(&self, req: Request<CreateShardRequest>) -> Result<Response<CreateShardResponse>, Status> {
+        let CreateShardRequest { start, end, mode } = req.into_inner();
+        if ShardMode::try_from(mode) != Ok(ShardMode::Eventual) {
+            return Err(Status::invalid_argument(
+                "only eventual shards can be created: Raft shards come from the split points a cluster starts with \
+                 (splitting a Raft shard is not built yet)",
+            ));
+        }
+        let max = self.node.config.limits.max_key_bytes;
+        if start.len() > max || end.len() > max {
+            return Err(Status::invalid_argument(format!("range bounds may be at most max_key_bytes = {max} bytes")));
+        }
+        let end = (!end.is_empty()).then_some(end);
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Err(Status::invalid_argument("the range is empty: END must sort after START"));
+        }
+        let map = self.node.shard_map();
+        if map.version == 0 {
+            return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
+        }
+        let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        // A retry of a request that already completed.
+        if let Some(done) = map.shards.iter().find(|s| s.start == start && s.end == end && s.is_eventual()) {
+            return Ok(Response::new(CreateShardResponse {
+                shard_id: done.id,
+                map_version: map.version,
+                parent_shard_id: 0,
+                parent_epoch: 0,
+            }));
+        }
+        let parent =
+            map.shard_for_key(&start).ok_or_else(|| Status::internal("no shard covers the start key"))?.clone();
+        let within = match (&end, &parent.end) {
+            (_, None) => true,
+            (Some(e), Some(pe)) => e <= pe,
+            (None, Some(_)) => false,
+        };
+        if parent.is_eventual() || !within {
+            return Err(Status::invalid_argument(format!(
+                "the range must lie inside one Raft shard; it starts in shard {} [{}, {}){}",
+                parent.id,
+                show(&parent.start),
+                parent.end.as_deref().map_or("end".into(), show),
+                if parent.is_eventual() { ", which is eventual" } else { " and ends beyond it" }
+            )));
+        }
+        let keeps_start = start != parent.start;
+        let keeps_end = end != parent.end;
+        let (parent_start, parent_end) = match (keeps_start, keeps_end) {
+            (true, false) => (parent.start.clone(), Some(start.clone())),
+            (false, true) => (end.clone().expect("a bounded end"), parent.end.clone()),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "the range must begin or end where shard {} [{}, {}) does, but not both (splitting a shard in \
+                     the middle, or converting a whole one, is not built yet)",
+                    parent.id,
+                    show(&parent.start),
+                    parent.end.as_deref().map_or("end".into(), show)
+                )));
+            }
+        };
+        let parent_epoch = parent.epoch + 1;
+        let shard_id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        tracing::info!(parent = parent.id, shard_id, "carving an eventual shard");
+
+        // 1. The parent stops owning the range, in its own log order.
+        let shrink = Command::Shrink(ShrinkCommand {
+            start: parent_start.clone(),
+            end: parent_end.clone(),
+            epoch: parent_epoch,
+        });
+        match self.node.propose_internal(parent.id, &shrink).await.map_err(Status::unavailable)? {
+            CommandResult::Shrunk { .. } => {}
+            CommandResult::Rejected(r @ Rejection::NotEmpty { .. }) => {
+                return Err(Status::failed_precondition(r.to_string()));
+            }
+            other => return Err(Status::failed_precondition(format!("shard {} refused: {other:?}", parent.id))),
+        }
+        // 2. The map says so; every replica starts the new shard from it.
+        let desc = ShardDesc {
+            id: shard_id,
+            epoch: 1,
+            start,
+            end,
+            replicas: parent.replicas.clone(),
+            preferred_leader_region: None,
+            mode: crate::shards::ShardMode::Eventual,
+        };
+        let carve = Command::Meta(MetaCommand::CarveShard {
+            parent: parent.id,
+            parent_start,
+            parent_end,
+            parent_epoch,
+            shard: desc,
+        });
+        match self.node.propose_internal(META_SHARD_ID, &carve).await.map_err(Status::unavailable)? {
+            CommandResult::Meta { map_version } => Ok(Response::new(CreateShardResponse {
+                shard_id,
+                map_version,
+                parent_shard_id: parent.id,
+                parent_epoch,
+            })),
+            other => Err(Status::failed_precondition(format!("the shard map refused the new shard: {other:?}"))),
+        }
     }
 
     async fn set_leader_region(

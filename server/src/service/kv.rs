@@ -537,10 +537,10 @@ impl Kv for KvService {
             let (read, shard_end, eventual) = match self.route_any(&req.start, req.header.as_ref()).await? {
                 Target::Raft(routed) => {
                     let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
-                    (read, routed.shard.end.clone(), false)
+                    (read, routed.shard.end.clone(), None)
                 }
                 Target::Eventual(replica) => {
-                    (self.eventual_read_info(&replica, consistency), replica.desc.end.clone(), true)
+                    (self.eventual_read_info(&replica, consistency), replica.desc.end.clone(), Some(replica))
                 }
             };
             let stop = match (&end, &shard_end) {
@@ -548,7 +548,14 @@ impl Kv for KvService {
                 (Some(e), None) => Some(e.clone()),
                 (None, s) => s.clone(),
             };
-            let mut rows = self.node.storage.scan_data(&req.start, stop.as_deref(), limit + 1)?;
+            let mut rows = match &eventual {
+                None => self.node.storage.scan_data(&req.start, stop.as_deref(), limit + 1)?,
+                Some(replica) => {
+                    let mut rows = replica.scan(&req.start, limit + 1)?;
+                    rows.retain(|(k, _)| stop.as_ref().is_none_or(|s| k < s));
+                    rows
+                }
+            };
             let (more, resume_key) = if rows.len() > limit {
                 let next = rows.pop().expect("more rows than the limit").0;
                 (true, next)
@@ -560,7 +567,7 @@ impl Kv for KvService {
             };
             let mut kvs = Vec::with_capacity(rows.len());
             for (k, v) in rows {
-                if eventual {
+                if eventual.is_some() {
                     // Tombstones count toward the page but are not returned.
                     kvs.extend(ec_kv(k, decode::<EcRecord>(&v)?));
                 } else {

@@ -17,9 +17,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::eventual::Ship;
 use crate::node::{Node, SafeTime};
+use crate::raft::command::Command;
 use crate::raft::network::SHARD_METADATA_KEY;
 use crate::raft::read_index::RoundError;
 use crate::raft::{ShardRaft, Snapshot, SnapshotBlob, SnapshotMeta, TypeConfig, Vote, decode, encode};
+use openraft::error::{ClientWriteError, RaftError};
 
 pub struct RaftService {
     node: Arc<Node>,
@@ -142,6 +144,23 @@ impl Raft for RaftService {
                 }
             });
         Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let (raft, shard, cmd) = self.open::<Command>(req).await?;
+        if matches!(cmd, Command::Write(_)) {
+            return Err(Status::invalid_argument("client writes go through the Kv service"));
+        }
+        let timeout = self.node.request_timeout();
+        let result = match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+            Err(_) => Err(format!("not committed within {timeout:?}")),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(format!("not the leader of shard {shard}; leader is {:?}", f.leader_id))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+        };
+        reply(shard, result)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

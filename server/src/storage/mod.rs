@@ -13,6 +13,7 @@
 //! | `data`       | user key, unprefixed                  | encoded value record           |
 //! | `apply_meta` | shard id ++ tag byte                  | applied log id, membership, shard map, snapshot |
 //! | `sessions`   | shard id ++ client id ++ [sequence]   | exactly-once session state     |
+//! | `ec_data`    | user key, unprefixed                   | eventual shards' records (value or tombstone, timestamp) |
 //! | `ec_outbox`  | shard id ++ sequence (BE u64)          | eventual writes to ship to peers |
 //! | `ec_meta`    | shard id ++ tag ++ ...                 | eventual-mode positions, tombstone index, conflict log |
 //!
@@ -45,13 +46,21 @@ const CF_RAFT_META: &str = "raft_meta";
 const CF_DATA: &str = "data";
 const CF_APPLY_META: &str = "apply_meta";
 const CF_SESSIONS: &str = "sessions";
+const CF_EC_DATA: &str = "ec_data";
 const CF_EC_OUTBOX: &str = "ec_outbox";
 const CF_EC_META: &str = "ec_meta";
-const ALL_CFS: [&str; 7] = [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS, CF_EC_OUTBOX, CF_EC_META];
+const ALL_CFS: [&str; 8] =
+    [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS, CF_EC_DATA, CF_EC_OUTBOX, CF_EC_META];
 
 /// The eventual mode's column families, whose keys its module lays out.
+///
+/// Eventual records live apart from Raft's `data`: a range carved out of a
+/// Raft shard may still hold that shard's leftovers on a lagging replica,
+/// and neither kind of record can ever be read as the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EcFamily {
+    /// User keys, unprefixed (a node holds one replica of any range).
+    Data,
     Outbox,
     Meta,
 }
@@ -59,6 +68,7 @@ pub enum EcFamily {
 impl EcFamily {
     fn cf_name(self) -> &'static str {
         match self {
+            EcFamily::Data => CF_EC_DATA,
             EcFamily::Outbox => CF_EC_OUTBOX,
             EcFamily::Meta => CF_EC_META,
         }
@@ -79,6 +89,8 @@ pub mod apply_meta_tag {
     pub const SHARD_MAP: u8 = 3;
     pub const SNAPSHOT: u8 = 4;
     pub const SESSION_GC_MS: u8 = 5;
+    /// A data shard's range and epoch once it changed after creation.
+    pub const RANGE: u8 = 6;
 }
 
 /// Which per-shard metadata family a record lives in.
@@ -258,23 +270,30 @@ impl Storage {
 
     /// Everything a snapshot of one shard needs, read from one consistent
     /// RocksDB snapshot (so the applied id matches the data exactly).
-    /// `range` is the shard's key range, `None` for a shard without user data
-    /// (the meta shard).
-    pub fn shard_image(&self, shard: u64, range: Option<(&[u8], Option<&[u8]>)>) -> Result<ShardImage, StorageError> {
+    /// `range_of` gets the stored range record as of the same snapshot
+    /// (see [`apply_meta_tag::RANGE`]) and returns the shard's key range,
+    /// `None` for a shard without user data (the meta shard).
+    pub fn shard_image(
+        &self,
+        shard: u64,
+        range_of: impl FnOnce(Option<&[u8]>) -> Option<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<ShardImage, StorageError> {
         let snap = self.db.snapshot();
         let apply_meta = |tag| snap.get_cf(self.cf(CF_APPLY_META), meta_key(shard, tag));
         let applied = apply_meta(apply_meta_tag::APPLIED)?;
         let membership = apply_meta(apply_meta_tag::MEMBERSHIP)?;
         let shard_map = apply_meta(apply_meta_tag::SHARD_MAP)?;
+        let range_record = apply_meta(apply_meta_tag::RANGE)?;
 
         let mut data = Vec::new();
-        if let Some((start, end)) = range {
+        if let Some((start, end)) = range_of(range_record.as_deref()) {
             let mut ro = ReadOptions::default();
             if let Some(end) = end {
                 ro.set_iterate_upper_bound(end.to_vec());
             }
             ro.set_snapshot(&snap);
-            for item in self.db.iterator_cf_opt(self.cf(CF_DATA), ro, IteratorMode::From(start, Direction::Forward)) {
+            let mode = IteratorMode::From(&start, Direction::Forward);
+            for item in self.db.iterator_cf_opt(self.cf(CF_DATA), ro, mode) {
                 let (k, v) = item?;
                 data.push((k.to_vec(), v.to_vec()));
             }
@@ -289,7 +308,7 @@ impl Storage {
             let (k, v) = item?;
             sessions.push((k[8..].to_vec(), v.to_vec()));
         }
-        Ok(ShardImage { applied, membership, shard_map, data, sessions })
+        Ok(ShardImage { applied, membership, shard_map, range_record, data, sessions })
     }
 
     // ---- eventual mode ---------------------------------------------------
@@ -298,19 +317,22 @@ impl Storage {
         Ok(self.db.get_cf(self.cf(family.cf_name()), key)?)
     }
 
-    /// Up to `limit` pairs of `family` with keys in `[start, end)`, in key
-    /// order, or in reverse key order when `reverse` (starting below `end`).
+    /// Up to `limit` pairs of `family` with keys in `[start, end)` (`end =
+    /// None`: unbounded), in key order, or in reverse key order when
+    /// `reverse` (starting below `end`).
     pub fn scan_ec(
         &self,
         family: EcFamily,
         start: &[u8],
-        end: &[u8],
+        end: Option<&[u8]>,
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Pair>, StorageError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
-        ro.set_iterate_upper_bound(end.to_vec());
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
         let mode = if reverse { IteratorMode::End } else { IteratorMode::Start };
         let mut out = Vec::new();
         for item in self.db.iterator_cf_opt(self.cf(family.cf_name()), ro, mode).take(limit) {
@@ -352,6 +374,7 @@ pub struct ShardImage {
     pub applied: Option<Vec<u8>>,
     pub membership: Option<Vec<u8>>,
     pub shard_map: Option<Vec<u8>>,
+    pub range_record: Option<Vec<u8>>,
     /// `(user key, encoded record)` in key order.
     pub data: Vec<Pair>,
     /// `(session key without shard prefix, record)`.
