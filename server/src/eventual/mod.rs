@@ -50,7 +50,7 @@ use crate::metrics::Metrics;
 use crate::node::wall_ms;
 use crate::raft::{decode, encode};
 use crate::shards::ShardDesc;
-use crate::storage::{Batch, EcFamily, Storage, StorageError};
+use crate::storage::{Batch, EcFamily, Pair, Storage, StorageError};
 pub use hlc::{Clock, Hlc};
 
 /// `ec_meta` tags.
@@ -375,7 +375,7 @@ impl EcShard {
 
     /// Up to `limit` records (tombstones included) from `start` to the end
     /// of the shard's range, in key order.
-    pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
         Ok(self.node.storage.scan_ec(EcFamily::Data, start, self.desc.end.as_deref(), limit, false)?)
     }
 
