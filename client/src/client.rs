@@ -765,7 +765,7 @@ impl Client {
     /// node, until one answers with `version >= min_version` (or, failing
     /// that, takes the newest answer). Installs it unless the cache already
     /// holds a newer map; returns the cached map.
-    async fn refresh_map(
+    pub(crate) async fn refresh_map(
         &self,
         prefer: Option<&str>,
         min_version: u64,
@@ -836,7 +836,7 @@ impl Client {
 
 /// No node answered a shard map request; the causes, by node.
 #[derive(Debug)]
-struct MapUnavailable(CauseList);
+pub(crate) struct MapUnavailable(CauseList);
 
 impl From<MapUnavailable> for Failure {
     fn from(unavailable: MapUnavailable) -> Failure {
@@ -948,7 +948,7 @@ fn final_error(may_have_applied: bool, shard_id: u64, cause: String, error: impl
     if may_have_applied { Error::Indeterminate { shard_id, cause } } else { error() }
 }
 
-async fn sleep_until_or(deadline: Instant, delay: Duration) {
+pub(crate) async fn sleep_until_or(deadline: Instant, delay: Duration) {
     tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
 }
 

@@ -79,6 +79,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The cluster's current state does not allow the request (e.g. creating
+    /// a shard over a range that already holds keys, or before the shard map
+    /// is bootstrapped). Nothing was changed; the same request can succeed
+    /// only once that state changes. Returned by admin operations
+    /// ([`Client::create_shard`](crate::Client::create_shard)).
+    #[error("refused: {0}; change what the message names first, retrying as is will not help")]
+    FailedPrecondition(String),
+
     /// The server answered something that breaks the protocol (e.g. a scan
     /// page that goes backwards, an unordered shard map).
     #[error("protocol violation: {0}; client and server versions may not match, report this")]

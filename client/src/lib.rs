@@ -75,6 +75,9 @@
 //! replica's local state) whatever level was asked for, and
 //! compare-and-swap and batches are refused ([`Error::EventualShard`]).
 //!
+//! [`Client::create_shard`] makes a new eventual shard for an empty key
+//! range at the start or the end of a Raft shard (`kvctl shard create`).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -116,6 +119,7 @@ pub mod display;
 mod error;
 mod scan;
 mod session;
+mod shard_admin;
 mod shard_map;
 mod status;
 mod types;
@@ -126,6 +130,7 @@ pub use config::{ClientConfig, DEV_ENDPOINTS};
 pub use conflicts::{Conflict, ConflictLogInfo, ConflictReport, DEFAULT_CONFLICT_LIMIT, NodeConflicts};
 pub use error::Error;
 pub use scan::{KeyRange, Scan, ScanBounds};
+pub use shard_admin::CreatedShard;
 pub use shard_map::{NodeInfo, Replica, Shard, ShardMap};
 pub use status::{
     ClusterStatus, EcPeer, GroupStatus, NodeReport, NodeStatus, ReplicaStatus, Role, ShardHealth, ShardLeader,

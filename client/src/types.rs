@@ -289,6 +289,13 @@ impl ShardMode {
         self == ShardMode::Eventual
     }
 
+    pub(crate) fn to_proto(self) -> i32 {
+        match self {
+            ShardMode::Raft => pb::ShardMode::Raft as i32,
+            ShardMode::Eventual => pb::ShardMode::Eventual as i32,
+        }
+    }
+
     /// A mode this client does not know is treated as Raft: leader routing
     /// still works there, as the nodes redirect to their leader.
     pub(crate) fn from_proto(value: i32) -> ShardMode {

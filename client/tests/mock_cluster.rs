@@ -11,13 +11,18 @@
 //! node accepts puts and deletes (stamped with a fake HLC, not deduplicated),
 //! reads are served EVENTUAL, compare-and-swap and batches are refused, and
 //! each node answers `ListConflicts` from its own scripted log.
+//!
+//! Any node answers `CreateShard` like a real one: it carves an eventual
+//! shard from the start or the end of a Raft shard (which shrinks, at a new
+//! epoch), refuses ranges that hold keys or sit elsewhere, and answers a
+//! repeat of a completed request with the shard, naming no parent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use geokv_client::{Client, ClientConfig, Consistency, Error, Expect, Served};
+use geokv_client::{Client, ClientConfig, Consistency, CreatedShard, Error, Expect, Served, ShardMode};
 use geokv_proto::admin::admin_server::{Admin, AdminServer};
 use geokv_proto::admin::{self as admin_pb, GetShardMapRequest, NodeStatusRequest, NodeStatusResponse};
 use geokv_proto::kv::kv_server::{Kv, KvServer};
@@ -92,6 +97,78 @@ impl State {
 
     fn addr_of(&self, node_id: u64) -> String {
         self.map.nodes.iter().find(|n| n.node_id == node_id).map(|n| n.addr.clone()).unwrap_or_default()
+    }
+
+    /// `Admin.CreateShard`, as the server does it.
+    fn create_shard(
+        &mut self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        mode: i32,
+    ) -> Result<admin_pb::CreateShardResponse, Status> {
+        if mode != pb::ShardMode::Eventual as i32 {
+            return Err(Status::invalid_argument(
+                "only eventual shards can be created: Raft shards come from the split points a cluster starts with",
+            ));
+        }
+        if !end.is_empty() && end <= start {
+            return Err(Status::invalid_argument("the range is empty: END must sort after START"));
+        }
+        if let Some(done) = self.map.shards.iter().find(|s| s.start == start && s.end == end && State::is_eventual(s)) {
+            return Ok(admin_pb::CreateShardResponse {
+                shard_id: done.shard_id,
+                map_version: self.map.version,
+                ..Default::default()
+            });
+        }
+        let parent = self.shard_for(&start).expect("the mock's shards cover every key");
+        let within = parent.end.is_empty() || (!end.is_empty() && end <= parent.end);
+        if State::is_eventual(&parent) || !within {
+            return Err(Status::invalid_argument(format!(
+                "the range must lie inside one Raft shard; it starts in shard {}",
+                parent.shard_id
+            )));
+        }
+        let (parent_start, parent_end) = match (start != parent.start, end != parent.end) {
+            (true, false) => (parent.start.clone(), start.clone()),
+            (false, true) => (end.clone(), parent.end.clone()),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "the range must begin or end where shard {} does, but not both",
+                    parent.shard_id
+                )));
+            }
+        };
+        let first_key = self.data.range(start.clone()..).next().map(|(key, _)| key);
+        if let Some(key) = first_key.filter(|key| end.is_empty() || key.as_slice() < end.as_slice()) {
+            return Err(Status::failed_precondition(format!(
+                "shard {} holds keys in the range (e.g. {:?}): only an empty range can become a new shard",
+                parent.shard_id,
+                String::from_utf8_lossy(key)
+            )));
+        }
+        let shard_id = self.map.shards.iter().map(|s| s.shard_id).max().unwrap_or(0) + 1;
+        let parent_epoch = parent.epoch + 1;
+        let shrunk = self.map.shards.iter_mut().find(|s| s.shard_id == parent.shard_id).expect("the parent");
+        (shrunk.start, shrunk.end, shrunk.epoch) = (parent_start, parent_end, parent_epoch);
+        self.map.shards.push(pb::ShardInfo {
+            shard_id,
+            epoch: 1,
+            start,
+            end,
+            replicas: parent.replicas,
+            mode: pb::ShardMode::Eventual as i32,
+            ..Default::default()
+        });
+        self.map.shards.sort_by(|a, b| a.start.cmp(&b.start));
+        self.map.version += 1;
+        self.leaders.insert(shard_id, 0);
+        Ok(admin_pb::CreateShardResponse {
+            shard_id,
+            map_version: self.map.version,
+            parent_shard_id: parent.shard_id,
+            parent_epoch,
+        })
     }
 
     fn take_fault(&mut self, node: u64, method: &'static str) -> Option<Action> {
@@ -506,6 +583,20 @@ impl Admin for Node {
         _: Request<admin_pb::SetLeaderRegionRequest>,
     ) -> Result<Response<admin_pb::SetLeaderRegionResponse>, Status> {
         Err(Status::unimplemented("the mock cluster does no placement"))
+    }
+
+    async fn create_shard(
+        &self,
+        request: Request<admin_pb::CreateShardRequest>,
+    ) -> Result<Response<admin_pb::CreateShardResponse>, Status> {
+        let admin_pb::CreateShardRequest { start, end, mode } = request.into_inner();
+        let lose = self.enter("create_shard", &None, &None).await?;
+        let mut state = self.state.lock().unwrap();
+        let reply = state.create_shard(start, end, mode)?;
+        if lose {
+            return Err(Status::unavailable("the meta shard's leader is not reachable; retry"));
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_conflicts(
@@ -1115,4 +1206,131 @@ async fn kvctl_on_eventual_shards() {
     assert_eq!(json["conflicts"][0]["recorded_by"], serde_json::json!([1, 2]));
     assert_eq!(json["conflicts"][0]["loser"]["hlc"], "100.0@1");
     assert_eq!(json["truncated"], true);
+}
+
+#[tokio::test]
+async fn create_shard_carves_an_eventual_shard_and_routes_there_at_once() {
+    let cluster = MockCluster::start(3, false).await;
+    cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 2]);
+    let client = cluster.config().region(Some("region-3".into())).connect().await.unwrap();
+    client.put("a", "1").await.unwrap();
+    client.put("n", "1").await.unwrap();
+    cluster.calls();
+
+    let created = client.create_shard("session/".., ShardMode::Eventual).await.unwrap();
+    assert_eq!(created, CreatedShard { shard_id: 3, map_version: 2, parent_shard_id: Some(2), parent_epoch: Some(2) });
+    assert!(!created.already_existed());
+    let map = client.shard_map().await.unwrap();
+    assert_eq!(map.version, 2, "the cache holds the new shard");
+    let shard = map.shard_for_key(b"session/1").unwrap();
+    assert_eq!((shard.shard_id, shard.mode, shard.replicas.len()), (3, ShardMode::Eventual, 3));
+    assert_eq!((map.shard(2).unwrap().end.as_slice(), map.shard(2).unwrap().epoch), (&b"session/"[..], 2));
+
+    // Straight to the new shard's local replica, and to the parent's leader
+    // at its new epoch: no stale-map round trips.
+    let written = client.put("session/1", "v").await.unwrap();
+    assert!(written.eventual);
+    assert_eq!((written.shard_id, written.origin), (3, Some(3)));
+    client.put("n", "2").await.unwrap();
+    let calls: Vec<(&str, u64, u64)> = cluster.calls().iter().map(|c| (c.method, c.node, c.shard_id)).collect();
+    assert_eq!(calls, [("create_shard", 1, 0), ("put", 3, 3), ("put", 2, 2)]);
+
+    // The same request again: the shard, once.
+    let again = client.create_shard("session/".., ShardMode::Eventual).await.unwrap();
+    assert!(again.already_existed());
+    assert_eq!((again.shard_id, again.map_version), (3, 2));
+
+    let refused = |err: &Error, needle: &str| match err {
+        Error::InvalidArgument(message) | Error::FailedPrecondition(message) => message.contains(needle),
+        _ => false,
+    };
+    let err = client.create_shard("c".."d", ShardMode::Eventual).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && refused(&err, "begin or end where shard 1"), "{err}");
+    let err = client.create_shard("k".."p", ShardMode::Eventual).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && refused(&err, "inside one Raft shard"), "{err}");
+    let err = client.create_shard(.."b", ShardMode::Eventual).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)) && refused(&err, "holds keys"), "{err}");
+    assert!(err.to_string().starts_with("refused: shard 1 holds keys"), "{err}");
+    assert!(!err.is_retryable());
+    let err = client.create_shard("m".."n", ShardMode::Raft).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && refused(&err, "only eventual"), "{err}");
+    assert_eq!(cluster.nodes_called("create_shard"), [1, 1, 1, 1, 1], "final answers are not retried");
+
+    let err = client.create_shard("b".."a", ShardMode::Eventual).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && refused(&err, "is empty"), "{err}");
+    assert!(cluster.calls().is_empty(), "an empty range is refused before sending");
+}
+
+#[tokio::test]
+async fn create_shard_is_retried_as_it_is_idempotent() {
+    let cluster = MockCluster::start(2, false).await;
+    cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 2]);
+    let client = cluster.config().max_attempts(3).connect().await.unwrap();
+
+    cluster.fault(1, "create_shard", 1, Action::Fail(Code::Unavailable, "leaders not reachable", None));
+    let created = client.create_shard("x".., ShardMode::Eventual).await.unwrap();
+    assert_eq!(created.parent_shard_id, Some(2));
+    assert_eq!(cluster.nodes_called("create_shard"), [1, 2], "the next node, after a backoff");
+
+    // Made, then the answer lost: asking again reports it.
+    cluster.fault(0, "create_shard", 1, Action::ApplyThenLose);
+    let created = client.create_shard(.."c", ShardMode::Eventual).await.unwrap();
+    assert!(created.already_existed(), "{created:?}");
+    assert_eq!(created.shard_id, 4);
+    assert_eq!(cluster.nodes_called("create_shard"), [1, 2]);
+    assert_eq!(client.shard_map().await.unwrap().shard_for_key(b"b").unwrap().shard_id, 4);
+
+    cluster.fault(0, "create_shard", 10, Action::Fail(Code::Unavailable, "leaders not reachable", None));
+    let err = client.create_shard("c".."d", ShardMode::Eventual).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { attempts: 3, .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("repeating the same request is safe"), "{err}");
+}
+
+#[tokio::test]
+async fn kvctl_shard_create() {
+    let cluster = MockCluster::start(2, false).await;
+    cluster.set_shards(1, &[("", "session/"), ("session/", "")], &[1, 2]);
+
+    let (code, out, err) = kvctl(&cluster, &["shard", "create", "--mode", "eventual", "session/..session0"]).await;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (
+            0,
+            "created eventual shard 3 for [session/, session0) (carved from shard 2, now at epoch 2); map version 2\n",
+            ""
+        )
+    );
+    let (code, out, _) =
+        kvctl(&cluster, &["--json", "shard", "create", "--mode", "eventual", "session/..session0"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"created": false, "shard_id": 3, "mode": "eventual", "start": "session/",
+                           "end": "session0", "parent_shard_id": null, "parent_epoch": null, "map_version": 2})
+    );
+    let (code, out, _) = kvctl(&cluster, &["put", "session/1", "v"]).await;
+    assert!(code == 0 && out.starts_with("OK eventual (acked by node 1"), "{out}");
+    let (_, shards, _) = kvctl(&cluster, &["shards"]).await;
+    assert!(shards.contains("3      session/..session0  1      eventual  1@region-1,2@region-2"), "{shards}");
+    assert!(shards.contains("2      session0..+inf      2      raft"), "{shards}");
+
+    let (code, out, _) = kvctl(&cluster, &["--json", "shard", "create", "--mode", "eventual", "tmp/.."]).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, &json["end"], &json["parent_shard_id"]), (0, &serde_json::Value::Null, &2.into()));
+    cluster.calls();
+
+    let (code, _, err) = kvctl(&cluster, &["shard", "create", "--mode", "eventual", "session"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: \"session\" is not a range: give RANGE as START..END"), "{err}");
+    assert!(cluster.calls().is_empty(), "parse errors come before the network");
+
+    kvctl(&cluster, &["put", "a", "1"]).await;
+    let (code, _, err) = kvctl(&cluster, &["shard", "create", "--mode", "eventual", "..b"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: refused: shard 1 holds keys in the range"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = kvctl(&cluster, &["shard", "create", "--mode", "raft", "..b"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid argument: only eventual shards can be created"), "{err}");
 }

@@ -7,11 +7,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use geokv_client::display::{parse_hex, printable, utc_millis};
 use geokv_client::{
-    Client, ClientConfig, ClusterStatus, Conflict, ConflictReport, Consistency, Error, Expect, Hlc, ReadInfo, Shard,
-    ShardHealth, ShardMap, ShardMode, Versioned,
+    Client, ClientConfig, ClusterStatus, Conflict, ConflictReport, Consistency, CreatedShard, Error, Expect, Hlc,
+    ReadInfo, Shard, ShardHealth, ShardMap, ShardMode, Versioned,
 };
 use serde_json::{Value, json};
 
@@ -53,6 +53,8 @@ Examples:
   kvctl --json status                   cluster health for scripts
   GEOKV_ENDPOINTS=10.0.0.1:7001 kvctl shards
   kvctl conflicts --shard 4             writes eventual shards acknowledged, then discarded
+  kvctl shard create --mode eventual 'session/..session0'
+                                        a new eventual shard for the keys session/...
 
 Exit codes:
   0   success (including `get` of an absent key)
@@ -227,11 +229,12 @@ Examples:
   kvctl --json shards")]
     Shards,
 
-    /// Change a shard's placement.
+    /// Create eventual shards (shard create), change a shard's placement (shard set-leader-region).
     #[command(
         subcommand,
         after_help = "\
 Examples:
+  kvctl shard create --mode eventual 'session/..session0'
   kvctl shard set-leader-region 2 us-east"
     )]
     Shard(ShardCommand),
@@ -271,6 +274,43 @@ Examples:
 
 #[derive(Debug, Subcommand)]
 enum ShardCommand {
+    /// Create an eventual shard for an empty key range at the start or the end of a Raft shard.
+    #[command(
+        long_about = "Create a shard for the key range [START, END), carved out of the Raft shard \
+            that holds it now.\n\n\
+            The carve rule: the range must lie inside one Raft shard and begin or end exactly \
+            where that shard does (not both), and it must hold no keys yet. That shard keeps the \
+            rest of its range, at a new epoch. The new shard has the same replicas as the shard \
+            it was carved from.\n\n\
+            Only --mode eventual is supported: writes to the new shard's keys are acknowledged by \
+            the local replica (in --region, else the first one) once durable there, and \
+            replicated to the other replicas later; the newest HLC wins, and writes that lose are \
+            listed by `kvctl conflicts`. Compare-and-swap and batches on its keys are refused. \
+            --mode raft parses, but the server does not support creating Raft shards yet and \
+            refuses it.\n\n\
+            Any node serves the request; kvctl retries it (on other nodes) while the leaders \
+            concerned are unreachable, within --timeout-ms. Repeating a request after a failure is \
+            safe: if the shard was made, it is reported, not made twice.",
+        after_help = "\
+RANGE is START..END, or START.. for everything from START on (..END starts at the
+first key). Quote it for the shell; with --hex give both ends as hex (0x73..0x74).
+Prints \"created eventual shard N for [START, END) (carved from shard P, now at epoch
+E); map version V\".
+
+Examples:
+  kvctl shard create --mode eventual 'session/..session0'   keys with prefix \"session/\"
+  kvctl shard create --mode eventual 'tmp/..'               from \"tmp/\" to the end
+  kvctl --json shard create --mode eventual 'session/..session0'
+  kvctl shards                                              the new shard, and its parent's smaller range"
+    )]
+    Create {
+        /// How the new shard replicates.
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// The key range: START..END, or START.. (unbounded).
+        range: String,
+    },
+
     /// Keep SHARD's leader in REGION when a healthy replica is there: the
     /// current leader hands leadership over, and takes it back there after a
     /// failover. An empty REGION ("") lets the leader live anywhere.
@@ -280,6 +320,24 @@ Examples:
   kvctl shard set-leader-region 2 \"\"        no preference
   kvctl status                                LEADER shows where leaders are; * marks one outside its region")]
     SetLeaderRegion { shard: u64, region: String },
+}
+
+/// `--mode` of `shard create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Leaderless: every replica accepts puts and deletes, last writer wins.
+    Eventual,
+    /// One Raft group (the server does not support creating these yet).
+    Raft,
+}
+
+impl From<ModeArg> for ShardMode {
+    fn from(mode: ModeArg) -> ShardMode {
+        match mode {
+            ModeArg::Eventual => ShardMode::Eventual,
+            ModeArg::Raft => ShardMode::Raft,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +400,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Scan { .. } | Command::Status | Command::Shards | Command::Shard(_) | Command::Conflicts { .. } => {
             None
         }
+    };
+    let create_range = match &cli.command {
+        Command::Shard(ShardCommand::Create { range, .. }) => Some(parse_range(range, cli.hex)?),
+        _ => None,
     };
     let client = connect(&cli).await?;
     let json = cli.json;
@@ -409,6 +471,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Shard(ShardCommand::Create { mode, .. }) => {
+            let (start, end) = create_range.expect("parsed above");
+            let bounds = geokv_client::ScanBounds { start: start.clone(), end: end.clone() };
+            let created = client.create_shard(bounds, mode.into()).await.map_err(say)?;
+            let mode = ShardMode::from(mode);
+            if json {
+                print_json(&created_json(&created, mode, &start, end.as_deref()));
+            } else {
+                println!("{}", describe_created(&created, mode, &start, end.as_deref()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Shard(ShardCommand::SetLeaderRegion { shard, region }) => {
             let region = (!region.is_empty()).then_some(region.as_str());
             let version = client.set_leader_region(shard, region).await.map_err(say)?;
@@ -448,6 +522,66 @@ fn parse_arg(text: &str, hex: bool) -> Result<Vec<u8>, String> {
     }
     parse_hex(text).ok_or_else(|| {
         format!("{text:?} is not hex: with --hex, give keys and values as 0x followed by pairs of hex digits")
+    })
+}
+
+/// Parses `shard create`'s RANGE: `START..END`, `START..` (unbounded) or
+/// `..END` (from the first key); each end text, or hex with `--hex`.
+/// Returns `[start, end)`, `None` being unbounded.
+fn parse_range(text: &str, hex: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    const USAGE: &str = "give RANGE as START..END, or START.. for everything from START on (e.g. 'session/..session0')";
+    let Some((start, end)) = text.split_once("..") else {
+        return Err(format!("{text:?} is not a range: {USAGE}"));
+    };
+    if text.match_indices("..").count() > 1 || text.contains("...") {
+        return Err(format!(
+            "{text:?} is ambiguous: it has more than one \"..\", so it is unclear where START ends; {USAGE}, and use --hex for keys that contain \"..\""
+        ));
+    }
+    let start = parse_arg(start, hex).map_err(|err| format!("START of {text:?}: {err}"))?;
+    let end = match end {
+        "" => None,
+        end => Some(parse_arg(end, hex).map_err(|err| format!("END of {text:?}: {err}"))?),
+    };
+    if let Some(end) = &end
+        && *end <= start
+    {
+        return Err(format!("{text:?} is an empty range: END must sort after START (keys compare bytewise)"));
+    }
+    Ok((start, end))
+}
+
+/// `[start, end)` with `-inf` and `+inf` for the open ends.
+fn format_bounds(start: &[u8], end: Option<&[u8]>) -> String {
+    let start = if start.is_empty() { "-inf".into() } else { printable(start) };
+    let end = end.map_or_else(|| "+inf".into(), printable);
+    format!("[{start}, {end})")
+}
+
+fn describe_created(created: &CreatedShard, mode: ShardMode, start: &[u8], end: Option<&[u8]>) -> String {
+    let range = format_bounds(start, end);
+    match (created.parent_shard_id, created.parent_epoch) {
+        (Some(parent), Some(epoch)) => format!(
+            "created {mode} shard {} for {range} (carved from shard {parent}, now at epoch {epoch}); map version {}",
+            created.shard_id, created.map_version
+        ),
+        _ => format!(
+            "{mode} shard {} for {range} already existed (an earlier attempt or request created it); map version {}",
+            created.shard_id, created.map_version
+        ),
+    }
+}
+
+fn created_json(created: &CreatedShard, mode: ShardMode, start: &[u8], end: Option<&[u8]>) -> Value {
+    json!({
+        "created": !created.already_existed(),
+        "shard_id": created.shard_id,
+        "mode": mode,
+        "start": printable(start),
+        "end": end.map(printable),
+        "parent_shard_id": created.parent_shard_id,
+        "parent_epoch": created.parent_epoch,
+        "map_version": created.map_version,
     })
 }
 
@@ -1192,6 +1326,87 @@ mod tests {
         }
         let top = Cli::command().render_long_help().to_string();
         assert!(top.contains("Eventual shards") && top.contains("cas and batches are refused"), "{top}");
+    }
+
+    #[test]
+    fn shard_create_ranges_parse() {
+        let text = |start: &str, end: Option<&str>| (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()));
+        assert_eq!(parse_range("session/..session0", false), Ok(text("session/", Some("session0"))));
+        assert_eq!(parse_range("tmp/..", false), Ok(text("tmp/", None)));
+        assert_eq!(parse_range("..m", false), Ok(text("", Some("m"))));
+        assert_eq!(parse_range("..", false), Ok(text("", None)));
+        assert_eq!(parse_range("0x73..0x74", true), Ok((vec![0x73], Some(vec![0x74]))));
+        assert_eq!(parse_range("0x2e2e..", true), Ok((b"..".to_vec(), None)), "hex for keys with dots");
+
+        let err = parse_range("session/", false).unwrap_err();
+        assert!(err.contains("is not a range") && err.contains("START..END"), "{err}");
+        for ambiguous in ["a..b..c", "a...b"] {
+            let err = parse_range(ambiguous, false).unwrap_err();
+            assert!(err.contains("ambiguous") && err.contains("--hex"), "{err}");
+        }
+        for empty in ["b..a", "a..a"] {
+            let err = parse_range(empty, false).unwrap_err();
+            assert!(err.contains("empty range") && err.contains("END must sort after START"), "{err}");
+        }
+        let err = parse_range("0x73..t", true).unwrap_err();
+        assert!(err.starts_with("END of") && err.contains("not hex"), "{err}");
+    }
+
+    #[test]
+    fn shard_create_parses_the_mode_and_teaches_the_carve_rule() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        let Command::Shard(ShardCommand::Create { mode, range }) =
+            parse(&["shard", "create", "--mode", "eventual", "a..b"]).unwrap().command
+        else {
+            panic!("not shard create");
+        };
+        assert_eq!((mode, range.as_str()), (ModeArg::Eventual, "a..b"));
+        assert!(parse(&["shard", "create", "--mode", "raft", "a..b"]).is_ok(), "raft parses; the server refuses it");
+        assert!(parse(&["shard", "create", "a..b"]).is_err(), "--mode is required");
+        let err = parse(&["shard", "create", "--mode", "lww", "a..b"]).unwrap_err().to_string();
+        assert!(err.contains("eventual") && err.contains("raft"), "{err}");
+
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("shard")
+            .and_then(|shard| shard.find_subcommand_mut("create"))
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "begin or end exactly",
+            "hold no keys",
+            "same replicas",
+            "acknowledged by",
+            "the local replica",
+            "Compare-and-swap and batches on its keys are refused",
+            "--mode raft parses",
+            "kvctl shard create --mode eventual 'session/..session0'",
+            "START..",
+        ] {
+            assert!(help.contains(needle), "shard create --help lacks {needle:?}:\n{help}");
+        }
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("shard create") && top.contains("kvctl shard create --mode eventual"), "{top}");
+    }
+
+    #[test]
+    fn created_shards_are_described() {
+        let created = CreatedShard { shard_id: 4, map_version: 9, parent_shard_id: Some(2), parent_epoch: Some(3) };
+        assert_eq!(
+            describe_created(&created, ShardMode::Eventual, b"session/", Some(b"session0")),
+            "created eventual shard 4 for [session/, session0) (carved from shard 2, now at epoch 3); map version 9"
+        );
+        let repeat = CreatedShard { parent_shard_id: None, parent_epoch: None, ..created };
+        assert_eq!(
+            describe_created(&repeat, ShardMode::Eventual, b"tmp/", None),
+            "eventual shard 4 for [tmp/, +inf) already existed (an earlier attempt or request created it); map version 9"
+        );
+        assert_eq!(
+            created_json(&repeat, ShardMode::Eventual, b"", Some(b"m")),
+            json!({"created": false, "shard_id": 4, "mode": "eventual", "start": "", "end": "m",
+                   "parent_shard_id": null, "parent_epoch": null, "map_version": 9})
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! Creating shards: [`Client::create_shard`].
+//!
+//! `Admin.CreateShard` carves a new (eventual) shard for `[start, end)` out of
+//! the start or the end of the one Raft shard that holds the range now; that
+//! parent keeps the rest at a new epoch, and the new shard gets the parent's
+//! replicas. Any node serves the request (it forwards the steps to the leaders
+//! concerned), and repeating the same request after a failure is safe: a
+//! request that already completed is answered with the shard it made. So,
+//! unlike writes, every failure that is not a final refusal is retried, on the
+//! next node, after a backoff, and a timeout never makes the outcome unknown
+//! for good: asking again tells.
+
+use geokv_proto::admin as admin_pb;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::client::{admin_client, sleep_until_or, timed_out};
+use crate::error::{Failure, classify};
+use crate::scan::{KeyRange, ScanBounds};
+use crate::types::ShardMode;
+use crate::{Client, Error};
+
+/// What [`Client::create_shard`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedShard {
+    /// The new shard's id.
+    pub shard_id: u64,
+    /// The shard map version that holds the new shard (the client's cached
+    /// map is at least this new when `create_shard` returns, unless no node
+    /// could serve it in time: then the next request refreshes it).
+    pub map_version: u64,
+    /// The Raft shard the range was carved from. `None` when the request had
+    /// already completed before (an earlier attempt, or an identical earlier
+    /// request, created the shard): the server then only names the shard.
+    pub parent_shard_id: Option<u64>,
+    /// The parent's epoch after it gave up the range (`None` as above).
+    pub parent_epoch: Option<u64>,
+}
+
+impl CreatedShard {
+    fn from_proto(reply: admin_pb::CreateShardResponse) -> CreatedShard {
+        let carved = reply.parent_shard_id != 0;
+        CreatedShard {
+            shard_id: reply.shard_id,
+            map_version: reply.map_version,
+            parent_shard_id: carved.then_some(reply.parent_shard_id),
+            parent_epoch: carved.then_some(reply.parent_epoch),
+        }
+    }
+
+    /// Whether the shard already existed: this request (or an earlier
+    /// attempt of it) found it made, and nothing was changed now.
+    pub fn already_existed(&self) -> bool {
+        self.parent_shard_id.is_none()
+    }
+}
+
+/// Checks a range for `create_shard` and puts it in wire form.
+fn create_request(bounds: ScanBounds, mode: ShardMode) -> Result<admin_pb::CreateShardRequest, Error> {
+    let ScanBounds { start, end } = bounds;
+    if let Some(end) = &end
+        && *end <= start
+    {
+        return Err(Error::InvalidArgument(format!(
+            "the range [{}, {}) is empty: its end must sort after its start",
+            crate::display::printable(&start),
+            crate::display::printable(end)
+        )));
+    }
+    Ok(admin_pb::CreateShardRequest { start, end: end.unwrap_or_default(), mode: mode.to_proto() })
+}
+
+impl Client {
+    /// Creates a shard of `mode` for a key range (`"a".."b"`, or `"a"..` for
+    /// everything from `"a"` on), carved from the start or the end of the one
+    /// Raft shard that holds the range now; that parent keeps the rest, at a
+    /// new epoch. The range must begin or end where that shard does (not
+    /// both), and hold no keys yet. The new shard has the parent's replicas.
+    ///
+    /// Only [`ShardMode::Eventual`] is supported by the server: writes there
+    /// are acknowledged by one replica and replicated later, last writer
+    /// wins, and compare-and-swap and batches are refused.
+    ///
+    /// The request is idempotent, so it is retried (on the next node, after a
+    /// backoff) whenever the answer is not a final refusal, within
+    /// [`ClientConfig::max_attempts`](crate::ClientConfig::max_attempts) and
+    /// [`ClientConfig::deadline`](crate::ClientConfig::deadline). On success
+    /// the cached shard map is refreshed to the version holding the new
+    /// shard, so the next request for its keys goes there.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a bad range (empty, not inside
+    /// one Raft shard, in the middle of one) or an unsupported mode;
+    /// [`Error::FailedPrecondition`] when the range holds keys (or the map is
+    /// not bootstrapped); [`Error::Unavailable`] when the retries ran out
+    /// (the leaders concerned were not reachable): repeating the same request
+    /// is safe.
+    pub async fn create_shard(&self, range: impl KeyRange, mode: ShardMode) -> Result<CreatedShard, Error> {
+        let request = create_request(range.into_bounds(), mode)?;
+        let config = self.config();
+        let deadline = Instant::now() + config.deadline;
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        let mut attempts: u32 = 0;
+        let mut last_cause = String::from("no attempt was made");
+        let mut next = 0usize;
+        loop {
+            if attempts >= config.max_attempts || Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    attempts,
+                    cause: format!(
+                        "{last_cause}; the shard may or may not exist now, and repeating the same request is safe"
+                    ),
+                });
+            }
+            let addrs = self.admin_addrs();
+            let addr = addrs[next % addrs.len()].clone();
+            next += 1;
+            attempts += 1;
+            let timeout = config.rpc_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let failure = match self.send_create_shard(&addr, request.clone(), timeout).await {
+                Ok(reply) => {
+                    let created = CreatedShard::from_proto(reply);
+                    self.await_map_version(&addr, created.map_version, deadline).await;
+                    return Ok(created);
+                }
+                Err(failure) => failure,
+            };
+            last_cause = format!("{addr}: {}", failure.describe());
+            tracing::debug!(attempts, cause = %last_cause, "create shard attempt failed");
+            match failure {
+                Failure::InvalidArgument(message) => return Err(Error::InvalidArgument(message)),
+                Failure::SessionForgotten(message)
+                | Failure::Rejected { code: tonic::Code::FailedPrecondition, message } => {
+                    return Err(Error::FailedPrecondition(message));
+                }
+                Failure::Rejected { code, message } => return Err(Error::Server { code, message }),
+                // Nothing listens there: the next node at once, unless every
+                // node was just tried.
+                Failure::NotSent(_) if !next.is_multiple_of(addrs.len()) => {}
+                _ => sleep_until_or(deadline, backoff.next_delay()).await,
+            }
+        }
+    }
+
+    /// Nodes that can serve admin requests, in the order to try them: the
+    /// seeds, then the shard map's other nodes.
+    fn admin_addrs(&self) -> Vec<String> {
+        let map = self.cached_map();
+        let mut addrs: Vec<String> = Vec::new();
+        let known = self
+            .config()
+            .endpoints
+            .iter()
+            .map(|addr| addr.trim().to_string())
+            .chain(map.nodes.iter().map(|node| node.addr.clone()));
+        for addr in known {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
+    }
+
+    async fn send_create_shard(
+        &self,
+        addr: &str,
+        request: admin_pb::CreateShardRequest,
+        timeout: std::time::Duration,
+    ) -> Result<admin_pb::CreateShardResponse, Failure> {
+        let mut admin = admin_client(self.channel(addr)?);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, admin.create_shard(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(classify(&status)),
+            Err(_) => Err(timed_out(timeout)),
+        }
+    }
+
+    /// Refreshes the cached map until it is at least `version` (first from
+    /// `prefer`, which answered with that version). Gives up quietly: a
+    /// request that meets an older map is told so and refreshes it then.
+    async fn await_map_version(&self, prefer: &str, version: u64, deadline: Instant) {
+        let config = self.config();
+        // The shard exists already; allow the refresh a little time even when
+        // creating it used up the deadline.
+        let deadline = deadline.max(Instant::now() + config.rpc_timeout);
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        while self.cached_map().version < version && Instant::now() < deadline {
+            match self.refresh_map(Some(prefer), version, deadline).await {
+                Ok(map) if map.version >= version => return,
+                Ok(map) => tracing::debug!(have = map.version, want = version, "shard map not caught up yet"),
+                Err(failure) => tracing::debug!(cause = %Failure::from(failure).describe(), "shard map refresh failed"),
+            }
+            sleep_until_or(deadline, backoff.next_delay()).await;
+        }
+        if self.cached_map().version < version {
+            tracing::warn!(
+                version,
+                "no node served the shard map holding the new shard in time; requests will refresh it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_before_sending() {
+        let request = create_request(("session/".."session0").into_bounds(), ShardMode::Eventual).unwrap();
+        assert_eq!((request.start.as_slice(), request.end.as_slice()), (&b"session/"[..], &b"session0"[..]));
+        assert_eq!(request.mode, geokv_proto::kv::ShardMode::Eventual as i32);
+        let unbounded = create_request(("m"..).into_bounds(), ShardMode::Raft).unwrap();
+        assert_eq!((unbounded.end.as_slice(), unbounded.mode), (&b""[..], 0));
+        let from_the_start = create_request((.."m").into_bounds(), ShardMode::Eventual).unwrap();
+        assert_eq!(from_the_start.start, b"");
+        for empty in [("b".."a").into_bounds(), ("a".."a").into_bounds(), (.."").into_bounds()] {
+            let err = create_request(empty, ShardMode::Eventual).unwrap_err();
+            assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("is empty")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_repeat_names_no_parent() {
+        let carved = CreatedShard::from_proto(admin_pb::CreateShardResponse {
+            shard_id: 4,
+            map_version: 9,
+            parent_shard_id: 2,
+            parent_epoch: 3,
+        });
+        assert_eq!((carved.parent_shard_id, carved.parent_epoch), (Some(2), Some(3)));
+        assert!(!carved.already_existed());
+        let repeat = CreatedShard::from_proto(admin_pb::CreateShardResponse {
+            shard_id: 4,
+            map_version: 9,
+            ..Default::default()
+        });
+        assert!(repeat.already_existed());
+        assert_eq!(repeat.parent_epoch, None);
+    }
+}
