@@ -53,8 +53,8 @@ Examples:
   kvctl --json status                   cluster health for scripts
   GEOKV_ENDPOINTS=10.0.0.1:7001 kvctl shards
   kvctl conflicts --shard 4             writes eventual shards acknowledged, then discarded
-  kvctl shard create --mode eventual 'session/..session0'
-                                        a new eventual shard for the keys session/...
+  kvctl shard create --mode eventual 'session/..u'
+                                        a new eventual shard for the keys session/ .. u
 
 Exit codes:
   0   success (including `get` of an absent key)
@@ -234,7 +234,7 @@ Examples:
         subcommand,
         after_help = "\
 Examples:
-  kvctl shard create --mode eventual 'session/..session0'
+  kvctl shard create --mode eventual 'session/..u'
   kvctl shard set-leader-region 2 us-east"
     )]
     Shard(ShardCommand),
@@ -298,10 +298,14 @@ Prints \"created eventual shard N for [START, END) (carved from shard P, now at 
 E); map version V\".
 
 Examples:
-  kvctl shard create --mode eventual 'session/..session0'   keys with prefix \"session/\"
-  kvctl shard create --mode eventual 'tmp/..'               from \"tmp/\" to the end
-  kvctl --json shard create --mode eventual 'session/..session0'
-  kvctl shards                                              the new shard, and its parent's smaller range"
+  kvctl shard create --mode eventual 'session/..u'   from \"session/\" up to where shard [n, u) ends
+  kvctl shard create --mode eventual 'x/..'          from \"x/\" to the end (the last shard's end)
+  kvctl --json shard create --mode eventual 'session/..u'
+  kvctl shards                                       the new shard, and its parent's smaller range
+
+With the default split points (g, n, u) a range must end at g, n or u, or start at
+one of them (or run to the end); keys anywhere else can be made eventual when the
+cluster is created (eventual_ranges in the node config)."
     )]
     Create {
         /// How the new shard replicates.
@@ -529,7 +533,7 @@ fn parse_arg(text: &str, hex: bool) -> Result<Vec<u8>, String> {
 /// `..END` (from the first key); each end text, or hex with `--hex`.
 /// Returns `[start, end)`, `None` being unbounded.
 fn parse_range(text: &str, hex: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
-    const USAGE: &str = "give RANGE as START..END, or START.. for everything from START on (e.g. 'session/..session0')";
+    const USAGE: &str = "give RANGE as START..END, or START.. for everything from START on (e.g. 'session/..u')";
     let Some((start, end)) = text.split_once("..") else {
         return Err(format!("{text:?} is not a range: {USAGE}"));
     };
@@ -1381,7 +1385,7 @@ mod tests {
             "the local replica",
             "Compare-and-swap and batches on its keys are refused",
             "--mode raft parses",
-            "kvctl shard create --mode eventual 'session/..session0'",
+            "kvctl shard create --mode eventual 'session/..u'",
             "START..",
         ] {
             assert!(help.contains(needle), "shard create --help lacks {needle:?}:\n{help}");
