@@ -208,6 +208,12 @@ async fn a_replica_behind_the_outbox_bound_is_resynced() {
         .map(|(_, v)| v)
         .sum();
     assert!(resyncs >= 1.0, "node 3 was past the outbox bound of nodes 1 and 2");
+    // After the resync, replication goes on from the outbox.
+    for node in 1..=2 {
+        put(&c, node, &format!("ev/after-resync-{node}"), "v").await;
+    }
+    let data = converged(&c).await;
+    assert!(data.contains_key("ev/after-resync-1") && data.contains_key("ev/after-resync-2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

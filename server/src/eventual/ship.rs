@@ -43,7 +43,7 @@ enum Position {
     Outbox { next: u64 },
     /// Resync pages from `from_key` on, of records stamped `<= clock`; then
     /// a marker for outbox position `seq`.
-    Resync { from_key: Vec<u8>, seq: u64, clock: Hlc, done: bool },
+    Resync { from_key: Vec<u8>, seq: u64, clock: Hlc },
 }
 
 /// What an in-flight message's acknowledgement moves.
@@ -182,20 +182,20 @@ fn next_message(shard: &EcShard, peer: u64, position: &mut Position) -> Result<O
         if let Some(p) = shard.peers.lock().expect("ec peers").get_mut(&peer) {
             p.resyncing = true;
         }
-        *position = Position::Resync { from_key: shard.desc.start.clone(), seq, clock, done: false };
+        *position = Position::Resync { from_key: shard.desc.start.clone(), seq, clock };
     }
-    let Position::Resync { from_key, seq, clock, done } = position else { unreachable!("handled above") };
-    if *done {
-        return Ok(None);
-    }
+    let Position::Resync { from_key, seq, clock } = position else { unreachable!("handled above") };
     // Resync only once every write up to the watermark is durable here.
     if durable < *seq {
         return Ok(None);
     }
     let rows = shard.scan(from_key, cfg.ship_batch_entries).map_err(|e| format!("resync scan: {e}"))?;
     if rows.is_empty() {
-        *done = true;
-        return Ok(Some((ShipBody::ResyncDone { seq: *seq, clock: *clock }, Sent::ResyncDone { seq: *seq })));
+        // The peer applies messages in order: once it has the marker, the
+        // outbox entries after the watermark follow.
+        let (seq, clock) = (*seq, *clock);
+        *position = Position::Outbox { next: seq + 1 };
+        return Ok(Some((ShipBody::ResyncDone { seq, clock }, Sent::ResyncDone { seq })));
     }
     let mut last_key = Vec::new();
     let mut writes = Vec::with_capacity(rows.len());
