@@ -300,7 +300,11 @@ pub fn summary(history: &History, check: &CheckResult) -> String {
         }
         ReportVerdict::Invalid => {
             let bad = check.keys.iter().filter(|k| k.verdict.verdict() == Verdict::Invalid).count();
-            let first = check.first_invalid().expect("an invalid check has an invalid key");
+            // Set and bank checks have no per-key results: their checker's
+            // own summary (report.json) says what was wrong.
+            let Some(first) = check.first_invalid() else {
+                return "anomaly found by the workload's checker (see report.json)".to_string();
+            };
             let what = match &first.verdict {
                 KeyVerdict::Invalid { witness } => format!(": {} cannot be placed", op_text(&witness.unplaceable)),
                 _ => String::new(),

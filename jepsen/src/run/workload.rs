@@ -27,7 +27,7 @@
 //! Client retries are off (one RPC per operation), so an answer is about
 //! that one attempt. A write refused before it could apply
 //! ([`geokv_client::Error::Unavailable`], invalid argument, a failed
-//! condition) is `fail`; one that may have applied (indeterminate, timed
+//! condition, a CAS or batch an eventual shard refused) is `fail`; one that may have applied (indeterminate, timed
 //! out, anything else) is `info`, and the slot continues as a fresh
 //! process. A read that does not answer is `fail`: reads change nothing.
 
@@ -297,6 +297,7 @@ pub fn classify(error: &geokv_client::Error) -> OpError {
         geokv_client::Error::Unavailable { .. }
             | geokv_client::Error::InvalidArgument(_)
             | geokv_client::Error::Config(_)
+            | geokv_client::Error::EventualShard { .. }
     );
     OpError { definite, message: error.to_string() }
 }
