@@ -41,7 +41,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// The first backoff delay (default 20 ms); it doubles per retry.
     pub backoff_initial: Duration,
-    /// The largest backoff delay (default 1 s), before ±50% jitter.
+    /// The largest backoff delay (default 250 ms), before ±50% jitter: small
+    /// enough that a client finds a new leader soon after an election ends.
     pub backoff_max: Duration,
     /// Pairs per scan page asked of the server; 0 lets the server choose
     /// (default 0).
@@ -75,7 +76,7 @@ impl ClientConfig {
             rpc_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(250),
             scan_page_limit: 0,
             local_address: None,
             region: None,

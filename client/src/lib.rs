@@ -36,7 +36,7 @@
 //! Every operation is bounded by [`ClientConfig::max_attempts`] RPCs and a
 //! total [`ClientConfig::deadline`]; each RPC by
 //! [`ClientConfig::rpc_timeout`]. Between rounds the client sleeps a jittered
-//! exponential backoff (20 ms doubling to 1 s, ±50%).
+//! exponential backoff (20 ms doubling to 250 ms, ±50%).
 //!
 //! # Exactly-once writes
 //!

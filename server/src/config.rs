@@ -56,8 +56,10 @@ pub struct RaftConfig {
     /// Leader heartbeat period; also openraft's timeout for one append RPC,
     /// so it must exceed the largest RTT between replicas.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range. The minimum is also the vote RPC timeout; the
-    /// maximum is the leader lease.
+    /// Election timeout range. The minimum is also the vote RPC timeout (and
+    /// how soon a refused pre-vote is retried); the maximum is the leader
+    /// lease: a follower refuses to vote for that long after hearing from its
+    /// leader, and a restarted node for that long after it starts.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
@@ -70,7 +72,7 @@ pub struct RaftConfig {
     /// Time allowed to send one whole snapshot to a peer.
     pub snapshot_send_timeout_ms: u64,
     /// The most two nodes' wall clocks may differ. Lease reads are served
-    /// only within `election_timeout_min_ms - max_clock_offset_ms` of the last
+    /// only within `election_timeout_max_ms - max_clock_offset_ms` of the last
     /// quorum acknowledgement; bounded-staleness reads add this to their
     /// staleness; a node that sees a peer's clock further off refuses both.
     pub max_clock_offset_ms: u64,
@@ -84,8 +86,8 @@ impl Default for RaftConfig {
         // Tuned for a WAN with RTTs up to ~150 ms (see docs/operations.md).
         Self {
             heartbeat_interval_ms: 300,
-            election_timeout_min_ms: 1500,
-            election_timeout_max_ms: 3000,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1500,
             snapshot_every_entries: 10_000,
             logs_kept_after_snapshot: 1_000,
             max_append_entries: 512,
@@ -251,9 +253,20 @@ impl Config {
     }
 
     /// How long after a quorum acknowledgement a leader may serve lease
-    /// reads: shorter than the election timeout by the clock offset bound.
+    /// reads. A follower refuses to vote for `election_timeout_max_ms` after
+    /// it hears from its leader (openraft's leader lease; a restarted node
+    /// for that long after it starts, see `service::raft`), and it heard no
+    /// earlier than the leader sent: so no other leader can exist for that
+    /// long after the send time of an acknowledged heartbeat, less the
+    /// clock rate allowance.
     pub fn lease(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.raft.election_timeout_min_ms - self.raft.max_clock_offset_ms)
+        std::time::Duration::from_millis(self.raft.election_timeout_max_ms - self.raft.max_clock_offset_ms)
+    }
+
+    /// How long a freshly started node refuses to vote: the leader lease it
+    /// may have promised before it stopped (it does not survive a restart).
+    pub fn vote_quarantine(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.raft.election_timeout_max_ms)
     }
 
     /// This node's own entry in the initial cluster.
@@ -381,7 +394,7 @@ impl Config {
             return Err(invalid("raft.election_timeout_max_ms", "must exceed election_timeout_min_ms"));
         }
         if r.max_clock_offset_ms >= r.election_timeout_min_ms {
-            return Err(invalid("raft.max_clock_offset_ms", "must be below election_timeout_min_ms (the lease)"));
+            return Err(invalid("raft.max_clock_offset_ms", "must be below election_timeout_min_ms"));
         }
         for (field, v) in [
             ("raft.safe_time_interval_ms", r.safe_time_interval_ms),
@@ -499,6 +512,6 @@ mod tests {
         assert!(matches!(Config::from_file(&path), Err(ConfigError::Parse { .. })));
         std::fs::write(&path, "node_id = 2\n[raft]\nheartbeat_interval_ms = 100\n").unwrap();
         let c = Config::from_file(&path).unwrap();
-        assert_eq!((c.node_id, c.raft.heartbeat_interval_ms, c.raft.election_timeout_min_ms), (2, 100, 1500));
+        assert_eq!((c.node_id, c.raft.heartbeat_interval_ms, c.raft.election_timeout_min_ms), (2, 100, 600));
     }
 }

@@ -41,6 +41,18 @@ impl RaftService {
         })
     }
 
+    /// A node that just started may have promised its old leader, before it
+    /// stopped, not to vote for `election_timeout_max_ms` (the lease that
+    /// leader serves reads on); openraft forgets that promise on restart, so
+    /// the node keeps it here by refusing votes for that long after start.
+    fn check_vote_quarantine(&self) -> Result<(), Status> {
+        let quarantine = self.node.config.vote_quarantine();
+        if self.node.uptime() < quarantine {
+            return Err(Status::unavailable(format!("node started less than {quarantine:?} ago: not voting yet")));
+        }
+        Ok(())
+    }
+
     async fn open<T: DeserializeOwned>(&self, req: Request<RaftMessage>) -> Result<(ShardRaft, u64, T), Status> {
         let msg = req.into_inner();
         let raft = self.group(msg.shard_id).await?;
@@ -71,11 +83,13 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_vote_quarantine()?;
         let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
         reply(shard, raft.vote(body).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_vote_quarantine()?;
         let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
         reply(shard, raft.pre_vote(body).await)
     }
