@@ -154,6 +154,8 @@ impl LocalCluster {
                 format!("--heartbeat-interval-ms={HEARTBEAT_MS}"),
                 format!("--election-timeout-min-ms={ELECTION_MIN_MS}"),
                 format!("--election-timeout-max-ms={ELECTION_MAX_MS}"),
+                // The eventual targets' range (the Raft targets' shard is untouched).
+                format!("--eventual-ranges={}", crate::load::EVENTUAL_RANGE),
             ]);
             let log = dir.path().join(format!("node-{id}.log"));
             members.push(Member { id, client_addr: *addr, command, log, process: None });
@@ -262,7 +264,7 @@ impl LocalCluster {
     }
 
     /// The member leading the bench's keys, when every running member
-    /// agrees on one and (geokv) every shard has a leader.
+    /// agrees on one and (geokv) every Raft shard has a leader.
     pub async fn leader(&self) -> Result<Option<u64>> {
         match self.system {
             System::Geokv => self.geokv_leader().await,
@@ -294,7 +296,8 @@ impl LocalCluster {
                 }
             }
         }
-        let all_led = map.shards.iter().all(|s| shards_led.contains(&s.shard_id));
+        // Eventual shards are leaderless.
+        let all_led = map.shards.iter().all(|s| s.mode.is_eventual() || shards_led.contains(&s.shard_id));
         Ok(leader_of_keys.filter(|_| all_led))
     }
 

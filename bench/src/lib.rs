@@ -39,6 +39,7 @@
 //! version (`--smoke`) that only checks the tool works.
 
 pub mod cluster;
+pub mod ecdelay;
 pub mod load;
 pub mod machine;
 pub mod netns;

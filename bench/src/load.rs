@@ -31,6 +31,13 @@ use crate::etcdpb;
 
 /// Every benchmark key starts with this (one geokv shard, `[g, n)`).
 pub const KEY_PREFIX: &str = "k";
+/// Keys of the eventual targets start with this: they live in
+/// [`EVENTUAL_RANGE`], which the bench's geokv clusters make eventual.
+pub const EVENTUAL_KEY_PREFIX: &str = "ev/";
+/// The eventual range every bench geokv cluster is started with
+/// (`--eventual-ranges`): carved from the first Raft shard (`[, g)`), so the
+/// Raft targets' keys (`k...`, shard `[g, n)`) are unaffected.
+pub const EVENTUAL_RANGE: &str = "ev/..ev0";
 /// Workers sharing one connection (gRPC multiplexes them over HTTP/2).
 pub const CLIENTS_PER_CONNECTION: usize = 8;
 /// Most concurrent clients a cell may run.
@@ -53,6 +60,11 @@ pub fn key(i: u64) -> String {
     format!("{KEY_PREFIX}{i:08}")
 }
 
+/// The eventual targets' key with index `i`.
+pub fn eventual_key(i: u64) -> String {
+    format!("{EVENTUAL_KEY_PREFIX}{i:08}")
+}
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +82,10 @@ pub enum ReadLevel {
     /// geokv bounded-staleness read, served by the client's own region's
     /// replica when it can prove it is at most this stale (else follower).
     Bounded { max_staleness_ms: u64 },
+    /// geokv eventual shard: served by the client's own region's replica
+    /// from its local state, whatever level is asked (keys under
+    /// [`EVENTUAL_KEY_PREFIX`]).
+    Eventual,
 }
 
 /// The staleness bound of the `bounded` rows.
@@ -79,7 +95,12 @@ pub const BOUNDED_STALENESS_MS: u64 = 250;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
+    /// A write through Raft (geokv) or etcd's `Put`.
     Put,
+    /// geokv eventual write: acknowledged by the client's own region's
+    /// replica after its local fsync, replicated asynchronously (keys under
+    /// [`EVENTUAL_KEY_PREFIX`]).
+    PutEventual,
     Get(ReadLevel),
     /// A YCSB-style mix: each operation is a get at `level` with
     /// probability `read_percent`%, else an update (put) of an existing key.
@@ -96,12 +117,25 @@ impl Op {
             Op::Mix { read_percent, level } => {
                 if rng.random_range(0..100u8) < read_percent {
                     Op::Get(level)
+                } else if level == ReadLevel::Eventual {
+                    Op::PutEventual
                 } else {
                     Op::Put
                 }
             }
             op => op,
         }
+    }
+
+    /// True for operations on geokv's eventual range.
+    pub fn is_eventual(self) -> bool {
+        matches!(self, Op::PutEventual | Op::Get(ReadLevel::Eventual) | Op::Mix { level: ReadLevel::Eventual, .. })
+    }
+
+    /// The key with index `i` for this operation: eventual operations use
+    /// the eventual range, the others the Raft shard's keys.
+    pub fn key(self, i: u64) -> String {
+        if self.is_eventual() { eventual_key(i) } else { key(i) }
     }
 }
 
@@ -114,6 +148,7 @@ fn level_name(system: System, level: ReadLevel) -> String {
         (System::Etcd, ReadLevel::Local) => "serializable".into(),
         (_, ReadLevel::Follower) => "follower".into(),
         (_, ReadLevel::Bounded { max_staleness_ms }) => format!("bounded:{max_staleness_ms}ms"),
+        (_, ReadLevel::Eventual) => "eventual".into(),
     }
 }
 
@@ -139,6 +174,7 @@ impl Target {
     pub fn name(&self) -> String {
         let op = match self.op {
             Op::Put => "put".to_string(),
+            Op::PutEventual => "put eventual".to_string(),
             Op::Get(level) => format!("get {}", level_name(self.system, level)),
             Op::Mix { read_percent, level } => {
                 format!("{} {}", mix_name(read_percent), level_name(self.system, level))
@@ -161,6 +197,7 @@ pub struct Workload {
 /// Every workload the `local` scenario runs, in order.
 pub const WORKLOADS: &[Workload] = &[
     Workload { name: "put", op: Op::Put, systems: &[System::Geokv, System::Etcd] },
+    Workload { name: "put eventual", op: Op::PutEventual, systems: &[System::Geokv] },
     Workload {
         name: "get linearizable",
         op: Op::Get(ReadLevel::Linearizable),
@@ -283,16 +320,34 @@ impl Conn {
     pub async fn send(&self, op: Op, key: &str, value: &[u8]) -> Result<(), String> {
         match (self, op) {
             (_, Op::Mix { .. }) => Err("a mix is not one operation (Op::pick it first)".into()),
-            (Conn::Geokv(c), Op::Put) => c.put(key, value).await.map(drop).map_err(|e| e.to_string()),
+            (Conn::Geokv(c), Op::Put | Op::PutEventual) => {
+                let written = c.put(key, value).await.map_err(|e| e.to_string())?;
+                // A target measures the path its name says, or fails.
+                let eventual = op == Op::PutEventual;
+                if written.eventual != eventual {
+                    return Err(format!(
+                        "put {key}: acknowledged with eventual = {}, expected {eventual}",
+                        written.eventual
+                    ));
+                }
+                Ok(())
+            }
             (Conn::Geokv(c), Op::Get(level)) => {
                 let consistency = match level {
                     ReadLevel::Linearizable => Consistency::Linearizable,
                     ReadLevel::Lease => Consistency::Lease,
-                    ReadLevel::Local => Consistency::Stale,
+                    // An eventual shard serves every level locally; asking
+                    // for stale says so (no `weaker_than_requested`).
+                    ReadLevel::Local | ReadLevel::Eventual => Consistency::Stale,
                     ReadLevel::Follower => Consistency::Follower,
                     ReadLevel::Bounded { max_staleness_ms } => Consistency::Bounded { max_staleness_ms },
                 };
-                c.get_with(key, consistency).await.map(drop).map_err(|e| e.to_string())
+                let read = c.get_with(key, consistency).await.map_err(|e| e.to_string())?;
+                let eventual = level == ReadLevel::Eventual;
+                if read.info.served.is_eventual() != eventual {
+                    return Err(format!("get {key}: served {:?}, expected eventual = {eventual}", read.info.served));
+                }
+                Ok(())
             }
             (Conn::Etcd(c), op) => {
                 let mut kv = c.client();
@@ -307,6 +362,7 @@ impl Conn {
                         kv.put(request).await.map(drop)
                     }
                     Op::Mix { .. } => unreachable!("matched above"),
+                    Op::PutEventual => return Err("etcd has no eventual writes".into()),
                     Op::Get(level) => {
                         if !matches!(level, ReadLevel::Linearizable | ReadLevel::Local) {
                             return Err(format!("etcd has no {level:?} reads"));
@@ -407,7 +463,7 @@ pub async fn run_cell(conns: &[Conn], spec: &CellSpec, value: Arc<Vec<u8>>, prog
                     break;
                 }
                 let op = spec.op.pick(&mut rng);
-                let k = key(rng.random_range(0..spec.keys));
+                let k = op.key(rng.random_range(0..spec.keys));
                 let result = conn.send(op, &k, &value).await;
                 let latency_us = (sent.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
                 progress.fetch_add(1, Ordering::Relaxed);
@@ -482,7 +538,7 @@ async fn run_open_loop(
         }
         let measured = intended >= measure_from;
         let op = spec.op.pick(&mut rng);
-        let k = key(rng.random_range(0..spec.keys));
+        let k = op.key(rng.random_range(0..spec.keys));
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             overflow += u64::from(measured);
             continue;
@@ -520,6 +576,13 @@ async fn run_open_loop(
 
 /// Writes every key once with `concurrency` writers (before reads).
 pub async fn preload(conns: &[Conn], keys: u64, value: &[u8], concurrency: usize) -> Result<()> {
+    preload_with(conns, Op::Put, keys, value, concurrency).await
+}
+
+/// Writes every key of `write` ([`Op::Put`] or [`Op::PutEventual`]) once
+/// with `concurrency` writers.
+pub async fn preload_with(conns: &[Conn], write: Op, keys: u64, value: &[u8], concurrency: usize) -> Result<()> {
+    anyhow::ensure!(matches!(write, Op::Put | Op::PutEventual), "preload writes, not {write:?}");
     let next = Arc::new(AtomicU64::new(0));
     let value = Arc::new(value.to_vec());
     let mut tasks = tokio::task::JoinSet::new();
@@ -534,10 +597,10 @@ pub async fn preload(conns: &[Conn], keys: u64, value: &[u8], concurrency: usize
                     return Ok::<(), String>(());
                 }
                 let mut attempts = 0;
-                while let Err(err) = conn.send(Op::Put, &key(i), &value).await {
+                while let Err(err) = conn.send(write, &write.key(i), &value).await {
                     attempts += 1;
                     if attempts >= 5 {
-                        return Err(format!("preload {}: {err}", key(i)));
+                        return Err(format!("preload {}: {err}", write.key(i)));
                     }
                     tokio::time::sleep(ETCD_RETRY_BACKOFF).await;
                 }
@@ -559,6 +622,23 @@ mod tests {
         assert_eq!(key(7), "k00000007");
         assert!(key(0) < key(99_999_999));
         assert!(key(0).as_str() >= "g" && key(99_999_999).as_str() < "n");
+        let (start, end) = EVENTUAL_RANGE.split_once("..").unwrap();
+        assert!(eventual_key(0).as_str() >= start && eventual_key(99_999_999).as_str() < end);
+        assert!(end <= "g", "the eventual range must stay out of the Raft keys' shard");
+        assert_eq!(Op::PutEventual.key(7), "ev/00000007");
+        assert_eq!(Op::Get(ReadLevel::Eventual).key(7), "ev/00000007");
+        assert_eq!(Op::Put.key(7), "k00000007");
+    }
+
+    #[test]
+    fn eventual_targets_are_named_and_keyed_apart() {
+        assert_eq!(Target { system: System::Geokv, op: Op::PutEventual }.name(), "geokv put eventual");
+        assert_eq!(Target { system: System::Geokv, op: Op::Get(ReadLevel::Eventual) }.name(), "geokv get eventual");
+        let mut rng = StdRng::seed_from_u64(5);
+        let mix = Op::Mix { read_percent: 50, level: ReadLevel::Eventual };
+        assert!(mix.is_eventual());
+        assert!((0..200).all(|_| mix.pick(&mut rng).is_eventual()), "an eventual mix writes eventually too");
+        assert!(!Op::Put.is_eventual() && !Op::Get(ReadLevel::Local).is_eventual());
     }
 
     #[test]

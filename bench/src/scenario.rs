@@ -2,13 +2,14 @@
 //! `failover`. Each returns a JSON value for `results.json` plus the text
 //! it printed.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use serde_json::json;
 
@@ -170,6 +171,9 @@ pub async fn local(settings: &Settings) -> Result<(serde_json::Value, String, Ve
         let conns = Conn::open(cluster.system, &endpoints, None, load::connections_for(max_clients)).await?;
         eprintln!("preloading {} keys into {} ...", settings.keys, cluster.system.as_str());
         load::preload(&conns, settings.keys, &value, 32).await.context("preload")?;
+        if cluster.system == System::Geokv && WORKLOADS.iter().any(|w| w.op.is_eventual()) {
+            load::preload_with(&conns, Op::PutEventual, settings.keys, &value, 32).await.context("eventual preload")?;
+        }
         pools.push(conns);
     }
     let cells_per_round: usize =
@@ -246,6 +250,13 @@ fn floor_ms(
     others.sort_unstable();
     let quorum = others.get((n / 2 + 1).saturating_sub(2)).copied().unwrap_or(0);
     match (system, op) {
+        // Eventual: acknowledged / served by the client's region's replica
+        // (`replicas` are then the eventual shard's), nothing crosses the WAN.
+        (System::Geokv, Op::PutEventual | Op::Get(ReadLevel::Eventual)) => {
+            let nearest = replicas.iter().map(|&j| matrix.rtt_ms(client, j)).min().unwrap_or(to_leader);
+            ("local replica (eventual: no WAN)", nearest)
+        }
+        (System::Etcd, Op::PutEventual | Op::Get(ReadLevel::Eventual)) => ("(no eventual mode)", 0),
         (_, Op::Put | Op::Get(ReadLevel::Linearizable)) => ("RTT to leader + leader's quorum RTT", to_leader + quorum),
         (_, Op::Get(ReadLevel::Lease)) => ("RTT to leader", to_leader),
         // The client (region set) reads its own region's replica first.
@@ -269,6 +280,8 @@ fn floor_ms(
 fn op_name(op: Op) -> &'static str {
     match op {
         Op::Put => "put",
+        Op::PutEventual => "put eventual",
+        Op::Get(ReadLevel::Eventual) => "get eventual",
         Op::Get(ReadLevel::Linearizable) => "get linearizable",
         Op::Get(ReadLevel::Lease) => "get lease",
         Op::Get(ReadLevel::Local) => "get local (stale / serializable)",
@@ -276,6 +289,58 @@ fn op_name(op: Op) -> &'static str {
         Op::Get(ReadLevel::Bounded { .. }) => "get bounded",
         Op::Mix { .. } => "mix",
     }
+}
+
+/// Pause after the last cell before scraping replication delays, so the
+/// last eventual writes have reached every replica (the largest one-way
+/// delay is well under this).
+const EVENTUAL_DRAIN: Duration = Duration::from_secs(2);
+
+/// Every node's replication-delay histograms of `shard`, by (receiver, origin).
+async fn scrape_delays(
+    lab: &geokv_lab::Lab,
+    shard: u64,
+) -> Result<BTreeMap<(u64, u64), crate::ecdelay::BucketHistogram>> {
+    let mut out = BTreeMap::new();
+    for node in lab.nodes() {
+        let text = lab.scrape_metrics(node.id).await.map_err(|e| anyhow!("scrape node {}: {e}", node.id))?;
+        for (origin, h) in crate::ecdelay::parse(&text, Some(&[shard])) {
+            out.insert((node.id, origin), h);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks, from every region, that an eventual write is acknowledged by
+/// that region's replica and that the region's replica serves the preload
+/// locally (waits for replication up to 30 s).
+async fn check_eventual_paths(lab: &geokv_lab::Lab, regions: &[String], keys: u64, value: &[u8]) -> Result<()> {
+    let last = load::eventual_key(keys.saturating_sub(1));
+    for region in regions {
+        let client = lab.client_for_region(region).await.map_err(|e| anyhow!("{e}"))?;
+        let probe = format!("{}probe-{region}", load::EVENTUAL_KEY_PREFIX);
+        let written = client.put(&probe, value).await?;
+        let origin = written.origin.map(|id| lab.node(id).map(|n| n.region.clone()));
+        match origin {
+            Some(Ok(r)) if written.eventual && &r == region => {}
+            _ => bail!("an eventual put from {region} was acknowledged as {written:?}, not by {region}'s replica"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let read = client.get_with(&last, geokv_client::Consistency::Stale).await?;
+            if !read.info.served.is_eventual() || read.info.region != *region {
+                bail!("an eventual get from {region} was served {:?} by {}", read.info.served, read.info.region);
+            }
+            if read.kv.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{region}'s replica still lacks {last} 30 s after the preload");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// A WAN scenario: geokv in the lab and etcd in network namespaces behind
@@ -295,18 +360,29 @@ pub async fn wan(
     let mut geokv_replicas = Vec::new();
     let mut leader_index = 0usize;
     let mut shard = 0;
+    let mut eventual_shard = 0;
+    let mut eventual_replicas: Vec<usize> = Vec::new();
     let mut pools: Vec<(System, usize, Vec<Conn>)> = Vec::new();
     let mut geokv_pids = Vec::new();
     if run_geokv {
         let mut config = LabConfig::new(dir.path(), settings.geokv.clone());
         config.regions = matrix.clone();
         config.node_log_filter = Some("warn".into());
-        eprintln!("starting geokv-lab: {} regions ...", regions.len());
+        // The eventual targets' range, and metrics for its replication delay.
+        config.node_args.push(format!("--eventual-ranges={}", load::EVENTUAL_RANGE));
+        config.metrics = true;
+        eprintln!("starting geokv-lab: {} regions (eventual range {}) ...", regions.len(), load::EVENTUAL_RANGE);
         let started = Lab::start(config).await.map_err(|e| anyhow!("lab: {e}"))?;
         let map = started.client_for_region(&regions[0]).await.map_err(|e| anyhow!("{e}"))?.shard_map().await?;
         let keys_shard = map.shard_for_key(load::key(0).as_bytes()).ok_or_else(|| anyhow!("no shard for the keys"))?;
         shard = keys_shard.shard_id;
         geokv_replicas = keys_shard.replicas.iter().filter_map(|r| matrix.index_of(&r.region)).collect();
+        let ev_shard = map
+            .shard_for_key(load::eventual_key(0).as_bytes())
+            .filter(|s| s.mode.is_eventual())
+            .ok_or_else(|| anyhow!("no eventual shard for {} (--eventual-ranges ignored?)", load::eventual_key(0)))?;
+        eventual_shard = ev_shard.shard_id;
+        eventual_replicas = ev_shard.replicas.iter().filter_map(|r| matrix.index_of(&r.region)).collect();
         let leader_node = keys_shard
             .replicas
             .iter()
@@ -363,25 +439,50 @@ pub async fn wan(
                 regions[leader_index]
             );
             load::preload(conns, settings.keys, &value, 64).await?;
+            if *system == System::Geokv {
+                eprintln!(
+                    "preloading {} eventual keys ({}) from {} ...",
+                    settings.keys,
+                    load::EVENTUAL_RANGE,
+                    regions[*r]
+                );
+                load::preload_with(conns, Op::PutEventual, settings.keys, &value, 64).await?;
+            }
         }
     }
+    // Every region's client must write to and read from its own region's
+    // replica, and every replica must hold the preload before the cells.
+    let mut delay_before = BTreeMap::new();
+    if let Some(lab) = &lab {
+        check_eventual_paths(lab, &regions, settings.keys, &value).await?;
+        delay_before = scrape_delays(lab, eventual_shard).await?;
+    }
     let ops = |system: System| -> Vec<Op> {
-        let mut ops = vec![Op::Put, Op::Get(ReadLevel::Linearizable)];
+        let mut ops = vec![Op::Put];
+        if system == System::Geokv {
+            ops.push(Op::PutEventual);
+        }
+        ops.push(Op::Get(ReadLevel::Linearizable));
         if system == System::Geokv {
             ops.push(Op::Get(ReadLevel::Lease));
             ops.push(Op::Get(ReadLevel::Follower));
             ops.push(Op::Get(ReadLevel::Bounded { max_staleness_ms: load::BOUNDED_STALENESS_MS }));
         }
         ops.push(Op::Get(ReadLevel::Local));
+        if system == System::Geokv {
+            ops.push(Op::Get(ReadLevel::Eventual));
+        }
         ops
     };
     let all_ops = [
         Op::Put,
+        Op::PutEventual,
         Op::Get(ReadLevel::Linearizable),
         Op::Get(ReadLevel::Lease),
         Op::Get(ReadLevel::Follower),
         Op::Get(ReadLevel::Bounded { max_staleness_ms: load::BOUNDED_STALENESS_MS }),
         Op::Get(ReadLevel::Local),
+        Op::Get(ReadLevel::Eventual),
     ];
     let total: usize = pools.iter().map(|(s, _, _)| ops(*s).len()).sum::<usize>() * settings.rounds;
     let mut progress = Progress::new(total);
@@ -419,6 +520,20 @@ pub async fn wan(
             }
         }
     }
+    // Replication delay of the eventual cells' writes (minus the preload's).
+    let mut delays = Vec::new();
+    if let Some(lab) = &lab {
+        tokio::time::sleep(EVENTUAL_DRAIN).await;
+        let after = scrape_delays(lab, eventual_shard).await?;
+        for ((receiver, origin), h) in &after {
+            let h = h.since(delay_before.get(&(*receiver, *origin)).unwrap_or(&Default::default()));
+            let region_of = |id: u64| lab.node(id).map(|n| n.region.clone()).map_err(|e| anyhow!("{e}"));
+            let (a, b) = (region_of(*receiver)?, region_of(*origin)?);
+            let (ia, ib) = (matrix.index_of(&a).expect("lab region"), matrix.index_of(&b).expect("lab region"));
+            let one_way = matrix.rtt_ms(ia, ib) as f64 / 2.0;
+            delays.push(crate::ecdelay::DelayRow::new((*receiver, &a), (*origin, &b), one_way, &h));
+        }
+    }
     let geokv_leader_after = match &lab {
         Some(lab) => lab.leader_of(shard).await.ok().flatten(),
         None => None,
@@ -447,7 +562,11 @@ pub async fn wan(
         let r = matrix.index_of(&region).expect("lab region");
         let op =
             all_ops.iter().copied().find(|op| Target { system: s.system, op: *op }.name() == s.target).expect("op");
-        let replicas = if s.system == System::Geokv { &geokv_replicas } else { &all_regions };
+        let replicas = match s.system {
+            System::Geokv if op.is_eventual() => &eventual_replicas,
+            System::Geokv => &geokv_replicas,
+            System::Etcd => &all_regions,
+        };
         let (what, floor) = floor_ms(&matrix, s.system, replicas, r, leader_index, op);
         text.push_str(&format!(
             "{:<30} {:<8} {:>20} {:>20} {:>8} {:>7.1} {:>7.0}  {what}\n",
@@ -461,11 +580,25 @@ pub async fn wan(
         ));
         floors.push(json!({"target": s.target, "region": region, "floor_ms": floor, "floor": what}));
     }
+    if !delays.is_empty() {
+        text.push_str(&format!(
+            "\neventual shard {eventual_shard} ({}, replicas in {:?}): replication delay of the cells' writes at each \
+             receiver (geokv_ec_replication_delay_ms: apply time - the write's HLC ms; quantiles interpolated in the \
+             histogram's buckets, 10 ms wide from 20 to 100 ms, then 25 to 150, 50 to 200, 100 to 300: each \
+             quantile's bucket width is in results.json), next to the link's one-way delay (RTT/2)\n",
+            load::EVENTUAL_RANGE,
+            eventual_replicas.iter().map(|&i| regions[i].as_str()).collect::<Vec<_>>(),
+        ));
+        text.push_str(&crate::ecdelay::table(&delays));
+    }
     if !ratios.is_empty() {
         text.push('\n');
         text.push_str(&report::ratio_table(&ratios));
     }
     let json = json!({
+        "eventual_range": load::EVENTUAL_RANGE, "eventual_shard": eventual_shard,
+        "eventual_replica_regions": eventual_replicas.iter().map(|&i| regions[i].clone()).collect::<Vec<_>>(),
+        "replication_delay": delays,
         "regions": regions, "leader_region": regions[leader_index], "geokv_shard": shard,
         "geokv_replica_regions": geokv_replicas.iter().map(|&i| regions[i].clone()).collect::<Vec<_>>(),
         "geokv_leader_after": geokv_leader_after, "etcd_leader_after": etcd_leader_after,

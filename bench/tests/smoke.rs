@@ -31,13 +31,17 @@ fn local_smoke_measures_every_target_and_writes_the_report() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     let cells = results["result"]["cells"].as_array().expect("cells");
-    // put, get linearizable, get local and YCSB A/B/C on each system; get
-    // lease, follower and bounded on geokv; 2 client counts.
-    let expected = if systems.contains("etcd") { 2 * 15 } else { 2 * 9 };
+    // put, get linearizable, get local and YCSB A/B/C on each system; put
+    // eventual, get lease, follower and bounded on geokv; 2 client counts.
+    let expected = if systems.contains("etcd") { 2 * 16 } else { 2 * 10 };
     assert_eq!(cells.len(), expected, "{stdout}");
     for cell in cells {
         assert!(cell["ops"].as_u64().unwrap() > 0, "a target measured nothing: {cell}");
     }
+    // Every eventual put was acknowledged as eventual (else it counts as an error).
+    let eventual: Vec<_> = cells.iter().filter(|c| c["target"] == "geokv put eventual").collect();
+    assert_eq!(eventual.len(), 2, "{stdout}");
+    assert!(eventual.iter().all(|c| c["errors"] == 0), "{eventual:?}");
     if systems.contains("etcd") {
         assert!(!results["result"]["ratios"].as_array().unwrap().is_empty());
         assert!(stdout.contains("geokv / etcd"), "{stdout}");
