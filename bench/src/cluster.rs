@@ -2,10 +2,14 @@
 //! three etcd members on loopback, each a real OS process with its own data
 //! directory, started by the bench and killed when the cluster is dropped.
 //!
-//! Both get the same Raft timing (heartbeat 300 ms; election timeout
-//! 1500–3000 ms: geokv's `election_timeout_{min,max}_ms`, etcd's
-//! `--election-timeout=1500`, which etcd randomizes over [1500, 3000) ms),
-//! so failover windows compare like with like. Neither runs behind the lab's
+//! Both get the same heartbeat (300 ms) and the same *vote-refusal window*,
+//! 1500 ms: how long a follower refuses to elect anyone after hearing from its
+//! leader, the floor of any failover. etcd: `--election-timeout=1500` (its
+//! followers ignore votes for that long, and campaign after a random
+//! [1500, 3000) ms). geokv: `election_timeout_max_ms = 1500` (openraft's
+//! leader lease) with `election_timeout_min_ms = 600`, geokv's defaults (a
+//! refused pre-vote is retried after [600, 1500) ms). So failover windows
+//! compare like with like. Neither runs behind the lab's
 //! proxies here: the `local` and `failover` scenarios measure the engines,
 //! not an emulated WAN.
 
@@ -25,10 +29,12 @@ use crate::etcdpb;
 
 /// Leader heartbeat of both systems, in ms.
 pub const HEARTBEAT_MS: u64 = 300;
-/// Lower end of the election timeout of both systems, in ms.
-pub const ELECTION_MIN_MS: u64 = 1500;
-/// Upper end of geokv's election timeout (etcd: up to 2x the lower end).
-pub const ELECTION_MAX_MS: u64 = 3000;
+/// etcd's election timeout (it randomizes over [1x, 2x)), in ms.
+pub const ETCD_ELECTION_MS: u64 = 1500;
+/// geokv's election timeout range, in ms; the upper end is its leader lease,
+/// the same vote-refusal window as etcd's election timeout.
+pub const ELECTION_MIN_MS: u64 = 600;
+pub const ELECTION_MAX_MS: u64 = 1500;
 /// How long a cluster may take to elect leaders after starting.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time one status RPC may take.
@@ -345,7 +351,7 @@ pub(crate) fn etcd_command(
         "--initial-cluster-state=new".into(),
         format!("--initial-cluster-token={token}"),
         format!("--heartbeat-interval={HEARTBEAT_MS}"),
-        format!("--election-timeout={ELECTION_MIN_MS}"),
+        format!("--election-timeout={ETCD_ELECTION_MS}"),
         "--logger=zap".into(),
         "--log-outputs=stderr".into(),
         "--log-level=warn".into(),

@@ -735,7 +735,7 @@ pub async fn failover(settings: &Settings) -> Result<(serde_json::Value, String,
         }
     }
     let mut text = format!(
-        "{:<8} {:>6} {:>24} {:>10} {:>10}  (heartbeat {} ms, election timeout {}-{} ms)\n",
+        "{:<8} {:>6} {:>24} {:>10} {:>10}  (heartbeat {} ms; election timeout geokv {}-{} ms, etcd {} ms)\n",
         "system",
         "kills",
         "unavailable ms [range]",
@@ -743,7 +743,8 @@ pub async fn failover(settings: &Settings) -> Result<(serde_json::Value, String,
         "p99",
         crate::cluster::HEARTBEAT_MS,
         crate::cluster::ELECTION_MIN_MS,
-        crate::cluster::ELECTION_MAX_MS
+        crate::cluster::ELECTION_MAX_MS,
+        crate::cluster::ETCD_ELECTION_MS
     );
     let mut summary = Vec::new();
     for system in &settings.systems {

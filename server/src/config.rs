@@ -93,7 +93,7 @@ impl Default for RaftConfig {
             max_append_entries: 512,
             snapshot_send_timeout_ms: 60_000,
             max_clock_offset_ms: 50,
-            safe_time_interval_ms: 100,
+            safe_time_interval_ms: 50,
         }
     }
 }

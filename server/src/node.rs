@@ -58,6 +58,10 @@ const CLOCK_SUSPECT_PERIOD: Duration = Duration::from_secs(10);
 /// leadership (it catches up as leader before serving).
 const MAX_TRANSFER_LAG_ENTRIES: u64 = 16;
 
+/// How often a leader looks for a newer quorum acknowledgement to push as a
+/// safe time.
+const SAFE_TIME_POLL: Duration = Duration::from_millis(20);
+
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -458,20 +462,44 @@ pub struct SafeTime {
 /// node led then, so every write committed before that moment is at most its
 /// commit index now. The monotonic instant is turned into this node's wall
 /// clock for the receiver, which adds `max_clock_offset_ms`.
+///
+/// To keep that evidence fresh without writes, the leader triggers a
+/// heartbeat every `safe_time_interval_ms` (openraft's own heartbeat period
+/// is longer: it doubles as the append timeout and must exceed the WAN RTT),
+/// and pushes as soon as a quorum has acknowledged a newer one (polled every
+/// `SAFE_TIME_POLL`), so a follower's bound is about one quorum RTT plus the
+/// one-way delay plus the offset, not a heartbeat period more.
 async fn push_safe_times(node: Arc<Node>) {
     let interval = Duration::from_millis(node.config.raft.safe_time_interval_ms);
     let me = node.config.node_id;
+    let mut next_beat = Instant::now();
+    let mut pushed: HashMap<u64, (u64, Instant)> = HashMap::new();
     while node.is_ready() {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(SAFE_TIME_POLL).await;
+        let beat = Instant::now() >= next_beat;
+        if beat {
+            next_beat = Instant::now() + interval;
+        }
         let mut per_peer: BTreeMap<u64, Vec<SafeTime>> = BTreeMap::new();
         for (shard, raft) in node.groups().await {
             if shard == META_SHARD_ID || !raft.is_leader() {
                 continue;
             }
+            if beat {
+                let _ = raft.trigger().heartbeat().await;
+            }
             let m = raft.metrics().borrow_watched().clone();
             let (Some(acked), Some(committed)) = (m.last_quorum_acked, m.local_committed) else { continue };
             let age_ms = acked.elapsed().as_millis() as u64;
             let safe = SafeTime { shard, leader_wall_ms: wall_ms().saturating_sub(age_ms), index: committed.index };
+            // Push at every beat, and in between what is new, at most every
+            // half interval (under writes, acknowledgements never stop).
+            let never = Instant::now().checked_sub(interval).unwrap_or_else(Instant::now);
+            let (last_wall, last_at) = pushed.get(&shard).copied().unwrap_or((0, never));
+            if !beat && (safe.leader_wall_ms <= last_wall || last_at.elapsed() < interval / 2) {
+                continue;
+            }
+            pushed.insert(shard, (safe.leader_wall_ms, Instant::now()));
             for peer in raft.voter_ids().filter(|v| *v != me) {
                 per_peer.entry(peer).or_default().push(safe);
             }
