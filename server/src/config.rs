@@ -147,10 +147,14 @@ pub struct EventualConfig {
     /// long) is sent the shard's whole range instead (full resync), and the
     /// oldest entries are dropped: the outbox's disk use stays bounded.
     pub outbox_max_entries: u64,
-    /// Most writes in one replication message.
+    /// Most writes in one replication message, and most key+value bytes
+    /// (a single larger write still goes alone).
     pub ship_batch_entries: usize,
+    pub ship_batch_bytes: usize,
     /// Replication messages in flight per (peer, shard) before waiting for
-    /// acknowledgements.
+    /// acknowledgements: enough to keep a long link busy (a message leaves
+    /// about every fsync), bounded at `ship_window × ship_batch_bytes` of
+    /// memory per peer and shard.
     pub ship_window: usize,
     /// With nothing to ship, a replica tells each peer how far its clock has
     /// got this often (lets peers collect tombstones).
@@ -167,7 +171,8 @@ impl Default for EventualConfig {
         Self {
             outbox_max_entries: 1_000_000,
             ship_batch_entries: 256,
-            ship_window: 8,
+            ship_batch_bytes: 1024 * 1024,
+            ship_window: 32,
             heartbeat_interval_ms: 200,
             gc_interval_ms: 1_000,
             conflict_log_entries: 10_000,
@@ -368,6 +373,7 @@ impl Config {
         for (field, v) in [
             ("eventual.outbox_max_entries", e.outbox_max_entries),
             ("eventual.ship_batch_entries", e.ship_batch_entries as u64),
+            ("eventual.ship_batch_bytes", e.ship_batch_bytes as u64),
             ("eventual.ship_window", e.ship_window as u64),
             ("eventual.heartbeat_interval_ms", e.heartbeat_interval_ms),
             ("eventual.gc_interval_ms", e.gc_interval_ms),

@@ -2,7 +2,8 @@
 //!
 //! One task per (shard, peer) keeps a bidirectional `EcReplicate` stream
 //! open and sends, in order, the outbox entries after the peer's last
-//! acknowledged sequence, up to `ship_window` messages ahead of the
+//! acknowledged sequence, up to `ship_window` messages (of at most
+//! `ship_batch_entries` writes and `ship_batch_bytes`) ahead of the
 //! acknowledgements (pipelined: a write reaches the peer one one-way delay
 //! after it is durable here, not a round trip). Only durable entries are
 //! sent, so a crash can never make this node reuse a sequence a peer holds.
@@ -163,11 +164,20 @@ fn next_message(shard: &EcShard, peer: u64, position: &mut Position) -> Result<O
         if next > durable {
             return Ok(None);
         }
-        let entries = if next < first_kept {
+        let mut entries = if next < first_kept {
             Vec::new()
         } else {
             shard.read_outbox(next, durable, cfg.ship_batch_entries).map_err(|e| e.to_string())?
         };
+        let mut bytes = 0;
+        let fits = entries
+            .iter()
+            .position(|(_, w)| {
+                bytes += w.key.len() + w.record.value.as_ref().map_or(0, Vec::len);
+                bytes > cfg.ship_batch_bytes
+            })
+            .map_or(entries.len(), |over| over.max(1));
+        entries.truncate(fits);
         if let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last())
             && *first == next
         {
@@ -199,7 +209,12 @@ fn next_message(shard: &EcShard, peer: u64, position: &mut Position) -> Result<O
     }
     let mut last_key = Vec::new();
     let mut writes = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
     for (key, value) in rows {
+        if bytes > 0 && bytes + key.len() + value.len() > cfg.ship_batch_bytes {
+            break;
+        }
+        bytes += key.len() + value.len();
         let record: super::EcRecord = decode(&value).map_err(|e| format!("resync decode: {e}"))?;
         if record.hlc <= *clock {
             writes.push(EcWrite { key: key.clone(), record });
