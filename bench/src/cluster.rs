@@ -2,14 +2,14 @@
 //! three etcd members on loopback, each a real OS process with its own data
 //! directory, started by the bench and killed when the cluster is dropped.
 //!
-//! Both get the same heartbeat (300 ms) and the same *vote-refusal window*,
-//! 1500 ms: how long a follower refuses to elect anyone after hearing from its
-//! leader, the floor of any failover. etcd: `--election-timeout=1500` (its
-//! followers ignore votes for that long, and campaign after a random
-//! [1500, 3000) ms). geokv: `election_timeout_max_ms = 1500` (openraft's
-//! leader lease) with `election_timeout_min_ms = 600`, geokv's defaults (a
-//! refused pre-vote is retried after [600, 1500) ms). So failover windows
-//! compare like with like. Neither runs behind the lab's
+//! Both get the same heartbeat (300 ms) and the same *quiet period*: the
+//! shortest time without a heartbeat after which a new leader can be
+//! elected, 1500 ms, the floor of any failover and the margin against
+//! spurious elections. etcd: `--election-timeout=1500` (a follower campaigns
+//! after a random [1500, 3000) ms). geokv (openraft): a follower campaigns
+//! after the leader lease (`election_timeout_max_ms`) plus one election
+//! timeout, so geokv's defaults 500–1000 ms give [1500, 2000) ms. So failover
+//! windows compare like with like. Neither runs behind the lab's
 //! proxies here: the `local` and `failover` scenarios measure the engines,
 //! not an emulated WAN.
 
@@ -31,10 +31,10 @@ use crate::etcdpb;
 pub const HEARTBEAT_MS: u64 = 300;
 /// etcd's election timeout (it randomizes over [1x, 2x)), in ms.
 pub const ETCD_ELECTION_MS: u64 = 1500;
-/// geokv's election timeout range, in ms; the upper end is its leader lease,
-/// the same vote-refusal window as etcd's election timeout.
-pub const ELECTION_MIN_MS: u64 = 600;
-pub const ELECTION_MAX_MS: u64 = 1500;
+/// geokv's election timeout range, in ms (its defaults): lease 1000 plus a
+/// timeout in [500, 1000) starts at the same 1500 ms as etcd's.
+pub const ELECTION_MIN_MS: u64 = 500;
+pub const ELECTION_MAX_MS: u64 = 1000;
 /// How long a cluster may take to elect leaders after starting.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time one status RPC may take.

@@ -56,10 +56,12 @@ pub struct RaftConfig {
     /// Leader heartbeat period; also openraft's timeout for one append RPC,
     /// so it must exceed the largest RTT between replicas.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range. The minimum is also the vote RPC timeout (and
-    /// how soon a refused pre-vote is retried); the maximum is the leader
-    /// lease: a follower refuses to vote for that long after hearing from its
-    /// leader, and a restarted node for that long after it starts.
+    /// Election timeout range. The minimum is also the vote RPC timeout; the
+    /// maximum is the leader lease: a follower refuses to vote for that long
+    /// after hearing from its leader, and a restarted node for that long
+    /// after it starts. A follower campaigns once the lease and then one more
+    /// election timeout have passed without a heartbeat (openraft), so a new
+    /// leader comes `max + [min, max)` after the last heartbeat.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
@@ -86,8 +88,8 @@ impl Default for RaftConfig {
         // Tuned for a WAN with RTTs up to ~150 ms (see docs/operations.md).
         Self {
             heartbeat_interval_ms: 300,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1500,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
             snapshot_every_entries: 10_000,
             logs_kept_after_snapshot: 1_000,
             max_append_entries: 512,
@@ -518,6 +520,6 @@ mod tests {
         assert!(matches!(Config::from_file(&path), Err(ConfigError::Parse { .. })));
         std::fs::write(&path, "node_id = 2\n[raft]\nheartbeat_interval_ms = 100\n").unwrap();
         let c = Config::from_file(&path).unwrap();
-        assert_eq!((c.node_id, c.raft.heartbeat_interval_ms, c.raft.election_timeout_min_ms), (2, 100, 600));
+        assert_eq!((c.node_id, c.raft.heartbeat_interval_ms, c.raft.election_timeout_min_ms), (2, 100, 500));
     }
 }
