@@ -652,16 +652,19 @@ pub async fn execute(
     }
 }
 
+/// The set's elements named by these keys (numbers where they parse).
+fn set_elements<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<Value> {
+    keys.map(|key| {
+        let text = String::from_utf8_lossy(&key[SET_PREFIX.len()..]).into_owned();
+        text.parse::<u64>().map_or(Value::String(text), Value::from)
+    })
+    .collect()
+}
+
 /// Every element of the set, by one scan of its prefix.
 pub async fn read_set(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
     let kvs = client.scan(SET_PREFIX..SET_END).consistency(consistency).collect().await.map_err(|e| classify(&e))?;
-    let elements = kvs
-        .iter()
-        .map(|kv| {
-            let text = String::from_utf8_lossy(&kv.key[SET_PREFIX.len()..]).into_owned();
-            text.parse::<u64>().map_or(Value::String(text), Value::from)
-        })
-        .collect();
+    let elements = set_elements(kvs.iter().map(|kv| kv.key.as_slice()));
     let meta = CompletionMeta { consistency: Some(consistency.as_str().to_string()), ..Default::default() };
     Ok((elements, meta))
 }
@@ -675,13 +678,7 @@ pub async fn read_set_local(
     let (kvs, info) = raw_scan(node, SET_PREFIX, SET_END, consistency, timeout)
         .await
         .map_err(|s| OpError::definite(s.to_string()))?;
-    let elements = kvs
-        .iter()
-        .map(|kv| {
-            let text = String::from_utf8_lossy(&kv.key[SET_PREFIX.len()..]).into_owned();
-            text.parse::<u64>().map_or(Value::String(text), Value::from)
-        })
-        .collect();
+    let elements = set_elements(kvs.iter().map(|kv| kv.key.as_slice()));
     Ok((elements, proto_read_meta(info.as_ref())))
 }
 
