@@ -65,9 +65,9 @@ fn open_loop_smoke_offers_a_fixed_rate_and_reports_overflow() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     for cell in results["result"]["cells"].as_array().expect("cells") {
-        // 200 ops/s over a 0.3 s window: about 60 arrivals, sent or dropped.
+        // 200 ops/s over a 1 s window: about 200 arrivals, sent or dropped.
         let (ops, dropped) = (cell["ops"].as_u64().unwrap(), cell["overflow"].as_u64().unwrap());
         assert!(ops > 0, "a target measured nothing: {cell}");
-        assert!(ops + dropped + cell["errors"].as_u64().unwrap() <= 61, "more than the offered load: {cell}");
+        assert!(ops + dropped + cell["errors"].as_u64().unwrap() <= 201, "more than the offered load: {cell}");
     }
 }
