@@ -249,15 +249,12 @@ impl Metrics {
         }
         for shard in node.eventual_shards() {
             let id = shard.id();
-            let (last, first_kept, durable) = shard.positions();
-            let _ = writeln!(out, "geokv_ec_outbox_depth{{shard=\"{id}\"}} {}", (last + 1).saturating_sub(first_kept));
+            let _ = writeln!(out, "geokv_ec_outbox_depth{{shard=\"{id}\"}} {}", shard.outbox_depth());
             let _ = writeln!(out, "geokv_ec_tombstones{{shard=\"{id}\"}} {}", shard.tombstones());
-            let acked: Vec<(u64, u64)> =
-                shard.peers.lock().expect("ec peers").iter().map(|(peer, p)| (*peer, p.acked)).collect();
-            for (peer, acked) in acked {
-                let labels = format!("shard=\"{id}\",peer=\"{peer}\"");
-                let _ = writeln!(out, "geokv_ec_replication_lag_entries{{{labels}}} {}", durable.saturating_sub(acked));
-                let _ = writeln!(out, "geokv_ec_replication_lag_ms{{{labels}}} {}", shard.lag_ms(acked, durable));
+            for lag in shard.peer_lags() {
+                let labels = format!("shard=\"{id}\",peer=\"{}\"", lag.peer);
+                let _ = writeln!(out, "geokv_ec_replication_lag_entries{{{labels}}} {}", lag.entries);
+                let _ = writeln!(out, "geokv_ec_replication_lag_ms{{{labels}}} {}", lag.ms);
             }
         }
     }

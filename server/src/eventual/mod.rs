@@ -76,6 +76,11 @@ fn meta_key(shard: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The `[start, end)` keys of every `ec_meta` record of `shard` with `tag`.
+fn tag_range(shard: u64, tag: u8) -> (Vec<u8>, Vec<u8>) {
+    (meta_key(shard, tag, &[]), meta_key(shard, tag + 1, &[]))
+}
+
 fn outbox_key(shard: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&shard.to_be_bytes());
@@ -182,7 +187,7 @@ pub struct ConflictLog {
 
 impl ConflictLog {
     fn open(storage: &Storage, capacity: u64) -> Result<ConflictLog, StorageError> {
-        let (start, end) = (meta_key(NODE_WIDE, tag::CONFLICT, &[]), meta_key(NODE_WIDE, tag::CONFLICT + 1, &[]));
+        let (start, end) = tag_range(NODE_WIDE, tag::CONFLICT);
         let seq_of = |k: &[u8]| u64::from_be_bytes(k[9..17].try_into().expect("conflict key"));
         let last = storage.scan_ec(EcFamily::Meta, &start, Some(&end), 1, true)?.first().map(|(k, _)| seq_of(k));
         let first = storage.scan_ec(EcFamily::Meta, &start, Some(&end), 1, false)?.first().map(|(k, _)| seq_of(k));
@@ -203,7 +208,7 @@ impl ConflictLog {
 
     /// Up to `limit` records, newest first, of `shard` (`None`: all).
     pub fn list(&self, storage: &Storage, shard: Option<u64>, limit: usize) -> Result<Vec<Conflict>, Error> {
-        let (start, end) = (meta_key(NODE_WIDE, tag::CONFLICT, &[]), meta_key(NODE_WIDE, tag::CONFLICT + 1, &[]));
+        let (start, end) = tag_range(NODE_WIDE, tag::CONFLICT);
         let mut out = Vec::new();
         // Kept records are bounded by the capacity; read newest first.
         for (_, v) in storage.scan_ec(EcFamily::Meta, &start, Some(&end), self.capacity as usize, true)? {
@@ -297,6 +302,18 @@ pub struct PeerState {
     pub failing: bool,
 }
 
+/// One peer's replication lag, as [`EcShard::peer_lags`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLag {
+    pub peer: u64,
+    pub acked: u64,
+    /// Durable writes the peer has not acknowledged, and the age of the
+    /// oldest of them.
+    pub entries: u64,
+    pub ms: u64,
+    pub resyncing: bool,
+}
+
 struct State {
     last_seq: u64,
     first_kept: u64,
@@ -347,7 +364,7 @@ impl EcShard {
             };
             peers.insert(peer, PeerState { acked, ..PeerState::default() });
         }
-        let (start, end) = (meta_key(id, tag::TOMBSTONE, &[]), meta_key(id, tag::TOMBSTONE + 1, &[]));
+        let (start, end) = tag_range(id, tag::TOMBSTONE);
         let tombstones = s.scan_ec(EcFamily::Meta, &start, Some(&end), usize::MAX, false)?.len() as i64;
         let (durable_tx, _) = watch::channel(last_seq);
         Ok(Arc::new(EcShard {
@@ -600,8 +617,33 @@ impl EcShard {
             .collect()
     }
 
-    /// The age in ms of the oldest write `peer` has not acknowledged.
-    pub fn lag_ms(&self, acked: u64, durable: u64) -> u64 {
+    /// Entries kept in the outbox for some peer.
+    pub fn outbox_depth(&self) -> u64 {
+        let (last, first_kept, _) = self.positions();
+        (last + 1).saturating_sub(first_kept)
+    }
+
+    /// How far each peer is behind this replica's durable writes (for
+    /// status and metrics).
+    pub fn peer_lags(&self) -> Vec<PeerLag> {
+        let durable = *self.durable_tx.borrow();
+        let peers: Vec<(u64, u64, bool)> =
+            self.peers.lock().expect("ec peers").iter().map(|(id, p)| (*id, p.acked, p.resyncing)).collect();
+        peers
+            .into_iter()
+            .map(|(peer, acked, resyncing)| PeerLag {
+                peer,
+                acked,
+                entries: durable.saturating_sub(acked),
+                ms: self.oldest_unacked_age_ms(acked, durable),
+                resyncing,
+            })
+            .collect()
+    }
+
+    /// The age in ms of the oldest write a peer that acknowledged `acked`
+    /// lacks.
+    fn oldest_unacked_age_ms(&self, acked: u64, durable: u64) -> u64 {
         if acked >= durable {
             return 0;
         }

@@ -89,9 +89,6 @@ impl Admin for AdminService {
             });
         }
         for replica in self.node.eventual_shards() {
-            let (last, first_kept, durable) = replica.positions();
-            let peers: Vec<(u64, u64, bool)> =
-                replica.peers.lock().expect("ec peers").iter().map(|(id, p)| (*id, p.acked, p.resyncing)).collect();
             groups.push(GroupStatus {
                 shard_id: replica.id(),
                 role: "eventual".into(),
@@ -100,16 +97,17 @@ impl Admin for AdminService {
                 start: replica.desc.start.clone(),
                 end: replica.desc.end.clone().unwrap_or_default(),
                 mode: ShardMode::Eventual as i32,
-                ec_last_seq: last,
-                ec_outbox_depth: (last + 1).saturating_sub(first_kept),
-                ec_peers: peers
+                ec_last_seq: replica.positions().0,
+                ec_outbox_depth: replica.outbox_depth(),
+                ec_peers: replica
+                    .peer_lags()
                     .into_iter()
-                    .map(|(node_id, acked_seq, resyncing)| EcPeer {
-                        node_id,
-                        acked_seq,
-                        lag_entries: durable.saturating_sub(acked_seq),
-                        lag_ms: replica.lag_ms(acked_seq, durable),
-                        resyncing,
+                    .map(|l| EcPeer {
+                        node_id: l.peer,
+                        acked_seq: l.acked,
+                        lag_entries: l.entries,
+                        lag_ms: l.ms,
+                        resyncing: l.resyncing,
                     })
                     .collect(),
                 ec_tombstones: replica.tombstones(),
