@@ -79,8 +79,24 @@ pub struct TestCluster {
     args: Vec<String>,
 }
 
+/// A port that is free now, picked below Linux's ephemeral range (32768+).
+///
+/// An ephemeral port (`bind(0)`) is free only until the node binds it, and in
+/// between any outgoing connection on the box — another test cluster's node
+/// dialing its peers — may be handed the same port, so the node fails to
+/// start and its test waits out its deadline. Ports below the ephemeral range
+/// are never handed out that way; two tests picking the same one at random is
+/// the only race left.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1_000 {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 after 1000 tries")
 }
 
 /// Polls `cond` until it returns `Some` or `deadline` passes.
