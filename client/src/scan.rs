@@ -4,7 +4,8 @@
 //! most one page; the response says where to continue (`resume_key`), which is
 //! either inside the same shard (the page was full) or the next shard's start.
 //! [`Scan`] follows those resume keys until the range is exhausted or the
-//! caller's limit is reached, retrying each page like any other read. Pages
+//! caller's limit is reached, retrying each page like any other read; it is
+//! awaited for a `Vec`, or read page by page as a stream ([`Scan::stream`]). Pages
 //! are independent reads: a scan is not a snapshot of the whole range.
 //!
 //! Every page is checked before it is used: keys strictly increasing, inside
@@ -16,6 +17,7 @@ use std::future::{Future, IntoFuture};
 use std::ops::{Bound, Range, RangeFrom, RangeFull, RangeInclusive, RangeTo, RangeToInclusive};
 use std::pin::Pin;
 
+use futures::{Stream, TryStreamExt};
 use geokv_proto::kv as pb;
 
 use crate::{Client, Consistency, Error, KeyValue};
@@ -145,50 +147,109 @@ impl<'a> Scan<'a> {
 
     /// Runs the scan: every pair in the range (up to the limit), in key order.
     pub async fn collect(self) -> Result<Vec<KeyValue>, Error> {
-        let ScanBounds { start, end } = self.bounds;
-        if let Some(end) = &end {
-            if start > *end {
+        let mut pages = Pages::new(self)?;
+        let mut out = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// Runs the scan as a stream of pairs in key order, one page fetched at a
+    /// time as the stream is polled, so a large range is never held in
+    /// memory at once. The first error ends the stream.
+    ///
+    /// ```no_run
+    /// # async fn example(client: geokv_client::Client) -> Result<(), geokv_client::Error> {
+    /// use futures::TryStreamExt;
+    /// let mut pairs = std::pin::pin!(client.scan("user:".."user;").stream());
+    /// while let Some(kv) = pairs.try_next().await? {
+    ///     println!("{:?} = {:?}", kv.key, kv.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(self) -> impl Stream<Item = Result<KeyValue, Error>> + Send + 'a {
+        let pages = futures::stream::try_unfold(Pages::new(self).map(Some), |pages| async move {
+            let Some(mut pages) = pages? else { return Ok(None) };
+            Ok(pages.next_page().await?.map(|page| (page, Ok(Some(pages)))))
+        });
+        pages.map_ok(|page| futures::stream::iter(page.into_iter().map(Ok))).try_flatten()
+    }
+}
+
+/// A scan in progress: where the next page starts and what is still wanted.
+///
+/// Invariants:
+/// - `cursor` is `None` once the range (or the limit) is exhausted;
+/// - every key handed out is after `last_key`, which only grows.
+struct Pages<'a> {
+    client: &'a Client,
+    cursor: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    remaining: Option<usize>,
+    last_key: Option<Vec<u8>>,
+    consistency: Consistency,
+    page_limit: u32,
+}
+
+impl<'a> Pages<'a> {
+    fn new(scan: Scan<'a>) -> Result<Pages<'a>, Error> {
+        let ScanBounds { start, end } = scan.bounds;
+        let mut cursor = Some(start);
+        if let (Some(start), Some(end)) = (&cursor, &end) {
+            if start > end {
                 return Err(Error::InvalidArgument(format!("scan start {start:?} is after its end {end:?}")));
             }
-            if start == *end {
-                return Ok(Vec::new());
+            if start == end {
+                cursor = None;
             }
         }
-        let end_on_wire = end.clone().unwrap_or_default();
-        let mut out: Vec<KeyValue> = Vec::new();
-        let mut cursor = start;
+        Ok(Pages {
+            client: scan.client,
+            cursor,
+            end,
+            remaining: scan.limit,
+            last_key: None,
+            consistency: scan.consistency,
+            page_limit: scan.page_limit,
+        })
+    }
+
+    /// The next non-empty page, or `None` when the scan is done.
+    async fn next_page(&mut self) -> Result<Option<Vec<KeyValue>>, Error> {
         loop {
-            let remaining = self.limit.map(|limit| limit.saturating_sub(out.len()));
-            if remaining == Some(0) {
-                break;
+            let Some(cursor) = self.cursor.take() else { return Ok(None) };
+            if self.remaining == Some(0) {
+                return Ok(None);
             }
-            let page_limit = page_limit(remaining, self.page_limit);
+            let page_limit = page_limit(self.remaining, self.page_limit);
             let request = pb::ScanRequest {
                 header: None,
                 start: cursor.clone(),
-                end: end_on_wire.clone(),
+                end: self.end.clone().unwrap_or_default(),
                 limit: page_limit,
                 consistency: self.consistency.to_proto(),
                 max_staleness_ms: self.consistency.max_staleness_ms(),
             };
             let page = self.client.execute(&cursor, self.consistency.needs_leader(), request).await?;
-            check_page(&cursor, end.as_deref(), out.last().map(|kv| kv.key.as_slice()), page_limit, &page)
+            check_page(&cursor, self.end.as_deref(), self.last_key.as_deref(), page_limit, &page)
                 .map_err(Error::Protocol)?;
-            for kv in page.kvs {
-                if self.limit.is_some_and(|limit| out.len() >= limit) {
-                    break;
-                }
-                out.push(KeyValue::from(kv));
+            let mut kvs: Vec<KeyValue> = page.kvs.into_iter().map(KeyValue::from).collect();
+            if let Some(remaining) = &mut self.remaining {
+                kvs.truncate(*remaining);
+                *remaining -= kvs.len();
             }
-            if !page.more {
-                break;
+            if let Some(last) = kvs.last() {
+                self.last_key = Some(last.key.clone());
             }
-            if end.as_ref().is_some_and(|end| page.resume_key >= *end) {
-                break;
+            let range_left = self.end.as_ref().is_none_or(|end| page.resume_key < *end);
+            if page.more && range_left {
+                self.cursor = Some(page.resume_key);
             }
-            cursor = page.resume_key;
+            if !kvs.is_empty() {
+                return Ok(Some(kvs));
+            }
         }
-        Ok(out)
     }
 }
 

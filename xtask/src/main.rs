@@ -331,10 +331,8 @@ fn libclang_present() -> bool {
     // clang's resource dir: <llvm>/lib/clang/<version>/include/stddef.h.
     let mut resource_roots: Vec<PathBuf> = llvm_libs.iter().map(|l| l.join("clang")).collect();
     resource_roots.push(PathBuf::from("/usr/lib/clang"));
-    let headers = resource_roots
-        .iter()
-        .flat_map(|root| children(root))
-        .any(|version| version.join("include").join("stddef.h").is_file());
+    let headers =
+        resource_roots.iter().flat_map(children).any(|version| version.join("include").join("stddef.h").is_file());
     library && headers
 }
 

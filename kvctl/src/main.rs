@@ -1,13 +1,23 @@
 //! `kvctl`: read, write, scan and inspect a geokv cluster from the shell.
 //!
 //! A thin layer over [`geokv_client`]: it parses arguments, makes one client
-//! call, and prints the answer as a table (or JSON with `--json`). Errors are
-//! one line on stderr that says what to do, with a non-zero exit code.
+//! call, and prints the answer in the `-w/--write-out` format: `simple`
+//! (plain lines and aligned columns), `json` (one document, for scripts) or
+//! `table` (bordered tables). Its habits are etcdctl's: `get --prefix`,
+//! `--keys-only`, `put KEY -` reading stdin, `del --prefix`, a missing key
+//! exits non-zero with nothing on stdout, `--timeout 3s`, shell completions.
+//! Errors are one line on stderr that says what to do, with a non-zero exit
+//! code.
+//!
+//! It lives in its own crate so that users of the client library never
+//! compile clap and the other command-line dependencies.
 
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
 use geokv_client::display::{parse_hex, printable, utc_millis};
 use geokv_client::{
     Client, ClientConfig, ClusterStatus, Conflict, ConflictReport, Consistency, CreatedShard, Error, Expect, Hlc,
@@ -20,8 +30,16 @@ const EXIT_NOT_SWAPPED: u8 = 2;
 /// Exit code: `status` found a Raft shard without a reachable leader (or an
 /// eventual shard without a reachable replica).
 const EXIT_DEGRADED: u8 = 3;
+/// Exit code: `get` of a key that does not exist (nothing is printed on stdout).
+const EXIT_NOT_FOUND: u8 = 4;
 /// Exit code: the command line could not be parsed (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// The most `put KEY -` reads from stdin; the server's own limit
+/// (`limits.max_value_bytes`, 1 MiB by default) is usually lower and refuses
+/// larger values with a clear error.
+const MAX_STDIN_VALUE_BYTES: u64 = 64 * 1024 * 1024;
+/// How many deletes `del --prefix` keeps in flight at once.
+const MAX_DELETES_IN_FLIGHT: usize = 16;
 /// The longest RPC kvctl waits for before retrying elsewhere.
 const RPC_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
@@ -35,7 +53,7 @@ const START_CLUSTER_HINT: &str = "is the cluster running? start one with `cargo 
     long_about = "Read, write, scan and inspect a geokv cluster.\n\n\
         kvctl contacts any of --endpoints, learns the shard map from it, and routes each \
         request to the right shard's leader, following redirects and retrying within \
-        --timeout-ms. Keys and values are UTF-8 text (or hex with --hex); values that are \
+        --timeout. Keys and values are UTF-8 text (or hex with --hex); values that are \
         not printable text are shown as 0x-prefixed hex.\n\n\
         Eventual shards (MODE eventual in `kvctl shards`) have no leader: a replica in \
         --region (else the first one) acknowledges each put or delete once it is durable \
@@ -49,18 +67,33 @@ Examples:
   kvctl get greeting -v                 read it, and show who served it
   kvctl get greeting --consistency stale
   kvctl cas greeting --expect-value hello hi
+  kvctl get user: --prefix --keys-only  the keys that start with \"user:\"
+  echo -n hi | kvctl put greeting -     the value from stdin
+  kvctl del tmp/ --prefix --yes         delete every key under tmp/
   kvctl scan a m --limit 20             keys in [a, m)
-  kvctl --json status                   cluster health for scripts
+  kvctl -w json status                  cluster health for scripts
+  kvctl -w table shards                 the shard map, in bordered tables
+  kvctl --timeout 3s put greeting hi    give up after 3 s
+  kvctl completion bash > /etc/bash_completion.d/kvctl
   GEOKV_ENDPOINTS=10.0.0.1:7001 kvctl shards
   kvctl conflicts --shard 4             writes eventual shards acknowledged, then discarded
   kvctl shard create --mode eventual 'session/..u'
                                         a new eventual shard for the keys session/ .. u
 
+Output (-w/--write-out, or GEOKV_WRITE_OUT):
+  simple   values and plain lines; aligned columns for lists (the default)
+  json     one JSON document on stdout (--json is the same)
+  table    bordered tables
+
+Environment: GEOKV_ENDPOINTS, GEOKV_SOURCE_IP, GEOKV_REGION, GEOKV_WRITE_OUT,
+GEOKV_TIMEOUT stand for the flags of the same names.
+
 Exit codes:
-  0   success (including `get` of an absent key)
+  0   success
   1   error (message on stderr)
   2   `cas` did not swap
   3   `status`: some shard has no reachable leader (eventual: no reachable replica)
+  4   `get`: the key does not exist (stdout stays empty)
   64  bad command line"
 )]
 struct Cli {
@@ -85,13 +118,23 @@ struct Cli {
     #[arg(long, global = true, env = "GEOKV_REGION")]
     region: Option<String>,
 
-    /// Print JSON for scripts instead of tables.
+    /// Output format: simple (plain lines and aligned columns, for people),
+    /// json (one JSON document, for scripts) or table (bordered tables).
+    #[arg(short = 'w', long, global = true, env = "GEOKV_WRITE_OUT", value_enum, default_value_t = WriteOut::Simple)]
+    write_out: WriteOut,
+
+    /// Same as `-w json` (and wins over -w).
     #[arg(long, global = true)]
     json: bool,
 
-    /// Give up on an operation, retries included, after this many ms.
-    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
+    /// Give up on an operation, retries included, after this long: a number
+    /// with a unit, e.g. 500ms, 3s, 1m.
+    #[arg(long, global = true, env = "GEOKV_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    timeout: Duration,
+
+    /// The same in milliseconds (the older spelling; wins over --timeout).
+    #[arg(long, global = true, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
 
     /// Read KEY, VALUE, START, END and --expect-value as 0x-prefixed hex.
     #[arg(long, global = true)]
@@ -103,9 +146,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read one key.
+    /// Read one key, or with --prefix every key that starts with KEY.
     #[command(after_help = "\
-Prints the value, or \"(not found)\" (exit code 0) when the key does not exist.
+Prints the value. A key that does not exist prints nothing on stdout, says
+\"not found\" on stderr and exits with code 4.
+
+With --prefix: every key starting with KEY (\"\" for all keys), in key order, as
+lines KEY, VALUE, KEY, VALUE... like etcdctl (-w table: one row per key; -w json:
+an array); --keys-only leaves the values out. No matching key prints nothing and
+exits 0. Pages are read one at a time: a prefix is not a snapshot of its keys.
+
 On an eventual shard the read is served \"eventual\" (one replica's state, maybe
 stale) whatever --consistency asks; a note on stderr (on stdout with -v) says so,
 with the HLC and origin of the write that produced the value.
@@ -113,12 +163,25 @@ with the HLC and origin of the write that produced the value.
 Examples:
   kvctl get user:42
   kvctl get user:42 -v                          also print version and who served it
+  kvctl get user: --prefix                      every key under user:, with its value
+  kvctl get \"\" --prefix --keys-only --limit 10   the first 10 keys
+  kvctl get user:42 || echo absent              exit code 4 when it does not exist
   kvctl get user:42 --consistency stale         read any replica, cheap but maybe stale
   kvctl get user:42 --consistency follower      linearizable, from a replica in --region
   kvctl get user:42 --consistency bounded:250ms -v   local if at most 250 ms stale; says what it got
   kvctl --json get user:42                      {\"found\":true,\"key\":..,\"value\":..,\"version\":..,\"served\":..}")]
     Get {
+        /// The key (with --prefix: the prefix).
         key: String,
+        /// Read every key that starts with KEY, in key order.
+        #[arg(long)]
+        prefix: bool,
+        /// Print only keys, not values.
+        #[arg(long)]
+        keys_only: bool,
+        /// With --prefix: at most this many keys.
+        #[arg(long, requires = "prefix")]
+        limit: Option<usize>,
         /// How fresh the read must be.
         /// linearizable (leader, ReadIndex), lease (leader lease), follower
         /// (nearest replica, one round trip to the leader), bounded:<N>ms
@@ -140,20 +203,47 @@ durable on node N only, replicates later, and may still lose to a concurrent wri
 with a newer HLC (see `kvctl conflicts`). It is not retried once it may have
 reached a replica.
 
+VALUE \"-\", or no VALUE with stdin not a terminal, reads the value from stdin:
+every byte as read, a trailing newline included (use printf or echo -n), at
+most 64 MiB (the server's limits.max_value_bytes, 1 MiB by default, is lower).
+With --hex, stdin holds the value as hex.
+
 Examples:
   kvctl put user:42 alice
+  kvctl put config - < config.json              the file's bytes as the value
+  printf %s \"$TOKEN\" | kvctl put token          no trailing newline
   kvctl --hex put 0x00ff 0xdeadbeef")]
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        /// The value; \"-\" (or nothing, when stdin is piped) reads it from stdin.
+        value: Option<String>,
+    },
 
-    /// Delete one key.
+    /// Delete one key, or with --prefix --yes every key that starts with KEY.
     #[command(after_help = "\
 Prints \"OK version=N existed=true|false\". Deleting an absent key succeeds.
 On an eventual shard: \"OK eventual (acked by node N at HLC T) existed=...\", existed
 being what node N had (see `kvctl put --help`).
 
-Example:
-  kvctl del user:42")]
-    Del { key: String },
+With --prefix it deletes every key starting with KEY (\"\" is every key) and
+prints \"deleted N keys\"; it refuses to run without --yes. It is not atomic: each
+key is its own delete (up to 16 at a time), keys written under the prefix while
+it runs may survive, and an error part way reports how many were deleted.
+
+Examples:
+  kvctl del user:42
+  kvctl get tmp/ --prefix --keys-only           see what would go
+  kvctl del tmp/ --prefix --yes")]
+    Del {
+        /// The key (with --prefix: the prefix).
+        key: String,
+        /// Delete every key that starts with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Confirm a --prefix delete (required with --prefix).
+        #[arg(long, requires = "prefix")]
+        yes: bool,
+    },
 
     /// Compare-and-swap: write (or delete) only if the key is as expected.
     #[command(after_help = "\
@@ -270,6 +360,51 @@ Examples:
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+
+    /// Print a shell completion script for kvctl.
+    #[command(after_help = "\
+Examples:
+  kvctl completion bash > ~/.local/share/bash-completion/completions/kvctl
+  kvctl completion zsh > \"${fpath[1]}/_kvctl\"
+  kvctl completion fish > ~/.config/fish/completions/kvctl.fish
+  source <(kvctl completion bash)               this shell only")]
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `-w/--write-out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WriteOut {
+    /// Values and plain lines; aligned columns for lists.
+    Simple,
+    /// One JSON document on stdout.
+    Json,
+    /// Bordered tables.
+    Table,
+}
+
+impl Cli {
+    /// The output format: `--json` wins over `-w`.
+    fn write_out(&self) -> WriteOut {
+        if self.json { WriteOut::Json } else { self.write_out }
+    }
+
+    /// The operation deadline: `--timeout-ms` wins over `--timeout`.
+    fn deadline(&self) -> Duration {
+        self.timeout_ms.map_or(self.timeout, Duration::from_millis)
+    }
+}
+
+/// Parses `--timeout`: a positive duration with a unit (humantime: 500ms, 3s, 1m30s).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err}: give a number with a unit, e.g. 500ms, 3s or 1m"))?;
+    if duration.is_zero() {
+        return Err("a timeout of zero would fail every request: give e.g. 500ms, 3s or 1m".into());
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,7 +424,7 @@ enum ShardCommand {
             --mode raft parses, but the server does not support creating Raft shards yet and \
             refuses it.\n\n\
             Any node serves the request; kvctl retries it (on other nodes) while the leaders \
-            concerned are unreachable, within --timeout-ms. Repeating a request after a failure is \
+            concerned are unreachable, within --timeout. Repeating a request after a failure is \
             safe: if the shard was made, it is reported, not made twice.",
         after_help = "\
 RANGE is START..END, or START.. for everything from START on (..END starts at the
@@ -395,54 +530,82 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let key_arg = |text: &str| parse_arg(text, cli.hex);
-    // Parse everything before touching the network.
+    let out = cli.write_out();
+    // Parse everything (and read stdin) before touching the network.
     let command = match &cli.command {
-        Command::Get { key, .. } | Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => {
+        Command::Get { key, .. } | Command::Put { key, .. } | Command::Del { key, .. } | Command::Cas { key, .. } => {
             Some(key_arg(key)?)
         }
-        Command::Scan { .. } | Command::Status | Command::Shards | Command::Shard(_) | Command::Conflicts { .. } => {
-            None
-        }
+        Command::Scan { .. }
+        | Command::Status
+        | Command::Shards
+        | Command::Shard(_)
+        | Command::Conflicts { .. }
+        | Command::Completion { .. } => None,
     };
+    let put_value = match &cli.command {
+        Command::Put { value: Some(value), .. } if value != "-" => Some(key_arg(value)?),
+        Command::Put { value, .. } => Some(read_stdin_value(value.is_some(), cli.hex)?),
+        _ => None,
+    };
+    if let Command::Del { prefix: true, yes: false, key } = &cli.command {
+        return Err(format!(
+            "refusing to delete every key with prefix {key:?} without --yes; \
+             `kvctl get {key:?} --prefix --keys-only` lists them"
+        ));
+    }
     let create_range = match &cli.command {
         Command::Shard(ShardCommand::Create { range, .. }) => Some(parse_range(range, cli.hex)?),
         _ => None,
     };
     let client = connect(&cli).await?;
-    let json = cli.json;
+    let json = out == WriteOut::Json;
+    let style = Style::of(out);
     match cli.command {
-        Command::Get { consistency, verbose, .. } => {
-            get(&client, command.expect("parsed above"), consistency, verbose, json).await
+        Command::Get { prefix: true, keys_only, limit, consistency, .. } => {
+            let bounds = prefix_bounds(command.expect("parsed above"));
+            let listing = Listing { limit, consistency, keys_only, out, simple_lines: true };
+            list(&client, bounds, listing).await
         }
-        Command::Put { value, .. } => {
+        Command::Get { consistency, verbose, keys_only, .. } => {
+            get(&client, command.expect("parsed above"), consistency, verbose, keys_only, out).await
+        }
+        Command::Put { .. } => {
             let key = command.expect("parsed above");
-            let written = client.put(&key, key_arg(&value)?).await.map_err(say)?;
-            if json {
-                let mut out = json!({"version": written.version, "shard_id": written.shard_id});
-                merge(&mut out, eventual_write_json(written.eventual, written.hlc, written.origin));
-                print_json(&out);
-            } else if written.eventual {
-                println!("OK {}", describe_eventual_write(written.hlc, written.origin));
-            } else {
-                println!("OK version={}", written.version);
+            let written = client.put(&key, put_value.expect("read above")).await.map_err(say)?;
+            let mut fields = json!({"version": written.version, "shard_id": written.shard_id});
+            merge(&mut fields, eventual_write_json(written.eventual, written.hlc, written.origin));
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if written.eventual => {
+                    println!("OK {}", describe_eventual_write(written.hlc, written.origin))
+                }
+                WriteOut::Simple => println!("OK version={}", written.version),
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Del { prefix: true, .. } => delete_prefix(&client, command.expect("parsed above"), out).await,
         Command::Del { .. } => {
             let deleted = client.delete(command.expect("parsed above")).await.map_err(say)?;
-            if json {
-                let mut out = json!({
-                    "version": deleted.version,
-                    "existed": deleted.existed,
-                    "shard_id": deleted.shard_id,
-                });
-                merge(&mut out, eventual_write_json(deleted.eventual, deleted.hlc, deleted.origin));
-                print_json(&out);
-            } else if deleted.eventual {
-                println!("OK {} existed={}", describe_eventual_write(deleted.hlc, deleted.origin), deleted.existed);
-            } else {
-                println!("OK version={} existed={}", deleted.version, deleted.existed);
+            let mut fields = json!({
+                "version": deleted.version,
+                "existed": deleted.existed,
+                "shard_id": deleted.shard_id,
+            });
+            merge(&mut fields, eventual_write_json(deleted.eventual, deleted.hlc, deleted.origin));
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if deleted.eventual => {
+                    println!("OK {} existed={}", describe_eventual_write(deleted.hlc, deleted.origin), deleted.existed)
+                }
+                WriteOut::Simple => println!("OK version={} existed={}", deleted.version, deleted.existed),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -453,17 +616,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 _ => Expect::Absent,
             };
             let new_value = new_value.map(|value| key_arg(&value)).transpose()?;
-            cas(&client, command.expect("parsed above"), expect, new_value, json).await
+            cas(&client, command.expect("parsed above"), expect, new_value, out).await
         }
         Command::Scan { start, end, limit, consistency } => {
             let start = start.map(|start| key_arg(&start)).transpose()?.unwrap_or_default();
             let end = end.map(|end| key_arg(&end)).transpose()?;
-            scan(&client, start, end, limit, consistency, json).await
+            let listing = Listing { limit, consistency, keys_only: false, out, simple_lines: false };
+            list(&client, geokv_client::ScanBounds { start, end }, listing).await
         }
-        Command::Status => status(&client, json).await,
+        Command::Status => status(&client, out).await,
         Command::Shards => {
             let map = client.refresh_shard_map().await.map_err(say)?;
-            print_shard_map(&map, json);
+            print_shard_map(&map, out);
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts { shard, limit } => {
@@ -471,7 +635,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             if json {
                 print_json(&conflicts_json(&report));
             } else {
-                print_conflicts(&report);
+                print_conflicts(&report, style);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -480,28 +644,101 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let bounds = geokv_client::ScanBounds { start: start.clone(), end: end.clone() };
             let created = client.create_shard(bounds, mode.into()).await.map_err(say)?;
             let mode = ShardMode::from(mode);
-            if json {
-                print_json(&created_json(&created, mode, &start, end.as_deref()));
-            } else {
-                println!("{}", describe_created(&created, mode, &start, end.as_deref()));
+            match out {
+                WriteOut::Json => print_json(&created_json(&created, mode, &start, end.as_deref())),
+                WriteOut::Table => print_record(&created_json(&created, mode, &start, end.as_deref())),
+                WriteOut::Simple => println!("{}", describe_created(&created, mode, &start, end.as_deref())),
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Shard(ShardCommand::SetLeaderRegion { shard, region }) => {
             let region = (!region.is_empty()).then_some(region.as_str());
             let version = client.set_leader_region(shard, region).await.map_err(say)?;
-            if json {
-                println!("{}", json!({ "shard": shard, "preferred_leader_region": region, "map_version": version }));
-            } else {
-                println!("OK shard {shard} leader region={} (map version {version})", region.unwrap_or("any"));
+            let fields = json!({ "shard": shard, "preferred_leader_region": region, "map_version": version });
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple => {
+                    println!("OK shard {shard} leader region={} (map version {version})", region.unwrap_or("any"))
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completion { .. } => unreachable!("answered before connecting"),
     }
 }
 
+/// `put`'s value from stdin: every byte (hex text with `--hex`), at most
+/// [`MAX_STDIN_VALUE_BYTES`]. Without an explicit `-`, a terminal on stdin is
+/// a mistake (the user forgot VALUE), not an invitation to type.
+fn read_stdin_value(explicit_dash: bool, hex: bool) -> Result<Vec<u8>, String> {
+    let stdin = std::io::stdin();
+    if !explicit_dash && stdin.is_terminal() {
+        return Err("put needs a VALUE, or \"-\" to read it from stdin (e.g. kvctl put KEY - < file)".into());
+    }
+    let mut value = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_STDIN_VALUE_BYTES + 1)
+        .read_to_end(&mut value)
+        .map_err(|err| format!("cannot read the value from stdin: {err}"))?;
+    if value.len() as u64 > MAX_STDIN_VALUE_BYTES {
+        return Err(format!("the value on stdin is larger than {MAX_STDIN_VALUE_BYTES} bytes"));
+    }
+    if !hex {
+        return Ok(value);
+    }
+    let text = String::from_utf8(value).map_err(|_| "with --hex, stdin must hold hex text".to_string())?;
+    parse_arg(text.trim(), true)
+}
+
+/// The keys that start with `prefix`: `[prefix, prefix_end)`, unbounded when
+/// no key sorts after every key with the prefix (empty, or all 0xff).
+fn prefix_bounds(prefix: Vec<u8>) -> geokv_client::ScanBounds {
+    let mut end = prefix.clone();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    let end = end.last_mut().map(|last| *last += 1).map(|()| end);
+    geokv_client::ScanBounds { start: prefix, end }
+}
+
+/// `del --prefix`: every key in the prefix, streamed from a scan, deleted
+/// [`MAX_DELETES_IN_FLIGHT`] at a time.
+async fn delete_prefix(client: &Client, prefix: Vec<u8>, out: WriteOut) -> Result<ExitCode, String> {
+    let mut deleted = 0_u64;
+    let mut deletes = std::pin::pin!(
+        client
+            .scan(prefix_bounds(prefix.clone()))
+            .stream()
+            .map_ok(|kv| {
+                let client = client.clone();
+                async move { client.delete(kv.key).await }
+            })
+            .try_buffer_unordered(MAX_DELETES_IN_FLIGHT)
+    );
+    while let Some(result) = deletes.next().await {
+        match result {
+            Ok(result) => deleted += u64::from(result.existed),
+            Err(err) => {
+                return Err(format!(
+                    "{err} (after deleting {deleted} keys with prefix {}; the others may or may not be deleted)",
+                    printable(&prefix)
+                ));
+            }
+        }
+    }
+    let fields = json!({"deleted": deleted, "prefix": printable(&prefix)});
+    match out {
+        WriteOut::Json => print_json(&fields),
+        WriteOut::Table => print_record(&fields),
+        WriteOut::Simple => println!("deleted {deleted} keys"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connect(cli: &Cli) -> Result<Client, String> {
-    let deadline = Duration::from_millis(cli.timeout_ms);
+    let deadline = cli.deadline();
     let config = ClientConfig::new(cli.endpoints.iter().map(|e| e.trim().to_string()))
         .deadline(deadline)
         .rpc_timeout(deadline.min(RPC_TIMEOUT_MAX))
@@ -594,35 +831,62 @@ async fn get(
     key: Vec<u8>,
     consistency: Consistency,
     verbose: bool,
-    json: bool,
+    keys_only: bool,
+    out: WriteOut,
 ) -> Result<ExitCode, String> {
     let read = client.get_with(&key, consistency).await.map_err(say)?;
-    if json {
-        let mut out = json!({"found": read.kv.is_some(), "key": printable(&key)});
-        if let Some(kv) = &read.kv {
-            out["value"] = json!(printable(&kv.value));
-            out["version"] = json!(kv.version);
+    let Some(kv) = &read.kv else {
+        eprintln!("not found: {}", printable(&key));
+        if verbose {
+            eprintln!("{}", describe_read(&read.info));
+        }
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    };
+    let stamp = stamp_of(kv.version, kv.hlc, kv.origin);
+    match out {
+        WriteOut::Json => {
+            let mut fields = json!({"found": true, "key": printable(&key), "version": kv.version});
+            if !keys_only {
+                fields["value"] = json!(printable(&kv.value));
+            }
             if kv.hlc.is_some() || kv.origin.is_some() {
-                out["hlc"] = json!(kv.hlc);
-                out["origin"] = json!(kv.origin);
+                fields["hlc"] = json!(kv.hlc);
+                fields["origin"] = json!(kv.origin);
+            }
+            merge(&mut fields, read_info_json(&read.info));
+            print_json(&fields);
+        }
+        WriteOut::Table => {
+            let staleness = read.info.staleness_bound_ms.map_or_else(|| "unknown".into(), |ms| format!("{ms}ms"));
+            let mut headers = vec!["KEY", "VALUE", "VERSION", "SERVED", "NODE", "REGION", "STALENESS-BOUND"];
+            let mut row = vec![
+                printable(&key).into_owned(),
+                printable(&kv.value).into_owned(),
+                kv.hlc.filter(|_| kv.version == 0).map_or_else(|| kv.version.to_string(), |hlc| hlc.to_string()),
+                read.info.served.to_string(),
+                read.info.node_id.to_string(),
+                read.info.region.clone(),
+                staleness,
+            ];
+            if keys_only {
+                headers.remove(1);
+                row.remove(1);
+            }
+            Style::Bordered.print(&headers, &[row]);
+        }
+        WriteOut::Simple => {
+            if keys_only {
+                println!("{}", printable(&key));
+            } else {
+                println!("{}", printable(&kv.value));
+            }
+            if verbose {
+                println!("{stamp} {}", describe_read(&read.info));
+            } else if read.info.served.is_eventual() {
+                // Keep stdout the bare value for scripts; say what kind of read it was.
+                eprintln!("served: eventual {stamp} node={} region={}", read.info.node_id, read.info.region);
             }
         }
-        merge(&mut out, read_info_json(&read.info));
-        print_json(&out);
-        return Ok(ExitCode::SUCCESS);
-    }
-    match &read.kv {
-        Some(kv) => println!("{}", printable(&kv.value)),
-        None => println!("(not found)"),
-    }
-    let stamp = read.kv.as_ref().map(|kv| stamp_of(kv.version, kv.hlc, kv.origin));
-    if verbose {
-        let stamp = stamp.unwrap_or_else(|| "version=0".into());
-        println!("{stamp} {}", describe_read(&read.info));
-    } else if read.info.served.is_eventual() {
-        // Keep stdout the bare value for scripts; say what kind of read it was.
-        let stamp = stamp.map(|stamp| format!(" {stamp}")).unwrap_or_default();
-        eprintln!("served: eventual{stamp} node={} region={}", read.info.node_id, read.info.region);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -686,16 +950,19 @@ async fn cas(
     key: Vec<u8>,
     expect: Expect,
     new_value: Option<Vec<u8>>,
-    json: bool,
+    out: WriteOut,
 ) -> Result<ExitCode, String> {
     let result = client.cas(&key, expect, new_value).await.map_err(say)?;
-    if json {
-        print_json(&json!({
-            "swapped": result.swapped,
-            "version": result.version,
-            "current": result.current.as_ref().map(versioned_json),
-            "shard_id": result.shard_id,
-        }));
+    let fields = json!({
+        "swapped": result.swapped,
+        "version": result.version,
+        "current": result.current.as_ref().map(versioned_json),
+        "shard_id": result.shard_id,
+    });
+    if out == WriteOut::Json {
+        print_json(&fields);
+    } else if out == WriteOut::Table {
+        print_record(&fields);
     } else if result.swapped {
         println!("swapped version={}", result.version);
     } else {
@@ -716,25 +983,41 @@ fn versioned_json(versioned: &Versioned) -> Value {
     out
 }
 
-async fn scan(
-    client: &Client,
-    start: Vec<u8>,
-    end: Option<Vec<u8>>,
+/// How `get --prefix` and `scan` print a range.
+struct Listing {
     limit: Option<usize>,
     consistency: Consistency,
-    json: bool,
-) -> Result<ExitCode, String> {
-    let bounds = geokv_client::ScanBounds { start, end };
-    let mut scan = client.scan(bounds).consistency(consistency);
-    if let Some(limit) = limit {
+    keys_only: bool,
+    out: WriteOut,
+    /// `-w simple` prints etcdctl's lines (KEY, VALUE, KEY, ...), streamed
+    /// page by page, rather than aligned columns.
+    simple_lines: bool,
+}
+
+async fn list(client: &Client, bounds: geokv_client::ScanBounds, listing: Listing) -> Result<ExitCode, String> {
+    let mut scan = client.scan(bounds).consistency(listing.consistency);
+    if let Some(limit) = listing.limit {
         scan = scan.limit(limit);
     }
+    if listing.out == WriteOut::Simple && listing.simple_lines {
+        let mut pairs = std::pin::pin!(scan.stream());
+        while let Some(kv) = pairs.try_next().await.map_err(say)? {
+            println!("{}", printable(&kv.key));
+            if !listing.keys_only {
+                println!("{}", printable(&kv.value));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let kvs = scan.await.map_err(say)?;
-    if json {
+    if listing.out == WriteOut::Json {
         let rows: Vec<Value> = kvs
             .iter()
             .map(|kv| {
-                let mut row = json!({"key": printable(&kv.key), "value": printable(&kv.value), "version": kv.version});
+                let mut row = json!({"key": printable(&kv.key), "version": kv.version});
+                if !listing.keys_only {
+                    row["value"] = json!(printable(&kv.value));
+                }
                 if kv.hlc.is_some() || kv.origin.is_some() {
                     row["hlc"] = json!(kv.hlc);
                     row["origin"] = json!(kv.origin);
@@ -746,31 +1029,38 @@ async fn scan(
         return Ok(ExitCode::SUCCESS);
     }
     if kvs.is_empty() {
-        println!("(no keys)");
+        if !listing.simple_lines {
+            println!("(no keys)");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = kvs
         .iter()
         .map(|kv| {
+            let key = printable(&kv.key).into_owned();
+            if listing.keys_only {
+                return vec![key];
+            }
             let version = match kv.hlc {
                 Some(hlc) if kv.version == 0 => hlc.to_string(),
                 _ => kv.version.to_string(),
             };
-            vec![printable(&kv.key).into_owned(), printable(&kv.value).into_owned(), version]
+            vec![key, printable(&kv.value).into_owned(), version]
         })
         .collect();
-    print_table(&["KEY", "VALUE", "VERSION"], &rows);
+    let headers: &[&str] = if listing.keys_only { &["KEY"] } else { &["KEY", "VALUE", "VERSION"] };
+    Style::of(listing.out).print(headers, &rows);
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(client: &Client, json: bool) -> Result<ExitCode, String> {
+async fn status(client: &Client, out: WriteOut) -> Result<ExitCode, String> {
     let cluster = client.cluster_status().await.map_err(say)?;
     let shards = cluster.shards();
     let degraded = shards.iter().any(ShardHealth::is_degraded);
-    if json {
+    if out == WriteOut::Json {
         print_json(&status_json(&cluster));
     } else {
-        print_status(&cluster);
+        print_status(&cluster, Style::of(out));
     }
     Ok(if degraded { ExitCode::from(EXIT_DEGRADED) } else { ExitCode::SUCCESS })
 }
@@ -880,7 +1170,7 @@ fn format_peer_lags(group: &geokv_client::GroupStatus) -> String {
     lags.join(" ")
 }
 
-fn print_status(cluster: &ClusterStatus) {
+fn print_status(cluster: &ClusterStatus, style: Style) {
     let node_rows: Vec<Vec<String>> = cluster
         .nodes
         .iter()
@@ -904,7 +1194,7 @@ fn print_status(cluster: &ClusterStatus) {
         })
         .collect();
     println!("Nodes (shard map version {}):", cluster.map.version);
-    print_table(&["ID", "ADDR", "REGION/ZONE", "REACHABLE", "READY", "UPTIME"], &node_rows);
+    style.print(&["ID", "ADDR", "REGION/ZONE", "REACHABLE", "READY", "UPTIME"], &node_rows);
     let shards = cluster.shards();
     let shard_rows: Vec<Vec<String>> = shards
         .iter()
@@ -938,7 +1228,7 @@ fn print_status(cluster: &ClusterStatus) {
         .collect();
     println!();
     println!("Shards:");
-    print_table(&["SHARD", "RANGE", "EPOCH", "MODE", "LEADER", "TERM", "APPLIED", "COMMITTED"], &shard_rows);
+    style.print(&["SHARD", "RANGE", "EPOCH", "MODE", "LEADER", "TERM", "APPLIED", "COMMITTED"], &shard_rows);
     let eventual_rows: Vec<Vec<String>> = shards
         .iter()
         .filter(|health| health.mode() == ShardMode::Eventual)
@@ -960,7 +1250,7 @@ fn print_status(cluster: &ClusterStatus) {
     if !eventual_rows.is_empty() {
         println!();
         println!("Eventual replication (PEER-LAG: node:entries/ms behind this replica, * resyncing):");
-        print_table(&["SHARD", "REPLICA", "ROLE", "LAST-SEQ", "OUTBOX", "TOMBSTONES", "PEER-LAG"], &eventual_rows);
+        style.print(&["SHARD", "REPLICA", "ROLE", "LAST-SEQ", "OUTBOX", "TOMBSTONES", "PEER-LAG"], &eventual_rows);
     }
     for report in cluster.unreachable() {
         if let Err(err) = &report.status {
@@ -990,8 +1280,9 @@ fn print_status(cluster: &ClusterStatus) {
     }
 }
 
-fn print_shard_map(map: &ShardMap, json: bool) {
-    if json {
+fn print_shard_map(map: &ShardMap, out: WriteOut) {
+    let style = Style::of(out);
+    if out == WriteOut::Json {
         let nodes: Vec<Value> = map
             .nodes
             .iter()
@@ -1009,7 +1300,7 @@ fn print_shard_map(map: &ShardMap, json: bool) {
         .collect();
     println!();
     println!("Nodes:");
-    print_table(&["ID", "ADDR", "REGION/ZONE"], &node_rows);
+    style.print(&["ID", "ADDR", "REGION/ZONE"], &node_rows);
     let shard_rows: Vec<Vec<String>> = map
         .shards
         .iter()
@@ -1027,7 +1318,7 @@ fn print_shard_map(map: &ShardMap, json: bool) {
         .collect();
     println!();
     println!("Shards:");
-    print_table(&["SHARD", "RANGE", "EPOCH", "MODE", "REPLICAS"], &shard_rows);
+    style.print(&["SHARD", "RANGE", "EPOCH", "MODE", "REPLICAS"], &shard_rows);
 }
 
 fn shard_json(shard: &Shard) -> Value {
@@ -1072,12 +1363,12 @@ fn conflict_row(conflict: &Conflict) -> Vec<String> {
     ]
 }
 
-fn print_conflicts(report: &ConflictReport) {
+fn print_conflicts(report: &ConflictReport, style: Style) {
     if report.conflicts.is_empty() {
         println!("(no conflicts)");
     } else {
         let rows: Vec<Vec<String>> = report.conflicts.iter().map(conflict_row).collect();
-        print_table(&["SHARD", "KEY", "LOSER", "WINNER", "RECORDED-BY", "AT"], &rows);
+        style.print(&["SHARD", "KEY", "LOSER", "WINNER", "RECORDED-BY", "AT"], &rows);
     }
     if report.truncated {
         eprintln!("note: more conflicts were recorded than --limit shows; raise --limit or pick a --shard");
@@ -1196,8 +1487,70 @@ fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    print!("{}", format_table(headers, rows));
+/// Every cell in a box, etcdctl's `-w table` look:
+/// `+-----+` borders, a header row, `| cell |` rows.
+fn format_bordered(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        let mut out = String::new();
+        for (cell, width) in cells.zip(&widths) {
+            out.push_str(&format!("| {cell}{} ", " ".repeat(width - cell.chars().count())));
+        }
+        out + "|\n"
+    };
+    let mut out = rule.clone();
+    out.push_str(&line(&mut headers.iter().copied()));
+    out.push_str(&rule);
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    if !rows.is_empty() {
+        out.push_str(&rule);
+    }
+    out
+}
+
+/// How lists are drawn: `-w simple` aligns columns, `-w table` boxes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Aligned,
+    Bordered,
+}
+
+impl Style {
+    fn of(out: WriteOut) -> Style {
+        if out == WriteOut::Table { Style::Bordered } else { Style::Aligned }
+    }
+
+    fn print(self, headers: &[&str], rows: &[Vec<String>]) {
+        match self {
+            Style::Aligned => print!("{}", format_table(headers, rows)),
+            Style::Bordered => print!("{}", format_bordered(headers, rows)),
+        }
+    }
+}
+
+/// A JSON object's fields as a one-row bordered table (`-w table` for the
+/// commands that answer with one record): FIELD-NAME headers, values as text.
+fn print_record(fields: &Value) {
+    let Value::Object(fields) = fields else { return print_json(fields) };
+    let headers: Vec<String> = fields.keys().map(|k| k.to_uppercase().replace('_', "-")).collect();
+    let row: Vec<String> = fields
+        .values()
+        .map(|v| match v {
+            Value::String(text) => text.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        })
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    Style::Bordered.print(&headers, &[row]);
 }
 
 #[cfg(test)]
@@ -1236,6 +1589,47 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.endpoints, ["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["kvctl", "--timeout-ms", "0", "status"]).is_err());
+    }
+
+    #[test]
+    fn write_out_and_timeouts() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        assert_eq!(parse(&["status"]).unwrap().write_out(), WriteOut::Simple);
+        assert_eq!(parse(&["-w", "table", "status"]).unwrap().write_out(), WriteOut::Table);
+        assert_eq!(parse(&["status", "--write-out", "json"]).unwrap().write_out(), WriteOut::Json);
+        assert_eq!(parse(&["-w", "table", "--json", "status"]).unwrap().write_out(), WriteOut::Json);
+        assert_eq!(parse(&["status"]).unwrap().deadline(), Duration::from_secs(10));
+        assert_eq!(parse(&["--timeout", "1m30s", "status"]).unwrap().deadline(), Duration::from_secs(90));
+        assert_eq!(
+            parse(&["--timeout", "3s", "--timeout-ms", "250", "status"]).unwrap().deadline(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_timeout("500").unwrap_err().contains("e.g. 500ms"));
+        assert!(parse_timeout("0ms").unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn prefixes_become_ranges() {
+        let bounds = |prefix: &[u8]| {
+            let b = prefix_bounds(prefix.to_vec());
+            (b.start, b.end)
+        };
+        assert_eq!(bounds(b"app/"), (b"app/".to_vec(), Some(b"app0".to_vec())));
+        assert_eq!(bounds(b"a\xff"), (b"a\xff".to_vec(), Some(b"b".to_vec())));
+        assert_eq!(bounds(b"a\xfe\xff\xff"), (b"a\xfe\xff\xff".to_vec(), Some(b"a\xff".to_vec())));
+        assert_eq!(bounds(b"\xff\xff"), (b"\xff\xff".to_vec(), None), "nothing sorts after every 0xff.. key");
+        assert_eq!(bounds(b""), (Vec::new(), None), "the empty prefix is every key");
+    }
+
+    #[test]
+    fn bordered_tables() {
+        let rows = vec![vec!["a".to_string(), "1".to_string()], vec!["longer".to_string(), "22".to_string()]];
+        assert_eq!(
+            format_bordered(&["KEY", "VALUE"], &rows),
+            "+--------+-------+\n| KEY    | VALUE |\n+--------+-------+\n| a      | 1     |\n| longer | 22    |\n+--------+-------+\n"
+        );
+        assert_eq!(format_bordered(&["KEY"], &[]), "+-----+\n| KEY |\n+-----+\n");
     }
 
     #[test]
