@@ -1,6 +1,6 @@
 //! `geokv-bench`: see the crate docs (`src/lib.rs`) and `docs/benchmarks.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -73,7 +73,7 @@ struct Args {
     /// Flag a cell when other processes used more than this many cores.
     #[arg(long, default_value_t = 0.25)]
     noise_cores: f64,
-    /// Region matrix for WAN scenarios (default: ../shared/regions/<scenario>.toml, else the lab's).
+    /// Region matrix for WAN scenarios (default: the lab's built-in lab/regions/3-region.toml or 5-region.toml).
     #[arg(long)]
     regions: Option<PathBuf>,
     /// Clients per region in WAN scenarios.
@@ -113,16 +113,7 @@ fn settings(args: &Args) -> Result<Settings> {
         (5, vec![1, 8, 64, 256], 2000, 10_000, 10_000, 16, 5)
     };
     let rounds = args.rounds.unwrap_or(if wan && !args.smoke { rounds.min(2) } else { rounds });
-    let regions_file = match (&args.regions, args.scenario) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Scenario::ThreeRegion | Scenario::FiveRegion) => {
-            let name = if args.scenario == Scenario::ThreeRegion { "3-region.toml" } else { "5-region.toml" };
-            [Path::new("../shared/regions").join(name), Path::new("lab/regions").join(name)]
-                .into_iter()
-                .find(|p| p.exists())
-        }
-        _ => None,
-    };
+    let regions_file = args.regions.clone();
     let settings = Settings {
         geokv: match &args.geokv_bin {
             Some(path) => NodeProgram::Geokv(path.clone()),
@@ -209,10 +200,13 @@ async fn run(args: Args) -> Result<()> {
     let (result, text, summaries) = match args.scenario {
         Scenario::Local => scenario::local(&settings).await?,
         Scenario::ThreeRegion | Scenario::FiveRegion => {
-            let matrix = match &settings.regions_file {
-                Some(path) => geokv_lab::RegionMatrix::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-                None => geokv_lab::RegionMatrix::default_matrix(),
-            };
+            // Without --regions, the lab's own matrices (lab/regions/, built in).
+            let matrix = match (&settings.regions_file, args.scenario) {
+                (Some(path), _) => geokv_lab::RegionMatrix::from_file(path),
+                (None, Scenario::FiveRegion) => geokv_lab::RegionMatrix::parse(geokv_lab::regions::FIVE_REGIONS_TOML),
+                (None, _) => Ok(geokv_lab::RegionMatrix::default_matrix()),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             scenario::wan(&settings, matrix).await?
         }
         Scenario::Failover => scenario::failover(&settings).await?,

@@ -65,6 +65,8 @@ struct NodeArgs {
     /// Local IP to connect to peers from (the lab uses one per node).
     #[arg(long, env = "GEOKV_OUTGOING_IP")]
     outgoing_ip: Option<String>,
+    /// Directory of this node's RocksDB (Raft logs, data, sessions); created
+    /// if missing (default: geokv-data).
     #[arg(long, env = "GEOKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Every initial member as ID=HOST:PORT@REGION[/ZONE], comma-separated;
@@ -77,31 +79,56 @@ struct NodeArgs {
     /// Key ranges served by eventual (multi-master) shards: START..END,...
     #[arg(long, env = "GEOKV_EVENTUAL_RANGES", value_delimiter = ',')]
     eventual_ranges: Option<Vec<String>>,
+    /// Writes an eventual shard keeps per shard for peers that have not
+    /// acknowledged them; a peer further behind gets a full resync
+    /// (default: 1000000).
     #[arg(long, env = "GEOKV_EVENTUAL_OUTBOX_MAX_ENTRIES")]
     eventual_outbox_max_entries: Option<u64>,
+    /// Discarded eventual writes this node remembers for `kvctl conflicts`,
+    /// oldest dropped first (default: 10000).
     #[arg(long, env = "GEOKV_EVENTUAL_CONFLICT_LOG_ENTRIES")]
     eventual_conflict_log_entries: Option<u64>,
+    /// Replicas per data shard, spread across regions, capped at the number
+    /// of nodes (new clusters; default: 3).
     #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
     /// Region every shard keeps its leader in when it can (new clusters).
     #[arg(long, env = "GEOKV_PREFERRED_LEADER_REGION")]
     preferred_leader_region: Option<String>,
+    /// Leader heartbeat period in ms; also the timeout of one append RPC, so
+    /// above the largest RTT between replicas (default: 300).
     #[arg(long, env = "GEOKV_HEARTBEAT_INTERVAL_MS")]
     heartbeat_interval_ms: Option<u64>,
+    /// Shortest election timeout in ms, above the heartbeat (default: 500).
     #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MIN_MS")]
     election_timeout_min_ms: Option<u64>,
+    /// Longest election timeout in ms, above the minimum; also the leader
+    /// lease and how long a restarted node refuses votes (default: 1000).
     #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MAX_MS")]
     election_timeout_max_ms: Option<u64>,
+    /// Build a shard snapshot after this many log entries since the last one
+    /// (default: 10000).
     #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
     snapshot_every_entries: Option<u64>,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower
+    /// catches up from the log rather than a whole snapshot (default: 1000).
     #[arg(long, env = "GEOKV_LOGS_KEPT_AFTER_SNAPSHOT")]
     logs_kept_after_snapshot: Option<u64>,
+    /// How long in ms a request may wait for Raft (commit, ReadIndex) before
+    /// the node answers unavailable (reads) or indeterminate (writes)
+    /// (default: 10000).
     #[arg(long, env = "GEOKV_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// A client idle this long in ms loses its exactly-once session
+    /// (default: 3600000, one hour).
     #[arg(long, env = "GEOKV_SESSION_TTL_MS")]
     session_ttl_ms: Option<u64>,
+    /// Largest key accepted, in bytes; longer ones are refused before Raft
+    /// (default: 4096).
     #[arg(long, env = "GEOKV_MAX_KEY_BYTES")]
     max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes; larger ones are refused before
+    /// Raft (default: 1048576).
     #[arg(long, env = "GEOKV_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
 }
@@ -262,6 +289,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             first_error.map_or(Ok(()), Err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_is_described() {
+        let command = Cli::command();
+        let dev = command.find_subcommand("dev").expect("dev subcommand");
+        for arg in command.get_arguments().chain(dev.get_arguments()) {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 20, "--{} has no help text", arg.get_id());
+        }
+    }
+
+    /// The defaults `--help` names are the ones the node uses.
+    #[test]
+    fn stated_defaults_are_the_real_ones() {
+        let c = Config::default();
+        let expected: Vec<(&str, String)> = vec![
+            ("data_dir", c.data_dir.display().to_string()),
+            ("eventual_outbox_max_entries", c.eventual.outbox_max_entries.to_string()),
+            ("eventual_conflict_log_entries", c.eventual.conflict_log_entries.to_string()),
+            ("replication_factor", c.replication_factor.to_string()),
+            ("heartbeat_interval_ms", c.raft.heartbeat_interval_ms.to_string()),
+            ("election_timeout_min_ms", c.raft.election_timeout_min_ms.to_string()),
+            ("election_timeout_max_ms", c.raft.election_timeout_max_ms.to_string()),
+            ("snapshot_every_entries", c.raft.snapshot_every_entries.to_string()),
+            ("logs_kept_after_snapshot", c.raft.logs_kept_after_snapshot.to_string()),
+            ("request_timeout_ms", c.limits.request_timeout_ms.to_string()),
+            ("session_ttl_ms", c.limits.session_ttl_ms.to_string()),
+            ("max_key_bytes", c.limits.max_key_bytes.to_string()),
+            ("max_value_bytes", c.limits.max_value_bytes.to_string()),
+        ];
+        let command = Cli::command();
+        for (id, value) in expected {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap_or_else(|| panic!("no --{id}"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default().replace('\n', " ");
+            let stated = help.split("(default: ").nth(1).and_then(|rest| rest.split([')', ',']).next());
+            assert_eq!(stated, Some(value.as_str()), "--{id}: {help}");
         }
     }
 }

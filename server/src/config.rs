@@ -508,6 +508,8 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         c.validate().unwrap();
         assert_eq!(c.initial_cluster.len(), 3);
+        let me = c.initial_cluster.iter().find(|m| m.id == c.node_id).expect("node_id is a member");
+        assert_eq!(me.addr, c.listen, "the template's node listens where initial_cluster says it is");
         assert_eq!(c.raft, RaftConfig::default());
         assert_eq!(c.limits, Limits::default());
     }

@@ -22,8 +22,11 @@ pub const LEAD_IN_MS: u64 = 1_000;
 /// A fault window lasts between these (pauses: at least [`PAUSE_MIN_MS`]).
 pub const FAULT_MIN_MS: u64 = 2_000;
 pub const FAULT_MAX_MS: u64 = 5_000;
-/// Pauses outlast the default election timeout (1.5–3 s), so followers
-/// elect a new leader while the old one is frozen.
+/// Pauses outlast the time the followers take to elect a new leader with the
+/// default timing (a follower campaigns once the leader lease,
+/// `election_timeout_max_ms` = 1 s, and then one election timeout of
+/// 0.5–1 s have passed without a heartbeat: 1.5–2 s), so they elect one
+/// while the old leader is frozen.
 pub const PAUSE_MIN_MS: u64 = 3_500;
 /// Healthy time between faults.
 pub const HEAL_MIN_MS: u64 = 1_500;
