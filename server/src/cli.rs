@@ -331,7 +331,7 @@ mod tests {
         for (id, value) in expected {
             let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap_or_else(|| panic!("no --{id}"));
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default().replace('\n', " ");
-            let stated = help.split("(default: ").nth(1).and_then(|rest| rest.split([')', ',']).next());
+            let stated = help.split("default: ").nth(1).and_then(|rest| rest.split([')', ',']).next());
             assert_eq!(stated, Some(value.as_str()), "--{id}: {help}");
         }
     }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// What a user is told before a build that has to compile RocksDB: how long
 /// it took, measured on the reference machine (2 cores, cold target dir).
-const COLD_BUILD_NOTE: &str = "the first build compiles RocksDB's C++: about 27 minutes on 2 cores \
+const COLD_BUILD_NOTE: &str = "the first build compiles RocksDB's C++: about 15 minutes on 2 cores \
      (the lab's and the tests' builds share it; later builds take seconds to a minute)";
 
 /// While a long build runs without a terminal (CI, a pipe), how often a
