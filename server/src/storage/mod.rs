@@ -119,6 +119,10 @@ pub enum StorageError {
     Rocks(#[from] rocksdb::Error),
     #[error("fsync thread is gone")]
     SyncerGone,
+    /// A WAL fsync failed on this node (maybe long ago): nothing written
+    /// since is durable, and the node must be restarted.
+    #[error("WAL fsync failed ({0}); this node no longer acknowledges writes until it is restarted")]
+    SyncFailed(String),
 }
 
 impl From<StorageError> for std::io::Error {

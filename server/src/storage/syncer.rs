@@ -5,6 +5,15 @@
 //! and completes them all. A waiter registered after its write returned is
 //! therefore covered by the fsync that completes it; a busy node with many
 //! shards pays one fsync per round instead of one per append.
+//!
+//! A failed fsync is final ("fsyncgate": after a failed `fsync` Linux may
+//! already have dropped the dirty pages it could not write, so a later
+//! `fsync` that succeeds proves nothing about them). From the first failure
+//! on, every waiter, queued or future, fails with [`StorageError::SyncFailed`]
+//! and no fsync is tried again: nothing this node writes is acknowledged as
+//! durable until it is restarted and recovers from what is really on disk, as
+//! PostgreSQL and etcd do. openraft treats the failed log write as a fatal
+//! storage error and stops the group, so the node stops acknowledging.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -15,6 +24,10 @@ use rocksdb::DB;
 use super::StorageError;
 
 type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// One fsync of everything written so far: RocksDB's `flush_wal(sync)` in
+/// production, a scripted one in tests.
+type SyncFn = Box<dyn FnMut() -> Result<(), String> + Send>;
 
 /// The most waiters one fsync round completes; the rest wait for the next
 /// round. Bounds the latency a single round adds to the last waiter.
@@ -30,13 +43,19 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn start(db: Arc<DB>) -> Syncer {
+        Syncer::start_with(Box::new(move || db.flush_wal(true).map_err(|e| e.to_string())))
+    }
+
+    /// A syncer whose fsync is `sync` (the thread owns it, and with it
+    /// whatever it holds, e.g. the DB).
+    fn start_with(sync: SyncFn) -> Syncer {
         let (tx, rx) = mpsc::channel::<Done>();
         let syncs = Arc::new(AtomicU64::new(0));
         let waiters = Arc::new(AtomicU64::new(0));
         let (s, w) = (syncs.clone(), waiters.clone());
         let thread = std::thread::Builder::new()
             .name("geokv-fsync".into())
-            .spawn(move || run(db, rx, s, w))
+            .spawn(move || run(sync, rx, s, w))
             .expect("spawn fsync thread");
         Syncer { tx: Mutex::new(Some(tx)), thread: Some(thread), syncs, waiters }
     }
@@ -80,8 +99,10 @@ impl Drop for Syncer {
     }
 }
 
-fn run(db: Arc<DB>, rx: mpsc::Receiver<Done>, syncs: Arc<AtomicU64>, waiters: Arc<AtomicU64>) {
+fn run(mut sync: SyncFn, rx: mpsc::Receiver<Done>, syncs: Arc<AtomicU64>, waiters: Arc<AtomicU64>) {
     let mut batch: Vec<Done> = Vec::new();
+    // The first failure, kept for ever: see the module comment.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_WAITERS_PER_SYNC {
@@ -90,17 +111,52 @@ fn run(db: Arc<DB>, rx: mpsc::Receiver<Done>, syncs: Arc<AtomicU64>, waiters: Ar
                 Err(_) => break,
             }
         }
-        let result = db.flush_wal(true);
-        syncs.fetch_add(1, Ordering::Relaxed);
+        if failed.is_none() {
+            syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(cause) = sync() {
+                tracing::error!(
+                    %cause,
+                    "WAL fsync failed; this node acknowledges nothing as durable any more: restart it \
+                     (it recovers from what is on disk)"
+                );
+                failed = Some(cause);
+            }
+        }
         waiters.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for done in batch.drain(..) {
-            done(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StorageError::Rocks(e.clone())),
+            done(match &failed {
+                None => Ok(()),
+                Some(cause) => Err(StorageError::SyncFailed(cause.clone())),
             });
         }
-        if let Err(e) = result {
-            tracing::error!(cause = %e, "WAL fsync failed; the node can no longer promise durability");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The regression ("fsyncgate"): a round after a failed fsync used to
+    /// report success as soon as a later fsync succeeded.
+    #[tokio::test]
+    async fn a_failed_fsync_fails_every_later_waiter_and_is_not_retried() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        // Succeeds, fails once, then would succeed again.
+        let syncer = Syncer::start_with(Box::new(move || match counted.fetch_add(1, Ordering::SeqCst) {
+            1 => Err("EIO".into()),
+            _ => Ok(()),
+        }));
+        let wait = || tokio::time::timeout(Duration::from_secs(10), syncer.sync());
+        assert!(wait().await.unwrap().is_ok(), "a good fsync acknowledges");
+        let failed = wait().await.unwrap();
+        assert!(matches!(&failed, Err(StorageError::SyncFailed(cause)) if cause == "EIO"), "{failed:?}");
+        for _ in 0..3 {
+            let later = wait().await.unwrap();
+            assert!(matches!(later, Err(StorageError::SyncFailed(_))), "a later waiter must not hear Ok: {later:?}");
         }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "no fsync is tried after the failed one");
+        assert_eq!(syncer.stats(), (2, 5));
     }
 }
