@@ -8,9 +8,11 @@
 //! - the committed id and the purge marker need no fsync: openraft recovers
 //!   from losing them.
 //!
-//! Invariants (asserted): entries handed to `append` are consecutive and
-//! stored under their own index; an entry read back sits at the index it was
-//! stored under.
+//! Invariants: entries handed to `append` are consecutive and stored under
+//! their own index (asserted: openraft hands them over); an entry read back
+//! decodes and sits at the index it was stored under (checked: the bytes come
+//! from disk, so a violation is corruption, reported as an `InvalidData` error
+//! naming the shard and index, which stops this shard's group, not the node).
 
 use std::fmt::Debug;
 use std::io;
@@ -44,14 +46,16 @@ impl ShardLogStore {
     }
 
     fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry, io::Error> {
-        let entry: Entry = decode(bytes)?;
-        assert_eq!(
-            entry.index(),
-            index,
-            "shard {}: log entry stored at index {index} claims index {}",
-            self.shard,
-            entry.index()
-        );
+        let shard = self.shard;
+        let corrupt = |what: String| {
+            tracing::error!(shard, index, "corrupt Raft log: {what}");
+            io::Error::new(io::ErrorKind::InvalidData, format!("shard {shard}: corrupt Raft log: {what}"))
+        };
+        let entry: Entry =
+            decode(bytes).map_err(|e| corrupt(format!("the entry at index {index} cannot be decoded: {e}")))?;
+        if entry.index() != index {
+            return Err(corrupt(format!("the entry stored at index {index} claims index {}", entry.index())));
+        }
         Ok(entry)
     }
 }
@@ -158,5 +162,40 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         batch.delete_log_range(self.shard, 0, log_id.index() + 1);
         self.storage.write_relaxed(batch)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(term, 1, index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    /// Corrupt bytes on disk are an error naming the shard and index, never
+    /// a panic that would take every other shard of the node down with it.
+    #[tokio::test]
+    async fn corrupt_entries_are_errors_naming_shard_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut batch = storage.batch();
+        batch.put_log(7, 1, &encode(&entry(1, 1)));
+        batch.put_log(7, 2, &encode(&entry(1, 5)));
+        batch.put_log(7, 3, b"\xff\xff not an entry");
+        storage.write_relaxed(batch).unwrap();
+        let mut log = ShardLogStore::new(7, storage);
+
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap(), vec![entry(1, 1)]);
+        let misplaced = log.try_get_log_entries(1..3).await.unwrap_err();
+        assert_eq!(misplaced.kind(), io::ErrorKind::InvalidData);
+        assert!(misplaced.to_string().contains("shard 7") && misplaced.to_string().contains("index 2"), "{misplaced}");
+        let garbage = log.try_get_log_entries(3..4).await.unwrap_err();
+        assert!(garbage.to_string().contains("index 3 cannot be decoded"), "{garbage}");
+        let state = log.get_log_state().await.unwrap_err();
+        assert!(state.to_string().contains("shard 7"), "{state}");
     }
 }

@@ -574,14 +574,27 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         if let Some((start, end)) = self.kind.range() {
             batch.clear_data_range(start, end)?;
         }
-        // The snapshot's range (when it shrank since creation) becomes ours.
-        if let (ShardKind::Data { .. }, Some(bytes)) = (&self.kind, &payload.range) {
-            let (start, end, epoch) = decode::<RangeRecord>(bytes)?;
-            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, bytes);
-            self.kind = ShardKind::Data { start, end, epoch };
-        }
+        // The snapshot's range (when it shrank since creation) becomes ours,
+        // once the snapshot is installed.
+        let kind = match (&self.kind, &payload.range) {
+            (ShardKind::Data { .. }, Some(bytes)) => {
+                let (start, end, epoch) = decode::<RangeRecord>(bytes)?;
+                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, bytes);
+                ShardKind::Data { start, end, epoch }
+            }
+            _ => self.kind.clone(),
+        };
+        // The snapshot came from a peer: a key outside the range is refused
+        // (the group stops on the error, nothing is written), not a panic.
         for (key, record) in &payload.data {
-            assert!(self.kind.contains(key), "shard {}: snapshot holds key {key:?} outside its range", self.shard);
+            if !kind.contains(key) {
+                let message = format!(
+                    "shard {}: refusing snapshot {:?}: it holds key {key:?} outside the shard's range",
+                    self.shard, meta.last_log_id
+                );
+                tracing::error!(shard = self.shard, "{message}");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+            }
             batch.put_data(key, record);
         }
         batch.clear_sessions(self.shard);
@@ -602,6 +615,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(&meta.last_membership));
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(meta, &snapshot)));
         self.storage.write_durable(batch)?.await?;
+        self.kind = kind;
         self.last_applied_index = meta.last_log_id.as_ref().map(|id| id.index);
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
@@ -792,6 +806,29 @@ mod tests {
         let r = follower.apply_run(&[write(2, s, 1000, vec![], vec![put("h1", "again")])]).await.unwrap();
         assert_eq!(outcome(&r[0]).version, 1);
         assert_eq!(follower.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    }
+
+    /// A snapshot from a peer holding a key outside this shard's range is
+    /// refused with an error naming the shard (the group stops on it), and
+    /// nothing of it is written; it used to panic the whole node.
+    #[tokio::test]
+    async fn a_snapshot_with_keys_outside_the_range_is_refused_not_a_panic() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let wide = ShardKind::Data { start: b"a".to_vec(), end: Some(b"z".to_vec()), epoch: 3 };
+        let mut peer = ShardStateMachine::new(2, wide, Storage::open(a.path()).unwrap(), limits()).unwrap();
+        peer.apply_run(&[write(1, Session::default(), 1, vec![], vec![put("h1", "a"), put("x1", "outside")])])
+            .await
+            .unwrap();
+        let snap = peer.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        let mut sm = data_sm(b.path(), limits());
+        sm.apply_run(&[write(1, Session::default(), 1, vec![], vec![put("h-mine", "kept")])]).await.unwrap();
+        let err = sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("shard 2") && err.to_string().contains("outside"), "{err}");
+        assert!(sm.storage.get_data(b"h-mine").unwrap().is_some(), "nothing of the refused snapshot was written");
+        assert!(sm.storage.get_data(b"x1").unwrap().is_none());
+        assert!(matches!(&sm.kind, ShardKind::Data { end: Some(e), .. } if e == b"n"), "the range is unchanged");
     }
 
     fn shrink(index: u64, start: &str, end: &str, epoch: u64) -> Entry {
