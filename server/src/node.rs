@@ -196,9 +196,30 @@ impl Node {
         let me = self.config.node_id;
         let log = ShardLogStore::new(shard, self.storage.clone());
         let network = ShardNetwork::new(shard, peers.clone());
-        let raft = ShardRaft::new(me, raft_config.clone(), network, log, sm)
+        // A restarted node may have promised its old leader not to vote for
+        // anyone else for the lease that leader serves reads on; openraft
+        // forgets that on restart, and voting for itself breaks it as surely
+        // as voting for a peer. So during the quarantine (see
+        // `Config::vote_quarantine`) the group neither votes
+        // (`service::raft`) nor campaigns: elections start disabled and are
+        // enabled when it ends.
+        let quarantine_left = self.config.vote_quarantine().saturating_sub(self.uptime());
+        let raft_config = if quarantine_left.is_zero() {
+            raft_config.clone()
+        } else {
+            Arc::new(openraft::Config { enable_elect: false, ..(**raft_config).clone() })
+        };
+        let raft = ShardRaft::new(me, raft_config, network, log, sm)
             .await
             .with_context(|| format!("cannot start the Raft group of shard {shard}"))?;
+        if !quarantine_left.is_zero() {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(quarantine_left).await;
+                raft.runtime_config().elect(true);
+                tracing::debug!(shard, "vote quarantine over: elections enabled");
+            });
+        }
         if !raft.is_initialized().await? {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
@@ -441,6 +462,24 @@ impl Node {
     }
 }
 
+/// What a leader can vouch for, if anything: how long ago a quorum last
+/// acknowledged it, and its committed index, which then holds every entry
+/// any leader ever acknowledged.
+///
+/// Only once it has committed an entry of its own term (Raft §5.4.2: its
+/// blank entry). Before that, its committed index can lag writes the old
+/// leader already acknowledged, and a safe time built on it would let a
+/// bounded read miss them while claiming to be fresh.
+pub fn leader_safe_point(m: &openraft::RaftMetrics<crate::raft::TypeConfig>) -> Option<(Duration, u64)> {
+    use openraft::vote::RaftLeaderId;
+    if m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let acked = m.last_quorum_acked.as_ref()?;
+    let committed = m.local_committed.as_ref()?;
+    (committed.leader_id.term() == m.current_term).then(|| (acked.elapsed(), committed.index))
+}
+
 /// The wall clock, in ms since the Unix epoch.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -489,9 +528,9 @@ async fn push_safe_times(node: Arc<Node>) {
                 let _ = raft.trigger().heartbeat().await;
             }
             let m = raft.metrics().borrow_watched().clone();
-            let (Some(acked), Some(committed)) = (m.last_quorum_acked, m.local_committed) else { continue };
-            let age_ms = acked.elapsed().as_millis() as u64;
-            let safe = SafeTime { shard, leader_wall_ms: wall_ms().saturating_sub(age_ms), index: committed.index };
+            let Some((acked_age, committed_index)) = leader_safe_point(&m) else { continue };
+            let age_ms = acked_age.as_millis() as u64;
+            let safe = SafeTime { shard, leader_wall_ms: wall_ms().saturating_sub(age_ms), index: committed_index };
             // Push at every beat, and in between what is new, at most every
             // half interval (under writes, acknowledgements never stop).
             let never = Instant::now().checked_sub(interval).unwrap_or_else(Instant::now);
@@ -679,5 +718,39 @@ pub async fn serve(
     match startup_error.lock().expect("startup error slot").take() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::TypeConfig;
+
+    fn leader_metrics(term: u64, committed_term: u64) -> openraft::RaftMetrics<TypeConfig> {
+        let mut m = openraft::RaftMetrics::<TypeConfig>::new_initial(1);
+        m.state = openraft::ServerState::Leader;
+        m.current_term = term;
+        m.local_committed = Some(openraft::testing::log_id::<TypeConfig>(committed_term, 1, 7));
+        m.last_quorum_acked =
+            Some(openraft::metrics::SerdeInstant::new(<openraft::TokioInstant as openraft::Instant>::now()));
+        m
+    }
+
+    /// The bounded-staleness hole after a leader change: a leader whose
+    /// newest committed entry is from an older term vouches for nothing
+    /// (before, it published a safe time built on a commit index that could
+    /// lag writes the previous leader had acknowledged).
+    #[test]
+    fn a_leader_vouches_only_after_committing_in_its_own_term() {
+        assert_eq!(leader_safe_point(&leader_metrics(5, 4)), None, "only the old term's entries are committed");
+        let (age, index) = leader_safe_point(&leader_metrics(5, 5)).expect("its blank entry is committed");
+        assert_eq!(index, 7);
+        assert!(age < Duration::from_secs(5), "{age:?}");
+        let mut follower = leader_metrics(5, 5);
+        follower.state = openraft::ServerState::Follower;
+        assert_eq!(leader_safe_point(&follower), None, "a follower is no leader");
+        let mut never_acked = leader_metrics(5, 5);
+        never_acked.last_quorum_acked = None;
+        assert_eq!(leader_safe_point(&never_acked), None);
     }
 }

@@ -18,7 +18,6 @@ use geokv_proto::kv::{
     self as pb, BatchRequest, BatchResponse, CasRequest, CasResponse, Consistency, DeleteRequest, GetRequest,
     GetResponse, PutRequest, ReadInfo, RequestHeader, ScanRequest, ScanResponse, WriteResponse, WriteSession,
 };
-use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use tonic::{Request, Response, Status};
@@ -335,9 +334,10 @@ impl KvService {
         let m = raft.metrics().borrow_watched().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         if m.state == openraft::ServerState::Leader {
-            let acked = m.last_quorum_acked.as_ref()?;
-            let committed = m.local_committed.map_or(0, |l| l.index);
-            return (applied >= committed).then(|| acked.elapsed().as_millis() as u64);
+            // A leader that has not committed an entry of its term yet
+            // vouches for nothing: the read falls back (see leader_safe_point).
+            let (acked_age, committed) = crate::node::leader_safe_point(&m)?;
+            return (applied >= committed).then_some(acked_age.as_millis() as u64);
         }
         self.node.staleness_bound_ms(shard, applied)
     }

@@ -44,7 +44,9 @@ impl RaftService {
     /// A node that just started may have promised its old leader, before it
     /// stopped, not to vote for `election_timeout_max_ms` (the lease that
     /// leader serves reads on); openraft forgets that promise on restart, so
-    /// the node keeps it here by refusing votes for that long after start.
+    /// the node keeps it here by refusing votes (and leadership transfers)
+    /// for that long after start. It does not campaign either: its groups
+    /// start with elections disabled until then (`Node::start_group`).
     fn check_vote_quarantine(&self) -> Result<(), Status> {
         let quarantine = self.node.config.vote_quarantine();
         if self.node.uptime() < quarantine {
@@ -183,6 +185,9 @@ impl Raft for RaftService {
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        // A transfer makes its target campaign at once, past `enable_elect`:
+        // a quarantined node must not (see `Node::start_group`).
+        self.check_vote_quarantine()?;
         let (raft, shard, body) = self.open::<TransferLeaderRequest<TypeConfig>>(req).await?;
         reply(shard, raft.handle_transfer_leader(body).await)
     }
