@@ -136,7 +136,7 @@ fn bench(mut args: Vec<OsString>) -> Result<(), String> {
     println!("xtask: linking the release build against {}", archive.display());
     let mut command = cargo();
     command
-        .args(["build", "--release", "--bin", "geokv-bench"])
+        .args(["build", "--release", "--package", "geokv-bench", "--bin", "geokv-bench"])
         .env("ROCKSDB_LIB_DIR", &dir)
         .env("ROCKSDB_STATIC", "1");
     run_timed(command, "the release benchmark")?;
