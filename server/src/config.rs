@@ -124,6 +124,13 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
 }
 
+/// The shortest `limits.session_ttl_ms` accepted. A client retries a write
+/// until its deadline (geokv-client and kvctl: 10 s by default); the session
+/// that deduplicates those retries must outlive that by a wide margin, also
+/// when leaders' clocks differ. A retry that still comes later is refused
+/// (the collected session leaves a marker), never applied twice.
+pub const MIN_SESSION_TTL_MS: u64 = 60_000;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -430,6 +437,15 @@ impl Config {
                 return Err(invalid(field, "must be positive"));
             }
         }
+        if l.session_ttl_ms < MIN_SESSION_TTL_MS {
+            return Err(invalid(
+                "limits.session_ttl_ms",
+                format!(
+                    "must be at least {MIN_SESSION_TTL_MS} ms: a session must outlive every retry of its writes \
+                     (clients retry for up to their deadline, 10 s by default)"
+                ),
+            ));
+        }
         if l.default_scan_limit > l.max_scan_limit {
             return Err(invalid("limits.default_scan_limit", "must not exceed max_scan_limit"));
         }
@@ -500,6 +516,16 @@ mod tests {
 
         assert!(Member::parse("x=1.2.3.4:5@r").is_err());
         assert!(Member::parse("1=1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn a_session_ttl_shorter_than_client_retries_is_refused() {
+        let mut c = three_nodes();
+        c.limits.session_ttl_ms = MIN_SESSION_TTL_MS - 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.session_ttl_ms") && err.contains("outlive every retry"), "{err}");
+        c.limits.session_ttl_ms = MIN_SESSION_TTL_MS;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -15,9 +15,17 @@
 //! Exactly-once writes: a write carrying `(client_id, sequence)` stores its
 //! result under that pair; a retry finds the result and returns it without
 //! applying again. The client's `first_incomplete` lets results below it be
-//! dropped, and sessions idle longer than `session_ttl_ms` (measured on the
-//! proposing leaders' clocks, carried in the log, so every replica agrees)
-//! are garbage-collected. Session state is part of the snapshot.
+//! dropped, and sessions idle longer than `session_ttl_ms` are
+//! garbage-collected. Collection is a function of the log alone: it runs
+//! before a write entry whose proposal time (the leader's clock, carried in
+//! the entry) is a GC interval past the last collection, and sees the run's
+//! own pending writes, so every replica collects the same sessions at the
+//! same index however openraft batches entries into runs. A collected session
+//! leaves a marker with the next sequence it had not seen: a late retry (a
+//! sequence below it) is refused as `SessionExpired`, which the client
+//! reports as indeterminate, never applied twice; a resumed client's new
+//! sequences start a new session. Markers are dropped one more TTL later.
+//! Session state (markers included) is part of the snapshot.
 //!
 //! Invariants (asserted):
 //! - applied indexes strictly increase;
@@ -135,6 +143,25 @@ fn header_key(client_id: u64) -> [u8; 8] {
     client_id.to_be_bytes()
 }
 
+/// Where a collected session leaves its marker: the client id, then 0xff (a
+/// length no header or result key has).
+fn marker_key(client_id: u64) -> [u8; 9] {
+    let mut k = [0xffu8; 9];
+    k[..8].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// What a collected session leaves behind.
+///
+/// Invariant: every sequence the session ever applied is below
+/// `next_sequence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionMarker {
+    /// Log time of the collection; the marker is dropped a TTL after it.
+    collected_at_ms: u64,
+    next_sequence: u64,
+}
+
 fn result_key(client_id: u64, sequence: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&client_id.to_be_bytes());
@@ -149,6 +176,8 @@ struct Overlay {
     data: HashMap<Vec<u8>, Option<Record>>,
     /// `None`: deleted in this run.
     sessions: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The last session collection's log time, when it ran in this run.
+    session_gc_ms: Option<u64>,
 }
 
 impl ShardStateMachine {
@@ -230,6 +259,17 @@ impl ShardStateMachine {
             if s.sequence < header.first_incomplete {
                 let r = Rejection::SessionExpired { client_id: s.client_id, sequence: s.sequence };
                 return Ok(CommandResult::Rejected(r));
+            }
+            if let Some(bytes) = self.read_session(&marker_key(s.client_id), overlay)? {
+                let marker: SessionMarker = decode(&bytes)?;
+                if s.sequence < marker.next_sequence {
+                    // A retry of a write the collected session may have applied.
+                    let r = Rejection::SessionExpired { client_id: s.client_id, sequence: s.sequence };
+                    return Ok(CommandResult::Rejected(r));
+                }
+                // The client resumed with new writes: a new session.
+                batch.delete_session(self.shard, &marker_key(s.client_id));
+                overlay.sessions.insert(marker_key(s.client_id).to_vec(), None);
             }
         }
 
@@ -317,7 +357,6 @@ impl ShardStateMachine {
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
         let mut new_map: Option<ShardMap> = None;
-        let mut latest_time_ms = 0u64;
         let mut results = Vec::with_capacity(run.len());
 
         for entry in run {
@@ -336,7 +375,7 @@ impl ShardStateMachine {
                     CommandResult::None
                 }
                 EntryPayload::Normal(Command::Write(cmd)) => {
-                    latest_time_ms = latest_time_ms.max(cmd.proposed_at_ms);
+                    self.collect_sessions(cmd.proposed_at_ms, &mut batch, &mut overlay)?;
                     self.apply_write(index, cmd, &mut batch, &mut overlay)?
                 }
                 EntryPayload::Normal(Command::Meta(MetaCommand::Bootstrap(map))) => match &self.kind {
@@ -409,9 +448,6 @@ impl ShardStateMachine {
         }
 
         let Some(last_applied) = last_applied else { return Ok(results) };
-        if latest_time_ms > 0 {
-            self.collect_sessions(latest_time_ms, &mut batch)?;
-        }
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED, &encode(&last_applied));
         if let Some(m) = &membership {
             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(m));
@@ -508,25 +544,60 @@ impl ShardStateMachine {
         Ok(map.validate().map(|()| map).map_err(|e| e.to_string()))
     }
 
-    /// Drops sessions idle for longer than the TTL, at most once per GC
-    /// interval of log time.
-    fn collect_sessions(&self, now_ms: u64, batch: &mut Batch<'_>) -> io::Result<()> {
-        let last_gc: u64 = self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0);
+    /// Drops sessions idle for longer than the TTL (leaving a marker) and
+    /// markers older than another TTL, at most once per GC interval of log
+    /// time, as of `now_ms`, the proposal time of the write about to apply.
+    /// Sees this run's pending session writes: the outcome depends on the
+    /// log, not on how it was cut into runs.
+    fn collect_sessions(&self, now_ms: u64, batch: &mut Batch<'_>, overlay: &mut Overlay) -> io::Result<()> {
+        let last_gc = match overlay.session_gc_ms {
+            Some(at) => at,
+            None => self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0),
+        };
         if now_ms < last_gc.saturating_add(self.limits.gc_interval_ms) {
             return Ok(());
         }
+        // Stored session records of each kind, with this run's writes on top.
+        let current = |key_len: usize| -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+            let mut records: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+                self.storage.sessions_with_key_len(self.shard, key_len)?.into_iter().collect();
+            for (key, value) in overlay.sessions.iter().filter(|(k, _)| k.len() == key_len) {
+                match value {
+                    Some(value) => records.insert(key.clone(), value.clone()),
+                    None => records.remove(key),
+                };
+            }
+            Ok(records)
+        };
+        let (headers, markers) = (current(8)?, current(9)?);
+        let ttl = self.limits.ttl_ms;
         let mut dropped = 0usize;
-        for (key, value) in self.storage.sessions_with_key_len(self.shard, 8)? {
+        for (key, value) in headers {
             let header: SessionHeader = decode(&value)?;
-            if header.last_active_ms.saturating_add(self.limits.ttl_ms) < now_ms {
-                let client = u64::from_be_bytes(key[..8].try_into().expect("8-byte session header key"));
-                for seq in header.saved {
-                    batch.delete_session(self.shard, &result_key(client, seq));
-                }
-                batch.delete_session(self.shard, &header_key(client));
-                dropped += 1;
+            if header.last_active_ms.saturating_add(ttl) >= now_ms {
+                continue;
+            }
+            let client = u64::from_be_bytes(key[..8].try_into().expect("8-byte session header key"));
+            let next_sequence = header.saved.last().map_or(0, |last| last + 1).max(header.first_incomplete);
+            for seq in header.saved {
+                batch.delete_session(self.shard, &result_key(client, seq));
+                overlay.sessions.insert(result_key(client, seq).to_vec(), None);
+            }
+            batch.delete_session(self.shard, &header_key(client));
+            overlay.sessions.insert(header_key(client).to_vec(), None);
+            let marker = encode(&SessionMarker { collected_at_ms: now_ms, next_sequence });
+            batch.put_session(self.shard, &marker_key(client), &marker);
+            overlay.sessions.insert(marker_key(client).to_vec(), Some(marker));
+            dropped += 1;
+        }
+        for (key, value) in markers {
+            let marker: SessionMarker = decode(&value)?;
+            if marker.collected_at_ms.saturating_add(ttl) < now_ms {
+                batch.delete_session(self.shard, &key);
+                overlay.sessions.insert(key, None);
             }
         }
+        overlay.session_gc_ms = Some(now_ms);
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SESSION_GC_MS, &encode(&now_ms));
         if dropped > 0 {
             tracing::info!(shard = self.shard, dropped, "expired idle client sessions");
@@ -771,6 +842,86 @@ mod tests {
         assert!(sm.storage.get_session(2, &header_key(5)).unwrap().is_none());
         assert!(sm.storage.get_session(2, &result_key(5, 2)).unwrap().is_none());
         assert!(sm.storage.get_session(2, &header_key(6)).unwrap().is_some());
+    }
+
+    /// Every session record of shard 2, sorted: what a replica would answer
+    /// retries from.
+    fn session_state(sm: &ShardStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        for key_len in [8, 9, 16] {
+            all.extend(sm.storage.sessions_with_key_len(2, key_len).unwrap());
+        }
+        all.sort();
+        all
+    }
+
+    /// Finding: collection used to run once per apply run, as of the run's
+    /// newest proposal time, and read headers from storage only. A replica
+    /// that got the same log in one run and one that got it in two then
+    /// answered the same retry differently (one deduplicated it, the other
+    /// applied it again). Now both collect at the same entry.
+    #[tokio::test]
+    async fn session_collection_does_not_depend_on_how_the_log_is_cut_into_runs() {
+        let later = 1000 + DAY_MS + 5_000;
+        let log = [
+            write(1, Session { client_id: 5, sequence: 1, first_incomplete: 1 }, 1000, vec![], vec![put("h1", "a")]),
+            write(2, Session { client_id: 6, sequence: 1, first_incomplete: 1 }, later, vec![], vec![put("h2", "x")]),
+            // Client 5's late retry of sequence 1.
+            write(3, Session { client_id: 5, sequence: 1, first_incomplete: 1 }, later, vec![], vec![put("h1", "a")]),
+        ];
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut one_run = data_sm(a.path(), limits());
+        let mut two_runs = data_sm(b.path(), limits());
+        // Both apply the first write alone; then one gets the rest as one
+        // run, the other as two.
+        let mut together = one_run.apply_run(&log[..1]).await.unwrap();
+        together.extend(one_run.apply_run(&log[1..]).await.unwrap());
+        let mut apart = two_runs.apply_run(&log[..1]).await.unwrap();
+        apart.extend(two_runs.apply_run(&log[1..2]).await.unwrap());
+        apart.extend(two_runs.apply_run(&log[2..]).await.unwrap());
+        assert_eq!(together, apart, "the same log answers the same, however it is cut");
+        assert_eq!(session_state(&one_run), session_state(&two_runs));
+        assert_eq!(one_run.storage.get_data(b"h1").unwrap(), two_runs.storage.get_data(b"h1").unwrap());
+        // And the late retry is refused, not applied a second time.
+        assert_eq!(together[2], CommandResult::Rejected(Rejection::SessionExpired { client_id: 5, sequence: 1 }));
+    }
+
+    /// A collected session leaves a marker: retries of its sequences are
+    /// refused (indeterminate for the client), new sequences of a resumed
+    /// client start a new session, and the marker goes a TTL later.
+    #[tokio::test]
+    async fn a_collected_session_refuses_late_retries_and_lets_its_client_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        let s = |sequence| Session { client_id: 5, sequence, first_incomplete: 1 };
+        for seq in 1..=3 {
+            sm.apply_run(&[write(seq, s(seq), 1000, vec![], vec![put("h1", "v")])]).await.unwrap();
+        }
+        let later = 1000 + DAY_MS + 5_000;
+        let other = |index, at| write(index, Session::default(), at, vec![], vec![put("h9", "x")]);
+        sm.apply_run(&[other(4, later)]).await.unwrap();
+        assert!(sm.storage.get_session(2, &header_key(5)).unwrap().is_none(), "collected");
+        assert!(sm.storage.get_session(2, &marker_key(5)).unwrap().is_some(), "with a marker");
+
+        for seq in 1..=3 {
+            let r = sm.apply_run(&[write(4 + seq, s(seq), later, vec![], vec![put("h1", "again")])]).await.unwrap();
+            assert_eq!(r[0], CommandResult::Rejected(Rejection::SessionExpired { client_id: 5, sequence: seq }));
+        }
+        let stored: Record = decode(&sm.storage.get_data(b"h1").unwrap().unwrap()).unwrap();
+        assert_eq!(stored.value, b"v".to_vec(), "no late retry applied");
+
+        let r = sm.apply_run(&[write(8, s(4), later, vec![], vec![put("h1", "resumed")])]).await.unwrap();
+        assert!(outcome(&r[0]).applied, "a new sequence starts a new session");
+        assert!(sm.storage.get_session(2, &marker_key(5)).unwrap().is_none());
+        assert!(sm.storage.get_session(2, &header_key(5)).unwrap().is_some());
+
+        // Markers of clients that never come back go one TTL after collection.
+        let s7 = Session { client_id: 7, sequence: 1, first_incomplete: 1 };
+        sm.apply_run(&[write(9, s7, later, vec![], vec![put("h3", "y")])]).await.unwrap();
+        sm.apply_run(&[other(10, later + DAY_MS + 5_000)]).await.unwrap();
+        assert!(sm.storage.get_session(2, &marker_key(7)).unwrap().is_some());
+        sm.apply_run(&[other(11, later + 2 * DAY_MS + 10_000)]).await.unwrap();
+        assert!(sm.storage.get_session(2, &marker_key(7)).unwrap().is_none(), "dropped a TTL after collection");
     }
 
     #[tokio::test]
