@@ -103,8 +103,11 @@ pub enum MetaCommand {
     SetLeaderRegion { shard: u64, region: Option<String> },
     /// Adds `shard`, whose range is cut from the end or the start of
     /// `parent`; the parent keeps `parent_start..parent_end` at
-    /// `parent_epoch` (its own log already shrank it). A no-op when `shard`
-    /// is already in the map.
+    /// `parent_epoch` (its own log already shrank it). The new shard's id is
+    /// allocated here, at apply time (`shard.id` is ignored: a proposer's map
+    /// may lag). A retry is recognised by its whole effect, not by an id: an
+    /// eventual shard with exactly this range, and the parent already at
+    /// this range and epoch; it answers the existing id and changes nothing.
     CarveShard { parent: u64, parent_start: Vec<u8>, parent_end: Option<Vec<u8>>, parent_epoch: u64, shard: ShardDesc },
 }
 
@@ -131,6 +134,12 @@ pub enum CommandResult {
     /// A shrink was applied: the shard is now at this epoch.
     Shrunk {
         epoch: u64,
+    },
+    /// A carve was applied (or had been): the new shard's id, allocated by
+    /// the meta shard, and the map version.
+    Carved {
+        shard_id: u64,
+        map_version: u64,
     },
 }
 
@@ -183,8 +192,8 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::SetLeaderRegion { shard, region }) => {
                 write!(f, "set-leader-region(shard={shard}, region={region:?})")
             }
-            Command::Meta(MetaCommand::CarveShard { parent, shard, .. }) => {
-                write!(f, "carve-shard(parent={parent}, new={}, mode={:?})", shard.id, shard.mode)
+            Command::Meta(MetaCommand::CarveShard { parent, parent_epoch, shard, .. }) => {
+                write!(f, "carve-shard(parent={parent}@{parent_epoch}, mode={:?})", shard.mode)
             }
             Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
         }

@@ -47,7 +47,7 @@ use super::command::{
     Command, CommandResult, MetaCommand, Record, Rejection, ShrinkCommand, WriteCommand, WriteOutcome,
 };
 use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
-use crate::shards::ShardMap;
+use crate::shards::{ShardDesc, ShardMap};
 use crate::storage::{Batch, MetaFamily, Storage, apply_meta_tag};
 
 /// What a shard's state machine holds.
@@ -432,11 +432,11 @@ impl ShardStateMachine {
                 }
                 (CommandResult::None, EntryPayload::Normal(Command::Meta(carve @ MetaCommand::CarveShard { .. }))) => {
                     match self.carve(index, carve, &new_map)? {
-                        Ok(map) => {
+                        Ok((map, shard_id)) => {
                             let version = map.version;
                             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
                             new_map = Some(map);
-                            CommandResult::Meta { map_version: version }
+                            CommandResult::Carved { shard_id, map_version: version }
                         }
                         Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
                     }
@@ -515,7 +515,12 @@ impl ShardStateMachine {
     }
 
     /// The map after a [`MetaCommand::CarveShard`], or why it is refused.
-    fn carve(&self, index: u64, cmd: &MetaCommand, pending: &Option<ShardMap>) -> io::Result<Result<ShardMap, String>> {
+    fn carve(
+        &self,
+        index: u64,
+        cmd: &MetaCommand,
+        pending: &Option<ShardMap>,
+    ) -> io::Result<Result<(ShardMap, u64), String>> {
         let MetaCommand::CarveShard { parent, parent_start, parent_end, parent_epoch, shard } = cmd else {
             unreachable!("only carve commands come here")
         };
@@ -525,12 +530,21 @@ impl ShardStateMachine {
         let Some(mut map) = self.current_map(pending)? else {
             return Ok(Err("the shard map is not bootstrapped yet".into()));
         };
-        if map.shard(shard.id).is_some() {
-            return Ok(Ok(map)); // a retry: already there
-        }
         let Some(pos) = map.shards.iter().position(|s| s.id == *parent) else {
             return Ok(Err(format!("no shard {parent} in the map")));
         };
+        let done = map.shards.iter().find(|s| s.is_eventual() && s.start == shard.start && s.end == shard.end);
+        let p = &map.shards[pos];
+        if let Some(done) = done
+            && p.start == *parent_start
+            && p.end == *parent_end
+            && p.epoch == *parent_epoch
+        {
+            let id = done.id;
+            return Ok(Ok((map, id))); // a retry of a carve that was applied
+        }
+        // Ids are never reused: shards are only ever added.
+        let id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         let p = &mut map.shards[pos];
         if p.epoch + 1 != *parent_epoch {
             return Ok(Err(format!("shard {parent} is at epoch {}, not {}", p.epoch, parent_epoch - 1)));
@@ -539,9 +553,9 @@ impl ShardStateMachine {
         p.start = parent_start.clone();
         p.end = parent_end.clone();
         p.epoch = *parent_epoch;
-        map.shards.insert(insert_at, shard.clone());
+        map.shards.insert(insert_at, ShardDesc { id, ..shard.clone() });
         map.version = index;
-        Ok(map.validate().map(|()| map).map_err(|e| e.to_string()))
+        Ok(map.validate().map(|()| (map, id)).map_err(|e| e.to_string()))
     }
 
     /// Drops sessions idle for longer than the TTL (leaving a marker) and
@@ -980,6 +994,88 @@ mod tests {
         assert!(sm.storage.get_data(b"h-mine").unwrap().is_some(), "nothing of the refused snapshot was written");
         assert!(sm.storage.get_data(b"x1").unwrap().is_none());
         assert!(matches!(&sm.kind, ShardKind::Data { end: Some(e), .. } if e == b"n"), "the range is unchanged");
+    }
+
+    fn meta_entry(index: u64, cmd: MetaCommand) -> Entry {
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Meta(cmd)),
+        }
+    }
+
+    /// Finding: the proposer picked the new shard's id as max+1 of its own,
+    /// possibly lagging, map, and the carve took "id already in the map" for
+    /// a retry: two creates could leave the second parent at its old epoch
+    /// in the map (its replicas, already shrunk, then refused every write as
+    /// StaleEpoch). Ids are now allocated at apply time, and a retry is
+    /// recognised by its whole effect.
+    #[tokio::test]
+    async fn concurrent_carves_get_their_own_ids_and_a_retry_changes_nothing() {
+        use crate::shards::{NodeDesc, ShardMode};
+        let dir = tempfile::tempdir().unwrap();
+        let (map_tx, _map_rx) = watch::channel(Arc::new(ShardMap::default()));
+        let mut meta =
+            ShardStateMachine::new(0, ShardKind::Meta { map_tx }, Storage::open(dir.path()).unwrap(), limits())
+                .unwrap();
+        let nodes: Vec<NodeDesc> = (1..=3)
+            .map(|id| NodeDesc {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                region: format!("r{id}"),
+                zone: String::new(),
+            })
+            .collect();
+        let splits = [b"g".to_vec(), b"n".to_vec(), b"u".to_vec()];
+        let initial = ShardMap::initial(&nodes, &splits, &[], 3).unwrap();
+        meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial.clone()))]).await.unwrap();
+        let carve = |parent: u64, parent_start: &str, parent_end: Option<&str>, start: &str, end: Option<&str>| {
+            let epoch = initial.shard(parent).unwrap().epoch + 1;
+            MetaCommand::CarveShard {
+                parent,
+                parent_start: parent_start.into(),
+                parent_end: parent_end.map(Into::into),
+                parent_epoch: epoch,
+                // Both proposers saw the same map and would have picked id 5.
+                shard: ShardDesc {
+                    id: 5,
+                    epoch: 1,
+                    start: start.into(),
+                    end: end.map(Into::into),
+                    replicas: vec![1, 2, 3],
+                    preferred_leader_region: None,
+                    mode: ShardMode::Eventual,
+                },
+            }
+        };
+        let from_last = carve(4, "u", Some("x"), "x", None);
+        let from_first = carve(1, "", Some("f"), "f", Some("g"));
+        let r = meta.apply_run(&[meta_entry(2, from_last.clone()), meta_entry(3, from_first)]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Carved { shard_id: 5, map_version: 2 });
+        assert_eq!(r[1], CommandResult::Carved { shard_id: 6, map_version: 3 });
+        let map = meta.stored_map().unwrap().unwrap();
+        map.validate().unwrap();
+        for (parent, end) in [(1, "f"), (4, "x")] {
+            let p = map.shard(parent).unwrap();
+            assert_eq!(p.epoch, initial.shard(parent).unwrap().epoch + 1, "shard {parent} is at its new epoch");
+            assert_eq!(p.end.as_deref(), Some(end.as_bytes()));
+        }
+        assert_eq!(map.shard_for_key(b"fa").unwrap().id, 6);
+        assert_eq!(map.shard_for_key(b"xa").unwrap().id, 5);
+
+        // The same carve again (a retried request): the existing shard, nothing changed.
+        let r = meta.apply_run(&[meta_entry(4, from_last.clone())]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Carved { shard_id: 5, map_version: 3 });
+        assert_eq!(meta.stored_map().unwrap().unwrap(), map);
+        // A carve from a stale epoch is refused, not mistaken for a retry.
+        let mut stale = carve(2, "g", Some("m"), "m", Some("n"));
+        if let MetaCommand::CarveShard { parent_epoch, .. } = &mut stale {
+            *parent_epoch += 5;
+        }
+        let r = meta.apply_run(&[meta_entry(5, stale)]).await.unwrap();
+        assert!(
+            matches!(&r[0], CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.contains("epoch")),
+            "{r:?}"
+        );
     }
 
     fn shrink(index: u64, start: &str, end: &str, epoch: u64) -> Entry {

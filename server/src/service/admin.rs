@@ -243,8 +243,7 @@ impl Admin for AdminService {
             }
         };
         let parent_epoch = parent.epoch + 1;
-        let shard_id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
-        tracing::info!(parent = parent.id, shard_id, "carving an eventual shard");
+        tracing::info!(parent = parent.id, "carving an eventual shard");
 
         // 1. The parent stops owning the range, in its own log order.
         let shrink = Command::Shrink(ShrinkCommand {
@@ -261,7 +260,7 @@ impl Admin for AdminService {
         }
         // 2. The map says so; every replica starts the new shard from it.
         let desc = ShardDesc {
-            id: shard_id,
+            id: 0, // allocated by the meta shard when the carve applies
             epoch: 1,
             start,
             end,
@@ -277,7 +276,7 @@ impl Admin for AdminService {
             shard: desc,
         });
         match self.node.propose_internal(META_SHARD_ID, &carve).await.map_err(Status::unavailable)? {
-            CommandResult::Meta { map_version } => Ok(Response::new(CreateShardResponse {
+            CommandResult::Carved { shard_id, map_version } => Ok(Response::new(CreateShardResponse {
                 shard_id,
                 map_version,
                 parent_shard_id: parent.id,
