@@ -115,6 +115,10 @@ enum NemesisArg {
     Kill,
     Pause,
     Latency,
+    /// Kill a node and restart it within 50-300 ms.
+    Restart,
+    /// A partition and, while it holds, a kill, pause or quick restart of another node.
+    Composed,
     All,
     None,
 }
@@ -295,6 +299,8 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::Kill => kinds.insert(NemesisKind::Kill),
             NemesisArg::Pause => kinds.insert(NemesisKind::Pause),
             NemesisArg::Latency => kinds.insert(NemesisKind::Latency),
+            NemesisArg::Restart => kinds.insert(NemesisKind::Restart),
+            NemesisArg::Composed => kinds.insert(NemesisKind::Composed),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true

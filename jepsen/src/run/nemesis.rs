@@ -11,6 +11,12 @@
 //! Every window ends with a *heal all*: partitions and latency overrides
 //! cleared, killed nodes restarted, paused nodes resumed. So windows never
 //! pile up, and the final heal before the liveness phase is the same call.
+//! Faults overlap *within* a window instead: a `composed` window cuts the
+//! network and, while it is cut, kills, pauses or quickly restarts a node
+//! (Jepsen's etcd suite composes nemeses the same way), and a `restart`
+//! window brings a killed node back within [`QUICK_RESTART_MIN_MS`]..
+//! [`QUICK_RESTART_MAX_MS`], inside the vote quarantine it may have promised
+//! its old leader.
 
 use std::time::Duration;
 
@@ -28,6 +34,10 @@ pub const FAULT_MAX_MS: u64 = 5_000;
 /// 0.5–1 s have passed without a heartbeat: 1.5–2 s), so they elect one
 /// while the old leader is frozen.
 pub const PAUSE_MIN_MS: u64 = 3_500;
+/// How long a quick restart keeps its node down (the window itself lasts
+/// [`FAULT_MIN_MS`]..[`FAULT_MAX_MS`], the node up again for most of it).
+pub const QUICK_RESTART_MIN_MS: u64 = 50;
+pub const QUICK_RESTART_MAX_MS: u64 = 300;
 /// Healthy time between faults.
 pub const HEAL_MIN_MS: u64 = 1_500;
 pub const HEAL_MAX_MS: u64 = 3_500;
@@ -85,11 +95,21 @@ pub enum NemesisKind {
     Kill,
     Pause,
     Latency,
+    /// Kill a node and start it again within 50-300 ms.
+    Restart,
+    /// A partition and, during it, a kill, pause or quick restart.
+    Composed,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 4] =
-        [NemesisKind::Partition, NemesisKind::Kill, NemesisKind::Pause, NemesisKind::Latency];
+    pub const ALL: [NemesisKind; 6] = [
+        NemesisKind::Partition,
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+        NemesisKind::Latency,
+        NemesisKind::Restart,
+        NemesisKind::Composed,
+    ];
 }
 
 /// Which nodes a process fault hits.
@@ -118,6 +138,12 @@ pub enum Fault {
     IsolateFollower { shard: u64 },
     /// SIGKILL; the heal restarts them on their data.
     Kill { target: Target },
+    /// SIGKILL, then a restart on the same data `down_ms` later, inside the
+    /// window.
+    Restart { target: Target, down_ms: u64 },
+    /// Every fault of `faults`, applied in order `gap_ms` apart and held
+    /// together until the window ends (never nested).
+    Composed { faults: Vec<Fault>, gap_ms: u64 },
     /// SIGSTOP; the heal sends SIGCONT.
     Pause { target: Target },
     /// One-way delay (and jitter) on every link between two nodes.
@@ -154,7 +180,11 @@ impl Schedule {
         while !kinds.is_empty() && windows.len() < MAX_WINDOWS {
             let kind = kinds[rng.below(kinds.len())];
             let fault = random_fault(&mut rng, kind, &ids, shard);
-            let min = if matches!(fault, Fault::Pause { .. }) { PAUSE_MIN_MS } else { FAULT_MIN_MS };
+            let pauses = match &fault {
+                Fault::Composed { faults, .. } => faults.iter().any(|f| matches!(f, Fault::Pause { .. })),
+                fault => matches!(fault, Fault::Pause { .. }),
+            };
+            let min = if pauses { PAUSE_MIN_MS } else { FAULT_MIN_MS };
             let length = rng.between(min, FAULT_MAX_MS.max(min));
             // Leave healthy time at the end: the last window heals before the limit.
             if t + length + HEAL_MIN_MS > time_limit_ms {
@@ -235,6 +265,37 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             Fault::Pause { target }
         }
         NemesisKind::Latency => Fault::Latency { delay_ms: rng.between(100, 400), jitter_ms: rng.between(0, 50) },
+        NemesisKind::Restart => {
+            let target =
+                if rng.below(2) == 0 { Target::Nodes { ids: vec![one(rng)] } } else { Target::Leader { shard } };
+            Fault::Restart { target, down_ms: rng.between(QUICK_RESTART_MIN_MS, QUICK_RESTART_MAX_MS) }
+        }
+        NemesisKind::Composed => {
+            // Cut `cut` off from `peer` (or isolate it, or split the network
+            // in halves), then hit a third node while the cut holds: the
+            // shape of "cut L-B, restart A within 300 ms".
+            let cut = one(rng);
+            let others: Vec<u64> = ids.iter().copied().filter(|&id| id != cut).collect();
+            let peer = others[rng.below(others.len())];
+            let hit = others.iter().copied().find(|&id| id != peer).unwrap_or(peer);
+            let shape = match rng.below(3) {
+                0 => FaultShape::IsolateNode { node: cut },
+                1 => FaultShape::RandomHalves { seed: rng.next_u64() },
+                _ => FaultShape::Links {
+                    from: vec![Endpoint::Node(cut)],
+                    to: vec![Endpoint::Node(peer)],
+                    one_way: false,
+                },
+            };
+            let partition = Fault::Partition { shape, mode: Partition::Stall };
+            let target = Target::Nodes { ids: vec![hit] };
+            let second = match rng.below(3) {
+                0 => Fault::Kill { target },
+                1 => Fault::Pause { target },
+                _ => Fault::Restart { target, down_ms: rng.between(QUICK_RESTART_MIN_MS, QUICK_RESTART_MAX_MS) },
+            };
+            Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
+        }
     }
 }
 
@@ -260,8 +321,23 @@ async fn resolve(lab: &Lab, target: &Target) -> Result<Vec<u64>, String> {
 }
 
 /// Starts a fault (`workload_shard` stands in for a shard 0). An error means
-/// nothing was done (e.g. no leader to hit).
+/// nothing was done (e.g. no leader to hit), or for a composed fault that its
+/// later parts were not (the heal undoes the earlier ones).
 pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Applied, String> {
+    if let Fault::Composed { faults, gap_ms } = fault {
+        let mut descriptions = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, part) in faults.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(*gap_ms)).await;
+            }
+            let done = Box::pin(apply(lab, part, workload_shard)).await?;
+            descriptions.push(done.description);
+            nodes.extend(done.nodes);
+        }
+        let description = format!("composed, {gap_ms} ms apart: {}", descriptions.join(", then "));
+        return Ok(Applied { description, fault: with_shard(fault, workload_shard), nodes });
+    }
     let fault = &with_shard(fault, workload_shard);
     let applied = |description: String, nodes: Vec<u64>| Applied { description, fault: fault.clone(), nodes };
     match fault {
@@ -303,6 +379,18 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             }
             Ok(applied(format!("kill {} ({})", target_text(target), nodes_text(&ids)), ids))
         }
+        Fault::Restart { target, down_ms } => {
+            let ids = resolve(lab, target).await?;
+            for &id in &ids {
+                lab.kill(id).map_err(|e| e.to_string())?;
+            }
+            tokio::time::sleep(Duration::from_millis(*down_ms)).await;
+            for &id in &ids {
+                lab.restart(id).map_err(|e| e.to_string())?;
+            }
+            Ok(applied(format!("restart {} after {down_ms} ms down ({})", target_text(target), nodes_text(&ids)), ids))
+        }
+        Fault::Composed { .. } => unreachable!("composed faults are applied part by part above"),
         Fault::Pause { target } => {
             let ids = resolve(lab, target).await?;
             for &id in &ids {
@@ -332,6 +420,10 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
         Fault::IsolateFollower { shard } => Fault::IsolateFollower { shard: fix(*shard) },
         Fault::Kill { target: t } => Fault::Kill { target: target(t) },
         Fault::Pause { target: t } => Fault::Pause { target: target(t) },
+        Fault::Restart { target: t, down_ms } => Fault::Restart { target: target(t), down_ms: *down_ms },
+        Fault::Composed { faults, gap_ms } => {
+            Fault::Composed { faults: faults.iter().map(|f| with_shard(f, workload_shard)).collect(), gap_ms: *gap_ms }
+        }
         other => other.clone(),
     }
 }
@@ -432,6 +524,39 @@ mod tests {
             }
         }
         assert!(Schedule::generate(1, &[], 30_000, 3, 2).windows.is_empty());
+    }
+
+    #[test]
+    fn composed_windows_cut_first_and_hit_another_node_and_restarts_are_quick() {
+        let mut composed = 0;
+        for seed in 0..40 {
+            let s = Schedule::generate(seed, &[NemesisKind::Composed, NemesisKind::Restart], 60_000, 3, 2);
+            s.validate().unwrap();
+            for w in &s.windows {
+                match &w.fault {
+                    Fault::Composed { faults, gap_ms } => {
+                        composed += 1;
+                        assert!(*gap_ms < w.end_ms - w.start_ms, "the second part starts inside the window: {w:?}");
+                        let [Fault::Partition { shape, .. }, second] = faults.as_slice() else { panic!("{w:?}") };
+                        let hit = match second {
+                            Fault::Kill { target } | Fault::Pause { target } | Fault::Restart { target, .. } => target,
+                            other => panic!("{other:?}"),
+                        };
+                        if let (FaultShape::IsolateNode { node }, Target::Nodes { ids }) = (shape, hit) {
+                            assert!(!ids.contains(node), "the second fault hits another node: {w:?}");
+                        }
+                        if matches!(second, Fault::Pause { .. }) {
+                            assert!(w.end_ms - w.start_ms >= PAUSE_MIN_MS);
+                        }
+                    }
+                    Fault::Restart { down_ms, .. } => {
+                        assert!((QUICK_RESTART_MIN_MS..=QUICK_RESTART_MAX_MS).contains(down_ms), "{w:?}")
+                    }
+                    other => panic!("only the asked-for kinds: {other:?}"),
+                }
+            }
+        }
+        assert!(composed > 20, "{composed} composed windows");
     }
 
     #[test]
