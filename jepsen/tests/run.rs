@@ -1,7 +1,8 @@
-//! Whole runs against a lab cluster: a positive control (register under
-//! partitions and kills, linearizable reads: no anomaly) and a negative one
-//! (stale reads served by an isolated follower: the checker must say
-//! INVALID). Short on purpose: seconds of workload each, on a loaded 2-core
+//! Whole runs against a lab cluster: positive controls (register under
+//! partitions and kills, linearizable reads; and under a composed fault, a
+//! partition plus a quick restart, with lease reads: no anomaly) and a
+//! negative one (stale reads served by an isolated follower: the checker must
+//! say INVALID). Short on purpose: seconds of workload each, on a loaded 2-core
 //! machine; nothing here asserts on timing.
 
 use std::time::Duration;
@@ -72,4 +73,29 @@ async fn stale_reads_from_an_isolated_follower_are_caught() {
     assert_eq!(nemesis_starts(&outcome.history).len(), 1, "the follower was isolated: {:?}", report.stats);
     assert_eq!(report.verdict, ReportVerdict::Invalid, "the negative control must be caught: {}", report.summary);
     assert_eq!(report.checkers["linearizable"]["verdict"], "invalid");
+}
+
+/// A composed window (a node isolated and, while it is cut off, another node
+/// restarted after 150 ms down, inside its vote quarantine) with lease
+/// reads: no anomaly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_lease_reads_under_a_partition_and_a_quick_restart_finds_no_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::Composed {
+        faults: vec![
+            Fault::Partition { shape: FaultShape::IsolateNode { node: 1 }, mode: Partition::Stall },
+            Fault::Restart { target: Target::Nodes { ids: vec![3] }, down_ms: 150 },
+        ],
+        gap_ms: 500,
+    };
+    let windows = vec![Window { start_ms: 1_000, end_ms: 5_000, fault }];
+    let mut config = config(&dir, Workload::Register, windows);
+    config.read_consistency = Consistency::Lease;
+    let outcome = run(config).await.expect("the run completes");
+    let report = &outcome.report;
+    println!("{}", report.render_text());
+    let starts = nemesis_starts(&outcome.history);
+    assert_eq!(starts.len(), 1, "the composed fault was applied: {:?}", report.stats);
+    assert!(starts[0].contains("isolate node 1") && starts[0].contains("restart"), "{starts:?}");
+    assert_eq!(report.verdict, ReportVerdict::Valid, "{}", report.summary);
 }
