@@ -236,7 +236,8 @@ struct CheckArgs {
     #[arg(long)]
     all_keys: bool,
     /// Check reads that report `staleness_bound_ms` = d as if invoked d earlier
-    /// (bounded-staleness reads; see the crate docs).
+    /// (bounded-staleness reads; see the crate docs); reads that report no
+    /// bound promise nothing and are left out.
     #[arg(long)]
     relax_bounded_staleness: bool,
     /// What an EDN `:fail` CAS means.
@@ -410,7 +411,7 @@ fn check(args: CheckArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32
     };
     let checked = if args.relax_bounded_staleness {
         match relax_bounded_staleness(&history) {
-            Ok(relaxed) => relaxed,
+            Ok((relaxed, _)) => relaxed,
             Err(e) => return malformed(stderr, e),
         }
     } else {

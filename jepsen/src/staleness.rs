@@ -7,7 +7,17 @@
 //! back by δ — its interval then covers every moment whose value it may
 //! legitimately return. [`relax_bounded_staleness`] does exactly that, and the
 //! ordinary checker does the rest. A read that returns something older than
-//! its bound still fails; a linearizable read (δ = 0) is unchanged.
+//! its bound still fails; a linearizable read (δ = 0) is unchanged; a read
+//! whose bound is unknown promises nothing and is left out of the check.
+//!
+//! The same relaxation checks *every* read by what it promised, whatever
+//! level it asked for: `run` does that for each register run (the
+//! `staleness_bounds` checker), so every run also tells whether the bounds
+//! geokv reported were true.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::history::{Clock, History, Outcome};
@@ -15,23 +25,49 @@ use crate::history::{Clock, History, Outcome};
 /// Nanoseconds per millisecond.
 const NANOS_PER_MS: u64 = 1_000_000;
 
+/// The `ok` reads of a history, by what they promised.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BoundCounts {
+    /// Reads per level they were served at (the completion's
+    /// `consistency`; `unreported` when it has none).
+    pub reads_by_level: BTreeMap<String, u64>,
+    /// Reads that reported a bound of 0: checked as they are.
+    pub fresh: u64,
+    /// Reads that reported a positive bound: checked invoked that much earlier.
+    pub bounded: u64,
+    /// Reads that reported no bound: they promise nothing and are not checked.
+    pub unknown: u64,
+}
+
 /// A copy of `history` in which every `ok` read whose completion reports
 /// `staleness_bound_ms = δ > 0` is invoked δ earlier (the events keep their
-/// original times; only the operations the checker uses move).
+/// original times; only the operations the checker uses move), and every
+/// `ok` read that reports no bound is dropped (as a failed read is: it
+/// promised nothing); with the counts of each.
 ///
 /// Refuses histories without a nanosecond clock that carry bounds: an event
 /// index cannot be moved back by milliseconds.
-pub fn relax_bounded_staleness(history: &History) -> Result<History> {
+pub fn relax_bounded_staleness(history: &History) -> Result<(History, BoundCounts)> {
     let mut relaxed = history.clone();
+    let mut counts = BoundCounts::default();
     for op in &mut relaxed.operations {
         if op.f != "read" || op.outcome != Outcome::Ok {
             continue;
         }
         let completion = op.completion.expect("an ok operation has a completion");
-        let Some(bound_ms) = history.events[completion].staleness_bound_ms else { continue };
+        let event = &history.events[completion];
+        let level = event.consistency.clone().unwrap_or_else(|| "unreported".into());
+        *counts.reads_by_level.entry(level).or_default() += 1;
+        let Some(bound_ms) = event.staleness_bound_ms else {
+            counts.unknown += 1;
+            op.outcome = Outcome::Fail;
+            continue;
+        };
         if bound_ms == 0 {
+            counts.fresh += 1;
             continue;
         }
+        counts.bounded += 1;
         if history.clock != Clock::Nanoseconds {
             return Err(Error::Model {
                 line: history.lines[completion],
@@ -40,7 +76,7 @@ pub fn relax_bounded_staleness(history: &History) -> Result<History> {
         }
         op.invoke_time = op.invoke_time.saturating_sub(bound_ms.saturating_mul(NANOS_PER_MS));
     }
-    Ok(relaxed)
+    Ok((relaxed, counts))
 }
 
 #[cfg(test)]
@@ -58,23 +94,33 @@ mod tests {
     /// write 1 completes at 10 ms, write 2 at 20-30 ms; a bounded read
     /// invoked at 100 ms returns 1 (stale by 70-90 ms).
     fn history(bound_ms: u64) -> History {
-        let text = format!(
+        read_jsonl(&history_text(Some(bound_ms))).unwrap()
+    }
+
+    /// The same history; with `None` the read is a stale one reporting no bound.
+    fn history_text(bound_ms: Option<u64>) -> String {
+        let (level, bound) = match bound_ms {
+            Some(ms) => ("bounded", format!(",\"staleness_bound_ms\":{ms}")),
+            None => ("stale", String::new()),
+        };
+        format!(
             "{{\"process\":0,\"type\":\"invoke\",\"f\":\"write\",\"value\":1,\"time\":0}}\n\
              {{\"process\":0,\"type\":\"ok\",\"f\":\"write\",\"value\":1,\"time\":10000000}}\n\
              {{\"process\":0,\"type\":\"invoke\",\"f\":\"write\",\"value\":2,\"time\":20000000}}\n\
              {{\"process\":0,\"type\":\"ok\",\"f\":\"write\",\"value\":2,\"time\":30000000}}\n\
              {{\"process\":1,\"type\":\"invoke\",\"f\":\"read\",\"time\":100000000}}\n\
              {{\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"value\":1,\"time\":101000000,\
-               \"consistency\":\"bounded\",\"staleness_bound_ms\":{bound_ms}}}\n"
-        );
-        read_jsonl(&text).unwrap()
+               \"consistency\":\"{level}\"{bound}}}\n"
+        )
     }
 
     #[test]
     fn a_read_within_its_bound_passes_once_relaxed() {
         let strict = history(100);
         assert_eq!(verdict(&strict), Verdict::Invalid, "stale for plain linearizability");
-        let relaxed = relax_bounded_staleness(&strict).unwrap();
+        let (relaxed, counts) = relax_bounded_staleness(&strict).unwrap();
+        assert_eq!((counts.fresh, counts.bounded, counts.unknown), (0, 1, 0));
+        assert_eq!(counts.reads_by_level["bounded"], 1);
         assert_eq!(relaxed.operations[2].invoke_time, 0);
         assert_eq!(relaxed.events[4].time, 100_000_000, "events keep their times");
         assert_eq!(verdict(&relaxed), Verdict::Valid);
@@ -83,10 +129,26 @@ mod tests {
     #[test]
     fn a_read_staler_than_its_bound_fails() {
         // Moved back 50 ms the read starts at 50 ms: write 2 had completed.
-        let relaxed = relax_bounded_staleness(&history(50)).unwrap();
+        let (relaxed, _) = relax_bounded_staleness(&history(50)).unwrap();
         assert_eq!(verdict(&relaxed), Verdict::Invalid);
         // 70 ms reaches back to 30 ms, touching write 2's completion: concurrent, so 1 is allowed.
-        let relaxed = relax_bounded_staleness(&history(70)).unwrap();
+        let (relaxed, _) = relax_bounded_staleness(&history(70)).unwrap();
         assert_eq!(verdict(&relaxed), Verdict::Valid);
+    }
+
+    /// A read that reports no bound promised nothing: it is not checked
+    /// (before, it was checked as if its bound were 0). One that claims 0 is
+    /// checked strictly.
+    #[test]
+    fn an_unknown_bound_promises_nothing_and_a_zero_bound_everything() {
+        let unknown = read_jsonl(&history_text(None)).unwrap();
+        assert_eq!(verdict(&unknown), Verdict::Invalid, "stale for plain linearizability");
+        let (relaxed, counts) = relax_bounded_staleness(&unknown).unwrap();
+        assert_eq!((counts.fresh, counts.bounded, counts.unknown), (0, 0, 1));
+        assert_eq!(counts.reads_by_level["stale"], 1);
+        assert_eq!(verdict(&relaxed), Verdict::Valid);
+        let (relaxed, counts) = relax_bounded_staleness(&history(0)).unwrap();
+        assert_eq!((counts.fresh, counts.bounded, counts.unknown), (1, 0, 0));
+        assert_eq!(verdict(&relaxed), Verdict::Invalid, "a fresh read that was stale is caught");
     }
 }
