@@ -87,7 +87,8 @@ enum Command {
 const RUN_ABOUT: &str = "\
 Run a Jepsen-style test: start a lab cluster of real geokv node processes
 behind an emulated WAN (in OUT/lab), run --clients client processes of a
-workload against it with client retries off (one RPC per operation), while a
+workload against it with client retries off (one RPC per operation; on with
+--client-retries), while a
 seeded nemesis alternates fault and heal windows; heal, require every key to
 take a write again (liveness), then check the history.
 
@@ -172,6 +173,12 @@ struct RunArgs {
     /// One operation's bound in ms: past it, reads fail and writes are info.
     #[arg(long, default_value_t = 2_000)]
     op_timeout_ms: u64,
+    /// Let the clients retry within --op-timeout-ms (attempts of a quarter of
+    /// it each), resending writes with their sequence numbers: exactly-once
+    /// under retries, leader changes and dropped connections is then checked
+    /// too (a write applied twice brings an overwritten value back).
+    #[arg(long)]
+    client_retries: bool,
     /// After the final heal, every key must take a write within this many seconds.
     #[arg(long, default_value_t = 30)]
     liveness_timeout_s: u64,
@@ -316,6 +323,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     }
     config.read_consistency = args.read_consistency;
     config.op_timeout = Duration::from_millis(args.op_timeout_ms);
+    config.client_retries = args.client_retries;
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
     config.keep_data = args.keep_data;

@@ -132,7 +132,15 @@ pub struct RunConfig {
     /// Eventual mode: after the final heal, every replica must hold the same
     /// value and timestamp for every key within this.
     pub convergence_timeout: Duration,
+    /// The processes' clients retry within `op_timeout` (each attempt at
+    /// most a [`RETRY_ATTEMPTS_PER_OP`]th of it), resending a write with its
+    /// sequence number: the server must apply it once. Off, one RPC per
+    /// operation.
+    pub client_retries: bool,
 }
+
+/// With client retries on, how many attempts fit in one operation's timeout.
+pub const RETRY_ATTEMPTS_PER_OP: u32 = 4;
 
 impl RunConfig {
     /// Defaults for `workload` writing into `out_dir`.
@@ -156,6 +164,7 @@ impl RunConfig {
             keep_data: false,
             eventual: false,
             convergence_timeout: Duration::from_secs(30),
+            client_retries: false,
         }
     }
 
@@ -262,6 +271,8 @@ pub struct RunParameters {
     pub nemesis: Vec<NemesisKind>,
     pub schedule_replayed: bool,
     pub op_timeout_ms: u64,
+    /// The clients retried within each operation's timeout.
+    pub client_retries: bool,
     pub liveness_timeout_ms: u64,
     pub key_time_limit_ms: u64,
     pub key_cache_limit_bytes: usize,
@@ -459,11 +470,12 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let mut clients = Vec::new();
     for slot in 0..config.clients {
         let region = regions[slot % regions.len()].clone();
-        let client_config = lab
-            .client_config_for_region(&region)?
-            .max_attempts(1)
-            .rpc_timeout(config.op_timeout)
-            .deadline(config.op_timeout);
+        let client_config = lab.client_config_for_region(&region)?.deadline(config.op_timeout);
+        let client_config = if config.client_retries {
+            client_config.rpc_timeout(config.op_timeout / RETRY_ATTEMPTS_PER_OP)
+        } else {
+            client_config.max_attempts(1).rpc_timeout(config.op_timeout)
+        };
         let client = client_config.clone().connect().await?;
         let home_addr = lab.endpoint_for_region(&region)?;
         let source = lab.client_ip_for_region(&region)?;
@@ -1041,6 +1053,7 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             nemesis: config.nemesis.clone(),
             schedule_replayed: config.schedule.is_some(),
             op_timeout_ms: config.op_timeout.as_millis() as u64,
+            client_retries: config.client_retries,
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
             key_time_limit_ms: config.check.key_time_limit_ms,
             key_cache_limit_bytes: config.check.key_cache_limit_bytes,

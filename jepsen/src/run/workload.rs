@@ -24,8 +24,11 @@
 //!
 //! # Outcomes
 //!
-//! Client retries are off (one RPC per operation), so an answer is about
-//! that one attempt. A write refused before it could apply
+//! Client retries are off by default (one RPC per operation), so an answer is
+//! about that one attempt; with `--client-retries` the client library resends
+//! within the operation's timeout (a write with the same sequence number, so
+//! the server must apply it once: a double apply shows as a register value
+//! coming back after a later write). A write refused before it could apply
 //! ([`geokv_client::Error::Unavailable`], invalid argument, a failed
 //! condition, a CAS or batch an eventual shard refused) is `fail`; one that may have applied (indeterminate, timed
 //! out, anything else) is `info`, and the slot continues as a fresh
@@ -243,7 +246,7 @@ impl Generator {
 /// How a client process reaches the cluster.
 #[derive(Clone)]
 pub struct ProcessClient {
-    /// Retries off (`max_attempts(1)`).
+    /// Retries off (`max_attempts(1)`) unless the run asked for them.
     pub client: Client,
     /// The process's own region's node, dialled from the region's client IP:
     /// where stale register reads go (a stale read is meant to be served by
