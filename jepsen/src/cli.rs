@@ -120,6 +120,8 @@ enum NemesisArg {
     Restart,
     /// A partition and, while it holds, a kill, pause or quick restart of another node.
     Composed,
+    /// One node's wall clock off by 25-1000 ms (libfaketime).
+    Clock,
     All,
     None,
 }
@@ -179,6 +181,11 @@ struct RunArgs {
     /// too (a write applied twice brings an overwritten value back).
     #[arg(long)]
     client_retries: bool,
+    /// The nodes' --max-clock-offset-ms (default: theirs, 50; it must stay
+    /// below their election timeout). With the clock nemesis: how much skew
+    /// the nodes are told to tolerate.
+    #[arg(long)]
+    max_clock_offset_ms: Option<u64>,
     /// After the final heal, every key must take a write within this many seconds.
     #[arg(long, default_value_t = 30)]
     liveness_timeout_s: u64,
@@ -309,6 +316,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::Latency => kinds.insert(NemesisKind::Latency),
             NemesisArg::Restart => kinds.insert(NemesisKind::Restart),
             NemesisArg::Composed => kinds.insert(NemesisKind::Composed),
+            NemesisArg::Clock => kinds.insert(NemesisKind::Clock),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true
@@ -324,6 +332,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.read_consistency = args.read_consistency;
     config.op_timeout = Duration::from_millis(args.op_timeout_ms);
     config.client_retries = args.client_retries;
+    config.max_clock_offset_ms = args.max_clock_offset_ms;
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
     config.keep_data = args.keep_data;

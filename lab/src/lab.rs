@@ -175,11 +175,19 @@ pub struct LabNode {
     /// Its Prometheus endpoint (`GET /metrics`), when [`LabConfig::metrics`].
     pub metrics: Option<SocketAddr>,
     process: Mutex<Option<NodeProcess>>,
+    /// Its wall clock's offset from the machine's, in ms, when it runs
+    /// skewed ([`Lab::set_clock_offset`]).
+    clock_offset_ms: Mutex<Option<i64>>,
 }
 
 impl LabNode {
     fn process(&self) -> MutexGuard<'_, Option<NodeProcess>> {
         self.process.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Its wall-clock offset in ms, if it runs skewed.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        *self.clock_offset_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The pid of its process, if one was started.
@@ -351,6 +359,7 @@ impl Lab {
                 log_path: config.data_dir.join(format!("node-{id}.log")),
                 metrics,
                 process: Mutex::new(None),
+                clock_offset_ms: Mutex::new(None),
             });
         }
         for (node, listener) in nodes.iter().zip(listeners) {
@@ -410,6 +419,16 @@ impl Lab {
             .or_else(|| std::env::var("RUST_LOG").ok())
             .unwrap_or_else(|| "info,openraft=warn".into());
         command.env("RUST_LOG", filter);
+        if let Some(offset_ms) = node.clock_offset_ms() {
+            // libfaketime moves the wall clock only: monotonic time (leases,
+            // timeouts) stays true, as an NTP-less host's would.
+            let library = faketime_library()?;
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME", faketime_offset(offset_ms))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
+        }
         // The node must not pick up a GEOKV_* setting meant for kvctl.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GEOKV_") {
@@ -533,6 +552,40 @@ impl Lab {
         drop(proxies);
         self.spawn(node)?;
         self.write_state()
+    }
+
+    /// Restarts node `id` with its wall clock `offset_ms` off the machine's
+    /// (`None`: true again), through libfaketime (Debian's `faketime`
+    /// package); a no-op when it already runs so. Monotonic time is left
+    /// true.
+    pub async fn set_clock_offset(&self, id: u64, offset_ms: Option<i64>) -> Result<()> {
+        let node = self.node(id)?;
+        if offset_ms.is_some() {
+            faketime_library()?;
+        }
+        if node.clock_offset_ms() == offset_ms && node.state() == ProcessState::Running {
+            return Ok(());
+        }
+        *node.clock_offset_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = offset_ms;
+        if node.state() != ProcessState::Killed {
+            self.kill(id)?;
+        }
+        self.restart_after_kill(id).await
+    }
+
+    /// [`Lab::restart`] right after [`Lab::kill`]: the killed front proxy's
+    /// listener closes only once its aborted task has been dropped, so the
+    /// address is retried until it is free, for at most [`REBIND_TIMEOUT`].
+    pub async fn restart_after_kill(&self, id: u64) -> Result<()> {
+        let deadline = Instant::now() + REBIND_TIMEOUT;
+        loop {
+            match self.restart(id) {
+                Err(e) if Instant::now() < deadline && e.to_string().contains("again") => {
+                    tokio::time::sleep(REBIND_POLL).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// SIGSTOPs node `id`.
@@ -964,6 +1017,11 @@ fn between(a: &[Endpoint], b: &[Endpoint], one_way: bool) -> Vec<Link> {
 
 /// A listener on `addr` again, for a proxy that was stopped (address reuse
 /// on: connections of the old one may linger in TIME_WAIT).
+/// How long [`Lab::restart_after_kill`] waits for a killed node's front-proxy
+/// address to come free.
+pub const REBIND_TIMEOUT: Duration = Duration::from_secs(2);
+const REBIND_POLL: Duration = Duration::from_millis(10);
+
 fn rebind(addr: SocketAddr) -> Result<TcpListener> {
     let fail = Error::io(format!("bind the front proxy on {addr} again"));
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None);
@@ -1006,4 +1064,34 @@ fn check_data_dir(data_dir: &Path, initial_cluster: &str, nodes: &[LabNode]) -> 
         )));
     }
     Ok(())
+}
+
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime.
+const FAKETIME_LIBRARIES: [&str; 2] =
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"];
+
+fn faketime_library() -> Result<&'static str> {
+    FAKETIME_LIBRARIES.into_iter().find(|p| std::path::Path::new(p).exists()).ok_or_else(|| {
+        Error::State("clock skew needs libfaketime: apt-get install faketime (cargo xtask test installs it)".into())
+    })
+}
+
+/// libfaketime's relative offset for `offset_ms`: signed seconds.
+fn faketime_offset(offset_ms: i64) -> String {
+    let sign = if offset_ms < 0 { '-' } else { '+' };
+    let abs = offset_ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::faketime_offset;
+
+    #[test]
+    fn faketime_offsets_are_signed_seconds() {
+        assert_eq!(faketime_offset(500), "+0.500");
+        assert_eq!(faketime_offset(-1_250), "-1.250");
+        assert_eq!(faketime_offset(0), "+0.000");
+        assert_eq!(faketime_offset(20_000), "+20.000");
+    }
 }

@@ -106,6 +106,11 @@ struct NodeArgs {
     /// lease and how long a restarted node refuses votes (default: 1000).
     #[arg(long, env = "GEOKV_ELECTION_TIMEOUT_MAX_MS")]
     election_timeout_max_ms: Option<u64>,
+    /// The most two nodes' wall clocks may differ, in ms: leases are shortened
+    /// by it, bounded reads add it, and a peer seen further off makes this
+    /// node refuse lease and bounded reads for a while (default: 50).
+    #[arg(long, env = "GEOKV_MAX_CLOCK_OFFSET_MS")]
+    max_clock_offset_ms: Option<u64>,
     /// Build a shard snapshot after this many log entries since the last one
     /// (default: 10000).
     #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
@@ -157,6 +162,7 @@ impl NodeArgs {
             c.raft.heartbeat_interval_ms => self.heartbeat_interval_ms,
             c.raft.election_timeout_min_ms => self.election_timeout_min_ms,
             c.raft.election_timeout_max_ms => self.election_timeout_max_ms,
+            c.raft.max_clock_offset_ms => self.max_clock_offset_ms,
             c.raft.snapshot_every_entries => self.snapshot_every_entries,
             c.raft.logs_kept_after_snapshot => self.logs_kept_after_snapshot,
             c.limits.request_timeout_ms => self.request_timeout_ms,
@@ -320,6 +326,7 @@ mod tests {
             ("heartbeat_interval_ms", c.raft.heartbeat_interval_ms.to_string()),
             ("election_timeout_min_ms", c.raft.election_timeout_min_ms.to_string()),
             ("election_timeout_max_ms", c.raft.election_timeout_max_ms.to_string()),
+            ("max_clock_offset_ms", c.raft.max_clock_offset_ms.to_string()),
             ("snapshot_every_entries", c.raft.snapshot_every_entries.to_string()),
             ("logs_kept_after_snapshot", c.raft.logs_kept_after_snapshot.to_string()),
             ("request_timeout_ms", c.limits.request_timeout_ms.to_string()),

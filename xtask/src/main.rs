@@ -3,7 +3,8 @@
 //! A fresh Debian or Ubuntu machine with only Rust cannot build geokv on its
 //! own: `librocksdb-sys`'s build script runs bindgen, which loads libclang,
 //! and compiles RocksDB's C++ with a C++ compiler; the benchmark tests start
-//! etcd 3.4 beside geokv; the test runner is cargo-nextest. This program
+//! etcd 3.4 beside geokv; the harness's clock-skew run needs libfaketime; the
+//! test runner is cargo-nextest. This program
 //! checks for each of them, installs what is missing (apt-get as root or
 //! through `sudo -n`, `cargo install` for nextest) and prints the exact
 //! command when it cannot, then builds and runs the task:
@@ -52,6 +53,10 @@ const QUIET_BUILD_TICK: Duration = Duration::from_secs(120);
 /// The etcd the benchmark (and its smoke test) starts by default.
 const ETCD_BIN: &str = "/usr/bin/etcd";
 
+/// Where Debian's `faketime` package puts libfaketime (as geokv-lab looks for it).
+const FAKETIME_LIBRARIES: [&str; 2] =
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"];
+
 /// The benchmark run when `cargo xtask bench` is given no arguments.
 const DEFAULT_BENCH_ARGS: &[&str] = &["--scenario", "local", "--quick"];
 
@@ -70,6 +75,7 @@ Each task first checks for what it needs and installs what is missing:
     libclang + headers   apt package libclang-dev   (librocksdb-sys runs bindgen)
     a C++ compiler       apt package g++            (RocksDB is compiled from source)
     etcd 3.4             apt package etcd-server    (test, bench: the side-by-side benchmark)
+    libfaketime          apt package faketime       (test: the harness's clock-skew run)
     cargo-nextest        cargo install cargo-nextest --locked   (test)
 apt-get runs directly as root, else through `sudo -n`; when neither works the
 exact command is printed and nothing else happens. Supported: Debian and
@@ -83,7 +89,7 @@ fn main() -> ExitCode {
         "lab" => lab(rest),
         "test" => test(rest),
         "bench" => bench(rest),
-        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Nextest]),
+        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Nextest]),
         "doctor" => doctor(),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -112,7 +118,7 @@ fn lab(mut args: Vec<OsString>) -> Result<(), String> {
 
 /// `cargo xtask test`: build every test binary (timed), then become nextest.
 fn test(args: Vec<OsString>) -> Result<(), String> {
-    ensure(&[Need::Build, Need::Etcd, Need::Nextest])?;
+    ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Nextest])?;
     // nextest builds exactly what `cargo test --no-run` builds; doing it here
     // first lets the build be timed and watched on its own.
     build(&["test", "--workspace", "--no-run"], "the tests")?;
@@ -146,7 +152,7 @@ fn bench(mut args: Vec<OsString>) -> Result<(), String> {
 /// `cargo xtask doctor`: one line per prerequisite.
 fn doctor() -> Result<(), String> {
     let mut missing = 0;
-    for need in [Need::Build, Need::Etcd, Need::Nextest] {
+    for need in [Need::Build, Need::Etcd, Need::Faketime, Need::Nextest] {
         for item in need.items() {
             let found = item.present();
             missing += usize::from(!found);
@@ -172,6 +178,8 @@ enum Need {
     Etcd,
     /// cargo-nextest: the test runner.
     Nextest,
+    /// libfaketime: the harness's clock-skew runs.
+    Faketime,
 }
 
 /// One prerequisite: how to tell it is there, and how to get it.
@@ -211,6 +219,12 @@ impl Need {
                 why: "the benchmark runs etcd beside geokv",
                 present: || Path::new(ETCD_BIN).is_file(),
                 install: Install::Apt(&["etcd-server"]),
+            }],
+            Need::Faketime => vec![Item {
+                name: "libfaketime",
+                why: "the harness shifts node clocks with it",
+                present: || FAKETIME_LIBRARIES.iter().any(|p| Path::new(p).exists()),
+                install: Install::Apt(&["faketime"]),
             }],
             Need::Nextest => vec![Item {
                 name: "cargo-nextest",

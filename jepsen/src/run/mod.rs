@@ -137,6 +137,8 @@ pub struct RunConfig {
     /// sequence number: the server must apply it once. Off, one RPC per
     /// operation.
     pub client_retries: bool,
+    /// The nodes' `--max-clock-offset-ms`, when not their default.
+    pub max_clock_offset_ms: Option<u64>,
 }
 
 /// With client retries on, how many attempts fit in one operation's timeout.
@@ -165,6 +167,7 @@ impl RunConfig {
             eventual: false,
             convergence_timeout: Duration::from_secs(30),
             client_retries: false,
+            max_clock_offset_ms: None,
         }
     }
 
@@ -273,6 +276,8 @@ pub struct RunParameters {
     pub op_timeout_ms: u64,
     /// The clients retried within each operation's timeout.
     pub client_retries: bool,
+    /// The nodes' clock offset bound when not their default.
+    pub max_clock_offset_ms: Option<u64>,
     pub liveness_timeout_ms: u64,
     pub key_time_limit_ms: u64,
     pub key_cache_limit_bytes: usize,
@@ -405,6 +410,9 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     lab_config.node_log_filter = Some("warn".into());
     if let Some(range) = eventual_range(&config) {
         lab_config.node_args.push(format!("--eventual-ranges={range}"));
+    }
+    if let Some(ms) = config.max_clock_offset_ms {
+        lab_config.node_args.push(format!("--max-clock-offset-ms={ms}"));
     }
     let lab = Lab::start(lab_config).await?;
     let result = drive(&config, &lab).await;
@@ -542,7 +550,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let workload_s = started.elapsed().as_secs_f64();
 
     // Final heal, then liveness: every key takes a write again, then a read.
-    let healed = nemesis::heal_all(lab);
+    let healed = nemesis::heal_all(lab).await;
     let healed_at = Instant::now();
     recorder.nemesis("final-heal", json!(healed.join("; ")));
     let liveness = liveness_phase(config, lab, &recorder, &regions[0]).await?;
@@ -743,7 +751,7 @@ async fn run_schedule(
             }
             Err(_) => {
                 // Partly applied, maybe: heal whatever it did.
-                nemesis::heal_all(lab);
+                nemesis::heal_all(lab).await;
                 recorder.nemesis("skipped", json!("applying the fault timed out"));
                 skipped.push(format!("{} ms: applying the fault timed out", window.start_ms));
                 continue;
@@ -752,7 +760,7 @@ async fn run_schedule(
         recorder.nemesis("start", json!(applied.description));
         let end = started + Duration::from_millis(window.end_ms);
         sleep_until_or_stop(end, stop).await;
-        let healed = nemesis::heal_all(lab);
+        let healed = nemesis::heal_all(lab).await;
         recorder.nemesis("stop", json!(healed.join("; ")));
     }
     skipped
@@ -1054,6 +1062,7 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             schedule_replayed: config.schedule.is_some(),
             op_timeout_ms: config.op_timeout.as_millis() as u64,
             client_retries: config.client_retries,
+            max_clock_offset_ms: config.max_clock_offset_ms,
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
             key_time_limit_ms: config.check.key_time_limit_ms,
             key_cache_limit_bytes: config.check.key_cache_limit_bytes,

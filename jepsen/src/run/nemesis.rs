@@ -16,7 +16,9 @@
 //! (Jepsen's etcd suite composes nemeses the same way), and a `restart`
 //! window brings a killed node back within [`QUICK_RESTART_MIN_MS`]..
 //! [`QUICK_RESTART_MAX_MS`], inside the vote quarantine it may have promised
-//! its old leader.
+//! its old leader. A `clock` window restarts a node with its wall clock
+//! shifted (libfaketime; monotonic time stays true) and the heal restarts it
+//! with a true one.
 
 use std::time::Duration;
 
@@ -34,6 +36,11 @@ pub const FAULT_MAX_MS: u64 = 5_000;
 /// 0.5–1 s have passed without a heartbeat: 1.5–2 s), so they elect one
 /// while the old leader is frozen.
 pub const PAUSE_MIN_MS: u64 = 3_500;
+/// The nodes' default `raft.max_clock_offset_ms`; clock skews are multiples
+/// of it, within the bound (0.5×) and beyond it (2×, 5×, 20×).
+pub const DEFAULT_CLOCK_OFFSET_BOUND_MS: i64 = 50;
+const CLOCK_SKEW_FACTORS_TENTHS: [i64; 4] = [5, 20, 50, 200];
+
 /// How long a quick restart keeps its node down (the window itself lasts
 /// [`FAULT_MIN_MS`]..[`FAULT_MAX_MS`], the node up again for most of it).
 pub const QUICK_RESTART_MIN_MS: u64 = 50;
@@ -99,16 +106,20 @@ pub enum NemesisKind {
     Restart,
     /// A partition and, during it, a kill, pause or quick restart.
     Composed,
+    /// One node's wall clock offset by ±(0.5 … 20) × the nodes' default
+    /// offset bound (50 ms), through libfaketime.
+    Clock,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 6] = [
+    pub const ALL: [NemesisKind; 7] = [
         NemesisKind::Partition,
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Latency,
         NemesisKind::Restart,
         NemesisKind::Composed,
+        NemesisKind::Clock,
     ];
 }
 
@@ -144,6 +155,9 @@ pub enum Fault {
     /// Every fault of `faults`, applied in order `gap_ms` apart and held
     /// together until the window ends (never nested).
     Composed { faults: Vec<Fault>, gap_ms: u64 },
+    /// Restart the nodes with their wall clocks `offset_ms` off (monotonic
+    /// time stays true); the heal restarts them with true clocks.
+    ClockSkew { target: Target, offset_ms: i64 },
     /// SIGSTOP; the heal sends SIGCONT.
     Pause { target: Target },
     /// One-way delay (and jitter) on every link between two nodes.
@@ -270,6 +284,13 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
                 if rng.below(2) == 0 { Target::Nodes { ids: vec![one(rng)] } } else { Target::Leader { shard } };
             Fault::Restart { target, down_ms: rng.between(QUICK_RESTART_MIN_MS, QUICK_RESTART_MAX_MS) }
         }
+        NemesisKind::Clock => {
+            let target =
+                if rng.below(2) == 0 { Target::Nodes { ids: vec![one(rng)] } } else { Target::Leader { shard } };
+            let factor = CLOCK_SKEW_FACTORS_TENTHS[rng.below(CLOCK_SKEW_FACTORS_TENTHS.len())];
+            let sign = if rng.below(2) == 0 { 1 } else { -1 };
+            Fault::ClockSkew { target, offset_ms: sign * DEFAULT_CLOCK_OFFSET_BOUND_MS * factor / 10 }
+        }
         NemesisKind::Composed => {
             // Cut `cut` off from `peer` (or isolate it, or split the network
             // in halves), then hit a third node while the cut holds: the
@@ -386,11 +407,18 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             }
             tokio::time::sleep(Duration::from_millis(*down_ms)).await;
             for &id in &ids {
-                lab.restart(id).map_err(|e| e.to_string())?;
+                lab.restart_after_kill(id).await.map_err(|e| e.to_string())?;
             }
             Ok(applied(format!("restart {} after {down_ms} ms down ({})", target_text(target), nodes_text(&ids)), ids))
         }
         Fault::Composed { .. } => unreachable!("composed faults are applied part by part above"),
+        Fault::ClockSkew { target, offset_ms } => {
+            let ids = resolve(lab, target).await?;
+            for &id in &ids {
+                lab.set_clock_offset(id, Some(*offset_ms)).await.map_err(|e| e.to_string())?;
+            }
+            Ok(applied(format!("clock {offset_ms:+} ms on {} ({})", target_text(target), nodes_text(&ids)), ids))
+        }
         Fault::Pause { target } => {
             let ids = resolve(lab, target).await?;
             for &id in &ids {
@@ -421,6 +449,7 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
         Fault::Kill { target: t } => Fault::Kill { target: target(t) },
         Fault::Pause { target: t } => Fault::Pause { target: target(t) },
         Fault::Restart { target: t, down_ms } => Fault::Restart { target: target(t), down_ms: *down_ms },
+        Fault::ClockSkew { target: t, offset_ms } => Fault::ClockSkew { target: target(t), offset_ms: *offset_ms },
         Fault::Composed { faults, gap_ms } => {
             Fault::Composed { faults: faults.iter().map(|f| with_shard(f, workload_shard)).collect(), gap_ms: *gap_ms }
         }
@@ -464,10 +493,17 @@ fn nodes_text(ids: &[u64]) -> String {
 
 /// Ends every fault: links healed (latency too), killed or exited nodes
 /// restarted, paused nodes resumed. Returns what it had to do.
-pub fn heal_all(lab: &Lab) -> Vec<String> {
+pub async fn heal_all(lab: &Lab) -> Vec<String> {
     let mut done = Vec::new();
     lab.links().heal(None, true);
     for node in lab.nodes() {
+        if node.clock_offset_ms().is_some() {
+            match lab.set_clock_offset(node.id, None).await {
+                Ok(()) => done.push(format!("restarted node {} with a true clock", node.id)),
+                Err(e) => done.push(format!("reset node {}'s clock failed: {e}", node.id)),
+            }
+            continue;
+        }
         match node.state() {
             ProcessState::Running => {}
             ProcessState::Paused => match lab.resume(node.id) {
