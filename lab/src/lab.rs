@@ -580,7 +580,9 @@ impl Lab {
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
             match self.restart(id) {
-                Err(e) if Instant::now() < deadline && e.to_string().contains("again") => {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(REBIND_POLL).await;
                 }
                 done => return done,
