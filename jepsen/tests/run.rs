@@ -123,12 +123,12 @@ async fn bounded_reads_under_clock_skew_beyond_and_within_the_bound_find_no_anom
         Window {
             start_ms: 1_000,
             end_ms: 4_000,
-            fault: Fault::ClockSkew { target: Target::Nodes { ids: vec![2] }, offset_ms: -1_000 },
+            fault: Fault::ClockSkew { target: Target::Nodes { ids: vec![2] }, offset_ms: -1_000, rate_percent: None },
         },
         Window {
             start_ms: 5_000,
             end_ms: 7_000,
-            fault: Fault::ClockSkew { target: Target::Nodes { ids: vec![3] }, offset_ms: 25 },
+            fault: Fault::ClockSkew { target: Target::Nodes { ids: vec![3] }, offset_ms: 25, rate_percent: None },
         },
     ];
     let mut config = config(&dir, Workload::Register, windows);

@@ -175,9 +175,8 @@ pub struct LabNode {
     /// Its Prometheus endpoint (`GET /metrics`), when [`LabConfig::metrics`].
     pub metrics: Option<SocketAddr>,
     process: Mutex<Option<NodeProcess>>,
-    /// Its wall clock's offset from the machine's, in ms, when it runs
-    /// skewed ([`Lab::set_clock_offset`]).
-    clock_offset_ms: Mutex<Option<i64>>,
+    /// Its clock fault, when it runs skewed ([`Lab::set_clock`]).
+    clock: Mutex<Option<ClockFault>>,
 }
 
 impl LabNode {
@@ -185,9 +184,9 @@ impl LabNode {
         self.process.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Its wall-clock offset in ms, if it runs skewed.
-    pub fn clock_offset_ms(&self) -> Option<i64> {
-        *self.clock_offset_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Its clock fault, if it runs skewed.
+    pub fn clock(&self) -> Option<ClockFault> {
+        *self.clock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The pid of its process, if one was started.
@@ -359,7 +358,7 @@ impl Lab {
                 log_path: config.data_dir.join(format!("node-{id}.log")),
                 metrics,
                 process: Mutex::new(None),
-                clock_offset_ms: Mutex::new(None),
+                clock: Mutex::new(None),
             });
         }
         for (node, listener) in nodes.iter().zip(listeners) {
@@ -419,15 +418,17 @@ impl Lab {
             .or_else(|| std::env::var("RUST_LOG").ok())
             .unwrap_or_else(|| "info,openraft=warn".into());
         command.env("RUST_LOG", filter);
-        if let Some(offset_ms) = node.clock_offset_ms() {
-            // libfaketime moves the wall clock only: monotonic time (leases,
-            // timeouts) stays true, as an NTP-less host's would.
-            let library = faketime_library()?;
+        if let Some(clock) = node.clock() {
             command
-                .env("LD_PRELOAD", library)
-                .env("FAKETIME", faketime_offset(offset_ms))
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("LD_PRELOAD", faketime_library()?)
+                .env("FAKETIME", clock.faketime())
                 .env("FAKETIME_NO_CACHE", "1");
+            // An offset alone moves the wall clock only: monotonic time
+            // (leases, timeouts) stays true, as an NTP-less host's would. A
+            // rate moves both, as a bad oscillator does.
+            if clock.rate.is_none() {
+                command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
         }
         // The node must not pick up a GEOKV_* setting meant for kvctl.
         for (key, _) in std::env::vars_os() {
@@ -554,19 +555,19 @@ impl Lab {
         self.write_state()
     }
 
-    /// Restarts node `id` with its wall clock `offset_ms` off the machine's
-    /// (`None`: true again), through libfaketime (Debian's `faketime`
-    /// package); a no-op when it already runs so. Monotonic time is left
-    /// true.
-    pub async fn set_clock_offset(&self, id: u64, offset_ms: Option<i64>) -> Result<()> {
+    /// Restarts node `id` with `clock` (`None`: a true clock again), through
+    /// libfaketime (Debian's `faketime` package); a no-op when it already
+    /// runs so.
+    pub async fn set_clock(&self, id: u64, clock: Option<ClockFault>) -> Result<()> {
         let node = self.node(id)?;
-        if offset_ms.is_some() {
+        if let Some(clock) = &clock {
+            clock.validate()?;
             faketime_library()?;
         }
-        if node.clock_offset_ms() == offset_ms && node.state() == ProcessState::Running {
+        if node.clock() == clock && node.state() == ProcessState::Running {
             return Ok(());
         }
-        *node.clock_offset_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = offset_ms;
+        *node.clock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = clock;
         if node.state() != ProcessState::Killed {
             self.kill(id)?;
         }
@@ -1078,22 +1079,56 @@ fn faketime_library() -> Result<&'static str> {
     })
 }
 
-/// libfaketime's relative offset for `offset_ms`: signed seconds.
-fn faketime_offset(offset_ms: i64) -> String {
-    let sign = if offset_ms < 0 { '-' } else { '+' };
-    let abs = offset_ms.unsigned_abs();
-    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+/// A node's clock fault: its clocks' offset from the machine's, and how
+/// fast they run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockFault {
+    /// The wall clock's offset, in ms (monotonic time keeps no offset).
+    pub offset_ms: i64,
+    /// Both clocks, wall and monotonic, advance at this rate (0.5: half
+    /// speed); `None` is true speed.
+    pub rate: Option<f64>,
+}
+
+/// The slowest and fastest clock rate [`ClockFault`] accepts.
+pub const CLOCK_RATE_RANGE: std::ops::RangeInclusive<f64> = 0.1..=10.0;
+
+impl ClockFault {
+    fn validate(&self) -> Result<()> {
+        match self.rate {
+            Some(rate) if !CLOCK_RATE_RANGE.contains(&rate) => {
+                Err(Error::Config(format!("clock rate {rate} is outside {CLOCK_RATE_RANGE:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// libfaketime's `FAKETIME`: a relative offset in signed seconds, then
+    /// ` xRATE` when the rate is not true.
+    fn faketime(&self) -> String {
+        let sign = if self.offset_ms < 0 { '-' } else { '+' };
+        let abs = self.offset_ms.unsigned_abs();
+        let offset = format!("{sign}{}.{:03}", abs / 1000, abs % 1000);
+        match self.rate {
+            Some(rate) => format!("{offset} x{rate}"),
+            None => offset,
+        }
+    }
 }
 
 #[cfg(test)]
 mod clock_tests {
-    use super::faketime_offset;
+    use super::ClockFault;
 
     #[test]
-    fn faketime_offsets_are_signed_seconds() {
-        assert_eq!(faketime_offset(500), "+0.500");
-        assert_eq!(faketime_offset(-1_250), "-1.250");
-        assert_eq!(faketime_offset(0), "+0.000");
-        assert_eq!(faketime_offset(20_000), "+20.000");
+    fn faketime_offsets_are_signed_seconds_and_rates_follow() {
+        let offset = |offset_ms| ClockFault { offset_ms, rate: None }.faketime();
+        assert_eq!(offset(500), "+0.500");
+        assert_eq!(offset(-1_250), "-1.250");
+        assert_eq!(offset(0), "+0.000");
+        assert_eq!(offset(20_000), "+20.000");
+        assert_eq!(ClockFault { offset_ms: 0, rate: Some(0.25) }.faketime(), "+0.000 x0.25");
+        assert!(ClockFault { offset_ms: 0, rate: Some(0.0) }.validate().is_err());
+        assert!(ClockFault { offset_ms: 0, rate: Some(2.0) }.validate().is_ok());
     }
 }

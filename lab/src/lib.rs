@@ -90,7 +90,7 @@ pub mod process;
 pub mod regions;
 
 pub use error::{Error, Result};
-pub use lab::{FaultShape, Lab, LabConfig, LabStatus, NodeProgram};
+pub use lab::{ClockFault, FaultShape, Lab, LabConfig, LabStatus, NodeProgram};
 pub use net::{Endpoint, Link, LinkFault, Links, Partition};
 pub use process::ProcessState;
 pub use regions::RegionMatrix;

@@ -156,8 +156,14 @@ pub enum Fault {
     /// together until the window ends (never nested).
     Composed { faults: Vec<Fault>, gap_ms: u64 },
     /// Restart the nodes with their wall clocks `offset_ms` off (monotonic
-    /// time stays true); the heal restarts them with true clocks.
-    ClockSkew { target: Target, offset_ms: i64 },
+    /// time stays true) and, with `rate_percent`, both clocks running at that
+    /// speed (25: a quarter); the heal restarts them with true clocks.
+    ClockSkew {
+        target: Target,
+        offset_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_percent: Option<u32>,
+    },
     /// SIGSTOP; the heal sends SIGCONT.
     Pause { target: Target },
     /// One-way delay (and jitter) on every link between two nodes.
@@ -289,7 +295,11 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
                 if rng.below(2) == 0 { Target::Nodes { ids: vec![one(rng)] } } else { Target::Leader { shard } };
             let factor = CLOCK_SKEW_FACTORS_TENTHS[rng.below(CLOCK_SKEW_FACTORS_TENTHS.len())];
             let sign = if rng.below(2) == 0 { 1 } else { -1 };
-            Fault::ClockSkew { target, offset_ms: sign * DEFAULT_CLOCK_OFFSET_BOUND_MS * factor / 10 }
+            Fault::ClockSkew {
+                target,
+                offset_ms: sign * DEFAULT_CLOCK_OFFSET_BOUND_MS * factor / 10,
+                rate_percent: None,
+            }
         }
         NemesisKind::Composed => {
             // Cut `cut` off from `peer` (or isolate it, or split the network
@@ -412,12 +422,15 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             Ok(applied(format!("restart {} after {down_ms} ms down ({})", target_text(target), nodes_text(&ids)), ids))
         }
         Fault::Composed { .. } => unreachable!("composed faults are applied part by part above"),
-        Fault::ClockSkew { target, offset_ms } => {
+        Fault::ClockSkew { target, offset_ms, rate_percent } => {
             let ids = resolve(lab, target).await?;
+            let rate = rate_percent.map(|p| f64::from(p) / 100.0);
+            let clock = geokv_lab::ClockFault { offset_ms: *offset_ms, rate };
             for &id in &ids {
-                lab.set_clock_offset(id, Some(*offset_ms)).await.map_err(|e| e.to_string())?;
+                lab.set_clock(id, Some(clock)).await.map_err(|e| e.to_string())?;
             }
-            Ok(applied(format!("clock {offset_ms:+} ms on {} ({})", target_text(target), nodes_text(&ids)), ids))
+            let rate = rate.map(|r| format!(", running at {r}x")).unwrap_or_default();
+            Ok(applied(format!("clock {offset_ms:+} ms{rate} on {} ({})", target_text(target), nodes_text(&ids)), ids))
         }
         Fault::Pause { target } => {
             let ids = resolve(lab, target).await?;
@@ -449,7 +462,9 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
         Fault::Kill { target: t } => Fault::Kill { target: target(t) },
         Fault::Pause { target: t } => Fault::Pause { target: target(t) },
         Fault::Restart { target: t, down_ms } => Fault::Restart { target: target(t), down_ms: *down_ms },
-        Fault::ClockSkew { target: t, offset_ms } => Fault::ClockSkew { target: target(t), offset_ms: *offset_ms },
+        Fault::ClockSkew { target: t, offset_ms, rate_percent } => {
+            Fault::ClockSkew { target: target(t), offset_ms: *offset_ms, rate_percent: *rate_percent }
+        }
         Fault::Composed { faults, gap_ms } => {
             Fault::Composed { faults: faults.iter().map(|f| with_shard(f, workload_shard)).collect(), gap_ms: *gap_ms }
         }
@@ -497,8 +512,8 @@ pub async fn heal_all(lab: &Lab) -> Vec<String> {
     let mut done = Vec::new();
     lab.links().heal(None, true);
     for node in lab.nodes() {
-        if node.clock_offset_ms().is_some() {
-            match lab.set_clock_offset(node.id, None).await {
+        if node.clock().is_some() {
+            match lab.set_clock(node.id, None).await {
                 Ok(()) => done.push(format!("restarted node {} with a true clock", node.id)),
                 Err(e) => done.push(format!("reset node {}'s clock failed: {e}", node.id)),
             }
