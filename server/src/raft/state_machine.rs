@@ -176,7 +176,8 @@ struct Overlay {
     data: HashMap<Vec<u8>, Option<Record>>,
     /// `None`: deleted in this run.
     sessions: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// The last session collection's log time, when it ran in this run.
+    /// The last session collection's log time, once this run has read it
+    /// (or collected): read from storage once per run, not per entry.
     session_gc_ms: Option<u64>,
 }
 
@@ -566,7 +567,7 @@ impl ShardStateMachine {
     fn collect_sessions(&self, now_ms: u64, batch: &mut Batch<'_>, overlay: &mut Overlay) -> io::Result<()> {
         let last_gc = match overlay.session_gc_ms {
             Some(at) => at,
-            None => self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0),
+            None => *overlay.session_gc_ms.insert(self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0)),
         };
         if now_ms < last_gc.saturating_add(self.limits.gc_interval_ms) {
             return Ok(());
