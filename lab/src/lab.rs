@@ -1018,13 +1018,13 @@ fn between(a: &[Endpoint], b: &[Endpoint], one_way: bool) -> Vec<Link> {
     links.into_iter().collect()
 }
 
-/// A listener on `addr` again, for a proxy that was stopped (address reuse
-/// on: connections of the old one may linger in TIME_WAIT).
 /// How long [`Lab::restart_after_kill`] waits for a killed node's front-proxy
 /// address to come free.
 pub const REBIND_TIMEOUT: Duration = Duration::from_secs(2);
 const REBIND_POLL: Duration = Duration::from_millis(10);
 
+/// A listener on `addr` again, for a proxy that was stopped (address reuse
+/// on: connections of the old one may linger in TIME_WAIT).
 fn rebind(addr: SocketAddr) -> Result<TcpListener> {
     let fail = Error::io(format!("bind the front proxy on {addr} again"));
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None);
