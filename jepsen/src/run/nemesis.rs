@@ -525,7 +525,7 @@ pub async fn heal_all(lab: &Lab) -> Vec<String> {
                 Ok(()) => done.push(format!("resumed node {}", node.id)),
                 Err(e) => done.push(format!("resume node {} failed: {e}", node.id)),
             },
-            ProcessState::Killed | ProcessState::Exited(_) => match lab.restart(node.id) {
+            ProcessState::Killed | ProcessState::Exited(_) => match lab.restart_after_kill(node.id).await {
                 Ok(()) => done.push(format!("restarted node {}", node.id)),
                 Err(e) => done.push(format!("restart node {} failed: {e}", node.id)),
             },
