@@ -87,6 +87,11 @@ pub enum Error {
     #[error("refused: {0}; change what the message names first, retrying as is will not help")]
     FailedPrecondition(String),
 
+    /// An admin request named a shard (or node) the cluster does not have.
+    /// Nothing was changed.
+    #[error("not found: {0}; check the id with `kvctl shards`")]
+    NotFound(String),
+
     /// The server answered something that breaks the protocol (e.g. a scan
     /// page that goes backwards, an unordered shard map).
     #[error("protocol violation: {0}; client and server versions may not match, report this")]

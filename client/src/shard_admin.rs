@@ -1,4 +1,4 @@
-//! Creating shards: [`Client::create_shard`].
+//! Creating and splitting shards: [`Client::create_shard`], [`Client::split_shard`].
 //!
 //! `Admin.CreateShard` carves a new (eventual) shard for `[start, end)` out of
 //! the start or the end of the one Raft shard that holds the range now; that
@@ -55,6 +55,21 @@ impl CreatedShard {
     }
 }
 
+/// What [`Client::split_shard`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SplitShard {
+    /// The shard that was split: it keeps the keys below the split key.
+    pub left_shard_id: u64,
+    pub left_epoch: u64,
+    /// The new shard: the split key and everything after it.
+    pub right_shard_id: u64,
+    pub right_epoch: u64,
+    /// The shard map version that records the split.
+    pub map_version: u64,
+    /// False when an earlier attempt had made the split already.
+    pub created: bool,
+}
+
 /// Checks a range for `create_shard` and puts it in wire form.
 fn create_request(bounds: ScanBounds, mode: ShardMode) -> Result<admin_pb::CreateShardRequest, Error> {
     let ScanBounds { start, end } = bounds;
@@ -96,42 +111,113 @@ impl Client {
     /// is safe.
     pub async fn create_shard(&self, range: impl KeyRange, mode: ShardMode) -> Result<CreatedShard, Error> {
         let request = create_request(range.into_bounds(), mode)?;
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the shard may or may not exist now", deadline, |addr, timeout| {
+                let request = request.clone();
+                async move { self.send_create_shard(&addr, request, timeout).await }
+            })
+            .await?;
+        let created = CreatedShard::from_proto(reply);
+        self.await_map_version(&addr, created.map_version, deadline).await;
+        Ok(created)
+    }
+
+    /// Splits Raft shard `shard` at `key`: the shard keeps the keys below
+    /// `key`, a new shard (its id allocated by the cluster) on the same
+    /// replicas gets the rest. No data moves; both halves get a new epoch, so
+    /// requests routed with the old map are told to refresh it. Retried like
+    /// [`Client::create_shard`]: repeating a split that was made reports it.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown shard;
+    /// [`Error::InvalidArgument`] for a key that is empty, too long or not
+    /// strictly inside the shard's range; [`Error::FailedPrecondition`] for an
+    /// eventual shard or a shard that changed meanwhile;
+    /// [`Error::Unavailable`] when the retries ran out (repeating is safe).
+    pub async fn split_shard(&self, shard: u64, key: impl Into<Vec<u8>>) -> Result<SplitShard, Error> {
+        let split_key = key.into();
+        if split_key.is_empty() {
+            return Err(Error::InvalidArgument("the split key must not be empty".into()));
+        }
+        // The epoch this request is about: every attempt carries it, so a
+        // retry after the split was made is told so, not refused.
+        let mut expected_epoch = self.cached_map().shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
+        if expected_epoch.is_none() {
+            expected_epoch =
+                self.refresh_shard_map().await?.shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
+        }
+        let request =
+            admin_pb::SplitShardRequest { shard_id: shard, split_key, expected_epoch: expected_epoch.unwrap_or(0) };
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the shard may or may not be split now", deadline, |addr, timeout| {
+                let request = request.clone();
+                async move {
+                    let mut admin = admin_client(self.channel(&addr)?);
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(timeout);
+                    match tokio::time::timeout(timeout, admin.split_shard(request)).await {
+                        Ok(Ok(reply)) => Ok(reply.into_inner()),
+                        Ok(Err(status)) => Err(classify(&status)),
+                        Err(_) => Err(timed_out(timeout)),
+                    }
+                }
+            })
+            .await?;
+        self.await_map_version(&addr, reply.map_version, deadline).await;
+        Ok(SplitShard {
+            left_shard_id: reply.left_shard_id,
+            left_epoch: reply.left_epoch,
+            right_shard_id: reply.right_shard_id,
+            right_epoch: reply.right_epoch,
+            map_version: reply.map_version,
+            created: reply.created,
+        })
+    }
+
+    /// Sends an idempotent admin request to the nodes in turn, with a
+    /// backoff, until one answers or a refusal is final; returns the address
+    /// that answered and its reply. `unknown` says what the caller cannot
+    /// know when the retries run out.
+    async fn retry_admin<'a, T, Fut>(
+        &'a self,
+        unknown: &str,
+        deadline: Instant,
+        mut send: impl FnMut(String, std::time::Duration) -> Fut,
+    ) -> Result<(String, T), Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Failure>> + 'a,
+    {
         let config = self.config();
-        let deadline = Instant::now() + config.deadline;
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let mut attempts: u32 = 0;
         let mut last_cause = String::from("no attempt was made");
         let mut next = 0usize;
+        let addrs = self.admin_addrs();
         loop {
             if attempts >= config.max_attempts || Instant::now() >= deadline {
                 return Err(Error::Unavailable {
                     attempts,
-                    cause: format!(
-                        "{last_cause}; the shard may or may not exist now, and repeating the same request is safe"
-                    ),
+                    cause: format!("{last_cause}; {unknown}, and repeating the same request is safe"),
                 });
             }
-            let addrs = self.admin_addrs();
             let addr = addrs[next % addrs.len()].clone();
             next += 1;
             attempts += 1;
             let timeout = config.rpc_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            let failure = match self.send_create_shard(&addr, request.clone(), timeout).await {
-                Ok(reply) => {
-                    let created = CreatedShard::from_proto(reply);
-                    self.await_map_version(&addr, created.map_version, deadline).await;
-                    return Ok(created);
-                }
+            let failure = match send(addr.clone(), timeout).await {
+                Ok(reply) => return Ok((addr, reply)),
                 Err(failure) => failure,
             };
             last_cause = format!("{addr}: {}", failure.describe());
-            tracing::debug!(attempts, cause = %last_cause, "create shard attempt failed");
+            tracing::debug!(attempts, cause = %last_cause, "admin request attempt failed");
             match failure {
                 Failure::InvalidArgument(message) => return Err(Error::InvalidArgument(message)),
                 Failure::SessionForgotten(message)
                 | Failure::Rejected { code: tonic::Code::FailedPrecondition, message } => {
                     return Err(Error::FailedPrecondition(message));
                 }
+                Failure::Rejected { code: tonic::Code::NotFound, message } => return Err(Error::NotFound(message)),
                 Failure::Rejected { code, message } => return Err(Error::Server { code, message }),
                 // Nothing listens there: the next node at once, unless every
                 // node was just tried.

@@ -459,6 +459,36 @@ Examples:
   kvctl shard set-leader-region 2 \"\"        no preference
   kvctl status                                LEADER shows where leaders are; * marks one outside its region")]
     SetLeaderRegion { shard: u64, region: String },
+
+    /// Split Raft shard SHARD at KEY: SHARD keeps the keys below KEY, a new
+    /// shard on the same replicas gets KEY and everything after it.
+    #[command(
+        long_about = "Split Raft shard SHARD at KEY: SHARD keeps [start, KEY), a new shard \
+            (its id allocated by the cluster's meta shard) gets [KEY, end), on the same replicas. \
+            No data moves: every replica already holds the keys. Both halves move to a new epoch, \
+            so a client that routed with the old map is told to refresh it (WrongShard) and \
+            retries; writes retried across the split still apply once (client sessions are copied \
+            to the new shard).\n\n\
+            The map records the split first, then the shard's own log; if the request stops in \
+            between, the shard's leader completes it. Repeating a request after a failure is \
+            safe: a split already made is reported, not made twice.",
+        after_help = "\
+KEY must lie strictly inside the shard's range (not its first key); with --hex give it as hex.
+Prints \"split shard S at KEY: S [start, KEY) epoch E, new shard N [KEY, end) epoch E;
+map version V\".
+
+Examples:
+  kvctl shards                          ids and ranges
+  kvctl shard split 2 h                 shard 2 [g, n) becomes [g, h) and a new [h, n)
+  kvctl --hex shard split 2 0x68        the same key, as hex
+  kvctl --json shard split 2 h"
+    )]
+    Split {
+        /// The Raft shard to split.
+        shard: u64,
+        /// The first key of the new, right-hand shard.
+        key: String,
+    },
 }
 
 /// `--mode` of `shard create`.
@@ -563,6 +593,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Shard(ShardCommand::Create { range, .. }) => Some(parse_range(range, cli.hex)?),
         _ => None,
     };
+    let split_key = match &cli.command {
+        Command::Shard(ShardCommand::Split { key, .. }) => Some(key_arg(key)?),
+        _ => None,
+    };
     let client = connect(&cli).await?;
     let json = out == WriteOut::Json;
     let style = Style::of(out);
@@ -661,6 +695,34 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 WriteOut::Simple => {
                     println!("OK shard {shard} leader region={} (map version {version})", region.unwrap_or("any"))
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shard(ShardCommand::Split { shard, .. }) => {
+            let key = split_key.expect("parsed above");
+            let split = client.split_shard(shard, key.clone()).await.map_err(say)?;
+            let shown = geokv_client::display::printable(&key);
+            let fields = json!({
+                "shard": split.left_shard_id,
+                "epoch": split.left_epoch,
+                "new_shard": split.right_shard_id,
+                "new_epoch": split.right_epoch,
+                "split_key": shown,
+                "map_version": split.map_version,
+                "created": split.created,
+            });
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple => println!(
+                    "{} shard {shard} at {shown}: shard {shard} [start, {shown}) epoch {}, new shard {} [{shown}, end) \
+                     epoch {}; map version {}",
+                    if split.created { "split" } else { "already split:" },
+                    split.left_epoch,
+                    split.right_shard_id,
+                    split.right_epoch,
+                    split.map_version
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

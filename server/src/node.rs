@@ -34,11 +34,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::Config;
 use crate::eventual::{EcNode, EcShard};
 use crate::metrics::Metrics;
+use crate::raft::command::SplitCommand;
 use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
 use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round, lease_read};
-use crate::raft::state_machine::{SessionLimits, ShardKind};
+use crate::raft::state_machine::{SessionLimits, ShardKind, SplitNotice};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
 use crate::shards::{META_SHARD_ID, ShardDesc, ShardMap};
@@ -89,6 +90,9 @@ pub struct Node {
     map_tx: watch::Sender<Arc<ShardMap>>,
     /// The map a new cluster starts with (computed from the configuration).
     initial_map: Arc<ShardMap>,
+    /// Right halves of splits the local data shards applied, to start.
+    split_tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>,
+    split_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SplitNotice>>>,
     ready: AtomicBool,
     started: Instant,
 }
@@ -119,6 +123,7 @@ impl Node {
             local_ip: config.outgoing_ip.parse().ok(),
         });
         let metrics = Arc::new(Metrics::default());
+        let (split_tx, split_rx) = tokio::sync::mpsc::unbounded_channel();
         let ec = EcNode::open(
             config.node_id,
             storage.clone(),
@@ -141,6 +146,8 @@ impl Node {
             map_rx,
             map_tx,
             initial_map,
+            split_tx,
+            split_rx: Mutex::new(Some(split_rx)),
             ready: AtomicBool::new(false),
             started: Instant::now(),
         }))
@@ -165,14 +172,44 @@ impl Node {
         self.groups.write().await.insert(META_SHARD_ID, meta);
 
         // The stored map (restored by the meta state machine) wins over the
-        // initial one.
+        // initial one. Each replica's range comes from its own stored record
+        // when it has one: the map records a split before the shard's log
+        // applies it.
         let map = self.shard_map();
-        for shard in map.shards_on(me).cloned().collect::<Vec<ShardDesc>>() {
-            if shard.is_eventual() {
-                continue; // started below, once the node is ready
-            }
+        let mut data = Vec::new();
+        for shard in map.shards_on(me).filter(|s| !s.is_eventual()) {
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
-            let sm = ShardStateMachine::new(shard.id, kind, self.storage.clone(), limits)?;
+            let sm = ShardStateMachine::new(shard.id, kind, self.storage.clone(), limits)?
+                .with_split_notices(self.split_tx.clone());
+            data.push((shard.clone(), sm.range_is_stored()?, sm));
+        }
+        let stored: Vec<(u64, crate::shards::KeyRange)> = data
+            .iter()
+            .filter(|(_, is_stored, _)| *is_stored)
+            .filter_map(|(d, _, sm)| sm.data_range().map(|r| (d.id, r)))
+            .collect();
+        for (shard, is_stored, sm) in data {
+            if !is_stored {
+                // A split made this shard, and this replica's left half has
+                // not applied it (or skipped it, through a snapshot): the
+                // split's apply starts it, or the data here is not its own.
+                let born_here = self.initial_map.shard(shard.id).is_some_and(|s| s.start == shard.start);
+                let overlapping = stored.iter().find(|(id, r)| *id != shard.id && ranges_overlap(r, &shard));
+                if let Some((left, _)) = overlapping {
+                    tracing::info!(shard = shard.id, left, "waiting for the local left half to apply the split");
+                    continue;
+                }
+                if !born_here {
+                    tracing::warn!(
+                        shard = shard.id,
+                        "this replica missed the split that made shard {} (it installed a snapshot past it); \
+                         not starting it: the shard runs on its other replicas",
+                        shard.id
+                    );
+                    continue;
+                }
+                sm.persist_range().await?;
+            }
             let raft = self.start_group(shard.id, sm, &shard.replicas, &raft_config, &peers).await?;
             self.groups.write().await.insert(shard.id, raft);
         }
@@ -182,6 +219,10 @@ impl Node {
         tokio::spawn(bootstrap_map(self.clone()));
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
+        if let Some(rx) = self.split_rx.lock().expect("split receiver").take() {
+            tokio::spawn(start_split_halves(self.clone(), rx, raft_config.clone()));
+        }
+        tokio::spawn(finish_splits(self.clone()));
         Ok(())
     }
 
@@ -224,7 +265,9 @@ impl Node {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
                 .map(|id| {
-                    let addr = self.initial_map.node(*id).map(|n| n.addr.clone()).unwrap_or_default();
+                    let map = self.shard_map();
+                    let node = map.node(*id).or_else(|| self.initial_map.node(*id));
+                    let addr = node.map(|n| n.addr.clone()).unwrap_or_default();
                     (*id, BasicNode::new(addr))
                 })
                 .collect();
@@ -596,6 +639,97 @@ async fn place_leaders(node: Arc<Node>) {
             tracing::info!(shard, to = target, region = %preferred, "moving leadership to the preferred region");
             if let Err(e) = raft.trigger().transfer_leader(target).await {
                 tracing::warn!(shard, cause = %e, "leadership transfer failed");
+            }
+        }
+    }
+}
+
+fn ranges_overlap((start, end): &crate::shards::KeyRange, shard: &ShardDesc) -> bool {
+    let below_end = |key: &[u8], end: &Option<Vec<u8>>| end.as_deref().is_none_or(|e| key < e);
+    below_end(start, &shard.end) && below_end(&shard.start, end)
+}
+
+/// Starts the right half's group of every split a local data shard applied
+/// (after the split's batch was fsynced), with the left half's voters.
+async fn start_split_halves(
+    node: Arc<Node>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<SplitNotice>,
+    raft_config: Arc<openraft::Config>,
+) {
+    let limits = SessionLimits {
+        ttl_ms: node.config.limits.session_ttl_ms,
+        gc_interval_ms: (node.config.limits.session_ttl_ms / 10).max(1_000),
+    };
+    while let Some(notice) = rx.recv().await {
+        if !node.is_ready() {
+            return;
+        }
+        if node.group(notice.shard).await.is_some() {
+            continue;
+        }
+        let kind = ShardKind::Data { start: notice.start.clone(), end: notice.end.clone(), epoch: notice.epoch };
+        let started = async {
+            let sm = ShardStateMachine::new(notice.shard, kind, node.storage.clone(), limits)?
+                .with_split_notices(node.split_tx.clone());
+            node.start_group(notice.shard, sm, &notice.members, &raft_config, &node.peers).await
+        };
+        match started.await {
+            Ok(raft) => {
+                node.groups.write().await.insert(notice.shard, raft);
+                tracing::info!(shard = notice.shard, "started the right half of a split");
+            }
+            Err(e) => tracing::error!(shard = notice.shard, cause = %e, "cannot start the right half of a split"),
+        }
+    }
+}
+
+/// How often a leader looks for splits the map records and its log has not
+/// applied yet, and how long it waits before proposing one again.
+const SPLIT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(3);
+const SPLIT_MAX_ATTEMPTS: u32 = 10;
+
+/// Carries out splits the map records (`MetaCommand::SplitShard`) whose
+/// left half's log has not applied them: the map is the intent, so a split
+/// interrupted after its first step (the caller crashed, the leader
+/// changed) completes anyway. Runs on every node; only the left half's
+/// leader proposes, and a split already applied is a no-op.
+async fn finish_splits(node: Arc<Node>) {
+    let me = node.config.node_id;
+    // Per right half: when it was last proposed, and how often. A replica that
+    // missed the split (through a snapshot) never starts the right half, so
+    // proposing stops after a few no-op attempts.
+    let mut proposed: HashMap<u64, (Instant, u32)> = HashMap::new();
+    while node.is_ready() {
+        tokio::time::sleep(SPLIT_RECONCILE_INTERVAL).await;
+        let map = node.shard_map();
+        for pair in map.shards.windows(2) {
+            let (left, right) = (&pair[0], &pair[1]);
+            if right.is_eventual() || left.is_eventual() || !right.replicas.contains(&me) {
+                continue;
+            }
+            let (last, attempts) = proposed.get(&right.id).copied().unwrap_or((Instant::now(), 0));
+            if node.group(right.id).await.is_some()
+                || attempts >= SPLIT_MAX_ATTEMPTS
+                || (attempts > 0 && last.elapsed() < SPLIT_RETRY_AFTER)
+            {
+                continue;
+            }
+            let Some(raft) = node.group(left.id).await else { continue };
+            if !raft.is_leader() {
+                continue;
+            }
+            proposed.insert(right.id, (Instant::now(), attempts + 1));
+            let cmd = Command::Split(SplitCommand {
+                key: right.start.clone(),
+                left_epoch: left.epoch,
+                right_shard: right.id,
+                right_epoch: right.epoch,
+                members: left.replicas.clone(),
+            });
+            match raft.client_write(cmd).await {
+                Ok(resp) => tracing::info!(left = left.id, right = right.id, result = ?resp.data, "split carried out"),
+                Err(e) => tracing::debug!(left = left.id, right = right.id, cause = %e, "split not carried out yet"),
             }
         }
     }

@@ -585,6 +585,14 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster does no placement"))
     }
 
+    async fn split_shard(
+        &self,
+        _request: Request<admin_pb::SplitShardRequest>,
+    ) -> Result<Response<admin_pb::SplitShardResponse>, Status> {
+        // Splits are tested against real nodes (tests/tests/topology.rs).
+        Err(Status::unimplemented("the mock cluster does not split shards"))
+    }
+
     async fn create_shard(
         &self,
         request: Request<admin_pb::CreateShardRequest>,

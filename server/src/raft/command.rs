@@ -21,6 +21,22 @@ pub enum Command {
     /// of it). Applied in log order, so every replica rejects writes to the
     /// given-up keys from the same entry on.
     Shrink(ShrinkCommand),
+    /// The data shard splits at `key`: from this entry on it owns only the
+    /// keys below it, and a new group (`right_shard`, on the same replicas)
+    /// owns the rest, its data already in place and its sessions copied.
+    Split(SplitCommand),
+}
+
+/// See [`Command::Split`]. The meta shard recorded both halves first
+/// ([`MetaCommand::SplitShard`]), which allocated `right_shard`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCommand {
+    pub key: Vec<u8>,
+    pub left_epoch: u64,
+    pub right_shard: u64,
+    pub right_epoch: u64,
+    /// The voters the right half's group starts with (the left's).
+    pub members: Vec<u64>,
 }
 
 /// A data shard's new, narrower range and its new epoch.
@@ -109,6 +125,14 @@ pub enum MetaCommand {
     /// eventual shard with exactly this range, and the parent already at
     /// this range and epoch; it answers the existing id and changes nothing.
     CarveShard { parent: u64, parent_start: Vec<u8>, parent_end: Option<Vec<u8>>, parent_epoch: u64, shard: ShardDesc },
+    /// Splits Raft shard `shard`, now at `epoch`, at `key`: it keeps the keys
+    /// below `key` and a new shard (id allocated here, at apply time) gets the
+    /// rest, on the same replicas; both at epoch `epoch + 1`. The map records
+    /// the split before the shard's own log does ([`Command::Split`]): the map
+    /// is the intent, which a retry (or the leader's reconciler) carries out.
+    /// A retry once applied (the shard already ends at `key`, a shard starts
+    /// there) answers the existing split and changes nothing.
+    SplitShard { shard: u64, epoch: u64, key: Vec<u8> },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -134,6 +158,14 @@ pub enum CommandResult {
     /// A shrink was applied: the shard is now at this epoch.
     Shrunk {
         epoch: u64,
+    },
+    /// A split was recorded in the map (meta shard) or applied by the
+    /// shard (data shard), now or earlier.
+    Split {
+        left_epoch: u64,
+        right_shard: u64,
+        right_epoch: u64,
+        map_version: u64,
     },
     /// A carve was applied (or had been): the new shard's id, allocated by
     /// the meta shard, and the map version.
@@ -195,7 +227,11 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::CarveShard { parent, parent_epoch, shard, .. }) => {
                 write!(f, "carve-shard(parent={parent}@{parent_epoch}, mode={:?})", shard.mode)
             }
+            Command::Meta(MetaCommand::SplitShard { shard, epoch, .. }) => {
+                write!(f, "split-shard(shard={shard}@{epoch})")
+            }
             Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
+            Command::Split(s) => write!(f, "split(right={}, epoch={})", s.right_shard, s.left_epoch),
         }
     }
 }

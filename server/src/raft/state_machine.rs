@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::command::{
-    Command, CommandResult, MetaCommand, Record, Rejection, ShrinkCommand, WriteCommand, WriteOutcome,
+    Command, CommandResult, MetaCommand, Record, Rejection, ShrinkCommand, SplitCommand, WriteCommand, WriteOutcome,
 };
 use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
 use crate::shards::{ShardDesc, ShardMap};
@@ -105,6 +105,19 @@ pub struct ShardStateMachine {
     limits: SessionLimits,
     /// The last applied index, to assert monotonicity.
     last_applied_index: Option<u64>,
+    /// Where a data shard reports the right halves of its splits, once they
+    /// are durable, so that the node starts their groups.
+    splits: Option<tokio::sync::mpsc::UnboundedSender<SplitNotice>>,
+}
+
+/// A split this replica applied: the right half's group must start here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitNotice {
+    pub shard: u64,
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    pub epoch: u64,
+    pub members: Vec<u64>,
 }
 
 /// The encoded body of a shard snapshot.
@@ -183,7 +196,7 @@ struct Overlay {
 
 impl ShardStateMachine {
     pub fn new(shard: u64, kind: ShardKind, storage: Arc<Storage>, limits: SessionLimits) -> io::Result<Self> {
-        let mut sm = Self { shard, kind, storage, limits, last_applied_index: None };
+        let mut sm = Self { shard, kind, storage, limits, last_applied_index: None, splits: None };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
         // A shrink applied earlier wins over the range the caller knows.
         if let (ShardKind::Data { .. }, Some((start, end, epoch))) =
@@ -197,6 +210,39 @@ impl ShardStateMachine {
             map_tx.send_replace(Arc::new(map));
         }
         Ok(sm)
+    }
+
+    /// Reports the right halves of splits this data shard applies to `tx`.
+    pub fn with_split_notices(mut self, tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>) -> Self {
+        self.splits = Some(tx);
+        self
+    }
+
+    /// The data shard's range as this replica has it (its stored range record,
+    /// else the one it was created with); `None` for the meta shard.
+    pub fn data_range(&self) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        self.kind.range().map(|(s, e)| (s.to_vec(), e.map(<[u8]>::to_vec)))
+    }
+
+    /// Whether this data shard's range is stored (not only known from the map).
+    pub fn range_is_stored(&self) -> io::Result<bool> {
+        Ok(self.storage.get_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE)?.is_some())
+    }
+
+    /// Stores the range this data shard was created with, durably, unless
+    /// one is stored already. From then on the replica's own log, not the
+    /// shard map (which records a split before the shard's log applies it),
+    /// decides the range after a restart.
+    pub async fn persist_range(&self) -> io::Result<()> {
+        let ShardKind::Data { start, end, epoch } = &self.kind else { return Ok(()) };
+        if self.range_is_stored()? {
+            return Ok(());
+        }
+        let mut batch = self.storage.batch();
+        let record: RangeRecord = (start.clone(), end.clone(), *epoch);
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&record));
+        self.storage.write_durable(batch)?.await?;
+        Ok(())
     }
 
     fn apply_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
@@ -359,6 +405,10 @@ impl ShardStateMachine {
         let mut membership: Option<StoredMembership> = None;
         let mut new_map: Option<ShardMap> = None;
         let mut results = Vec::with_capacity(run.len());
+        // Splits applied in this run: the batch is fsynced before their
+        // groups start, so that a restart never finds a right half's group
+        // whose left half has not split.
+        let mut splits: Vec<SplitNotice> = Vec::new();
 
         for entry in run {
             let index = entry.log_id.index;
@@ -399,9 +449,11 @@ impl ShardStateMachine {
                     }),
                 },
                 // Handled below (they need `&mut self`).
-                EntryPayload::Normal(Command::Shrink(_) | Command::Meta(MetaCommand::CarveShard { .. })) => {
-                    CommandResult::None
-                }
+                EntryPayload::Normal(
+                    Command::Shrink(_)
+                    | Command::Split(_)
+                    | Command::Meta(MetaCommand::CarveShard { .. } | MetaCommand::SplitShard { .. }),
+                ) => CommandResult::None,
                 EntryPayload::Normal(Command::Meta(MetaCommand::SetLeaderRegion { shard, region })) => {
                     let current = self.current_map(&new_map)?;
                     let updated = match (&self.kind, current) {
@@ -431,6 +483,22 @@ impl ShardStateMachine {
                 (CommandResult::None, EntryPayload::Normal(Command::Shrink(cmd))) => {
                     self.apply_shrink(cmd, &mut batch, &overlay)?
                 }
+                (CommandResult::None, EntryPayload::Normal(Command::Split(cmd))) => {
+                    self.apply_split(index, cmd, &mut batch, &overlay, &mut splits)?
+                }
+                (
+                    CommandResult::None,
+                    EntryPayload::Normal(Command::Meta(MetaCommand::SplitShard { shard, epoch, key })),
+                ) => match self.split_map(index, *shard, *epoch, key, &new_map)? {
+                    Ok((map, result)) => {
+                        if map.version == index {
+                            batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
+                            new_map = Some(map);
+                        }
+                        result
+                    }
+                    Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
+                },
                 (CommandResult::None, EntryPayload::Normal(Command::Meta(carve @ MetaCommand::CarveShard { .. }))) => {
                     match self.carve(index, carve, &new_map)? {
                         Ok((map, shard_id)) => {
@@ -453,12 +521,148 @@ impl ShardStateMachine {
         if let Some(m) = &membership {
             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(m));
         }
-        storage.write_relaxed(batch)?;
+        if splits.is_empty() {
+            storage.write_relaxed(batch)?;
+        } else {
+            storage.write_durable(batch)?.await?;
+        }
 
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
         }
+        for notice in splits {
+            if let Some(tx) = &self.splits {
+                let _ = tx.send(notice);
+            }
+        }
         Ok(results)
+    }
+
+    /// Splits this data shard (see [`Command::Split`]): from this entry on it
+    /// owns `[start, key)` at `left_epoch`; the right half's range record and
+    /// a copy of every client session are written for `right_shard` in the
+    /// same batch, so both halves honour the same retries. Refused unless
+    /// `key` lies strictly inside the range; a retry of an applied split
+    /// (the range already ends at `key`) changes nothing.
+    fn apply_split(
+        &mut self,
+        index: u64,
+        cmd: &SplitCommand,
+        batch: &mut Batch<'_>,
+        overlay: &Overlay,
+        splits: &mut Vec<SplitNotice>,
+    ) -> io::Result<CommandResult> {
+        let reject = |reason: String| Ok(CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }));
+        let ShardKind::Data { start, end, epoch } = &self.kind else {
+            return reject("the meta shard has no range to split".into());
+        };
+        let done = CommandResult::Split {
+            left_epoch: cmd.left_epoch,
+            right_shard: cmd.right_shard,
+            right_epoch: cmd.right_epoch,
+            map_version: 0,
+        };
+        if end.as_ref() == Some(&cmd.key) && *epoch >= cmd.left_epoch {
+            return Ok(done); // a retry
+        }
+        if cmd.key <= *start || end.as_ref().is_some_and(|e| cmd.key >= *e) {
+            return reject(format!("split key {:?} is not strictly inside the shard's range", cmd.key));
+        }
+        if cmd.left_epoch <= *epoch || cmd.right_shard == self.shard || cmd.members.is_empty() {
+            return reject(format!("split to epoch {} but the shard is at epoch {epoch}", cmd.left_epoch));
+        }
+        let right: RangeRecord = (cmd.key.clone(), end.clone(), cmd.right_epoch);
+        let left: RangeRecord = (start.clone(), Some(cmd.key.clone()), cmd.left_epoch);
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&left));
+        batch.put_meta(MetaFamily::Apply, cmd.right_shard, apply_meta_tag::RANGE, &encode(&right));
+        // Sessions: the stored ones with this run's changes on top.
+        let mut sessions: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
+        for key_len in [8, 9, 16] {
+            sessions.extend(self.storage.sessions_with_key_len(self.shard, key_len)?);
+        }
+        for (key, value) in &overlay.sessions {
+            match value {
+                Some(value) => sessions.insert(key.clone(), value.clone()),
+                None => sessions.remove(key),
+            };
+        }
+        batch.clear_sessions(cmd.right_shard);
+        for (key, value) in &sessions {
+            batch.put_session(cmd.right_shard, key, value);
+        }
+        let gc_ms: u64 = match overlay.session_gc_ms {
+            Some(at) => at,
+            None => self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0),
+        };
+        batch.put_meta(MetaFamily::Apply, cmd.right_shard, apply_meta_tag::SESSION_GC_MS, &encode(&gc_ms));
+        tracing::info!(shard = self.shard, index, right = cmd.right_shard, sessions = sessions.len(), "shard split");
+        splits.push(SplitNotice {
+            shard: cmd.right_shard,
+            start: right.0,
+            end: right.1,
+            epoch: cmd.right_epoch,
+            members: cmd.members.clone(),
+        });
+        self.kind = ShardKind::Data { start: left.0, end: left.1, epoch: cmd.left_epoch };
+        Ok(done)
+    }
+
+    /// The map after a [`MetaCommand::SplitShard`] and what to answer, or
+    /// why it is refused. A retry of a recorded split answers it with the
+    /// map unchanged (its version below `index`).
+    fn split_map(
+        &self,
+        index: u64,
+        shard: u64,
+        epoch: u64,
+        key: &[u8],
+        pending: &Option<ShardMap>,
+    ) -> io::Result<Result<(ShardMap, CommandResult), String>> {
+        let ShardKind::Meta { .. } = &self.kind else {
+            return Ok(Err("shard map commands go to the meta shard".into()));
+        };
+        let Some(mut map) = self.current_map(pending)? else {
+            return Ok(Err("the shard map is not bootstrapped yet".into()));
+        };
+        let Some(pos) = map.shards.iter().position(|s| s.id == shard) else {
+            return Ok(Err(format!("no shard {shard} in the map")));
+        };
+        let left = &map.shards[pos];
+        if left.end.as_deref() == Some(key)
+            && left.epoch > epoch
+            && let Some(right) = map.shards.get(pos + 1)
+        {
+            let result = CommandResult::Split {
+                left_epoch: left.epoch,
+                right_shard: right.id,
+                right_epoch: right.epoch,
+                map_version: map.version,
+            };
+            return Ok(Ok((map, result))); // a retry of a recorded split
+        }
+        if left.epoch != epoch {
+            return Ok(Err(format!("shard {shard} is at epoch {}, not {epoch}", left.epoch)));
+        }
+        if left.is_eventual() {
+            return Ok(Err(format!("shard {shard} is eventual: only Raft shards split")));
+        }
+        if !left.contains(key) || key == left.start.as_slice() {
+            return Ok(Err(format!("the split key is not strictly inside shard {shard}'s range")));
+        }
+        // Ids are never reused: shards are only ever added.
+        let id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        let mut right = left.clone();
+        right.id = id;
+        right.start = key.to_vec();
+        right.epoch = epoch + 1;
+        let left = &mut map.shards[pos];
+        left.end = Some(key.to_vec());
+        left.epoch = epoch + 1;
+        map.shards.insert(pos + 1, right);
+        map.version = index;
+        let result =
+            CommandResult::Split { left_epoch: epoch + 1, right_shard: id, right_epoch: epoch + 1, map_version: index };
+        Ok(map.validate().map(|()| (map, result)).map_err(|e| e.to_string()))
     }
 
     /// Narrows this data shard's range (see [`Command::Shrink`]): refused
@@ -657,9 +861,6 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotBlob) -> Result<(), io::Error> {
         let payload: SnapshotPayload = decode(&snapshot)?;
         let mut batch = self.storage.batch();
-        if let Some((start, end)) = self.kind.range() {
-            batch.clear_data_range(start, end)?;
-        }
         // The snapshot's range (when it shrank since creation) becomes ours,
         // once the snapshot is installed.
         let kind = match (&self.kind, &payload.range) {
@@ -670,6 +871,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             }
             _ => self.kind.clone(),
         };
+        // Only the snapshot's own range is replaced: when it is narrower than
+        // ours (this replica missed a split), the rest is another group's.
+        if let Some((start, end)) = kind.range() {
+            batch.clear_data_range(start, end)?;
+        }
         // The snapshot came from a peer: a key outside the range is refused
         // (the group stops on the error, nothing is written), not a panic.
         for (key, record) in &payload.data {
@@ -1124,5 +1330,106 @@ mod tests {
         other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert!(matches!(&other.kind, ShardKind::Data { end: Some(e), epoch: 4, .. } if e == b"m"));
         assert!(other.storage.get_data(b"h1").unwrap().is_some());
+    }
+
+    fn split_entry(index: u64, key: &str, left_epoch: u64, right_shard: u64) -> Entry {
+        let cmd =
+            SplitCommand { key: key.into(), left_epoch, right_shard, right_epoch: left_epoch, members: vec![1, 2, 3] };
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Split(cmd)),
+        }
+    }
+
+    /// A split narrows the left half in log order, hands the right half its
+    /// range and every session (a write retried across the split is answered
+    /// from the copy, not applied again), is reported only once durable, and
+    /// a retry changes nothing.
+    #[tokio::test]
+    async fn a_split_hands_the_right_half_its_range_and_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sm = data_sm(dir.path(), limits()).with_split_notices(tx);
+        let s = Session { client_id: 7, sequence: 1, first_incomplete: 1 };
+        let first = write(1, s, 1000, vec![], vec![put("k1", "a")]);
+        let results = sm.apply_run(&[first.clone(), split_entry(2, "k", 4, 9)]).await.unwrap();
+        assert!(outcome(&results[0]).applied);
+        assert!(matches!(results[1], CommandResult::Split { right_shard: 9, left_epoch: 4, .. }), "{:?}", results[1]);
+        let notice = rx.try_recv().expect("the split is reported");
+        assert_eq!((notice.shard, notice.start.as_slice(), notice.end.as_deref()), (9, &b"k"[..], Some(&b"n"[..])));
+        assert_eq!(sm.data_range(), Some((b"g".to_vec(), Some(b"k".to_vec()))));
+
+        // The left half refuses the given-up keys, and an old-epoch write.
+        let mut late = write(3, Session::default(), 1000, vec![], vec![put("k2", "b")]);
+        if let EntryPayload::Normal(Command::Write(w)) = &mut late.payload {
+            w.epoch = 4;
+        }
+        let refused = sm.apply_run(&[late]).await.unwrap();
+        assert_eq!(refused[0], CommandResult::Rejected(Rejection::KeyOutsideShard { shard: 2 }));
+        let stale = sm.apply_run(&[write(4, Session::default(), 1000, vec![], vec![put("h", "c")])]).await.unwrap();
+        assert!(matches!(stale[0], CommandResult::Rejected(Rejection::StaleEpoch { .. })), "{:?}", stale[0]);
+
+        // A retry of the split: answered, nothing reported again.
+        let again = sm.apply_run(&[split_entry(5, "k", 4, 9)]).await.unwrap();
+        assert!(matches!(again[0], CommandResult::Split { .. }));
+        assert!(rx.try_recv().is_err(), "a retried split starts nothing");
+        // A key outside the (new) range is refused.
+        let outside = sm.apply_run(&[split_entry(6, "m", 5, 10)]).await.unwrap();
+        assert!(matches!(outside[0], CommandResult::Rejected(_)), "{:?}", outside[0]);
+
+        // The right half, started from its stored range, holds the data and
+        // answers the retried write from the copied session.
+        let storage = sm.storage.clone();
+        let kind = ShardKind::Data { start: b"zz".to_vec(), end: None, epoch: 1 };
+        let mut right = ShardStateMachine::new(9, kind, storage, limits()).unwrap();
+        assert_eq!(right.data_range(), Some((b"k".to_vec(), Some(b"n".to_vec()))), "the stored range wins");
+        assert!(right.range_is_stored().unwrap());
+        let mut retry = first.clone();
+        if let EntryPayload::Normal(Command::Write(w)) = &mut retry.payload {
+            w.epoch = 4;
+        }
+        let answered = right.apply_run(&[retry]).await.unwrap();
+        assert_eq!(answered[0], results[0], "the retry is answered from the copied session");
+        let record: Record = decode(&right.storage.get_data(b"k1").unwrap().unwrap()).unwrap();
+        assert_eq!((record.value.as_slice(), record.version), (&b"a"[..], 1), "not applied again");
+    }
+
+    /// The map records a split once: a new id past every other, both halves
+    /// at the next epoch; a retry answers the same split, a stale epoch or a
+    /// key outside the shard is refused.
+    #[tokio::test]
+    async fn the_map_records_a_split_once() {
+        use crate::shards::NodeDesc;
+        let dir = tempfile::tempdir().unwrap();
+        let (map_tx, map_rx) = watch::channel(Arc::new(ShardMap::default()));
+        let mut meta =
+            ShardStateMachine::new(0, ShardKind::Meta { map_tx }, Storage::open(dir.path()).unwrap(), limits())
+                .unwrap();
+        let nodes: Vec<NodeDesc> = (1..=3)
+            .map(|id| NodeDesc {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                region: format!("r{id}"),
+                zone: String::new(),
+            })
+            .collect();
+        let initial = ShardMap::initial(&nodes, &[b"g".to_vec(), b"n".to_vec()], &[], 3).unwrap();
+        meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial))]).await.unwrap();
+        let split = |key: &str, epoch| MetaCommand::SplitShard { shard: 2, epoch, key: key.into() };
+        let r = meta.apply_run(&[meta_entry(2, split("h", 1))]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Split { left_epoch: 2, right_shard: 4, right_epoch: 2, map_version: 2 });
+        let map = map_rx.borrow().clone();
+        assert_eq!(map.shard_for_key(b"h").unwrap().id, 4);
+        assert_eq!(map.shard_for_key(b"gz").unwrap().id, 2);
+        assert_eq!(map.shard(2).unwrap().epoch, 2);
+        assert_eq!(map.shard(4).unwrap().replicas, map.shard(2).unwrap().replicas);
+        let retry = meta.apply_run(&[meta_entry(3, split("h", 1))]).await.unwrap();
+        assert_eq!(retry[0], r[0], "a retry answers the recorded split");
+        assert_eq!(map_rx.borrow().version, 2, "and changes nothing");
+        for refused in [split("i", 1), split("a", 2), split("g", 2)] {
+            let out = meta.apply_run(&[meta_entry(4, refused.clone())]).await.unwrap();
+            assert!(matches!(out[0], CommandResult::Rejected(_)), "{refused:?}: {:?}", out[0]);
+            meta.last_applied_index = Some(3);
+        }
     }
 }

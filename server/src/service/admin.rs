@@ -6,8 +6,8 @@ use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, EcPeer, GetShardMapRequest, GroupStatus,
     ListConflictsRequest, ListConflictsResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
-    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, TransferLeaderRequest,
-    TransferLeaderResponse,
+    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::kv::shard_info;
 use crate::node::Node;
-use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand};
+use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand, SplitCommand};
 use crate::shards::{META_SHARD_ID, ShardDesc};
 use openraft::error::{ClientWriteError, RaftError};
 
@@ -284,6 +284,117 @@ impl Admin for AdminService {
             })),
             other => Err(Status::failed_precondition(format!("the shard map refused the new shard: {other:?}"))),
         }
+    }
+
+    async fn split_shard(&self, req: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
+        let SplitShardRequest { shard_id, split_key, expected_epoch } = req.into_inner();
+        let map = self.node.shard_map();
+        if map.version == 0 {
+            return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
+        }
+        let show = |k: &[u8]| format!("{:?}", String::from_utf8_lossy(k));
+        let shard = map
+            .shard(shard_id)
+            .ok_or_else(|| {
+                let ids: Vec<String> = map.shards.iter().map(|s| s.id.to_string()).collect();
+                Status::not_found(format!(
+                    "no shard {shard_id} in map version {} (shards: {})",
+                    map.version,
+                    ids.join(", ")
+                ))
+            })?
+            .clone();
+        if split_key.is_empty() {
+            return Err(Status::invalid_argument("the split key must not be empty"));
+        }
+        let max = self.node.config.limits.max_key_bytes;
+        if split_key.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "the split key is {} bytes; the limit is max_key_bytes = {max}",
+                split_key.len()
+            )));
+        }
+        if shard.is_eventual() {
+            return Err(Status::failed_precondition(format!(
+                "shard {shard_id} is eventual: only Raft shards can be split"
+            )));
+        }
+        let pos = map.shards.iter().position(|s| s.id == shard_id).expect("found above");
+        let right_now = map.shards.get(pos + 1).filter(|r| r.start == split_key);
+        let done = expected_epoch != 0
+            && shard.epoch == expected_epoch + 1
+            && shard.end.as_ref() == Some(&split_key)
+            && right_now.is_some();
+        if !done && expected_epoch != 0 && shard.epoch != expected_epoch {
+            return Err(Status::failed_precondition(format!(
+                "shard {shard_id} is at epoch {}, not {expected_epoch}: it changed since; look again (kvctl shards)",
+                shard.epoch
+            )));
+        }
+        if !done && (!shard.contains(&split_key) || split_key == shard.start) {
+            let hint = match right_now {
+                Some(r) if shard.end.as_ref() == Some(&split_key) => format!(" (shard {} starts there)", r.id),
+                _ => String::new(),
+            };
+            return Err(Status::invalid_argument(format!(
+                "split key {} is not strictly inside shard {shard_id}'s range [{}, {}){hint}",
+                show(&split_key),
+                show(&shard.start),
+                shard.end.as_deref().map_or("end".into(), show)
+            )));
+        }
+        // 1. The map records the split (the intent: `finish_splits` carries
+        //    it out if this request stops after this step). On a retry of a
+        //    recorded split the meta shard answers it unchanged.
+        let (left_epoch, right_shard, right_epoch, map_version, created) = if let Some(right) =
+            right_now.filter(|_| done)
+        {
+            (shard.epoch, right.id, right.epoch, map.version, false)
+        } else {
+            let record =
+                Command::Meta(MetaCommand::SplitShard { shard: shard_id, epoch: shard.epoch, key: split_key.clone() });
+            match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
+                CommandResult::Split { left_epoch, right_shard, right_epoch, map_version } => {
+                    (left_epoch, right_shard, right_epoch, map_version, map_version > map.version)
+                }
+                CommandResult::Rejected(r) => {
+                    return Err(Status::failed_precondition(format!("the shard map refused the split: {r}")));
+                }
+                other => return Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+            }
+        };
+        tracing::info!(shard = shard_id, right_shard, "split recorded in the shard map");
+        // 2. The shard's own log splits it; every replica starts the right half.
+        let split = Command::Split(SplitCommand {
+            key: split_key,
+            left_epoch,
+            right_shard,
+            right_epoch,
+            members: shard.replicas.clone(),
+        });
+        match self.node.propose_internal(shard_id, &split).await {
+            Ok(CommandResult::Split { .. }) => {}
+            Ok(CommandResult::Rejected(r)) => {
+                return Err(Status::internal(format!(
+                    "the map records the split but shard {shard_id} refused it: {r}"
+                )));
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected answer from shard {shard_id}: {other:?}"))),
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "the map records the split (shard {right_shard}); shard {shard_id}'s leader completes it once \
+                     reachable ({e}); repeating the request is safe"
+                )));
+            }
+        }
+        Ok(Response::new(SplitShardResponse {
+            left_shard_id: shard_id,
+            left_epoch,
+            right_shard_id: right_shard,
+            right_epoch,
+            map_version,
+            created,
+        }))
     }
 
     async fn set_leader_region(
