@@ -122,6 +122,13 @@ enum NemesisArg {
     Composed,
     /// One node's wall clock off by 25-1000 ms (libfaketime).
     Clock,
+    /// Split the shard holding a workload key there (`kvctl shard split`), alone or during a
+    /// partition or a kill. Not part of `all`: splits are permanent, and bank transfers cannot
+    /// span shards.
+    Split,
+    /// Hand a shard's leadership to another voter, alone or during a partition or a kill. Not
+    /// part of `all`.
+    TransferLeader,
     All,
     None,
 }
@@ -317,6 +324,8 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::Restart => kinds.insert(NemesisKind::Restart),
             NemesisArg::Composed => kinds.insert(NemesisKind::Composed),
             NemesisArg::Clock => kinds.insert(NemesisKind::Clock),
+            NemesisArg::Split => kinds.insert(NemesisKind::Split),
+            NemesisArg::TransferLeader => kinds.insert(NemesisKind::TransferLeader),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true

@@ -1,6 +1,7 @@
 //! Whole runs against a lab cluster: positive controls (register under
 //! partitions and kills, linearizable reads; and under a composed fault, a
-//! partition plus a quick restart, with lease reads: no anomaly) and a
+//! partition plus a quick restart, with lease reads; splits, one under a
+//! kill, and a leadership transfer: no anomaly) and a
 //! negative one (stale reads served by an isolated follower: the checker must
 //! say INVALID). Short on purpose: seconds of workload each, on a loaded 2-core
 //! machine; nothing here asserts on timing.
@@ -141,4 +142,31 @@ async fn bounded_reads_under_clock_skew_beyond_and_within_the_bound_find_no_anom
     assert!(starts[0].contains("clock -1000 ms"), "{starts:?}");
     assert_eq!(report.verdict, ReportVerdict::Valid, "{}", report.summary);
     assert_eq!(report.checkers["staleness_bounds"]["verdict"], "valid");
+}
+
+/// Topology changes under faults: a split while a node is killed (and
+/// restarted by the heal), a leadership transfer of the workload's shard,
+/// and a second split of the new right half. The register keys (`r<group>-…`)
+/// land on both sides of every split, so clients with stale maps are
+/// corrected mid-run; no anomaly may appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_across_splits_and_a_leader_transfer_under_faults_finds_no_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let composed = |first: Fault, second: Fault| Fault::Composed { faults: vec![first, second], gap_ms: 300 };
+    let windows = vec![
+        Window {
+            start_ms: 1_000,
+            end_ms: 3_000,
+            fault: composed(Fault::Kill { target: Target::Nodes { ids: vec![3] } }, Fault::Split { key: "r2".into() }),
+        },
+        Window { start_ms: 4_000, end_ms: 5_500, fault: Fault::TransferLeader { shard: 0, to: 2 } },
+        Window { start_ms: 6_000, end_ms: 6_500, fault: Fault::Split { key: "r4".into() } },
+    ];
+    let outcome = run(config(&dir, Workload::Register, windows)).await.expect("the run completes");
+    let report = &outcome.report;
+    println!("{}", report.render_text());
+    let starts = nemesis_starts(&outcome.history);
+    assert_eq!(starts.len(), 3, "every change was made: {starts:?} {:?}", report.stats);
+    assert!(starts[0].contains("split shard") && starts[2].contains("split shard"), "{starts:?}");
+    assert_eq!(report.verdict, ReportVerdict::Valid, "{}", report.summary);
 }

@@ -1813,6 +1813,18 @@ mod tests {
     }
 
     #[test]
+    fn shard_split_takes_a_shard_id_and_a_key() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
+        let Command::Shard(ShardCommand::Split { shard, key }) = parse(&["shard", "split", "2", "h"]).unwrap().command
+        else {
+            panic!("not shard split");
+        };
+        assert_eq!((shard, key.as_str()), (2, "h"));
+        assert!(parse(&["shard", "split", "two", "h"]).is_err(), "the shard is an id");
+        assert!(parse(&["shard", "split", "2"]).is_err(), "the key is required");
+    }
+
+    #[test]
     fn shard_create_parses_the_mode_and_teaches_the_carve_rule() {
         let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()));
         let Command::Shard(ShardCommand::Create { mode, range }) =

@@ -109,6 +109,12 @@ pub enum NemesisKind {
     /// One node's wall clock offset by ±(0.5 … 20) × the nodes' default
     /// offset bound (50 ms), through libfaketime.
     Clock,
+    /// Split the shard holding a workload-shaped key at that key, alone or
+    /// while a partition or a kill holds. Permanent: the heal leaves it.
+    Split,
+    /// Hand a shard's leadership to another voter, alone or while a
+    /// partition or a kill holds.
+    TransferLeader,
 }
 
 impl NemesisKind {
@@ -168,6 +174,11 @@ pub enum Fault {
     Pause { target: Target },
     /// One-way delay (and jitter) on every link between two nodes.
     Latency { delay_ms: u64, jitter_ms: u64 },
+    /// Split whichever shard holds `key` at `key` (`Admin.SplitShard`).
+    Split { key: String },
+    /// Ask `shard`'s leader to hand leadership to node `to` (the next node
+    /// when `to` leads already).
+    TransferLeader { shard: u64, to: u64 },
 }
 
 /// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
@@ -327,6 +338,22 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             };
             Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
         }
+        NemesisKind::Split | NemesisKind::TransferLeader => {
+            let change = if kind == NemesisKind::Split {
+                // Register keys are r<group>-<epoch>, set elements set/<e>.
+                let prefix = ["r", "set/"][rng.below(2)];
+                Fault::Split { key: format!("{prefix}{}", rng.between(1, 9)) }
+            } else {
+                Fault::TransferLeader { shard, to: one(rng) }
+            };
+            // Alone, or while a node is cut off or killed.
+            let during = match rng.below(3) {
+                0 => return change,
+                1 => Fault::Partition { shape: FaultShape::IsolateNode { node: one(rng) }, mode: Partition::Stall },
+                _ => Fault::Kill { target: Target::Nodes { ids: vec![one(rng)] } },
+            };
+            Fault::Composed { faults: vec![during, change], gap_ms: rng.between(200, 1_500) }
+        }
     }
 }
 
@@ -444,6 +471,40 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             lab.set_latency(&nodes, &nodes, false, Some(*delay_ms), Some(*jitter_ms)).map_err(|e| e.to_string())?;
             Ok(applied(format!("latency {delay_ms} ms ±{jitter_ms} ms one-way between all nodes"), Vec::new()))
         }
+        Fault::Split { key } => {
+            // Through every node's endpoint: the node cut off or killed may
+            // be the first one.
+            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
+            let mut config = geokv_client::ClientConfig::new(endpoints);
+            config.deadline = APPLY_TIMEOUT;
+            let client = config.connect().await.map_err(|e| e.to_string())?;
+            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+            let shard = map
+                .shards
+                .iter()
+                .rfind(|s| s.start.as_slice() <= key.as_bytes())
+                .map(|s| s.shard_id)
+                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let split = client.split_shard(shard, key.as_bytes()).await.map_err(|e| e.to_string())?;
+            Ok(applied(
+                format!(
+                    "split shard {shard} at {key:?}: new shard {} (epoch {})",
+                    split.right_shard_id, split.right_epoch
+                ),
+                Vec::new(),
+            ))
+        }
+        Fault::TransferLeader { shard, to } => {
+            let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
+            let ids: Vec<u64> = lab.nodes().iter().map(|n| n.id).collect();
+            let to = if *to == leader {
+                ids[(ids.iter().position(|id| id == to).unwrap_or(0) + 1) % ids.len()]
+            } else {
+                *to
+            };
+            lab.transfer_leader(*shard, to, APPLY_TIMEOUT).await.map_err(|e| e.to_string())?;
+            Ok(applied(format!("leadership of shard {shard} moved from node {leader} to node {to}"), vec![leader, to]))
+        }
     }
 }
 
@@ -459,6 +520,7 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
             Fault::Partition { shape: FaultShape::IsolateLeader { shard: fix(*shard) }, mode: *mode }
         }
         Fault::IsolateFollower { shard } => Fault::IsolateFollower { shard: fix(*shard) },
+        Fault::TransferLeader { shard, to } => Fault::TransferLeader { shard: fix(*shard), to: *to },
         Fault::Kill { target: t } => Fault::Kill { target: target(t) },
         Fault::Pause { target: t } => Fault::Pause { target: target(t) },
         Fault::Restart { target: t, down_ms } => Fault::Restart { target: target(t), down_ms: *down_ms },
@@ -608,6 +670,34 @@ mod tests {
             }
         }
         assert!(composed > 20, "{composed} composed windows");
+    }
+
+    #[test]
+    fn topology_changes_come_alone_or_during_a_cut_or_kill() {
+        let (mut alone, mut during) = (0, 0);
+        for seed in 0..30 {
+            let s = Schedule::generate(seed, &[NemesisKind::Split, NemesisKind::TransferLeader], 60_000, 3, 2);
+            s.validate().unwrap();
+            for w in &s.windows {
+                let change = match &w.fault {
+                    Fault::Composed { faults, .. } => {
+                        during += 1;
+                        assert!(matches!(faults[0], Fault::Partition { .. } | Fault::Kill { .. }), "{w:?}");
+                        &faults[1]
+                    }
+                    other => {
+                        alone += 1;
+                        other
+                    }
+                };
+                match change {
+                    Fault::Split { key } => assert!(key.starts_with('r') || key.starts_with("set/"), "{key}"),
+                    Fault::TransferLeader { shard, to } => assert!(*shard == 2 && (1..=3).contains(to)),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(alone > 10 && during > 10, "{alone} alone, {during} during another fault");
     }
 
     #[test]

@@ -185,8 +185,8 @@ impl Admin for AdminService {
         let CreateShardRequest { start, end, mode } = req.into_inner();
         if ShardMode::try_from(mode) != Ok(ShardMode::Eventual) {
             return Err(Status::invalid_argument(
-                "only eventual shards can be created: Raft shards come from the split points a cluster starts with \
-                 (splitting a Raft shard is not built yet)",
+                "only eventual shards can be created: Raft shards come from the split points a cluster starts with, \
+                 and from splitting one (kvctl shard split)",
             ));
         }
         let max = self.node.config.limits.max_key_bytes;
@@ -234,8 +234,8 @@ impl Admin for AdminService {
             (false, true) => (end.clone().expect("a bounded end"), parent.end.clone()),
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "the range must begin or end where shard {} [{}, {}) does, but not both (splitting a shard in \
-                     the middle, or converting a whole one, is not built yet)",
+                    "the range must begin or end where shard {} [{}, {}) does, but not both (split the shard \
+                     first with kvctl shard split to carve from its middle; converting a whole shard is not built)",
                     parent.id,
                     show(&parent.start),
                     parent.end.as_deref().map_or("end".into(), show)

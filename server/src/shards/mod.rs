@@ -10,8 +10,9 @@
 //! Every shard carries an epoch that grows whenever its range or replicas
 //! change; requests carry the epoch the client routed with, so a client with a
 //! stale map is told so (`WrongShard`) instead of being served by the wrong
-//! group. This module does not split, merge or move shards yet; its types are
-//! shaped for it.
+//! group. Splits are recorded here first (`MetaCommand::SplitShard`), then
+//! carried out by the shard's own log (docs/architecture.md); merges and
+//! replica moves are not built yet.
 
 use std::collections::BTreeMap;
 
