@@ -139,13 +139,11 @@ impl Client {
         if split_key.is_empty() {
             return Err(Error::InvalidArgument("the split key must not be empty".into()));
         }
-        // The epoch this request is about: every attempt carries it, so a
-        // retry after the split was made is told so, not refused.
-        let mut expected_epoch = self.cached_map().shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
-        if expected_epoch.is_none() {
-            expected_epoch =
-                self.refresh_shard_map().await?.shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
-        }
+        // The epoch this request is about, from a fresh map: every attempt
+        // carries it, so a retry after the split was made is told so, not
+        // refused.
+        let map = self.refresh_shard_map().await?;
+        let expected_epoch = map.shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
         let request =
             admin_pb::SplitShardRequest { shard_id: shard, split_key, expected_epoch: expected_epoch.unwrap_or(0) };
         let deadline = Instant::now() + self.config().deadline;

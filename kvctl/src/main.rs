@@ -319,15 +319,27 @@ Examples:
   kvctl --json shards")]
     Shards,
 
-    /// Create eventual shards (shard create), change a shard's placement (shard set-leader-region).
+    /// Split a Raft shard (shard split), create eventual shards (shard create), change a
+    /// shard's placement (shard set-leader-region).
     #[command(
         subcommand,
         after_help = "\
 Examples:
+  kvctl shard split 2 h
   kvctl shard create --mode eventual 'session/..u'
   kvctl shard set-leader-region 2 us-east"
     )]
     Shard(ShardCommand),
+
+    /// The cluster's members (node list).
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  kvctl node list
+  kvctl --json node list"
+    )]
+    Node(NodeCommand),
 
     /// List writes to eventual shards that were acknowledged, then lost.
     #[command(
@@ -405,6 +417,22 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         return Err("a timeout of zero would fail every request: give e.g. 500ms, 3s or 1m".into());
     }
     Ok(duration)
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List the members: id, region, address, state, and how many replicas and leaders each holds.
+    #[command(after_help = "\
+STATE is up (the node answered and is ready), starting (it answered, its groups are
+still starting) or down (it did not answer). REPLICAS counts the shards the map places
+on the node (the meta shard not included); LEADERS the groups it says it leads.
+Members are the ones the cluster was created with: joining, draining and removing
+nodes are not built yet.
+
+Examples:
+  kvctl node list
+  kvctl --json node list | jq '.[] | select(.state != \"up\")'")]
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -575,6 +603,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         | Command::Status
         | Command::Shards
         | Command::Shard(_)
+        | Command::Node(_)
         | Command::Conflicts { .. }
         | Command::Completion { .. } => None,
     };
@@ -659,6 +688,30 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             list(&client, geokv_client::ScanBounds { start, end }, listing).await
         }
         Command::Status => status(&client, out).await,
+        Command::Node(NodeCommand::List) => {
+            let cluster = client.cluster_status().await.map_err(say)?;
+            let rows = node_list(&cluster);
+            match out {
+                WriteOut::Json => print_json(&Value::Array(rows)),
+                _ => {
+                    let columns = ["id", "region", "address", "state", "replicas", "leaders"];
+                    let table: Vec<Vec<String>> = rows
+                        .iter()
+                        .map(|row| {
+                            columns
+                                .iter()
+                                .map(|c| match &row[c] {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    style.print(&["ID", "REGION", "ADDRESS", "STATE", "REPLICAS", "LEADERS"], &table);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Shards => {
             let map = client.refresh_shard_map().await.map_err(say)?;
             print_shard_map(&map, out);
@@ -1125,6 +1178,36 @@ async fn status(client: &Client, out: WriteOut) -> Result<ExitCode, String> {
         print_status(&cluster, Style::of(out));
     }
     Ok(if degraded { ExitCode::from(EXIT_DEGRADED) } else { ExitCode::SUCCESS })
+}
+
+/// One JSON object per member for `node list`: `id`, `region`, `address`,
+/// `state` (up / starting / down), `replicas` (shards the map places there),
+/// `leaders` (groups it reports leading, the meta shard included; null when
+/// down).
+fn node_list(cluster: &ClusterStatus) -> Vec<Value> {
+    cluster
+        .nodes
+        .iter()
+        .map(|report| {
+            let id = report.node.node_id;
+            let replicas = cluster.map.shards.iter().filter(|s| s.replicas.iter().any(|r| r.node_id == id)).count();
+            let (state, leaders) = match &report.status {
+                Ok(status) => {
+                    let leaders = status.groups.iter().filter(|g| g.role == geokv_client::Role::Leader).count();
+                    (if status.ready { "up" } else { "starting" }, json!(leaders))
+                }
+                Err(_) => ("down", Value::Null),
+            };
+            json!({
+                "id": id,
+                "region": report.node.region,
+                "address": report.node.addr,
+                "state": state,
+                "replicas": replicas,
+                "leaders": leaders,
+            })
+        })
+        .collect()
 }
 
 fn status_json(cluster: &ClusterStatus) -> Value {

@@ -260,6 +260,21 @@ async fn kvctl_speaks_to_humans_and_scripts() {
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("2      m..+inf  1      raft  2@region-2"), "{status}");
 
+    let (code, nodes, _) = kvctl(&cluster, &["--json", "node", "list"]).await;
+    assert_eq!(code, 0, "{nodes}");
+    let nodes = parse_json(&nodes);
+    for (i, node) in nodes.as_array().expect("an array of members").iter().enumerate() {
+        let id = i as u64 + 1;
+        assert_eq!(node["id"], id, "{node}");
+        assert_eq!(node["region"], format!("region-{id}"), "{node}");
+        assert_eq!((node["state"].as_str(), node["replicas"].as_u64()), (Some("up"), Some(2)), "{node}");
+        assert_eq!(node["leaders"], 1, "node {id} leads shard {id}: {node}");
+        assert!(node["address"].as_str().is_some_and(|a| a.contains(':')), "{node}");
+    }
+    let (_, table, _) = kvctl(&cluster, &["node", "list"]).await;
+    assert!(table.starts_with("ID  REGION    ADDRESS"), "{table}");
+    assert!(table.lines().nth(1).is_some_and(|row| row.contains("region-1") && row.contains(" up ")), "{table}");
+
     cluster.set_shards(1, &[("", "m"), ("m", "")], &[1, 0]);
     let (code, status, warning) = kvctl(&cluster, &["--json", "status"]).await;
     assert_eq!(code, 3, "a leaderless shard is flagged");

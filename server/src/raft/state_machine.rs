@@ -630,7 +630,7 @@ impl ShardStateMachine {
         let left = &map.shards[pos];
         if left.end.as_deref() == Some(key)
             && left.epoch > epoch
-            && let Some(right) = map.shards.get(pos + 1)
+            && let Some(right) = map.shards.get(pos + 1).filter(|r| !r.is_eventual())
         {
             let result = CommandResult::Split {
                 left_epoch: left.epoch,

@@ -320,7 +320,7 @@ impl Admin for AdminService {
             )));
         }
         let pos = map.shards.iter().position(|s| s.id == shard_id).expect("found above");
-        let right_now = map.shards.get(pos + 1).filter(|r| r.start == split_key);
+        let right_now = map.shards.get(pos + 1).filter(|r| r.start == split_key && !r.is_eventual());
         let done = expected_epoch != 0
             && shard.epoch == expected_epoch + 1
             && shard.end.as_ref() == Some(&split_key)
