@@ -93,6 +93,9 @@ pub struct Node {
     /// Right halves of splits the local data shards applied, to start.
     split_tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>,
     split_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SplitNotice>>>,
+    /// Held while a data group is started after start-up, so that the split
+    /// notices and the map watcher never start one shard twice.
+    starting: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     started: Instant,
 }
@@ -148,6 +151,7 @@ impl Node {
             initial_map,
             split_tx,
             split_rx: Mutex::new(Some(split_rx)),
+            starting: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             started: Instant::now(),
         }))
@@ -215,7 +219,7 @@ impl Node {
         }
         self.ready.store(true, Ordering::Release);
         self.start_eventual_shards()?;
-        tokio::spawn(watch_for_new_shards(self.clone()));
+        tokio::spawn(watch_for_new_shards(self.clone(), raft_config.clone(), limits));
         tokio::spawn(bootstrap_map(self.clone()));
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
@@ -279,6 +283,54 @@ impl Node {
         tokio::spawn(self.metrics.clone().watch_group(shard, raft.metrics()));
         tracing::info!(shard, voters = ?voters, "raft group started");
         Ok(raft)
+    }
+
+    /// Starts `shard`'s data group unless it runs already; false if it did.
+    async fn start_data_group_once(
+        &self,
+        shard: u64,
+        kind: ShardKind,
+        members: &[u64],
+        raft_config: &Arc<openraft::Config>,
+        limits: SessionLimits,
+    ) -> anyhow::Result<bool> {
+        let _one_at_a_time = self.starting.lock().await;
+        if self.group(shard).await.is_some() {
+            return Ok(false);
+        }
+        let sm = ShardStateMachine::new(shard, kind, self.storage.clone(), limits)?
+            .with_split_notices(self.split_tx.clone());
+        let raft = self.start_group(shard, sm, members, raft_config, &self.peers).await?;
+        self.groups.write().await.insert(shard, raft);
+        Ok(true)
+    }
+
+    /// Starts the Raft data shards of the map placed here that do not run
+    /// yet but whose range this replica stores: right halves of splits it
+    /// applied while its copy of the map lagged (at start-up such a shard is
+    /// not in the stored map yet). A shard without a stored range is left
+    /// alone: its data here is not its own (see `start_groups`).
+    async fn start_stored_shards(&self, raft_config: &Arc<openraft::Config>, limits: SessionLimits) {
+        let map = self.shard_map();
+        for desc in map.shards_on(self.config.node_id).filter(|s| !s.is_eventual()) {
+            if self.group(desc.id).await.is_some() {
+                continue;
+            }
+            let stored = self.storage.get_meta(
+                crate::storage::MetaFamily::Apply,
+                desc.id,
+                crate::storage::apply_meta_tag::RANGE,
+            );
+            if !matches!(stored, Ok(Some(_))) {
+                continue;
+            }
+            let kind = ShardKind::Data { start: desc.start.clone(), end: desc.end.clone(), epoch: desc.epoch };
+            match self.start_data_group_once(desc.id, kind, &desc.replicas, raft_config, limits).await {
+                Ok(true) => tracing::info!(shard = desc.id, "started a shard the map now places here"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(shard = desc.id, cause = %e, "cannot start a shard the map places here"),
+            }
+        }
     }
 
     /// The Raft group of `shard`, if this node hosts it.
@@ -664,20 +716,10 @@ async fn start_split_halves(
         if !node.is_ready() {
             return;
         }
-        if node.group(notice.shard).await.is_some() {
-            continue;
-        }
         let kind = ShardKind::Data { start: notice.start.clone(), end: notice.end.clone(), epoch: notice.epoch };
-        let started = async {
-            let sm = ShardStateMachine::new(notice.shard, kind, node.storage.clone(), limits)?
-                .with_split_notices(node.split_tx.clone());
-            node.start_group(notice.shard, sm, &notice.members, &raft_config, &node.peers).await
-        };
-        match started.await {
-            Ok(raft) => {
-                node.groups.write().await.insert(notice.shard, raft);
-                tracing::info!(shard = notice.shard, "started the right half of a split");
-            }
+        match node.start_data_group_once(notice.shard, kind, &notice.members, &raft_config, limits).await {
+            Ok(true) => tracing::info!(shard = notice.shard, "started the right half of a split"),
+            Ok(false) => {}
             Err(e) => tracing::error!(shard = notice.shard, cause = %e, "cannot start the right half of a split"),
         }
     }
@@ -736,13 +778,15 @@ async fn finish_splits(node: Arc<Node>) {
 }
 
 /// Starts replicas of eventual shards added to the map while the node runs
-/// (`kvctl shard create`).
-async fn watch_for_new_shards(node: Arc<Node>) {
+/// (`kvctl shard create`), and right halves of splits applied here before the
+/// map knew them.
+async fn watch_for_new_shards(node: Arc<Node>, raft_config: Arc<openraft::Config>, limits: SessionLimits) {
     let mut rx = node.map_rx.clone();
     while node.is_ready() && rx.changed().await.is_ok() {
         if let Err(e) = node.start_eventual_shards() {
             tracing::error!(cause = %e, "cannot start a new eventual shard");
         }
+        node.start_stored_shards(&raft_config, limits).await;
     }
 }
 
