@@ -1203,6 +1203,25 @@ mod tests {
         assert!(matches!(&sm.kind, ShardKind::Data { end: Some(e), .. } if e == b"n"), "the range is unchanged");
     }
 
+    /// A meta shard state machine over a fresh store, and the map it publishes.
+    fn meta_sm(dir: &std::path::Path) -> (ShardStateMachine, watch::Receiver<Arc<ShardMap>>) {
+        let (map_tx, map_rx) = watch::channel(Arc::new(ShardMap::default()));
+        let meta =
+            ShardStateMachine::new(0, ShardKind::Meta { map_tx }, Storage::open(dir).unwrap(), limits()).unwrap();
+        (meta, map_rx)
+    }
+
+    fn three_nodes() -> Vec<crate::shards::NodeDesc> {
+        (1..=3)
+            .map(|id| crate::shards::NodeDesc {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                region: format!("r{id}"),
+                zone: String::new(),
+            })
+            .collect()
+    }
+
     fn meta_entry(index: u64, cmd: MetaCommand) -> Entry {
         Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
@@ -1218,22 +1237,11 @@ mod tests {
     /// recognised by its whole effect.
     #[tokio::test]
     async fn concurrent_carves_get_their_own_ids_and_a_retry_changes_nothing() {
-        use crate::shards::{NodeDesc, ShardMode};
+        use crate::shards::ShardMode;
         let dir = tempfile::tempdir().unwrap();
-        let (map_tx, _map_rx) = watch::channel(Arc::new(ShardMap::default()));
-        let mut meta =
-            ShardStateMachine::new(0, ShardKind::Meta { map_tx }, Storage::open(dir.path()).unwrap(), limits())
-                .unwrap();
-        let nodes: Vec<NodeDesc> = (1..=3)
-            .map(|id| NodeDesc {
-                id,
-                addr: format!("127.0.0.1:{}", 7000 + id),
-                region: format!("r{id}"),
-                zone: String::new(),
-            })
-            .collect();
+        let (mut meta, _map_rx) = meta_sm(dir.path());
         let splits = [b"g".to_vec(), b"n".to_vec(), b"u".to_vec()];
-        let initial = ShardMap::initial(&nodes, &splits, &[], 3).unwrap();
+        let initial = ShardMap::initial(&three_nodes(), &splits, &[], 3).unwrap();
         meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial.clone()))]).await.unwrap();
         let carve = |parent: u64, parent_start: &str, parent_end: Option<&str>, start: &str, end: Option<&str>| {
             let epoch = initial.shard(parent).unwrap().epoch + 1;
@@ -1399,21 +1407,9 @@ mod tests {
     /// key outside the shard is refused.
     #[tokio::test]
     async fn the_map_records_a_split_once() {
-        use crate::shards::NodeDesc;
         let dir = tempfile::tempdir().unwrap();
-        let (map_tx, map_rx) = watch::channel(Arc::new(ShardMap::default()));
-        let mut meta =
-            ShardStateMachine::new(0, ShardKind::Meta { map_tx }, Storage::open(dir.path()).unwrap(), limits())
-                .unwrap();
-        let nodes: Vec<NodeDesc> = (1..=3)
-            .map(|id| NodeDesc {
-                id,
-                addr: format!("127.0.0.1:{}", 7000 + id),
-                region: format!("r{id}"),
-                zone: String::new(),
-            })
-            .collect();
-        let initial = ShardMap::initial(&nodes, &[b"g".to_vec(), b"n".to_vec()], &[], 3).unwrap();
+        let (mut meta, map_rx) = meta_sm(dir.path());
+        let initial = ShardMap::initial(&three_nodes(), &[b"g".to_vec(), b"n".to_vec()], &[], 3).unwrap();
         meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial))]).await.unwrap();
         let split = |key: &str, epoch| MetaCommand::SplitShard { shard: 2, epoch, key: key.into() };
         let r = meta.apply_run(&[meta_entry(2, split("h", 1))]).await.unwrap();
