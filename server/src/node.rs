@@ -914,6 +914,29 @@ mod tests {
         m
     }
 
+    /// The start-up rule that keeps a split's right half from starting over
+    /// data its local left half still owns: any shared key is an overlap.
+    #[test]
+    fn ranges_overlap_on_any_shared_key() {
+        let desc = |start: &str, end: Option<&str>| ShardDesc {
+            id: 9,
+            epoch: 2,
+            start: start.into(),
+            end: end.map(Into::into),
+            replicas: vec![1],
+            preferred_leader_region: None,
+            mode: crate::shards::ShardMode::Raft,
+        };
+        let range = |start: &str, end: Option<&str>| (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()));
+        // The left half before the split ([g, n)) and the right half [j, n).
+        assert!(ranges_overlap(&range("g", Some("n")), &desc("j", Some("n"))));
+        // After the split ([g, j)): they only touch.
+        assert!(!ranges_overlap(&range("g", Some("j")), &desc("j", Some("n"))));
+        assert!(!ranges_overlap(&range("n", None), &desc("j", Some("n"))));
+        assert!(ranges_overlap(&range("", None), &desc("j", None)));
+        assert!(ranges_overlap(&range("k", Some("l")), &desc("j", None)));
+    }
+
     /// The bounded-staleness hole after a leader change: a leader whose
     /// newest committed entry is from an older term vouches for nothing
     /// (before, it published a safe time built on a commit index that could
