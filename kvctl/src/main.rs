@@ -498,8 +498,10 @@ Examples:
             retries; writes retried across the split still apply once (client sessions are copied \
             to the new shard).\n\n\
             The map records the split first, then the shard's own log; if the request stops in \
-            between, the shard's leader completes it. Repeating a request after a failure is \
-            safe: a split already made is reported, not made twice.",
+            between, the shard's leader completes it. kvctl retries within --timeout, and \
+            its retries are safe: a split an earlier attempt made is reported (\"already split\"), \
+            not made twice. Running the command again after it succeeded is refused, naming the \
+            shard that now starts at KEY.",
         after_help = "\
 KEY must lie strictly inside the shard's range (not its first key); with --hex give it as hex.
 Prints \"split shard S at KEY: S [start, KEY) epoch E, new shard N [KEY, end) epoch E;
