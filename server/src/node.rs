@@ -39,7 +39,7 @@ use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
 use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round, lease_read};
-use crate::raft::state_machine::{SessionLimits, ShardKind, SplitNotice};
+use crate::raft::state_machine::{SessionLimits, ShardKind, SplitNotice, has_stored_range};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
 use crate::shards::{META_SHARD_ID, ShardDesc, ShardMap};
@@ -224,7 +224,7 @@ impl Node {
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
         if let Some(rx) = self.split_rx.lock().expect("split receiver").take() {
-            tokio::spawn(start_split_halves(self.clone(), rx, raft_config.clone()));
+            tokio::spawn(start_split_halves(self.clone(), rx, raft_config.clone(), limits));
         }
         tokio::spawn(finish_splits(self.clone()));
         Ok(())
@@ -316,12 +316,7 @@ impl Node {
             if self.group(desc.id).await.is_some() {
                 continue;
             }
-            let stored = self.storage.get_meta(
-                crate::storage::MetaFamily::Apply,
-                desc.id,
-                crate::storage::apply_meta_tag::RANGE,
-            );
-            if !matches!(stored, Ok(Some(_))) {
+            if !matches!(has_stored_range(&self.storage, desc.id), Ok(true)) {
                 continue;
             }
             let kind = ShardKind::Data { start: desc.start.clone(), end: desc.end.clone(), epoch: desc.epoch };
@@ -707,11 +702,8 @@ async fn start_split_halves(
     node: Arc<Node>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<SplitNotice>,
     raft_config: Arc<openraft::Config>,
+    limits: SessionLimits,
 ) {
-    let limits = SessionLimits {
-        ttl_ms: node.config.limits.session_ttl_ms,
-        gc_interval_ms: (node.config.limits.session_ttl_ms / 10).max(1_000),
-    };
     while let Some(notice) = rx.recv().await {
         if !node.is_ready() {
             return;

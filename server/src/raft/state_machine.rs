@@ -33,7 +33,7 @@
 //!   against it at apply time and rejected otherwise);
 //! - snapshot data installed lies in the shard's range.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
 
@@ -108,6 +108,13 @@ pub struct ShardStateMachine {
     /// Where a data shard reports the right halves of its splits, once they
     /// are durable, so that the node starts their groups.
     splits: Option<tokio::sync::mpsc::UnboundedSender<SplitNotice>>,
+}
+
+/// Whether this replica stores a range record for data shard `shard`: it
+/// started the shard (which persists the range it was created with), or
+/// applied the split that made it.
+pub fn has_stored_range(storage: &Storage, shard: u64) -> io::Result<bool> {
+    Ok(storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::RANGE)?.is_some())
 }
 
 /// A split this replica applied: the right half's group must start here.
@@ -226,7 +233,7 @@ impl ShardStateMachine {
 
     /// Whether this data shard's range is stored (not only known from the map).
     pub fn range_is_stored(&self) -> io::Result<bool> {
-        Ok(self.storage.get_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE)?.is_some())
+        has_stored_range(&self.storage, self.shard)
     }
 
     /// Stores the range this data shard was created with, durably, unless
@@ -484,7 +491,7 @@ impl ShardStateMachine {
                     self.apply_shrink(cmd, &mut batch, &overlay)?
                 }
                 (CommandResult::None, EntryPayload::Normal(Command::Split(cmd))) => {
-                    self.apply_split(index, cmd, &mut batch, &overlay, &mut splits)?
+                    self.apply_split(index, cmd, &mut batch, &mut overlay, &mut splits)?
                 }
                 (
                     CommandResult::None,
@@ -549,7 +556,7 @@ impl ShardStateMachine {
         index: u64,
         cmd: &SplitCommand,
         batch: &mut Batch<'_>,
-        overlay: &Overlay,
+        overlay: &mut Overlay,
         splits: &mut Vec<SplitNotice>,
     ) -> io::Result<CommandResult> {
         let reject = |reason: String| Ok(CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }));
@@ -575,25 +582,16 @@ impl ShardStateMachine {
         let left: RangeRecord = (start.clone(), Some(cmd.key.clone()), cmd.left_epoch);
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&left));
         batch.put_meta(MetaFamily::Apply, cmd.right_shard, apply_meta_tag::RANGE, &encode(&right));
-        // Sessions: the stored ones with this run's changes on top.
-        let mut sessions: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
+        // Every session record (headers, markers, results), as of this entry.
+        let mut sessions = BTreeMap::new();
         for key_len in [8, 9, 16] {
-            sessions.extend(self.storage.sessions_with_key_len(self.shard, key_len)?);
-        }
-        for (key, value) in &overlay.sessions {
-            match value {
-                Some(value) => sessions.insert(key.clone(), value.clone()),
-                None => sessions.remove(key),
-            };
+            sessions.extend(self.current_sessions(key_len, overlay)?);
         }
         batch.clear_sessions(cmd.right_shard);
         for (key, value) in &sessions {
             batch.put_session(cmd.right_shard, key, value);
         }
-        let gc_ms: u64 = match overlay.session_gc_ms {
-            Some(at) => at,
-            None => self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0),
-        };
+        let gc_ms = self.last_session_gc_ms(overlay)?;
         batch.put_meta(MetaFamily::Apply, cmd.right_shard, apply_meta_tag::SESSION_GC_MS, &encode(&gc_ms));
         tracing::info!(shard = self.shard, index, right = cmd.right_shard, sessions = sessions.len(), "shard split");
         splits.push(SplitNotice {
@@ -763,32 +761,40 @@ impl ShardStateMachine {
         Ok(map.validate().map(|()| (map, id)).map_err(|e| e.to_string()))
     }
 
+    /// The log time of the last session collection: this run's, once it has
+    /// read (or collected), else the stored one, read once per run.
+    fn last_session_gc_ms(&self, overlay: &mut Overlay) -> io::Result<u64> {
+        match overlay.session_gc_ms {
+            Some(at) => Ok(at),
+            None => Ok(*overlay.session_gc_ms.insert(self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0))),
+        }
+    }
+
+    /// Stored session records whose key is `key_len` bytes (8: headers, 9:
+    /// markers, 16: results), with this run's writes on top.
+    fn current_sessions(&self, key_len: usize, overlay: &Overlay) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut records: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.storage.sessions_with_key_len(self.shard, key_len)?.into_iter().collect();
+        for (key, value) in overlay.sessions.iter().filter(|(k, _)| k.len() == key_len) {
+            match value {
+                Some(value) => records.insert(key.clone(), value.clone()),
+                None => records.remove(key),
+            };
+        }
+        Ok(records)
+    }
+
     /// Drops sessions idle for longer than the TTL (leaving a marker) and
     /// markers older than another TTL, at most once per GC interval of log
     /// time, as of `now_ms`, the proposal time of the write about to apply.
     /// Sees this run's pending session writes: the outcome depends on the
     /// log, not on how it was cut into runs.
     fn collect_sessions(&self, now_ms: u64, batch: &mut Batch<'_>, overlay: &mut Overlay) -> io::Result<()> {
-        let last_gc = match overlay.session_gc_ms {
-            Some(at) => at,
-            None => *overlay.session_gc_ms.insert(self.apply_meta(apply_meta_tag::SESSION_GC_MS)?.unwrap_or(0)),
-        };
+        let last_gc = self.last_session_gc_ms(overlay)?;
         if now_ms < last_gc.saturating_add(self.limits.gc_interval_ms) {
             return Ok(());
         }
-        // Stored session records of each kind, with this run's writes on top.
-        let current = |key_len: usize| -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
-            let mut records: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
-                self.storage.sessions_with_key_len(self.shard, key_len)?.into_iter().collect();
-            for (key, value) in overlay.sessions.iter().filter(|(k, _)| k.len() == key_len) {
-                match value {
-                    Some(value) => records.insert(key.clone(), value.clone()),
-                    None => records.remove(key),
-                };
-            }
-            Ok(records)
-        };
-        let (headers, markers) = (current(8)?, current(9)?);
+        let (headers, markers) = (self.current_sessions(8, overlay)?, self.current_sessions(9, overlay)?);
         let ttl = self.limits.ttl_ms;
         let mut dropped = 0usize;
         for (key, value) in headers {
