@@ -970,6 +970,8 @@ mod tests {
             replicas: vec![replica(1), replica(2), replica(3)],
             preferred_leader_region: None,
             mode: ShardMode::Raft,
+            adding_node: None,
+            removing_node: None,
         }
     }
 

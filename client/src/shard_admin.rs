@@ -1,4 +1,5 @@
-//! Creating and splitting shards: [`Client::create_shard`], [`Client::split_shard`].
+//! Creating, splitting and moving shards: [`Client::create_shard`],
+//! [`Client::split_shard`], [`Client::move_replica`].
 //!
 //! `Admin.CreateShard` carves a new (eventual) shard for `[start, end)` out of
 //! the start or the end of the one Raft shard that holds the range now; that
@@ -67,6 +68,18 @@ pub struct SplitShard {
     /// The shard map version that records the split.
     pub map_version: u64,
     /// False when an earlier attempt had made the split already.
+    pub created: bool,
+}
+
+/// What [`Client::move_replica`] recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MovedReplica {
+    pub shard_id: u64,
+    pub from_node: u64,
+    pub to_node: u64,
+    /// The shard map version that records the move.
+    pub map_version: u64,
+    /// False when an earlier attempt had recorded the move already.
     pub created: bool,
 }
 
@@ -171,6 +184,71 @@ impl Client {
             map_version: reply.map_version,
             created: reply.created,
         })
+    }
+
+    /// Moves Raft shard `shard`'s replica from node `from` to node `to`. The
+    /// cluster records the move and returns; the shard's leader carries it
+    /// out (learner, snapshot and log, joint-consensus voter change, the old
+    /// replica deleted), keeping the shard's fault tolerance throughout.
+    /// [`Client::wait_for_replica_change`] waits for it to finish. Retried
+    /// like [`Client::create_shard`]: repeating a recorded move reports it.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown shard or node;
+    /// [`Error::InvalidArgument`] when `from == to`;
+    /// [`Error::FailedPrecondition`] for an eventual shard, a `from` that
+    /// holds no replica or a `to` that holds one, another change of the
+    /// shard under way, or a `to` that does not answer;
+    /// [`Error::Unavailable`] when the retries ran out (repeating is safe).
+    pub async fn move_replica(&self, shard: u64, from: u64, to: u64) -> Result<MovedReplica, Error> {
+        if from == to {
+            return Err(Error::InvalidArgument(format!("from and to are both node {from}: nothing to move")));
+        }
+        let request = admin_pb::MoveReplicaRequest { shard_id: shard, from_node: from, to_node: to };
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the move may or may not be recorded now", deadline, |addr, timeout| async move {
+                let mut admin = admin_client(self.channel(&addr)?);
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(timeout);
+                match tokio::time::timeout(timeout, admin.move_replica(request)).await {
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) => Err(classify(&status)),
+                    Err(_) => Err(timed_out(timeout)),
+                }
+            })
+            .await?;
+        self.await_map_version(&addr, reply.map_version, deadline).await;
+        Ok(MovedReplica { shard_id: shard, from_node: from, to_node: to, map_version: reply.map_version, created: reply.created })
+    }
+
+    /// Waits, polling the shard map, until `shard` has no replica change
+    /// under way, and returns the shard as the map then has it; gives up
+    /// with [`Error::Unavailable`] after `timeout` (the change goes on).
+    pub async fn wait_for_replica_change(
+        &self,
+        shard: u64,
+        timeout: std::time::Duration,
+    ) -> Result<crate::shard_map::Shard, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(self.config().backoff_initial, self.config().backoff_max);
+        loop {
+            let map = self.refresh_shard_map().await;
+            if let Ok(map) = &map {
+                match map.shard(shard) {
+                    Some(s) if !s.is_changing() => return Ok(s.clone()),
+                    Some(_) => {}
+                    None => return Err(Error::NotFound(format!("no shard {shard} in map version {}", map.version))),
+                }
+            }
+            if Instant::now() >= deadline {
+                let cause = match map {
+                    Ok(_) => format!("shard {shard}'s replica change is still under way after {timeout:?}"),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::Unavailable { attempts: 1, cause });
+            }
+            sleep_until_or(deadline, backoff.next_delay()).await;
+        }
     }
 
     /// Sends an idempotent admin request to the nodes in turn, with a

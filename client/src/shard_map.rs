@@ -50,6 +50,10 @@ pub struct Shard {
     /// How the shard replicates: through a Raft leader, or eventually (every
     /// replica accepts writes, last writer wins).
     pub mode: ShardMode,
+    /// A replica change under way: the node joining (a learner until caught
+    /// up; not in `replicas` yet) and the node leaving (still in `replicas`).
+    pub adding_node: Option<u64>,
+    pub removing_node: Option<u64>,
 }
 
 impl Shard {
@@ -72,7 +76,14 @@ impl Shard {
             preferred_leader_region: (!shard.preferred_leader_region.is_empty())
                 .then_some(shard.preferred_leader_region),
             mode: ShardMode::from_proto(shard.mode),
+            adding_node: (shard.adding_node != 0).then_some(shard.adding_node),
+            removing_node: (shard.removing_node != 0).then_some(shard.removing_node),
         }
+    }
+
+    /// Whether a replica change is under way.
+    pub fn is_changing(&self) -> bool {
+        self.adding_node.is_some() || self.removing_node.is_some()
     }
 }
 

@@ -310,6 +310,8 @@ mod tests {
             replicas: vec![],
             preferred_leader_region: None,
             mode: ShardMode::Raft,
+            adding_node: None,
+            removing_node: None,
         }
     }
 

@@ -129,6 +129,10 @@ enum NemesisArg {
     /// Hand a shard's leadership to another voter, alone or during a partition or a kill. Not
     /// part of `all`.
     TransferLeader,
+    /// Move a replica of the shard holding a workload key to a node without one (`kvctl shard
+    /// move`), alone or during a partition or a kill. Needs more nodes than replicas (e.g.
+    /// --nodes 6). Not part of `all`.
+    MoveReplica,
     All,
     None,
 }
@@ -326,6 +330,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::Clock => kinds.insert(NemesisKind::Clock),
             NemesisArg::Split => kinds.insert(NemesisKind::Split),
             NemesisArg::TransferLeader => kinds.insert(NemesisKind::TransferLeader),
+            NemesisArg::MoveReplica => kinds.insert(NemesisKind::MoveReplica),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true

@@ -319,13 +319,14 @@ Examples:
   kvctl --json shards")]
     Shards,
 
-    /// Split a Raft shard (shard split), create eventual shards (shard create), change a
-    /// shard's placement (shard set-leader-region).
+    /// Split a Raft shard (shard split), move a replica (shard move), create eventual
+    /// shards (shard create), change a shard's placement (shard set-leader-region).
     #[command(
         subcommand,
         after_help = "\
 Examples:
   kvctl shard split 2 h
+  kvctl shard move 2 --from 1 --to 4
   kvctl shard create --mode eventual 'session/..u'
   kvctl shard set-leader-region 2 us-east"
     )]
@@ -518,6 +519,49 @@ Examples:
         shard: u64,
         /// The first key of the new, right-hand shard.
         key: String,
+    },
+
+    /// Move Raft shard SHARD's replica from node --from to node --to, and
+    /// wait until the move is done.
+    #[command(
+        long_about = "Move Raft shard SHARD's replica from node --from to node --to. The cluster \
+            records the move in the shard map, then the shard's leader carries it out: the new \
+            replica joins as a learner (it does not vote, so the shard tolerates as many failures \
+            as before), gets a snapshot and the log, and once caught up becomes a voter in place of \
+            the old one by joint consensus (a leader that is leaving hands leadership over first); \
+            the old replica then deletes its copy. Clients are not interrupted: they learn the new \
+            replicas from the map.\n\n\
+            kvctl waits until the map shows the move done (at most --wait, default 5m; the move \
+            goes on if kvctl stops waiting) and prints the shard's replicas; --no-wait returns once \
+            the move is recorded. Repeating the command while the move is under way is safe (it \
+            reports the move recorded earlier). One change per shard at a time: a move, or a split, \
+            waits for the one under way.",
+        after_help = "\
+Refused, changing nothing: an unknown shard or node, --from equal to --to, --from not holding a
+replica, --to holding one already or not answering, an eventual shard, another change under way.
+Prints \"moved shard S from node A to node B: replicas ...; map version V\".
+
+Examples:
+  kvctl shards                                REPLICAS shows where each shard is; CHANGE a move under way
+  kvctl shard move 2 --from 1 --to 4
+  kvctl shard move 2 --from 1 --to 4 --no-wait
+  kvctl --json shard move 2 --from 4 --to 1 --wait 10m"
+    )]
+    Move {
+        /// The Raft shard whose replica moves.
+        shard: u64,
+        /// The node that gives up its replica.
+        #[arg(long)]
+        from: u64,
+        /// The node that gets the replica.
+        #[arg(long)]
+        to: u64,
+        /// Return once the move is recorded, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the move to finish.
+        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+        wait: Duration,
     },
 }
 
@@ -777,6 +821,46 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     split.right_shard_id,
                     split.right_epoch,
                     split.map_version
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shard(ShardCommand::Move { shard, from, to, no_wait, wait }) => {
+            let moved = client.move_replica(shard, from, to).await.map_err(say)?;
+            let mut fields = json!({
+                "shard": shard,
+                "from": from,
+                "to": to,
+                "map_version": moved.map_version,
+                "created": moved.created,
+                "done": false,
+            });
+            if !no_wait {
+                let done = client.wait_for_replica_change(shard, wait).await.map_err(say)?;
+                let replicas: Vec<u64> = done.replicas.iter().map(|r| r.node_id).collect();
+                if !replicas.contains(&to) {
+                    return Err(format!(
+                        "shard {shard}'s change ended without node {to} among its replicas ({replicas:?}): \
+                         the move was replaced or undone; see kvctl shards"
+                    ));
+                }
+                fields["done"] = json!(true);
+                fields["replicas"] = json!(replicas);
+                fields["epoch"] = json!(done.epoch);
+            }
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if no_wait => println!(
+                    "{} move of shard {shard} from node {from} to node {to}; map version {} \
+                     (kvctl shards shows it under way)",
+                    if moved.created { "recorded" } else { "already recorded:" },
+                    moved.map_version
+                ),
+                WriteOut::Simple => println!(
+                    "moved shard {shard} from node {from} to node {to}: replicas {}; epoch {}",
+                    fields["replicas"],
+                    fields["epoch"]
                 ),
             }
             Ok(ExitCode::SUCCESS)
@@ -1460,12 +1544,13 @@ fn print_shard_map(map: &ShardMap, out: WriteOut) {
                 shard.epoch.to_string(),
                 shard.mode.to_string(),
                 replicas.join(","),
+                format_change(shard),
             ]
         })
         .collect();
     println!();
     println!("Shards:");
-    style.print(&["SHARD", "RANGE", "EPOCH", "MODE", "REPLICAS"], &shard_rows);
+    style.print(&["SHARD", "RANGE", "EPOCH", "MODE", "REPLICAS", "CHANGE"], &shard_rows);
 }
 
 fn shard_json(shard: &Shard) -> Value {
@@ -1483,7 +1568,19 @@ fn shard_json(shard: &Shard) -> Value {
         "end": if shard.end.is_empty() { Value::Null } else { json!(printable(&shard.end)) },
         "mode": shard.mode,
         "replicas": replicas,
+        "adding_node": shard.adding_node,
+        "removing_node": shard.removing_node,
     })
+}
+
+/// A replica change under way, for `kvctl shards`: "1->4", "+4", "-1" or "-".
+fn format_change(shard: &Shard) -> String {
+    match (shard.removing_node, shard.adding_node) {
+        (Some(from), Some(to)) => format!("{from}->{to}"),
+        (None, Some(to)) => format!("+{to}"),
+        (Some(from), None) => format!("-{from}"),
+        (None, None) => "-".into(),
+    }
 }
 
 /// A write in a conflict: its HLC, plus ` via N` when the accepting replica
@@ -1976,6 +2073,8 @@ mod tests {
             replicas: vec![],
             preferred_leader_region: None,
             mode: ShardMode::Raft,
+            adding_node: None,
+            removing_node: None,
         };
         assert_eq!(format_range(&shard("", "")), "-inf..+inf");
         assert_eq!(format_range(&shard("g", "p")), "g..p");

@@ -11,15 +11,17 @@
 //!   network over storage;
 //! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`) and [`metrics`];
-//! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings.
+//! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings;
+//! - [`topology`]: carrying out replica changes (learner, catch-up, joint
+//!   consensus) and deleting replicas that left.
 //!
 //! Beside the Raft groups, a node may hold replicas of *eventual* shards
 //! ([`eventual`]): leaderless, last-writer-wins by hybrid logical clock, the
 //! measured contrast to consensus.
 //!
-//! What a node deliberately does not do yet: split, merge or move shards, or
-//! change membership. The types (epochs on every request and shard, per-shard
-//! sessions) are shaped for them.
+//! What a node does not do yet: merge shards, split them on its own, join a
+//! running cluster, or replace a dead node (docs/architecture.md lists what
+//! is built).
 
 pub mod cli;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod raft;
 pub mod service;
 pub mod shards;
 pub mod storage;
+pub mod topology;
 
 pub use config::Config;
 pub use node::{Node, serve};

@@ -15,7 +15,7 @@
 //!
 //! Shutdown stops the gRPC server first, then every Raft group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,9 +93,14 @@ pub struct Node {
     /// Right halves of splits the local data shards applied, to start.
     split_tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>,
     split_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SplitNotice>>>,
-    /// Held while a data group is started after start-up, so that the split
-    /// notices and the map watcher never start one shard twice.
-    starting: tokio::sync::Mutex<()>,
+    /// Held while a data group is started after start-up or retired, so
+    /// that the split notices, the map watcher and the retirer never race on
+    /// one shard.
+    pub(crate) starting: tokio::sync::Mutex<()>,
+    /// Data shards this node was added to as a learner and that have not
+    /// installed their first snapshot: their data is not here yet, so they
+    /// accept no log entries (see `awaits_snapshot`).
+    awaiting_snapshot: Mutex<HashSet<u64>>,
     ready: AtomicBool,
     started: Instant,
 }
@@ -152,6 +157,7 @@ impl Node {
             split_tx,
             split_rx: Mutex::new(Some(split_rx)),
             starting: tokio::sync::Mutex::new(()),
+            awaiting_snapshot: Mutex::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
         }))
@@ -172,7 +178,7 @@ impl Node {
         let meta_voters: Vec<u64> = self.initial_map.nodes.iter().map(|n| n.id).collect();
         let meta_kind = ShardKind::Meta { map_tx: self.map_tx.clone() };
         let meta_sm = ShardStateMachine::new(META_SHARD_ID, meta_kind, self.storage.clone(), limits)?;
-        let meta = self.start_group(META_SHARD_ID, meta_sm, &meta_voters, &raft_config, &peers).await?;
+        let meta = self.start_group(META_SHARD_ID, meta_sm, Some(&meta_voters), &raft_config, &peers).await?;
         self.groups.write().await.insert(META_SHARD_ID, meta);
 
         // The stored map (restored by the meta state machine) wins over the
@@ -214,8 +220,13 @@ impl Node {
                 }
                 sm.persist_range().await?;
             }
-            let raft = self.start_group(shard.id, sm, &shard.replicas, &raft_config, &peers).await?;
+            let raft = self.start_group(shard.id, sm, Some(&shard.replicas), &raft_config, &peers).await?;
             self.groups.write().await.insert(shard.id, raft);
+        }
+        // Replicas being added here (a move under way): learners, which get
+        // the shard's data by snapshot from its leader.
+        for desc in map.shards.iter().filter(|s| s.adding() == Some(me) && !s.is_eventual()) {
+            self.start_learner_group(desc, &raft_config, limits).await?;
         }
         self.ready.store(true, Ordering::Release);
         self.start_eventual_shards()?;
@@ -227,6 +238,8 @@ impl Node {
             tokio::spawn(start_split_halves(self.clone(), rx, raft_config.clone(), limits));
         }
         tokio::spawn(finish_splits(self.clone()));
+        tokio::spawn(crate::topology::carry_out_replica_changes(self.clone()));
+        tokio::spawn(crate::topology::retire_replicas(self.clone()));
         Ok(())
     }
 
@@ -234,7 +247,7 @@ impl Node {
         &self,
         shard: u64,
         sm: ShardStateMachine,
-        voters: &[u64],
+        voters: Option<&[u64]>,
         raft_config: &Arc<openraft::Config>,
         peers: &Arc<Peers>,
     ) -> anyhow::Result<ShardRaft> {
@@ -265,7 +278,9 @@ impl Node {
                 tracing::debug!(shard, "vote quarantine over: elections enabled");
             });
         }
-        if !raft.is_initialized().await? {
+        if let Some(voters) = voters
+            && !raft.is_initialized().await?
+        {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
                 .map(|id| {
@@ -281,7 +296,10 @@ impl Node {
             }
         }
         tokio::spawn(self.metrics.clone().watch_group(shard, raft.metrics()));
-        tracing::info!(shard, voters = ?voters, "raft group started");
+        match voters {
+            Some(voters) => tracing::info!(shard, voters = ?voters, "raft group started"),
+            None => tracing::info!(shard, "raft group started as a learner: the leader adds it"),
+        }
         Ok(raft)
     }
 
@@ -290,7 +308,7 @@ impl Node {
         &self,
         shard: u64,
         kind: ShardKind,
-        members: &[u64],
+        members: Option<&[u64]>,
         raft_config: &Arc<openraft::Config>,
         limits: SessionLimits,
     ) -> anyhow::Result<bool> {
@@ -312,6 +330,13 @@ impl Node {
     /// alone: its data here is not its own (see `start_groups`).
     async fn start_stored_shards(&self, raft_config: &Arc<openraft::Config>, limits: SessionLimits) {
         let map = self.shard_map();
+        for desc in map.shards.iter().filter(|s| s.adding() == Some(self.config.node_id) && !s.is_eventual()) {
+            if self.group(desc.id).await.is_none()
+                && let Err(e) = self.start_learner_group(desc, raft_config, limits).await
+            {
+                tracing::error!(shard = desc.id, cause = %e, "cannot start a replica being added here");
+            }
+        }
         for desc in map.shards_on(self.config.node_id).filter(|s| !s.is_eventual()) {
             if self.group(desc.id).await.is_some() {
                 continue;
@@ -320,12 +345,72 @@ impl Node {
                 continue;
             }
             let kind = ShardKind::Data { start: desc.start.clone(), end: desc.end.clone(), epoch: desc.epoch };
-            match self.start_data_group_once(desc.id, kind, &desc.replicas, raft_config, limits).await {
+            match self.start_data_group_once(desc.id, kind, Some(&desc.replicas), raft_config, limits).await {
                 Ok(true) => tracing::info!(shard = desc.id, "started a shard the map now places here"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(shard = desc.id, cause = %e, "cannot start a shard the map places here"),
             }
         }
+    }
+
+    /// Starts the group of a replica being added here (a learner: not
+    /// initialized, its leader adds it and sends it a snapshot). Until that
+    /// snapshot is installed it refuses log entries: a leader that has not
+    /// purged its log would otherwise replay it from the start, and a
+    /// shard made by a split has data that no entry of its own log wrote.
+    async fn start_learner_group(
+        &self,
+        desc: &ShardDesc,
+        raft_config: &Arc<openraft::Config>,
+        limits: SessionLimits,
+    ) -> anyhow::Result<()> {
+        if !has_stored_range(&self.storage, desc.id)? {
+            self.awaiting_snapshot.lock().expect("awaiting snapshot").insert(desc.id);
+        }
+        let kind = ShardKind::Data { start: desc.start.clone(), end: desc.end.clone(), epoch: desc.epoch };
+        if self.start_data_group_once(desc.id, kind, None, raft_config, limits).await? {
+            tracing::info!(shard = desc.id, "started a replica being added here (a learner)");
+        }
+        Ok(())
+    }
+
+    /// Whether `shard`'s replica here was added as a learner and has not
+    /// installed its first snapshot (so must not take log entries).
+    pub fn awaits_snapshot(&self, shard: u64) -> bool {
+        let mut awaiting = self.awaiting_snapshot.lock().expect("awaiting snapshot");
+        if !awaiting.contains(&shard) {
+            return false;
+        }
+        if matches!(has_stored_range(&self.storage, shard), Ok(true)) {
+            awaiting.remove(&shard);
+            return false;
+        }
+        true
+    }
+
+    /// Stops `shard`'s group here and deletes what this node stores of it:
+    /// its Raft state and sessions, and its user keys in `range` (the part
+    /// of the shard's range this replica owned; none for a learner that
+    /// never received the data). For a replica the shard's group no longer
+    /// has (the map records that it left).
+    pub(crate) async fn retire_group(&self, shard: u64, range: Option<&crate::shards::KeyRange>) -> anyhow::Result<()> {
+        let _one_at_a_time = self.starting.lock().await;
+        let Some(raft) = self.groups.write().await.remove(&shard) else { return Ok(()) };
+        if let Err(e) = raft.shutdown().await {
+            tracing::warn!(shard, cause = %e, "raft group did not shut down cleanly");
+        }
+        self.leader_reads.lock().expect("read batchers").remove(&shard);
+        self.follower_reads.lock().expect("read batchers").remove(&shard);
+        self.safe_times.lock().expect("safe times").remove(&shard);
+        self.awaiting_snapshot.lock().expect("awaiting snapshot").remove(&shard);
+        let mut batch = self.storage.batch();
+        if let Some((start, end)) = range {
+            batch.clear_data_range(start, end.as_deref())?;
+        }
+        batch.forget_shard(shard);
+        self.storage.write_durable(batch)?.await?;
+        tracing::info!(shard, "replica removed from this node, its data deleted");
+        Ok(())
     }
 
     /// The Raft group of `shard`, if this node hosts it.
@@ -456,6 +541,19 @@ impl Node {
             tokio::time::sleep(BOOTSTRAP_RETRY_INTERVAL).await;
         }
         Err(last_error)
+    }
+
+    /// Whether the node at `addr` answers (its status), within the request
+    /// timeout.
+    pub async fn probe_peer(&self, addr: &str) -> Result<(), String> {
+        let mut client = geokv_proto::admin::admin_client::AdminClient::new(self.peers.channel(addr));
+        let mut request = tonic::Request::new(geokv_proto::admin::NodeStatusRequest {});
+        request.set_timeout(self.request_timeout());
+        match tokio::time::timeout(self.request_timeout(), client.node_status(request)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.request_timeout())),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(status.message().to_string()),
+            Ok(_) => Ok(()),
+        }
     }
 
     async fn ask_leader_for_read_index(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
@@ -708,8 +806,14 @@ async fn start_split_halves(
         if !node.is_ready() {
             return;
         }
+        if !notice.members.contains(&node.config.node_id) {
+            // This replica of the left half is a learner (a move under way):
+            // the right half's group does not have it.
+            tracing::info!(shard = notice.shard, "split applied here as a learner: the right half is not placed here");
+            continue;
+        }
         let kind = ShardKind::Data { start: notice.start.clone(), end: notice.end.clone(), epoch: notice.epoch };
-        match node.start_data_group_once(notice.shard, kind, &notice.members, &raft_config, limits).await {
+        match node.start_data_group_once(notice.shard, kind, Some(&notice.members), &raft_config, limits).await {
             Ok(true) => tracing::info!(shard = notice.shard, "started the right half of a split"),
             Ok(false) => {}
             Err(e) => tracing::error!(shard = notice.shard, cause = %e, "cannot start the right half of a split"),
@@ -918,6 +1022,7 @@ mod tests {
             replicas: vec![1],
             preferred_leader_region: None,
             mode: crate::shards::ShardMode::Raft,
+            change: None,
         };
         let range = |start: &str, end: Option<&str>| (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()));
         // The left half before the split ([g, n)) and the right half [j, n).

@@ -63,11 +63,17 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    paused: bool,
 }
 
 impl TestNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Running and not paused ([`TestCluster::pause`]): expected to answer.
+    pub fn is_answering(&self) -> bool {
+        self.child.is_some() && !self.paused
     }
 }
 
@@ -151,6 +157,7 @@ impl TestCluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                paused: false,
             })
             .collect();
         let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args };
@@ -197,6 +204,7 @@ impl TestCluster {
 
     /// SIGKILLs node `id` (no graceful shutdown: a crash).
     pub fn kill(&mut self, id: u64) {
+        self.node_mut(id).paused = false;
         if let Some(mut child) = self.node_mut(id).child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -218,6 +226,25 @@ impl TestCluster {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// Stops node `id` with SIGSTOP: alive, its sockets open, answering
+    /// nothing (a hung process or a stalled host) until [`TestCluster::resume`].
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, "-STOP");
+        self.node_mut(id).paused = true;
+    }
+
+    /// Lets a paused node go on (SIGCONT).
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, "-CONT");
+        self.node_mut(id).paused = false;
+    }
+
+    fn signal(&mut self, id: u64, signal: &str) {
+        let child = self.node_mut(id).child.as_ref().unwrap_or_else(|| panic!("node {id} is not running"));
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill {signal} node {id}: {status}");
     }
 
     pub fn kill_all(&mut self) {
@@ -275,7 +302,7 @@ impl TestCluster {
     /// Every running node's group status for `shard`, by node id.
     pub async fn group_statuses(&self, shard: u64) -> BTreeMap<u64, GroupStatus> {
         let mut out = BTreeMap::new();
-        for n in self.nodes.iter().filter(|n| n.is_running()) {
+        for n in self.nodes.iter().filter(|n| n.is_answering()) {
             if let Some(s) = self.status(n.id).await
                 && let Some(g) = s.groups.into_iter().find(|g| g.shard_id == shard)
             {
@@ -285,26 +312,32 @@ impl TestCluster {
         out
     }
 
-    /// Waits until `shard` has a leader among the running nodes that every
-    /// running replica agrees on, and returns its id.
+    /// Waits until every running node that is not paused answers and
+    /// `shard` has a leader that every such replica of it agrees on, and
+    /// returns its id.
     pub async fn wait_leader(&self, shard: u64) -> u64 {
         wait_for(&format!("a leader of shard {shard}"), DEFAULT_DEADLINE, || async {
-            let groups = self.group_statuses(shard).await;
+            let mut groups = BTreeMap::new();
+            for n in self.nodes.iter().filter(|n| n.is_answering()) {
+                let status = self.status(n.id).await?;
+                groups.extend(status.groups.into_iter().filter(|g| g.shard_id == shard).map(|g| (n.id, g)));
+            }
             let (leader_id, _) = groups.iter().find(|(_, g)| g.role == "leader")?;
-            let running = self.nodes.iter().filter(|n| n.is_running()).count();
-            let agree = groups.values().filter(|g| g.leader_id == *leader_id).count();
-            (groups.len() == running && agree == running).then_some(*leader_id)
+            groups.values().all(|g| g.leader_id == *leader_id).then_some(*leader_id)
         })
         .await
     }
 
     /// Waits until every shard (meta included) has an agreed leader.
     pub async fn wait_all_leaders(&self) -> BTreeMap<u64, u64> {
-        let shards: Vec<u64> = wait_for("node status", DEFAULT_DEADLINE, || async {
-            let first = self.nodes.iter().find(|n| n.is_running())?;
-            let s = self.status(first.id).await?;
-            // Eventual shards have no leader.
-            Some(s.groups.iter().filter(|g| g.role != "eventual").map(|g| g.shard_id).collect())
+        let shards: std::collections::BTreeSet<u64> = wait_for("node status", DEFAULT_DEADLINE, || async {
+            let mut shards = std::collections::BTreeSet::new();
+            for n in self.nodes.iter().filter(|n| n.is_answering()) {
+                let s = self.status(n.id).await?;
+                // Eventual shards have no leader.
+                shards.extend(s.groups.iter().filter(|g| g.role != "eventual").map(|g| g.shard_id));
+            }
+            Some(shards)
         })
         .await;
         let mut leaders = BTreeMap::new();
@@ -313,7 +346,7 @@ impl TestCluster {
         }
         // The meta shard holds the bootstrapped map (version > 0) everywhere.
         wait_for("the shard map to be bootstrapped", DEFAULT_DEADLINE, || async {
-            for n in self.nodes.iter().filter(|n| n.is_running()) {
+            for n in self.nodes.iter().filter(|n| n.is_answering()) {
                 let mut admin = AdminClient::new(channel(&n.addr));
                 let map = admin.get_shard_map(GetShardMapRequest {}).await.ok()?.into_inner();
                 if map.version == 0 {

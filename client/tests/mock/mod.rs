@@ -593,6 +593,14 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster does not split shards"))
     }
 
+    async fn move_replica(
+        &self,
+        _request: Request<admin_pb::MoveReplicaRequest>,
+    ) -> Result<Response<admin_pb::MoveReplicaResponse>, Status> {
+        // Moves are tested against real nodes (tests/tests/moves.rs).
+        Err(Status::unimplemented("the mock cluster does not move replicas"))
+    }
+
     async fn create_shard(
         &self,
         request: Request<admin_pb::CreateShardRequest>,

@@ -115,6 +115,10 @@ pub enum NemesisKind {
     /// Hand a shard's leadership to another voter, alone or while a
     /// partition or a kill holds.
     TransferLeader,
+    /// Move a replica of the shard holding a workload-shaped key to a node
+    /// without one (learner, catch-up, joint consensus), alone or while a
+    /// partition or a kill holds. Needs more nodes than replicas.
+    MoveReplica,
 }
 
 impl NemesisKind {
@@ -179,6 +183,10 @@ pub enum Fault {
     /// Ask `shard`'s leader to hand leadership to node `to` (the next node
     /// when `to` leads already).
     TransferLeader { shard: u64, to: u64 },
+    /// Move a replica of whichever shard holds `key` (`Admin.MoveReplica`):
+    /// from its `from`-th replica (modulo their number) to the `to`-th node
+    /// without one, and wait for the move to finish. Permanent.
+    MoveReplica { key: String, from: u64, to: u64 },
 }
 
 /// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
@@ -338,13 +346,17 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             };
             Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
         }
-        NemesisKind::Split | NemesisKind::TransferLeader => {
-            let change = if kind == NemesisKind::Split {
-                // Register keys are r<group>-<epoch>, set elements set/<e>.
-                let prefix = ["r", "set/"][rng.below(2)];
-                Fault::Split { key: format!("{prefix}{}", rng.between(1, 9)) }
-            } else {
-                Fault::TransferLeader { shard, to: one(rng) }
+        NemesisKind::Split | NemesisKind::TransferLeader | NemesisKind::MoveReplica => {
+            // Register keys are r<group>-<epoch>, set elements set/<e>.
+            let prefix = ["r", "set/"][rng.below(2)];
+            let change = match kind {
+                NemesisKind::Split => Fault::Split { key: format!("{prefix}{}", rng.between(1, 9)) },
+                NemesisKind::MoveReplica => Fault::MoveReplica {
+                    key: format!("{prefix}{}", rng.between(1, 9)),
+                    from: rng.between(0, 2),
+                    to: rng.between(0, 2),
+                },
+                _ => Fault::TransferLeader { shard, to: one(rng) },
             };
             // Alone, or while a node is cut off or killed.
             let during = match rng.below(3) {
@@ -494,6 +506,32 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
                 Vec::new(),
             ))
         }
+        Fault::MoveReplica { key, from, to } => {
+            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
+            let mut config = geokv_client::ClientConfig::new(endpoints);
+            config.deadline = APPLY_TIMEOUT;
+            let client = config.connect().await.map_err(|e| e.to_string())?;
+            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+            let shard = map
+                .shards
+                .iter()
+                .rfind(|s| s.start.as_slice() <= key.as_bytes())
+                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+            let spare: Vec<u64> = lab.nodes().iter().map(|n| n.id).filter(|id| !replicas.contains(id)).collect();
+            if spare.is_empty() || replicas.is_empty() {
+                return Err(format!("shard {} is on every node: no replica can move", shard.shard_id));
+            }
+            let from = replicas[*from as usize % replicas.len()];
+            let to = spare[*to as usize % spare.len()];
+            client.move_replica(shard.shard_id, from, to).await.map_err(|e| e.to_string())?;
+            let done = client.wait_for_replica_change(shard.shard_id, MOVE_TIMEOUT).await.map_err(|e| e.to_string())?;
+            let now: Vec<u64> = done.replicas.iter().map(|r| r.node_id).collect();
+            Ok(applied(
+                format!("moved shard {}'s replica from node {from} to node {to}: replicas {now:?}", shard.shard_id),
+                vec![from, to],
+            ))
+        }
         Fault::TransferLeader { shard, to } => {
             let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
             let ids: Vec<u64> = lab.nodes().iter().map(|n| n.id).collect();
@@ -601,6 +639,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 /// How long `apply` may take before the window is skipped.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long a replica move may take (it waits for the new replica's
+/// snapshot and catch-up, and for a quorum cut off by a held fault).
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -756,6 +756,7 @@ mod tests {
             replicas: vec![1, 2, 3],
             preferred_leader_region: None,
             mode: ShardMode::Eventual,
+            change: None,
         };
         Replica { _dir: dir, shard: EcShard::open(node, desc).unwrap() }
     }

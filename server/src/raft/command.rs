@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::shards::{ShardDesc, ShardMap};
+use crate::shards::{ReplicaChange, ShardDesc, ShardMap};
 
 /// A Raft log payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +133,16 @@ pub enum MetaCommand {
     /// A retry once applied (the shard already ends at `key`, a shard starts
     /// there) answers the existing split and changes nothing.
     SplitShard { shard: u64, epoch: u64, key: Vec<u8> },
+    /// Records that Raft shard `shard`'s replicas are to change (the intent,
+    /// which the shard's leader carries out: learner, catch-up, joint
+    /// consensus). Refused while another change of the shard is under way;
+    /// a retry of the recorded change answers and changes nothing. See
+    /// [`crate::shards::ShardMap::begin_replica_change`].
+    BeginReplicaChange { shard: u64, change: ReplicaChange },
+    /// Records that the shard's group made `change`: its voters are the new
+    /// set. The replicas become that set, at a new epoch. Proposed by the
+    /// shard's leader only after the membership change committed.
+    FinishReplicaChange { shard: u64, change: ReplicaChange },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -229,6 +239,12 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::SplitShard { shard, epoch, .. }) => {
                 write!(f, "split-shard(shard={shard}@{epoch})")
+            }
+            Command::Meta(MetaCommand::BeginReplicaChange { shard, change }) => {
+                write!(f, "begin-replica-change(shard={shard}, {})", crate::shards::describe(change))
+            }
+            Command::Meta(MetaCommand::FinishReplicaChange { shard, change }) => {
+                write!(f, "finish-replica-change(shard={shard}, {})", crate::shards::describe(change))
             }
             Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
             Command::Split(s) => write!(f, "split(right={}, epoch={})", s.right_shard, s.left_epoch),

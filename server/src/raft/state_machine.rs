@@ -117,6 +117,14 @@ pub fn has_stored_range(storage: &Storage, shard: u64) -> io::Result<bool> {
     Ok(storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::RANGE)?.is_some())
 }
 
+/// The range (start, end) this replica stores for data shard `shard`, if any.
+pub fn stored_range(storage: &Storage, shard: u64) -> io::Result<Option<crate::shards::KeyRange>> {
+    match storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::RANGE)? {
+        Some(bytes) => decode::<RangeRecord>(&bytes).map(|(start, end, _)| Some((start, end))),
+        None => Ok(None),
+    }
+}
+
 /// A split this replica applied: the right half's group must start here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitNotice {
@@ -461,6 +469,44 @@ impl ShardStateMachine {
                     | Command::Split(_)
                     | Command::Meta(MetaCommand::CarveShard { .. } | MetaCommand::SplitShard { .. }),
                 ) => CommandResult::None,
+                EntryPayload::Normal(Command::Meta(
+                    cmd @ (MetaCommand::BeginReplicaChange { .. } | MetaCommand::FinishReplicaChange { .. }),
+                )) => {
+                    let current = self.current_map(&new_map)?;
+                    let updated = match (&self.kind, current) {
+                        (ShardKind::Meta { .. }, Some(mut map)) => {
+                            let changed = match cmd {
+                                MetaCommand::BeginReplicaChange { shard, change } => {
+                                    map.begin_replica_change(*shard, *change)
+                                }
+                                MetaCommand::FinishReplicaChange { shard, change } => {
+                                    map.finish_replica_change(*shard, *change)
+                                }
+                                _ => unreachable!("matched above"),
+                            };
+                            changed.and_then(|changed| {
+                                if changed {
+                                    map.version = index;
+                                }
+                                map.validate().map_err(|e| e.to_string())?;
+                                Ok((map, changed))
+                            })
+                        }
+                        (ShardKind::Meta { .. }, None) => Err("the shard map is not bootstrapped yet".to_string()),
+                        (ShardKind::Data { .. }, _) => Err("shard map commands go to the meta shard".to_string()),
+                    };
+                    match updated {
+                        Ok((map, changed)) => {
+                            let map_version = map.version;
+                            if changed {
+                                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
+                                new_map = Some(map);
+                            }
+                            CommandResult::Meta { map_version }
+                        }
+                        Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
+                    }
+                }
                 EntryPayload::Normal(Command::Meta(MetaCommand::SetLeaderRegion { shard, region })) => {
                     let current = self.current_map(&new_map)?;
                     let updated = match (&self.kind, current) {
@@ -644,6 +690,10 @@ impl ShardStateMachine {
         if left.is_eventual() {
             return Ok(Err(format!("shard {shard} is eventual: only Raft shards split")));
         }
+        if let Some(c) = &left.change {
+            let change = crate::shards::describe(c);
+            return Ok(Err(format!("shard {shard} is changing replicas ({change}); split it once that is done")));
+        }
         if !left.contains(key) || key == left.start.as_slice() {
             return Ok(Err(format!("the split key is not strictly inside shard {shard}'s range")));
         }
@@ -746,6 +796,10 @@ impl ShardStateMachine {
             let id = done.id;
             return Ok(Ok((map, id))); // a retry of a carve that was applied
         }
+        if let Some(c) = &p.change {
+            let change = crate::shards::describe(c);
+            return Ok(Err(format!("shard {parent} is changing replicas ({change}); create the shard once that is done")));
+        }
         // Ids are never reused: shards are only ever added.
         let id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         let p = &mut map.shards[pos];
@@ -756,7 +810,7 @@ impl ShardStateMachine {
         p.start = parent_start.clone();
         p.end = parent_end.clone();
         p.epoch = *parent_epoch;
-        map.shards.insert(insert_at, ShardDesc { id, ..shard.clone() });
+        map.shards.insert(insert_at, ShardDesc { id, change: None, ..shard.clone() });
         map.version = index;
         Ok(map.validate().map(|()| (map, id)).map_err(|e| e.to_string()))
     }
@@ -1265,6 +1319,7 @@ mod tests {
                     replicas: vec![1, 2, 3],
                     preferred_leader_region: None,
                     mode: ShardMode::Eventual,
+                    change: None,
                 },
             }
         };

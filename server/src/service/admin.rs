@@ -5,8 +5,8 @@ use std::sync::Arc;
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, EcPeer, GetShardMapRequest, GroupStatus,
-    ListConflictsRequest, ListConflictsResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
-    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse,
+    ListConflictsRequest, ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeStatusRequest,
+    NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse,
     TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::kv::shard_info;
 use crate::node::Node;
 use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand, SplitCommand};
-use crate::shards::{META_SHARD_ID, ShardDesc};
+use crate::shards::{META_SHARD_ID, ReplicaChange, ShardDesc, ShardMap};
 use openraft::error::{ClientWriteError, RaftError};
 
 /// Conflicts listed when the request asks for no limit.
@@ -81,6 +81,7 @@ impl Admin for AdminService {
                 purged_index: crate::raft::index_of(&m.purged),
                 snapshot_index: crate::raft::index_of(&m.snapshot),
                 voters: m.membership_config.voter_ids().collect(),
+                learners: m.membership_config.membership().learner_ids().collect(),
                 epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),
                 end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
@@ -267,6 +268,7 @@ impl Admin for AdminService {
             replicas: parent.replicas.clone(),
             preferred_leader_region: None,
             mode: crate::shards::ShardMode::Eventual,
+            change: None,
         };
         let carve = Command::Meta(MetaCommand::CarveShard {
             parent: parent.id,
@@ -293,17 +295,7 @@ impl Admin for AdminService {
             return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
         }
         let show = |k: &[u8]| format!("{:?}", String::from_utf8_lossy(k));
-        let shard = map
-            .shard(shard_id)
-            .ok_or_else(|| {
-                let ids: Vec<String> = map.shards.iter().map(|s| s.id.to_string()).collect();
-                Status::not_found(format!(
-                    "no shard {shard_id} in map version {} (shards: {})",
-                    map.version,
-                    ids.join(", ")
-                ))
-            })?
-            .clone();
+        let shard = find_shard(&map, shard_id)?;
         if split_key.is_empty() {
             return Err(Status::invalid_argument("the split key must not be empty"));
         }
@@ -397,6 +389,63 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn move_replica(&self, req: Request<MoveReplicaRequest>) -> Result<Response<MoveReplicaResponse>, Status> {
+        let MoveReplicaRequest { shard_id, from_node, to_node } = req.into_inner();
+        let map = self.node.shard_map();
+        if map.version == 0 {
+            return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
+        }
+        let shard = find_shard(&map, shard_id)?;
+        let change = ReplicaChange { add: Some(to_node), remove: Some(from_node) };
+        let node_ids = || map.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(", ");
+        for id in [from_node, to_node] {
+            if map.node(id).is_none() {
+                return Err(Status::not_found(format!("no node {id} in the cluster (nodes: {})", node_ids())));
+            }
+        }
+        if from_node == to_node {
+            return Err(Status::invalid_argument(format!("--from and --to are both node {from_node}: nothing to move")));
+        }
+        if shard.change == Some(change) {
+            // A repeat of a recorded move: report it.
+            return Ok(Response::new(MoveReplicaResponse { map_version: map.version, created: false }));
+        }
+        if shard.change.is_none() {
+            if shard.is_eventual() {
+                return Err(Status::failed_precondition(format!(
+                    "shard {shard_id} is eventual: replica moves are built for Raft shards only"
+                )));
+            }
+            if !shard.replicas.contains(&from_node) {
+                return Err(Status::failed_precondition(format!(
+                    "node {from_node} holds no replica of shard {shard_id} (replicas: {:?})",
+                    shard.replicas
+                )));
+            }
+            if shard.replicas.contains(&to_node) {
+                return Err(Status::failed_precondition(format!(
+                    "node {to_node} already holds a replica of shard {shard_id} (replicas: {:?})",
+                    shard.replicas
+                )));
+            }
+            // A replica added to a node that is down would wait as a learner
+            // until it comes back, holding up every other change of the shard.
+            let addr = map.node(to_node).map(|n| n.addr.clone()).unwrap_or_default();
+            self.node.probe_peer(&addr).await.map_err(|e| {
+                Status::failed_precondition(format!("node {to_node} ({addr}) does not answer ({e}): not moving a replica there"))
+            })?;
+        }
+        let record = Command::Meta(MetaCommand::BeginReplicaChange { shard: shard_id, change });
+        match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
+            CommandResult::Meta { map_version } => {
+                tracing::info!(shard = shard_id, from = from_node, to = to_node, "replica move recorded in the shard map");
+                Ok(Response::new(MoveReplicaResponse { map_version, created: map_version > map.version }))
+            }
+            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused the move: {r}"))),
+            other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+        }
+    }
+
     async fn set_leader_region(
         &self,
         req: Request<SetLeaderRegionRequest>,
@@ -429,4 +478,12 @@ impl Admin for AdminService {
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
+}
+
+/// `shard_id`'s descriptor, or NOT_FOUND listing the shards there are.
+fn find_shard(map: &ShardMap, shard_id: u64) -> Result<ShardDesc, Status> {
+    map.shard(shard_id).cloned().ok_or_else(|| {
+        let ids: Vec<String> = map.shards.iter().map(|s| s.id.to_string()).collect();
+        Status::not_found(format!("no shard {shard_id} in map version {} (shards: {})", map.version, ids.join(", ")))
+    })
 }

@@ -71,6 +71,8 @@ pub fn shard_info(map: &ShardMap, s: &ShardDesc) -> pb::ShardInfo {
             crate::shards::ShardMode::Raft => pb::ShardMode::Raft,
             crate::shards::ShardMode::Eventual => pb::ShardMode::Eventual,
         } as i32,
+        adding_node: s.change.and_then(|c| c.add).unwrap_or(0),
+        removing_node: s.change.and_then(|c| c.remove).unwrap_or(0),
     }
 }
 

@@ -55,6 +55,15 @@ impl RaftService {
         Ok(())
     }
 
+    /// Whether `req` would have a replica added as a learner, which has not
+    /// installed its first snapshot, take the log from its first entry
+    /// (see `Node::awaits_snapshot`). Any other append is answered as
+    /// usual: an empty log's conflict is how the leader finds that it must
+    /// send a snapshot.
+    fn replays_from_start(&self, shard: u64, req: &AppendEntriesRequest<TypeConfig>) -> bool {
+        req.prev_log_id.is_none() && self.node.awaits_snapshot(shard)
+    }
+
     async fn open<T: DeserializeOwned>(&self, req: Request<RaftMessage>) -> Result<(ShardRaft, u64, T), Status> {
         let msg = req.into_inner();
         let raft = self.group(msg.shard_id).await?;
@@ -98,6 +107,12 @@ impl Raft for RaftService {
 
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (raft, shard, body) = self.open::<AppendEntriesRequest<TypeConfig>>(req).await?;
+        if self.replays_from_start(shard, &body) {
+            return Err(Status::unavailable(format!(
+                "node {} is a new replica of shard {shard}: it takes a snapshot before the log's first entries",
+                self.node.config.node_id
+            )));
+        }
         reply(shard, raft.append_entries(body).await)
     }
 
@@ -111,12 +126,15 @@ impl Raft for RaftService {
         let raft = self.group(shard).await?;
         let inbound = req.into_inner();
         // Requests in arrival order; a message that does not decode (or names
-        // another shard) ends the stream: openraft re-opens and resends.
+        // another shard, or would replay a new replica's log from the start)
+        // ends the stream: openraft re-opens and resends.
+        let node = self.node.clone();
         let requests = inbound
             .map(move |m| {
                 m.ok()
                     .filter(|m| m.shard_id == shard)
                     .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok())
+                    .filter(|r| !(r.prev_log_id.is_none() && node.awaits_snapshot(shard)))
             })
             .take_while(|r| futures::future::ready(r.is_some()))
             .filter_map(futures::future::ready);

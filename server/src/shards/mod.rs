@@ -11,8 +11,10 @@
 //! change; requests carry the epoch the client routed with, so a client with a
 //! stale map is told so (`WrongShard`) instead of being served by the wrong
 //! group. Splits are recorded here first (`MetaCommand::SplitShard`), then
-//! carried out by the shard's own log (docs/architecture.md); merges and
-//! replica moves are not built yet.
+//! carried out by the shard's own log; replica changes (moves) likewise are
+//! recorded as an intent ([`ReplicaChange`]) that the shard's leader carries
+//! out (learner, catch-up, joint consensus) before the map records the new
+//! replica set (docs/architecture.md). Merges are not built yet.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +62,39 @@ pub struct ShardDesc {
     /// Where the cluster keeps this shard's leader when it can.
     pub preferred_leader_region: Option<String>,
     pub mode: ShardMode,
+    /// A replica change under way: recorded here before the shard's group
+    /// makes it, cleared when the group's voters are the new set.
+    pub change: Option<ReplicaChange>,
+}
+
+/// A change of a shard's replica set, one replica at a time: `add` joins
+/// (as a learner first), `remove` leaves. A move is both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaChange {
+    pub add: Option<u64>,
+    pub remove: Option<u64>,
+}
+
+impl ReplicaChange {
+    /// The voters once the change is made, from the voters before it: the
+    /// added replica takes the removed one's place (order matters only for
+    /// display and initial placement).
+    pub fn apply_to(&self, replicas: &[u64]) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::with_capacity(replicas.len() + 1);
+        for r in replicas {
+            if Some(*r) == self.remove {
+                out.extend(self.add);
+            } else {
+                out.push(*r);
+            }
+        }
+        if let Some(add) = self.add
+            && !out.contains(&add)
+        {
+            out.push(add);
+        }
+        out
+    }
 }
 
 impl ShardDesc {
@@ -69,6 +104,16 @@ impl ShardDesc {
 
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    /// The replica being added, if a change is under way.
+    pub fn adding(&self) -> Option<u64> {
+        self.change.and_then(|c| c.add)
+    }
+
+    /// Whether `node` holds (or is being given) a replica of this shard.
+    pub fn placed_on(&self, node: u64) -> bool {
+        self.replicas.contains(&node) || self.adding() == Some(node)
     }
 }
 
@@ -156,6 +201,7 @@ impl ShardMap {
                 } else {
                     ShardMode::Raft
                 },
+                change: None,
             })
             .collect();
         let mut nodes = nodes.to_vec();
@@ -179,7 +225,7 @@ impl ShardMap {
             if s.replicas.is_empty() {
                 return bad(format!("shard {} has no replicas", s.id));
             }
-            for r in &s.replicas {
+            for r in s.replicas.iter().chain(s.adding().iter()) {
                 if self.node(*r).is_none() {
                     return bad(format!("shard {} names unknown node {r}", s.id));
                 }
@@ -215,6 +261,90 @@ impl ShardMap {
     /// Data shards with a replica on `node`.
     pub fn shards_on(&self, node: u64) -> impl Iterator<Item = &ShardDesc> {
         self.shards.iter().filter(move |s| s.replicas.contains(&node))
+    }
+
+    /// Records the intent to change `shard`'s replicas (a move: `add` and
+    /// `remove`), or why it is refused. `Ok(false)`: this very change is
+    /// already recorded (a retry), the map unchanged.
+    ///
+    /// Refused: an unknown shard or node, an eventual shard, another change
+    /// under way, adding a replica the shard has, removing one it does not
+    /// have, a change that is no change, removing the last replica.
+    pub fn begin_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
+        let ReplicaChange { add, remove } = change;
+        for node in add.iter().chain(remove.iter()) {
+            if self.node(*node).is_none() {
+                return Err(format!("no node {node} in the cluster"));
+            }
+        }
+        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        if desc.change == Some(change) {
+            return Ok(false);
+        }
+        if let Some(c) = desc.change {
+            return Err(format!("shard {shard} is already changing replicas ({}); wait for it", describe(&c)));
+        }
+        if desc.is_eventual() {
+            return Err(format!("shard {shard} is eventual: replica changes are built for Raft shards only"));
+        }
+        match (add, remove) {
+            (None, None) => return Err("a replica change must add or remove a replica".into()),
+            (Some(a), Some(r)) if a == r => return Err(format!("moving a replica from node {a} to itself")),
+            _ => {}
+        }
+        if let Some(a) = add.filter(|a| desc.replicas.contains(a)) {
+            return Err(format!("node {a} already holds a replica of shard {shard} (replicas {:?})", desc.replicas));
+        }
+        if let Some(r) = remove.filter(|r| !desc.replicas.contains(r)) {
+            return Err(format!("node {r} holds no replica of shard {shard} (replicas {:?})", desc.replicas));
+        }
+        if add.is_none() && desc.replicas.len() == 1 {
+            return Err(format!("removing the last replica of shard {shard}"));
+        }
+        desc.change = Some(change);
+        Ok(true)
+    }
+
+    /// Records that `shard`'s group made `change` (its voters are the new
+    /// set): the replicas become the new set, at a new epoch. `Ok(false)`:
+    /// recorded already (a retry).
+    pub fn finish_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
+        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        match desc.change {
+            Some(c) if c == change => {
+                desc.replicas = change.apply_to(&desc.replicas);
+                desc.change = None;
+                desc.epoch += 1;
+                Ok(true)
+            }
+            None if change.add.is_none_or(|a| desc.replicas.contains(&a))
+                && change.remove.is_none_or(|r| !desc.replicas.contains(&r)) =>
+            {
+                Ok(false)
+            }
+            other => Err(format!(
+                "shard {shard} records {} under way, not {}",
+                other.map_or("no change".into(), |c| describe(&c)),
+                describe(&change)
+            )),
+        }
+    }
+
+    /// Drops `shard`'s recorded change that was not made (its group's
+    /// voters are still the old set). `Ok(false)`: nothing to cancel.
+    pub fn cancel_replica_change(&mut self, shard: u64) -> Result<bool, String> {
+        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        Ok(desc.change.take().is_some())
+    }
+}
+
+/// "add 4, remove 1" and the like, for messages.
+pub fn describe(c: &ReplicaChange) -> String {
+    match (c.add, c.remove) {
+        (Some(a), Some(r)) => format!("move from node {r} to node {a}"),
+        (Some(a), None) => format!("add node {a}"),
+        (None, Some(r)) => format!("remove node {r}"),
+        (None, None) => "nothing".into(),
     }
 }
 

@@ -472,6 +472,24 @@ impl Batch<'_> {
     pub fn clear_sessions(&mut self, shard: u64) {
         self.wb.delete_range_cf(self.storage.cf(CF_SESSIONS), shard.to_be_bytes(), (shard + 1).to_be_bytes());
     }
+
+    /// Deletes everything this node stores of `shard`'s Raft group except
+    /// its user keys (which have no shard prefix; see
+    /// [`Batch::clear_data_range`]): log, vote, committed and purged ids,
+    /// applied state, membership, range, snapshot and sessions. For a
+    /// replica that left the group, whose Raft state must not come back if
+    /// the shard is placed here again.
+    pub fn forget_shard(&mut self, shard: u64) {
+        let cf = self.storage.cf(CF_RAFT_LOG);
+        self.wb.delete_range_cf(cf, log_key(shard, 0), log_key(shard, u64::MAX));
+        self.wb.delete_cf(cf, log_key(shard, u64::MAX));
+        for family in [MetaFamily::Raft, MetaFamily::Apply] {
+            let cf = self.storage.cf(family.cf_name());
+            self.wb.delete_range_cf(cf, meta_key(shard, 0), meta_key(shard, u8::MAX));
+            self.wb.delete_cf(cf, meta_key(shard, u8::MAX));
+        }
+        self.clear_sessions(shard);
+    }
 }
 
 fn meta_key(shard: u64, tag: u8) -> [u8; 9] {

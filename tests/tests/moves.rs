@@ -1,0 +1,222 @@
+//! Moving a Raft shard's replica between real `geokv` processes (4 nodes in 3
+//! regions, every shard on 3 of them), while clients write.
+//!
+//! Shown here: the new replica is a learner until it has caught up, so the
+//! shard tolerates a failure at every step (a voter killed while the new
+//! replica cannot catch up leaves the shard writable, which a voter added
+//! before catching up would not); the move then completes by joint
+//! consensus with that voter still down; no acknowledged write is lost or
+//! duplicated; the new replica serves the data it was sent; the old one
+//! deletes its copy; and bad move requests change nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use geokv_client::{Client, ClientConfig, Error};
+use geokv_proto::kv::{Consistency, GetRequest, RequestHeader};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
+use tokio::sync::Mutex;
+
+/// Every writer stops after this many writes or this long.
+const WRITES_PER_WRITER: usize = 300;
+const WRITE_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// Per key, the value acknowledged, or `None` when the outcome is unknown.
+type Outcomes = Arc<Mutex<BTreeMap<String, Option<String>>>>;
+
+fn options() -> ClusterOptions {
+    ClusterOptions { nodes: 4, ..ClusterOptions::default() }
+}
+
+async fn client(c: &TestCluster) -> Client {
+    let mut config = ClientConfig::new(c.endpoints());
+    config.deadline = Duration::from_secs(20);
+    config.connect().await.expect("connect")
+}
+
+/// Writes keys `a<writer>-<i>` (shard 1, [ "", g)) until told to stop.
+async fn write_keys(client: Client, writer: usize, outcomes: Outcomes, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let started = Instant::now();
+    for i in 0..WRITES_PER_WRITER {
+        if started.elapsed() > WRITE_TIME_LIMIT || stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let key = format!("a{writer}-{i:04}");
+        let value = format!("v{writer}-{i}");
+        let outcome = match client.put(&key, &value).await {
+            Ok(_) => Some(value),
+            Err(e) if e.is_indeterminate() || e.is_retryable() => None,
+            Err(e) => panic!("put {key}: {e}"),
+        };
+        outcomes.lock().await.insert(key, outcome);
+    }
+}
+
+/// Node `node`'s own copy of `key`, read locally (stale: no leader involved).
+async fn local_value(c: &TestCluster, node: u64, shard: u64, key: &str) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let request = GetRequest {
+        header: Some(RequestHeader { shard_id: shard, epoch: 0 }),
+        key: key.as_bytes().to_vec(),
+        consistency: Consistency::Stale as i32,
+        max_staleness_ms: 0,
+    };
+    let reply = c.kv(node).await.get(request).await?.into_inner();
+    Ok(reply.kv.map(|kv| kv.value))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_keeps_fault_tolerance_and_every_write() {
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    let map = admin.refresh_shard_map().await.unwrap();
+    let shard = map.shard_for_key(b"a").expect("a shard for a").clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let (from, staying) = (replicas[2], replicas[1]);
+
+    let outcomes: Outcomes = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..2 {
+        writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone(), stop.clone())));
+    }
+    let written = |n: usize| {
+        let outcomes = outcomes.clone();
+        async move { (outcomes.lock().await.len() >= n).then_some(()) }
+    };
+    wait_for("writes before the move", DEFAULT_DEADLINE, || written(60)).await;
+
+    // The move is recorded, and its target stops answering before the
+    // shard's leader (whose first look is up to half a second later) can
+    // have sent it anything: it cannot catch up.
+    let moved = admin.move_replica(shard.shard_id, from, to).await.expect("move recorded");
+    c.pause(to);
+    assert!(moved.created);
+    let now = admin.refresh_shard_map().await.unwrap();
+    let recorded = now.shard(shard.shard_id).unwrap();
+    assert_eq!((recorded.removing_node, recorded.adding_node), (Some(from), Some(to)), "{recorded:?}");
+    // A second change of the same shard waits for this one.
+    let other = (1..=4).find(|n| *n != to && !replicas.contains(n));
+    let err = admin.move_replica(shard.shard_id, replicas[0], other.unwrap_or(to)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+
+    // With the learner stuck, one voter dies: the other two are a majority
+    // of the voters, which are still the old three. (Had the new replica been
+    // made a voter at once, two of four would be no quorum.)
+    c.kill(staying);
+    let probe = client(&c).await;
+    let start = Instant::now();
+    probe.put("a-probe", "while the new replica is stuck").await.expect("the shard stays writable");
+    let writable_after = start.elapsed();
+    let leader = c.wait_leader(shard.shard_id).await;
+    let group = c.group_statuses(shard.shard_id).await.remove(&leader).expect("leader status");
+    let mut voters = group.voters.clone();
+    voters.sort();
+    let mut old = replicas.clone();
+    old.sort();
+    assert_eq!(voters, old, "the new replica is not a voter before it has caught up");
+
+    // The learner comes back: it gets a snapshot and the log, and the move
+    // completes by joint consensus although a voter is still down.
+    c.resume(to);
+    wait_for("writes during the move", DEFAULT_DEADLINE, || written(300)).await;
+    let done = admin.wait_for_replica_change(shard.shard_id, DEFAULT_DEADLINE).await.expect("move done");
+    let mut now_replicas: Vec<u64> = done.replicas.iter().map(|r| r.node_id).collect();
+    now_replicas.sort();
+    let mut expected: Vec<u64> = replicas.iter().copied().filter(|r| *r != from).chain([to]).collect();
+    expected.sort();
+    assert_eq!(now_replicas, expected);
+    assert!(done.epoch > shard.epoch, "a new epoch: {} after {}", done.epoch, shard.epoch);
+    c.restart(staying);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // The old replica deleted its copy; the new one holds the data.
+    wait_for(&format!("node {from} to drop shard {}", shard.shard_id), DEFAULT_DEADLINE, || async {
+        let status = c.status(from).await?;
+        (!status.groups.iter().any(|g| g.shard_id == shard.shard_id)).then_some(())
+    })
+    .await;
+    let err = local_value(&c, from, shard.shard_id, "a-probe").await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+
+    // Every acknowledged write is there, once; nothing appears that was
+    // never written.
+    let scan = client(&c).await;
+    let kvs = wait_for("a full scan", DEFAULT_DEADLINE, || async { scan.scan(.."g").collect().await.ok() }).await;
+    let stored: BTreeMap<String, String> =
+        kvs.into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap())).collect();
+    let outcomes = outcomes.lock().await;
+    let mut acked = 0;
+    for (key, outcome) in outcomes.iter() {
+        match outcome {
+            Some(value) => {
+                acked += 1;
+                assert_eq!(stored.get(key), Some(value), "acknowledged write of {key} lost");
+            }
+            None => {
+                if let Some(v) = stored.get(key) {
+                    assert!(v.starts_with('v'), "unknown write of {key} stored as {v}");
+                }
+            }
+        }
+    }
+    for key in stored.keys() {
+        assert!(key == "a-probe" || outcomes.contains_key(key), "{key} was never written");
+    }
+    assert!(acked >= outcomes.len() / 2, "only {acked} of {} writes acknowledged", outcomes.len());
+
+    // The new replica serves what it was sent: its own copy of every
+    // acknowledged key, once it has applied the leader's commit index.
+    let leader = c.wait_leader(shard.shard_id).await;
+    let commit = c.group_statuses(shard.shard_id).await[&leader].committed_index;
+    c.wait_applied(to, shard.shard_id, commit).await;
+    for (key, value) in outcomes.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
+        let local = local_value(&c, to, shard.shard_id, key).await.expect("a local read on the new replica");
+        assert_eq!(local.as_deref(), Some(value.as_bytes()), "node {to}'s copy of {key}");
+    }
+    eprintln!(
+        "moved shard {} from {from} to {to}: {acked} of {} writes acknowledged; writable {writable_after:?} after a \
+         voter died with the learner stuck",
+        shard.shard_id,
+        outcomes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_moves_are_refused_and_change_nothing() {
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    let before = admin.refresh_shard_map().await.unwrap();
+    let shard = before.shard_for_key(b"a").unwrap().clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let outside = (1..=4).find(|n| !replicas.contains(n)).unwrap();
+    let id = shard.shard_id;
+
+    let cases: Vec<(u64, u64, u64, &str)> = vec![
+        (99, replicas[0], outside, "no shard 99"),
+        (id, replicas[0], 9, "no node 9"),
+        (id, replicas[0], replicas[0], "nothing to move"),
+        (id, outside, replicas[0], &"holds no replica"[..]),
+        (id, replicas[0], replicas[1], "already holds a replica"),
+    ];
+    for (shard_id, from, to, why) in cases {
+        let err = admin.move_replica(shard_id, from, to).await.unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound(_) | Error::InvalidArgument(_) | Error::FailedPrecondition(_)),
+            "{shard_id} {from}->{to}: {err}"
+        );
+        assert!(err.to_string().contains(why), "{shard_id} {from}->{to}: {err}");
+    }
+    // A target that does not answer would hold the shard's changes up.
+    c.kill(outside);
+    let err = admin.move_replica(id, replicas[0], outside).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)) && err.to_string().contains("does not answer"), "{err}");
+    assert_eq!(admin.refresh_shard_map().await.unwrap(), before, "refused moves change nothing");
+}
