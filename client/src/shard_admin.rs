@@ -218,7 +218,13 @@ impl Client {
             })
             .await?;
         self.await_map_version(&addr, reply.map_version, deadline).await;
-        Ok(MovedReplica { shard_id: shard, from_node: from, to_node: to, map_version: reply.map_version, created: reply.created })
+        Ok(MovedReplica {
+            shard_id: shard,
+            from_node: from,
+            to_node: to,
+            map_version: reply.map_version,
+            created: reply.created,
+        })
     }
 
     /// Waits, polling the shard map, until `shard` has no replica change

@@ -859,8 +859,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ),
                 WriteOut::Simple => println!(
                     "moved shard {shard} from node {from} to node {to}: replicas {}; epoch {}",
-                    fields["replicas"],
-                    fields["epoch"]
+                    fields["replicas"], fields["epoch"]
                 ),
             }
             Ok(ExitCode::SUCCESS)

@@ -8,8 +8,9 @@
 //!
 //! ```text
 //!   reader ──(release_at, chunk)──► bounded channel ──► writer
-//!           release_at = max(now + delay + jitter,      sleeps until release_at,
-//!                            previous release_at)        waits while stalled, writes
+//!           release_at = max(now + delay + jitter,      sleeps until release_at
+//!                            previous release_at)        (not at all if it passed),
+//!                                                        waits while stalled, writes
 //! ```
 //!
 //! so bytes of one connection are delayed but never reordered, and a stalled
@@ -476,7 +477,12 @@ async fn one_way(source: &mut OwnedReadHalf, sink: &mut OwnedWriteHalf, link: &L
     };
     let write = async move {
         while let Some((release, chunk)) = chunks_rx.recv().await {
-            tokio::time::sleep_until(release).await;
+            // A chunk already due goes out at once: a zero delay adds no
+            // timer tick (tokio's timer rounds every sleep up to the next
+            // millisecond, which cost ~1 ms per hop).
+            if release > Instant::now() {
+                tokio::time::sleep_until(release).await;
+            }
             links.wait_flowing(from, to).await;
             if sink.write_all(&chunk).await.is_err() {
                 return;

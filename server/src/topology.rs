@@ -46,6 +46,17 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 /// that many entries takes.
 pub const MAX_PROMOTION_LAG: u64 = 64;
 
+/// A fault-injection switch for the harness's negative control, never for
+/// production: when this environment variable is `1`, a learner is made a
+/// voter without waiting for it to catch up (what step 3 prevents), so that
+/// a test can show the fault tolerance that costs.
+pub const UNSAFE_PROMOTE_AT_ONCE: &str = "GEOKV_UNSAFE_PROMOTE_LEARNERS_AT_ONCE";
+
+fn unsafe_promote_at_once() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var(UNSAFE_PROMOTE_AT_ONCE).is_ok_and(|v| v == "1"))
+}
+
 /// Bound on waiting for the leader's snapshot and log purge (step 1).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 
@@ -70,7 +81,9 @@ pub async fn carry_out_replica_changes(node: Arc<Node>) {
                     Ok(Progress::Done) => {
                         tracing::info!(shard = desc.id, change = %describe(&change), "replica change made")
                     }
-                    Err(e) => tracing::warn!(shard = desc.id, change = %describe(&change), cause = %e, "replica change step failed"),
+                    Err(e) => {
+                        tracing::warn!(shard = desc.id, change = %describe(&change), cause = %e, "replica change step failed")
+                    }
                 }
                 running.lock().expect("running changes").remove(&desc.id);
             });
@@ -121,6 +134,13 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
         }
         match matched {
             Some(index) if index + MAX_PROMOTION_LAG >= last => {}
+            _ if unsafe_promote_at_once() => {
+                tracing::warn!(
+                    shard = desc.id,
+                    learner = add,
+                    "{UNSAFE_PROMOTE_AT_ONCE} set: promoting a learner that has not caught up"
+                )
+            }
             _ => return Ok(Progress::Waiting(format!("learner {add} at {matched:?}, the leader at {last}"))),
         }
     }

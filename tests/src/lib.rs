@@ -37,6 +37,8 @@ pub struct ClusterOptions {
     /// Serve Prometheus metrics on a free port per node ([`TestCluster::metrics`]).
     pub metrics: bool,
     pub extra_args: Vec<String>,
+    /// Environment variables set for every node process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +53,7 @@ impl Default for ClusterOptions {
             split_points: vec!["g".into(), "n".into(), "u".into()],
             metrics: false,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// A port that is free now, picked below Linux's ephemeral range (32768+).
@@ -147,6 +151,7 @@ impl TestCluster {
             "--request-timeout-ms=5000".into(),
         ];
         args.extend(opts.extra_args);
+        let env = opts.env;
         let nodes = ids
             .iter()
             .zip(addrs)
@@ -160,7 +165,7 @@ impl TestCluster {
                 paused: false,
             })
             .collect();
-        let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args };
+        let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env };
         for id in ids {
             cluster.restart(id);
         }
@@ -182,6 +187,7 @@ impl TestCluster {
     /// Starts (or restarts) node `id` on its data directory.
     pub fn restart(&mut self, id: u64) {
         let args = self.args.clone();
+        let env = self.env.clone();
         let binary = self.binary.clone();
         let node = self.node_mut(id);
         let metrics: Vec<String> = node.metrics_addr.iter().map(|a| format!("--metrics-listen={a}")).collect();
@@ -193,6 +199,7 @@ impl TestCluster {
             .arg(format!("--data-dir={}", node.data_dir.display()))
             .args(&args)
             .args(&metrics)
+            .envs(env)
             .env("RUST_LOG", std::env::var("GEOKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

@@ -188,6 +188,52 @@ async fn a_move_keeps_fault_tolerance_and_every_write() {
     );
 }
 
+/// The negative control of the test above: with the harness's unsafe switch
+/// a learner is made a voter before it has caught up, and the same fault
+/// (the new replica stuck, one voter of the old set dead) now leaves the
+/// shard without a quorum until the new replica comes back. This is what
+/// the learner step buys; if this test ever passes without the switch doing
+/// anything, the first one shows nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_added_before_catching_up_costs_a_quorum() {
+    let switch = (geokv_server::topology::UNSAFE_PROMOTE_AT_ONCE.to_string(), "1".to_string());
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { env: vec![switch], ..options() });
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    admin.put("a-before", "1").await.expect("a write before the move");
+    let shard = admin.refresh_shard_map().await.unwrap().shard_for_key(b"a").expect("a shard for a").clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let (from, staying) = (replicas[2], replicas[1]);
+
+    admin.move_replica(shard.shard_id, from, to).await.expect("move recorded");
+    c.pause(to);
+    // The stuck replica becomes a voter anyway.
+    wait_for(&format!("node {to} to be a voter of shard {}", shard.shard_id), DEFAULT_DEADLINE, || async {
+        let groups = c.group_statuses(shard.shard_id).await;
+        groups.values().any(|g| g.role == "leader" && g.voters.contains(&to)).then_some(())
+    })
+    .await;
+
+    c.kill(staying);
+    let mut short = ClientConfig::new(c.endpoints());
+    short.deadline = Duration::from_secs(8);
+    let probe = short.connect().await.expect("connect");
+    let stalled = probe.put("a-probe", "while the new voter is stuck").await;
+    assert!(stalled.is_err(), "with a voter that never caught up and another dead, no quorum: {stalled:?}");
+
+    // The stuck voter comes back: it catches up and the quorum with it.
+    c.resume(to);
+    let mut patient = ClientConfig::new(c.endpoints());
+    patient.deadline = DEFAULT_DEADLINE;
+    let later = patient.connect().await.expect("connect");
+    later.put("a-after", "1").await.expect("writable once the new voter is back");
+    eprintln!(
+        "node {to} made a voter of shard {} before catching up: writes stalled while it was stuck",
+        shard.shard_id
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_moves_are_refused_and_change_nothing() {
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
@@ -203,7 +249,7 @@ async fn bad_moves_are_refused_and_change_nothing() {
         (99, replicas[0], outside, "no shard 99"),
         (id, replicas[0], 9, "no node 9"),
         (id, replicas[0], replicas[0], "nothing to move"),
-        (id, outside, replicas[0], &"holds no replica"[..]),
+        (id, outside, replicas[0], "holds no replica"),
         (id, replicas[0], replicas[1], "already holds a replica"),
     ];
     for (shard_id, from, to, why) in cases {

@@ -718,7 +718,8 @@ mod tests {
     fn topology_changes_come_alone_or_during_a_cut_or_kill() {
         let (mut alone, mut during) = (0, 0);
         for seed in 0..30 {
-            let s = Schedule::generate(seed, &[NemesisKind::Split, NemesisKind::TransferLeader], 60_000, 3, 2);
+            let kinds = [NemesisKind::Split, NemesisKind::TransferLeader, NemesisKind::MoveReplica];
+            let s = Schedule::generate(seed, &kinds, 60_000, 3, 2);
             s.validate().unwrap();
             for w in &s.windows {
                 let change = match &w.fault {
@@ -735,6 +736,10 @@ mod tests {
                 match change {
                     Fault::Split { key } => assert!(key.starts_with('r') || key.starts_with("set/"), "{key}"),
                     Fault::TransferLeader { shard, to } => assert!(*shard == 2 && (1..=3).contains(to)),
+                    Fault::MoveReplica { key, from, to } => {
+                        assert!(key.starts_with('r') || key.starts_with("set/"), "{key}");
+                        assert!(*from <= 2 && *to <= 2, "indexes into the replicas and the spare nodes: {w:?}");
+                    }
                     other => panic!("{other:?}"),
                 }
             }

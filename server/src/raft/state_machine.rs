@@ -798,7 +798,9 @@ impl ShardStateMachine {
         }
         if let Some(c) = &p.change {
             let change = crate::shards::describe(c);
-            return Ok(Err(format!("shard {parent} is changing replicas ({change}); create the shard once that is done")));
+            return Ok(Err(format!(
+                "shard {parent} is changing replicas ({change}); create the shard once that is done"
+            )));
         }
         // Ids are never reused: shards are only ever added.
         let id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;

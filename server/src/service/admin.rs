@@ -6,8 +6,8 @@ use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, EcPeer, GetShardMapRequest, GroupStatus,
     ListConflictsRequest, ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeStatusRequest,
-    NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse,
-    TransferLeaderRequest, TransferLeaderResponse,
+    NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest,
+    SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -404,7 +404,9 @@ impl Admin for AdminService {
             }
         }
         if from_node == to_node {
-            return Err(Status::invalid_argument(format!("--from and --to are both node {from_node}: nothing to move")));
+            return Err(Status::invalid_argument(format!(
+                "--from and --to are both node {from_node}: nothing to move"
+            )));
         }
         if shard.change == Some(change) {
             // A repeat of a recorded move: report it.
@@ -432,16 +434,25 @@ impl Admin for AdminService {
             // until it comes back, holding up every other change of the shard.
             let addr = map.node(to_node).map(|n| n.addr.clone()).unwrap_or_default();
             self.node.probe_peer(&addr).await.map_err(|e| {
-                Status::failed_precondition(format!("node {to_node} ({addr}) does not answer ({e}): not moving a replica there"))
+                Status::failed_precondition(format!(
+                    "node {to_node} ({addr}) does not answer ({e}): not moving a replica there"
+                ))
             })?;
         }
         let record = Command::Meta(MetaCommand::BeginReplicaChange { shard: shard_id, change });
         match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
             CommandResult::Meta { map_version } => {
-                tracing::info!(shard = shard_id, from = from_node, to = to_node, "replica move recorded in the shard map");
+                tracing::info!(
+                    shard = shard_id,
+                    from = from_node,
+                    to = to_node,
+                    "replica move recorded in the shard map"
+                );
                 Ok(Response::new(MoveReplicaResponse { map_version, created: map_version > map.version }))
             }
-            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused the move: {r}"))),
+            CommandResult::Rejected(r) => {
+                Err(Status::failed_precondition(format!("the shard map refused the move: {r}")))
+            }
             other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
         }
     }

@@ -277,7 +277,8 @@ impl ShardMap {
                 return Err(format!("no node {node} in the cluster"));
             }
         }
-        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
         if desc.change == Some(change) {
             return Ok(false);
         }
@@ -309,7 +310,8 @@ impl ShardMap {
     /// set): the replicas become the new set, at a new epoch. `Ok(false)`:
     /// recorded already (a retry).
     pub fn finish_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
-        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
         match desc.change {
             Some(c) if c == change => {
                 desc.replicas = change.apply_to(&desc.replicas);
@@ -333,7 +335,8 @@ impl ShardMap {
     /// Drops `shard`'s recorded change that was not made (its group's
     /// voters are still the old set). `Ok(false)`: nothing to cancel.
     pub fn cancel_replica_change(&mut self, shard: u64) -> Result<bool, String> {
-        let desc = self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
         Ok(desc.change.take().is_some())
     }
 }
