@@ -1,5 +1,6 @@
-//! Creating, splitting and moving shards: [`Client::create_shard`],
-//! [`Client::split_shard`], [`Client::move_replica`].
+//! Creating, splitting and moving shards, draining and removing nodes:
+//! [`Client::create_shard`], [`Client::split_shard`],
+//! [`Client::move_replica`], [`Client::drain_node`], [`Client::remove_node`].
 //!
 //! `Admin.CreateShard` carves a new (eventual) shard for `[start, end)` out of
 //! the start or the end of the one Raft shard that holds the range now; that
@@ -18,8 +19,21 @@ use crate::backoff::Backoff;
 use crate::client::{admin_client, sleep_until_or, timed_out};
 use crate::error::{Failure, classify};
 use crate::scan::{KeyRange, ScanBounds};
+use crate::shard_map::NodeState;
 use crate::types::ShardMode;
 use crate::{Client, Error};
+
+/// What [`Client::drain_node`] or [`Client::remove_node`] recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeChange {
+    pub node_id: u64,
+    /// The shard map version that records it.
+    pub map_version: u64,
+    /// False when an earlier request had recorded it already.
+    pub created: bool,
+    /// The node's state now.
+    pub state: NodeState,
+}
 
 /// What [`Client::create_shard`] made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +269,98 @@ impl Client {
             }
             sleep_until_or(deadline, backoff.next_delay()).await;
         }
+    }
+
+    /// Drains node `node` (`Admin.DrainNode`): records it as draining, and
+    /// the cluster then moves its replicas to other nodes. Returns once
+    /// recorded (`created: false` if it was already draining); see
+    /// [`Client::wait_for_drain`].
+    ///
+    /// [`Error::NotFound`] for an unknown node; [`Error::FailedPrecondition`]
+    /// when a replica would have nowhere to go (or is on an eventual shard),
+    /// or the node was removed.
+    pub async fn drain_node(&self, node: u64) -> Result<NodeChange, Error> {
+        let request = admin_pb::DrainNodeRequest { node_id: node };
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the drain may or may not be recorded now", deadline, |addr, timeout| async move {
+                let mut admin = admin_client(self.channel(&addr)?);
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(timeout);
+                match tokio::time::timeout(timeout, admin.drain_node(request)).await {
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) => Err(classify(&status)),
+                    Err(_) => Err(timed_out(timeout)),
+                }
+            })
+            .await?;
+        self.await_map_version(&addr, reply.map_version, deadline).await;
+        let state = if reply.created { NodeState::Draining } else { self.node_state(node).await };
+        Ok(NodeChange { node_id: node, map_version: reply.map_version, created: reply.created, state })
+    }
+
+    /// Removes node `node` for good (`Admin.RemoveNode`). Without `force`
+    /// the node must hold no replica; with it, a node that holds some is
+    /// drained first and removed once empty (state `Removing` until then).
+    ///
+    /// [`Error::NotFound`] for an unknown node; [`Error::FailedPrecondition`]
+    /// when it holds replicas (without `force`), a replica would have
+    /// nowhere to go, or the meta shard would keep fewer than 3 voters.
+    pub async fn remove_node(&self, node: u64, force: bool) -> Result<NodeChange, Error> {
+        let request = admin_pb::RemoveNodeRequest { node_id: node, force };
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the removal may or may not be recorded now", deadline, |addr, timeout| async move {
+                let mut admin = admin_client(self.channel(&addr)?);
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(timeout);
+                match tokio::time::timeout(timeout, admin.remove_node(request)).await {
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) => Err(classify(&status)),
+                    Err(_) => Err(timed_out(timeout)),
+                }
+            })
+            .await?;
+        self.await_map_version(&addr, reply.map_version, deadline).await;
+        let state = NodeState::from_proto(reply.state);
+        Ok(NodeChange { node_id: node, map_version: reply.map_version, created: reply.created, state })
+    }
+
+    /// Waits, polling the shard map, until no shard places a replica on
+    /// `node` (and, for a node being removed, until it is removed); returns
+    /// its state then. [`Error::Unavailable`] after `timeout` (the drain
+    /// goes on).
+    pub async fn wait_for_drain(&self, node: u64, timeout: std::time::Duration) -> Result<NodeState, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(self.config().backoff_initial, self.config().backoff_max);
+        loop {
+            let map = self.refresh_shard_map().await;
+            if let Ok(map) = &map {
+                let Some(info) = map.nodes.iter().find(|n| n.node_id == node) else {
+                    return Err(Error::NotFound(format!("no node {node} in map version {}", map.version)));
+                };
+                let empty = !map.shards.iter().any(|s| s.is_placed_on(node));
+                if empty && info.state != NodeState::Removing {
+                    return Ok(info.state);
+                }
+            }
+            if Instant::now() >= deadline {
+                let cause = match map {
+                    Ok(map) => {
+                        let left = map.shards.iter().filter(|s| s.is_placed_on(node)).count();
+                        format!("node {node} still holds {left} replicas after {timeout:?}")
+                    }
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::Unavailable { attempts: 1, cause });
+            }
+            sleep_until_or(deadline, backoff.next_delay()).await;
+        }
+    }
+
+    async fn node_state(&self, node: u64) -> NodeState {
+        let map = self.cached_map();
+        map.nodes.iter().find(|n| n.node_id == node).map_or(NodeState::Up, |n| n.state)
     }
 
     /// Sends an idempotent admin request to the nodes in turn, with a

@@ -18,6 +18,44 @@ pub struct NodeInfo {
     pub addr: String,
     pub region: String,
     pub zone: String,
+    /// Where the member is in its life (the map's record; whether it
+    /// answers is [`crate::Client::cluster_status`]'s business).
+    pub state: NodeState,
+}
+
+/// A member's life in the shard map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// May hold replicas and take new ones.
+    #[default]
+    Up,
+    /// Its replicas are moving to other nodes; it takes no new ones.
+    Draining,
+    /// Draining, then removed once it holds no replica.
+    Removing,
+    /// Gone for good; its id is never reused.
+    Removed,
+}
+
+impl NodeState {
+    pub fn from_proto(state: i32) -> NodeState {
+        match geokv_proto::admin::NodeState::try_from(state) {
+            Ok(geokv_proto::admin::NodeState::Draining) => NodeState::Draining,
+            Ok(geokv_proto::admin::NodeState::Removing) => NodeState::Removing,
+            Ok(geokv_proto::admin::NodeState::Removed) => NodeState::Removed,
+            _ => NodeState::Up,
+        }
+    }
+
+    /// `up`, `draining`, `removing`, `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Draining => "draining",
+            NodeState::Removing => "removing",
+            NodeState::Removed => "removed",
+        }
+    }
 }
 
 /// One replica of a shard.
@@ -85,6 +123,11 @@ impl Shard {
     pub fn is_changing(&self) -> bool {
         self.adding_node.is_some() || self.removing_node.is_some()
     }
+
+    /// Whether `node` holds a replica of this shard or is being given one.
+    pub fn is_placed_on(&self, node: u64) -> bool {
+        self.adding_node == Some(node) || self.replicas.iter().any(|r| r.node_id == node)
+    }
 }
 
 /// The cluster's nodes and data shards, as one node knew them.
@@ -108,7 +151,13 @@ impl ShardMap {
         let nodes = map
             .nodes
             .into_iter()
-            .map(|n| NodeInfo { node_id: n.node_id, addr: n.addr, region: n.region, zone: n.zone })
+            .map(|n| NodeInfo {
+                node_id: n.node_id,
+                addr: n.addr,
+                region: n.region,
+                zone: n.zone,
+                state: NodeState::from_proto(n.state),
+            })
             .collect();
         let shards: Vec<Shard> = map.shards.into_iter().map(Shard::from_proto).collect();
         for shard in &shards {

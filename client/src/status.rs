@@ -127,7 +127,13 @@ impl NodeStatus {
     pub(crate) fn from_proto(status: admin_pb::NodeStatusResponse) -> Result<NodeStatus, String> {
         let node = status.node.ok_or("node status without node info")?;
         Ok(NodeStatus {
-            node: NodeInfo { node_id: node.node_id, addr: node.addr, region: node.region, zone: node.zone },
+            node: NodeInfo {
+                node_id: node.node_id,
+                addr: node.addr,
+                region: node.region,
+                zone: node.zone,
+                state: crate::shard_map::NodeState::from_proto(node.state),
+            },
             ready: status.ready,
             groups: status
                 .groups
@@ -275,7 +281,13 @@ mod tests {
     use super::*;
 
     fn node(node_id: u64) -> NodeInfo {
-        NodeInfo { node_id, addr: format!("127.0.0.1:700{node_id}"), region: format!("r{node_id}"), zone: "a".into() }
+        NodeInfo {
+            node_id,
+            addr: format!("127.0.0.1:700{node_id}"),
+            region: format!("r{node_id}"),
+            zone: "a".into(),
+            state: crate::shard_map::NodeState::Up,
+        }
     }
 
     fn group(shard_id: u64, role: Role, leader_id: Option<u64>, term: u64) -> GroupStatus {

@@ -21,7 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use geokv_client::display::{parse_hex, printable, utc_millis};
 use geokv_client::{
     Client, ClientConfig, ClusterStatus, Conflict, ConflictReport, Consistency, CreatedShard, Error, Expect, Hlc,
-    ReadInfo, Shard, ShardHealth, ShardMap, ShardMode, Versioned,
+    NodeChange, NodeState, ReadInfo, Shard, ShardHealth, ShardMap, ShardMode, Versioned,
 };
 use serde_json::{Value, json};
 
@@ -424,16 +424,80 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 enum NodeCommand {
     /// List the members: id, region, address, state, and how many replicas and leaders each holds.
     #[command(after_help = "\
-STATE is up (the node answered and is ready), starting (it answered, its groups are
-still starting) or down (it did not answer). REPLICAS counts the shards the map places
-on the node (the meta shard not included); LEADERS the groups it says it leads.
-Members are the ones the cluster was created with: joining, draining and removing
-nodes are not built yet.
+STATE is draining, removing or removed when the shard map records that (kvctl node
+drain / remove); otherwise up (the node answered and is ready), starting (it answered,
+its groups are still starting) or down (it did not answer). REPLICAS counts the shards
+the map places on the node, moves to it included (the meta shard not included);
+LEADERS the groups it says it leads. The JSON has reachable: whether it answered.
+Members are the ones the cluster was created with: joining nodes are not built yet.
 
 Examples:
   kvctl node list
   kvctl --json node list | jq '.[] | select(.state != \"up\")'")]
     List,
+
+    /// Move every replica and leadership off a node; it takes no new replicas.
+    #[command(
+        long_about = "Move every replica and leadership off node ID, then leave it empty and \
+            draining (kvctl node remove takes it out of the cluster).\n\n\
+            The node is recorded as draining in the shard map at once; the meta shard's leader \
+            then moves its replicas to other up nodes that answer, at most 2 moves in the \
+            cluster at a time. A target in a region the shard's other replicas do not cover \
+            comes first, then the node with the fewest replicas. Each move is what kvctl \
+            shard move does: the new replica is a learner until it has caught up, so no step \
+            lowers a shard's fault tolerance. A node that is down can be drained: its shards \
+            keep a quorum without it and the new replicas are fed by their leaders.\n\n\
+            Refused, changing nothing, when some replica would have nowhere to go (every \
+            other up node already holds that shard: add a node first) or is on an eventual \
+            shard (whose replicas cannot move yet).",
+        after_help = "\
+Examples:
+  kvctl node drain 3                  waits (up to --wait) until node 3 holds no replica
+  kvctl node drain 3 --no-wait
+  kvctl node list                     STATE draining, REPLICAS counting down
+  kvctl --json node drain 3 --wait 30m"
+    )]
+    Drain {
+        /// The node to drain.
+        id: u64,
+        /// Return once the drain is recorded, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the node to be empty.
+        #[arg(long, default_value = "10m", value_parser = parse_timeout)]
+        wait: Duration,
+    },
+
+    /// Remove a drained node from the cluster for good.
+    #[command(
+        long_about = "Remove node ID from the cluster for good: it leaves the meta shard, its id \
+            is never reused, and if it comes back it is let into no group and stops with an \
+            error saying it was removed.\n\n\
+            The node must hold no replica (kvctl node drain it first). With --force a node \
+            that still holds replicas is drained first (moving them from the other replicas, \
+            which works with the node down) and removed once empty.\n\n\
+            Refused, changing nothing: a node that holds replicas (without --force), a removal \
+            that would leave the meta shard fewer than 3 voters (which would survive no \
+            failure), and with --force a replica that would have nowhere to go.",
+        after_help = "\
+Examples:
+  kvctl node drain 3 && kvctl node remove 3
+  kvctl node remove 3 --force         a dead node: re-replicate its shards, then remove it
+  kvctl --json node remove 3 --force --wait 30m"
+    )]
+    Remove {
+        /// The node to remove.
+        id: u64,
+        /// Drain it first if it still holds replicas.
+        #[arg(long)]
+        force: bool,
+        /// Return once the removal is recorded, without waiting for a drain it needs.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for a forced drain to finish.
+        #[arg(long, default_value = "10m", value_parser = parse_timeout)]
+        wait: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -825,6 +889,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Node(NodeCommand::Drain { id, no_wait, wait }) => {
+            let change = client.drain_node(id).await.map_err(say)?;
+            node_change_done(&client, out, "drain", change, no_wait, wait).await
+        }
+        Command::Node(NodeCommand::Remove { id, force, no_wait, wait }) => {
+            let change = client.remove_node(id, force).await.map_err(say)?;
+            node_change_done(&client, out, "removal", change, no_wait, wait).await
+        }
         Command::Shard(ShardCommand::Move { shard, from, to, no_wait, wait }) => {
             let moved = client.move_replica(shard, from, to).await.map_err(say)?;
             let mut fields = json!({
@@ -866,6 +938,52 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Completion { .. } => unreachable!("answered before connecting"),
     }
+}
+
+/// Reports a drain or removal, waiting (unless `no_wait`) for the node to
+/// be empty (and, for a forced removal, removed).
+async fn node_change_done(
+    client: &Client,
+    out: WriteOut,
+    what: &str,
+    change: NodeChange,
+    no_wait: bool,
+    wait: Duration,
+) -> Result<ExitCode, String> {
+    let id = change.node_id;
+    let mut fields = json!({
+        "node": id,
+        "map_version": change.map_version,
+        "created": change.created,
+        "state": change.state.as_str(),
+        "done": change.state == NodeState::Removed,
+    });
+    if !no_wait && change.state != NodeState::Removed {
+        let state = client.wait_for_drain(id, wait).await.map_err(say)?;
+        fields["state"] = json!(state.as_str());
+        fields["done"] = json!(true);
+    }
+    match out {
+        WriteOut::Json => print_json(&fields),
+        WriteOut::Table => print_record(&fields),
+        WriteOut::Simple => {
+            let recorded = if change.created { "recorded" } else { "already recorded:" };
+            if fields["done"] == json!(true) {
+                println!(
+                    "node {id} is {}: it holds no replica; map version {}",
+                    fields["state"].as_str().unwrap_or(""),
+                    change.map_version
+                )
+            } else {
+                println!(
+                    "{recorded} {what} of node {id} ({}); map version {} (kvctl node list shows it)",
+                    change.state.as_str(),
+                    change.map_version
+                )
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `put`'s value from stdin: every byte (hex text with `--hex`), at most
@@ -1275,19 +1393,24 @@ fn node_list(cluster: &ClusterStatus) -> Vec<Value> {
         .iter()
         .map(|report| {
             let id = report.node.node_id;
-            let replicas = cluster.map.shards.iter().filter(|s| s.replicas.iter().any(|r| r.node_id == id)).count();
-            let (state, leaders) = match &report.status {
+            let replicas = cluster.map.shards.iter().filter(|s| s.is_placed_on(id)).count();
+            let (answered, leaders) = match &report.status {
                 Ok(status) => {
                     let leaders = status.groups.iter().filter(|g| g.role == geokv_client::Role::Leader).count();
                     (if status.ready { "up" } else { "starting" }, json!(leaders))
                 }
                 Err(_) => ("down", Value::Null),
             };
+            let state = match report.node.state {
+                NodeState::Up => answered,
+                recorded => recorded.as_str(),
+            };
             json!({
                 "id": id,
                 "region": report.node.region,
                 "address": report.node.addr,
                 "state": state,
+                "reachable": report.status.is_ok(),
                 "replicas": replicas,
                 "leaders": leaders,
             })

@@ -28,7 +28,13 @@ pub struct Member {
 
 impl Member {
     pub fn desc(&self) -> NodeDesc {
-        NodeDesc { id: self.id, addr: self.addr.clone(), region: self.region.clone(), zone: self.zone.clone() }
+        NodeDesc {
+            id: self.id,
+            addr: self.addr.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            state: crate::shards::NodeState::Up,
+        }
     }
 
     /// Parses `ID=HOST:PORT@REGION[/ZONE]`.

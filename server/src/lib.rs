@@ -29,6 +29,7 @@ pub mod error;
 pub mod eventual;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod service;
 pub mod shards;

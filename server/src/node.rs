@@ -42,7 +42,7 @@ use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, 
 use crate::raft::state_machine::{SessionLimits, ShardKind, SplitNotice, has_stored_range};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
-use crate::shards::{META_SHARD_ID, ShardDesc, ShardMap};
+use crate::shards::{META_SHARD_ID, NodeState, ShardDesc, ShardMap};
 use crate::storage::Storage;
 use geokv_proto::raft::RaftMessage;
 use geokv_proto::raft::raft_client::RaftClient;
@@ -180,6 +180,9 @@ impl Node {
         let meta_sm = ShardStateMachine::new(META_SHARD_ID, meta_kind, self.storage.clone(), limits)?;
         let meta = self.start_group(META_SHARD_ID, meta_sm, Some(&meta_voters), &raft_config, &peers).await?;
         self.groups.write().await.insert(META_SHARD_ID, meta);
+        if let Some(removed) = self.removed_error(&self.shard_map()) {
+            return Err(removed);
+        }
 
         // The stored map (restored by the meta state machine) wins over the
         // initial one. Each replica's range comes from its own stored record
@@ -240,7 +243,35 @@ impl Node {
         tokio::spawn(finish_splits(self.clone()));
         tokio::spawn(crate::topology::carry_out_replica_changes(self.clone()));
         tokio::spawn(crate::topology::retire_replicas(self.clone()));
+        tokio::spawn(crate::topology::drain_nodes(self.clone()));
         Ok(())
+    }
+
+    /// An error saying this node was removed, if the map says so.
+    fn removed_error(&self, map: &ShardMap) -> Option<anyhow::Error> {
+        let me = self.config.node_id;
+        map.node(me).filter(|n| n.state == NodeState::Removed).map(|_| {
+            anyhow::anyhow!(
+                "node {me} was removed from the cluster (shard map version {}): a removed node's id is never \
+                 reused and it is let into no group; this data directory is no longer a member's",
+                map.version
+            )
+        })
+    }
+
+    /// Resolves, with the reason, once the shard map records this node as
+    /// removed (it then stops, as an etcd member removed from its cluster
+    /// does); pending for as long as it is a member.
+    pub async fn until_removed(&self) -> anyhow::Error {
+        let mut rx = self.map_rx.clone();
+        loop {
+            if let Some(e) = self.removed_error(&rx.borrow_and_update()) {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     async fn start_group(
@@ -521,7 +552,9 @@ impl Node {
             }
             match map.shard(shard) {
                 Some(desc) => candidates.extend(&desc.replicas),
-                None if shard == META_SHARD_ID => candidates.extend(map.nodes.iter().map(|n| n.id)),
+                None if shard == META_SHARD_ID => {
+                    candidates.extend(map.nodes.iter().filter(|n| n.state != NodeState::Removed).map(|n| n.id))
+                }
                 None => return Err(format!("no shard {shard} in the map")),
             }
             for id in candidates {
@@ -920,8 +953,9 @@ async fn bootstrap_map(node: Arc<Node>) {
 
 /// Serves the node's gRPC services (and `/metrics` if configured) on
 /// `listener` while its Raft groups start (requests meanwhile are answered
-/// `Unavailable: node is starting`), until `shutdown` resolves or start-up
-/// fails; then stops the node.
+/// `Unavailable: node is starting`), until `shutdown` resolves, start-up
+/// fails or the shard map records this node as removed; then stops the
+/// node (returning the error in the last two cases).
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
@@ -940,9 +974,11 @@ pub async fn serve(
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let starting = node.clone();
     tokio::spawn(async move {
-        if let Err(e) = starting.start_groups().await {
-            let _ = failed_tx.send(e);
-        }
+        let failed = match starting.start_groups().await {
+            Err(e) => e,
+            Ok(()) => starting.until_removed().await,
+        };
+        let _ = failed_tx.send(failed);
     });
     let startup_error = Arc::new(std::sync::Mutex::new(None));
     let slot = startup_error.clone();
@@ -951,7 +987,7 @@ pub async fn serve(
         tokio::select! {
             _ = shutdown => {}
             Ok(e) = failed_rx => {
-                tracing::error!(cause = %e, "start-up failed");
+                tracing::error!(cause = %e, "stopping the node");
                 *slot.lock().expect("startup error slot") = Some(e);
             }
         }

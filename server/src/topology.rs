@@ -21,8 +21,9 @@
 //!    set ([`MetaCommand::FinishReplicaChange`]), and the replica that left
 //!    deletes its copy ([`retire_replicas`]).
 //!
-//! What to change is decided elsewhere (an operator's `kvctl shard move`);
-//! this module only carries it out.
+//! What to change is decided elsewhere: an operator's `kvctl shard move`,
+//! or [`crate::placement`] for a node being drained ([`drain_nodes`] records
+//! its moves); this module carries it out.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,10 +33,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::node::Node;
+use crate::placement;
 use crate::raft::ShardRaft;
 use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::state_machine::stored_range;
-use crate::shards::{META_SHARD_ID, ReplicaChange, ShardDesc, describe};
+use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, describe};
 
 /// How often every node looks for replica changes to carry out (as the
 /// shard's leader) and for replicas to retire.
@@ -237,6 +239,96 @@ pub async fn retire_replicas(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// On the meta shard's leader, every [`RECONCILE_INTERVAL`]: makes the
+/// cluster match the members' states in the map. It hands the meta shard's
+/// leadership away from a leaving node, takes removed nodes out of the meta
+/// shard's voters, records a removing node as removed once it holds no
+/// replica, and records the moves that empty leaving nodes
+/// ([`placement::plan_drains`]; the shards' leaders carry them out). Each
+/// pass looks at the map afresh, so a new meta leader resumes where the
+/// last one stopped.
+pub async fn drain_nodes(node: Arc<Node>) {
+    while node.is_ready() {
+        tokio::time::sleep(RECONCILE_INTERVAL).await;
+        let Some(meta) = node.group(META_SHARD_ID).await else { continue };
+        if !meta.is_leader() {
+            continue;
+        }
+        if let Err(e) = drain_pass(&node, &meta).await {
+            tracing::warn!(cause = %e, "member change step failed");
+        }
+    }
+}
+
+async fn drain_pass(node: &Node, meta: &ShardRaft) -> Result<(), String> {
+    let me = node.config.node_id;
+    let map = node.shard_map();
+    let m = meta.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let state = |id: u64| map.node(id).map_or(NodeState::Removed, |n| n.state);
+
+    if state(me) != NodeState::Up {
+        let last = m.last_log_index.unwrap_or(0);
+        let to = voters.iter().copied().filter(|v| *v != me && state(*v) == NodeState::Up).find(|v| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(v))
+                .and_then(|l| l.as_ref())
+                .is_some_and(|l| l.index + MAX_PROMOTION_LAG >= last)
+        });
+        if let Some(to) = to {
+            meta.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
+            tracing::info!(to, "meta shard leadership handed away from this leaving node");
+            return Ok(());
+        }
+    }
+
+    let gone: BTreeSet<u64> =
+        membership.nodes().map(|(id, _)| *id).filter(|id| state(*id) == NodeState::Removed).collect();
+    if !gone.is_empty() {
+        let keep: BTreeSet<u64> = voters.difference(&gone).copied().collect();
+        // Joint consensus again; `false`: the removed nodes leave the group
+        // altogether rather than stay as learners.
+        meta.change_membership(ChangeMembers::ReplaceAllVoters(keep.clone()), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(removed = ?gone, voters = ?keep, "removed nodes taken out of the meta shard");
+        return Ok(());
+    }
+
+    for n in map.nodes.iter().filter(|n| n.state == NodeState::Removing && map.placed_on(n.id).next().is_none()) {
+        let cmd = Command::Meta(MetaCommand::SetNodeState { node: n.id, state: NodeState::Removed });
+        match node.propose_internal(META_SHARD_ID, &cmd).await? {
+            CommandResult::Meta { .. } => tracing::info!(node = n.id, "drained node removed"),
+            other => return Err(format!("recording node {} as removed: {other:?}", n.id)),
+        }
+    }
+
+    if !map.nodes.iter().any(|n| n.state.is_leaving()) {
+        return Ok(());
+    }
+    let mut live = BTreeSet::new();
+    for n in map.nodes.iter().filter(|n| n.state.takes_replicas()) {
+        if node.probe_peer(&n.addr).await.is_ok() {
+            live.insert(n.id);
+        }
+    }
+    for (shard, change) in placement::plan_drains(&map, &live) {
+        let cmd = Command::Meta(MetaCommand::BeginReplicaChange { shard, change });
+        match node.propose_internal(META_SHARD_ID, &cmd).await? {
+            CommandResult::Meta { .. } => {
+                tracing::info!(shard, change = %describe(&change), "drain: replica move recorded")
+            }
+            CommandResult::Rejected(r) => {
+                tracing::warn!(shard, change = %describe(&change), reason = %r, "drain: move refused")
+            }
+            other => return Err(format!("unexpected answer from the meta shard: {other:?}")),
+        }
+    }
+    Ok(())
 }
 
 /// The keys two ranges share, if any.

@@ -235,6 +235,28 @@ impl TestCluster {
         None
     }
 
+    /// Waits (polling, bounded by `deadline`) for node `id` to exit by
+    /// itself and returns its exit status; panics if it is still running
+    /// then.
+    pub async fn wait_exit(&mut self, id: u64, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().unwrap_or_else(|| panic!("node {id} is not running"));
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return status;
+            }
+            assert!(start.elapsed() < deadline, "node {id} still running after {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Node `id`'s whole log.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+
     /// Stops node `id` with SIGSTOP: alive, its sockets open, answering
     /// nothing (a hung process or a stalled host) until [`TestCluster::resume`].
     pub fn pause(&mut self, id: u64) {

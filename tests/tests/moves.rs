@@ -224,10 +224,11 @@ async fn a_voter_added_before_catching_up_costs_a_quorum() {
 
     // The stuck voter comes back: it catches up and the quorum with it.
     c.resume(to);
-    let mut patient = ClientConfig::new(c.endpoints());
-    patient.deadline = DEFAULT_DEADLINE;
-    let later = patient.connect().await.expect("connect");
-    later.put("a-after", "1").await.expect("writable once the new voter is back");
+    let later = client(&c).await;
+    wait_for("writable once the new voter is back", DEFAULT_DEADLINE, || async {
+        later.put("a-after", "1").await.ok()
+    })
+    .await;
     eprintln!(
         "node {to} made a voter of shard {} before catching up: writes stalled while it was stuck",
         shard.shard_id

@@ -601,6 +601,21 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster does not move replicas"))
     }
 
+    async fn drain_node(
+        &self,
+        _request: Request<admin_pb::DrainNodeRequest>,
+    ) -> Result<Response<admin_pb::DrainNodeResponse>, Status> {
+        // Drains are tested against real nodes (tests/tests/members.rs).
+        Err(Status::unimplemented("the mock cluster does not drain nodes"))
+    }
+
+    async fn remove_node(
+        &self,
+        _request: Request<admin_pb::RemoveNodeRequest>,
+    ) -> Result<Response<admin_pb::RemoveNodeResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster does not remove nodes"))
+    }
+
     async fn create_shard(
         &self,
         request: Request<admin_pb::CreateShardRequest>,
@@ -687,6 +702,7 @@ impl MockCluster {
                     addr: addr.clone(),
                     region: format!("region-{id}"),
                     zone: "a".into(),
+                    state: admin_pb::NodeState::Up as i32,
                 })
                 .collect(),
             shards: ranges

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::shards::{ReplicaChange, ShardDesc, ShardMap};
+use crate::shards::{NodeState, ReplicaChange, ShardDesc, ShardMap};
 
 /// A Raft log payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,10 @@ pub enum MetaCommand {
     /// set. The replicas become that set, at a new epoch. Proposed by the
     /// shard's leader only after the membership change committed.
     FinishReplicaChange { shard: u64, change: ReplicaChange },
+    /// Moves a member to `state` (drain, remove); see
+    /// [`crate::shards::ShardMap::set_node_state`]. A retry answers and
+    /// changes nothing.
+    SetNodeState { node: u64, state: NodeState },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -245,6 +249,9 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::FinishReplicaChange { shard, change }) => {
                 write!(f, "finish-replica-change(shard={shard}, {})", crate::shards::describe(change))
+            }
+            Command::Meta(MetaCommand::SetNodeState { node, state }) => {
+                write!(f, "set-node-state(node={node}, {})", state.as_str())
             }
             Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
             Command::Split(s) => write!(f, "split(right={}, epoch={})", s.right_shard, s.left_epoch),

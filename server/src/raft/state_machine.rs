@@ -470,7 +470,9 @@ impl ShardStateMachine {
                     | Command::Meta(MetaCommand::CarveShard { .. } | MetaCommand::SplitShard { .. }),
                 ) => CommandResult::None,
                 EntryPayload::Normal(Command::Meta(
-                    cmd @ (MetaCommand::BeginReplicaChange { .. } | MetaCommand::FinishReplicaChange { .. }),
+                    cmd @ (MetaCommand::BeginReplicaChange { .. }
+                    | MetaCommand::FinishReplicaChange { .. }
+                    | MetaCommand::SetNodeState { .. }),
                 )) => {
                     let current = self.current_map(&new_map)?;
                     let updated = match (&self.kind, current) {
@@ -482,6 +484,7 @@ impl ShardStateMachine {
                                 MetaCommand::FinishReplicaChange { shard, change } => {
                                     map.finish_replica_change(*shard, *change)
                                 }
+                                MetaCommand::SetNodeState { node, state } => map.set_node_state(*node, *state),
                                 _ => unreachable!("matched above"),
                             };
                             changed.and_then(|changed| {
@@ -1280,6 +1283,7 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 7000 + id),
                 region: format!("r{id}"),
                 zone: String::new(),
+                state: crate::shards::NodeState::Up,
             })
             .collect()
     }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
-    Conflict as PbConflict, CreateShardRequest, CreateShardResponse, EcPeer, GetShardMapRequest, GroupStatus,
-    ListConflictsRequest, ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeStatusRequest,
-    NodeStatusResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest,
-    SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
+    Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
+    GetShardMapRequest, GroupStatus, ListConflictsRequest, ListConflictsResponse, MoveReplicaRequest,
+    MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState, NodeStatusRequest, NodeStatusResponse,
+    RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap,
+    SplitShardRequest, SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -16,8 +17,9 @@ use tonic::{Request, Response, Status};
 
 use super::kv::shard_info;
 use crate::node::Node;
+use crate::placement;
 use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand, SplitCommand};
-use crate::shards::{META_SHARD_ID, ReplicaChange, ShardDesc, ShardMap};
+use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, ShardMap};
 use openraft::error::{ClientWriteError, RaftError};
 
 /// Conflicts listed when the request asks for no limit.
@@ -30,6 +32,25 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    fn bootstrapped_map(&self) -> Result<Arc<ShardMap>, Status> {
+        let map = self.node.shard_map();
+        if map.version == 0 {
+            return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
+        }
+        Ok(map)
+    }
+
+    /// Records `node`'s new state through the meta shard; the map version
+    /// that holds it.
+    async fn set_node_state(&self, node: u64, state: NodeState) -> Result<u64, Status> {
+        let record = Command::Meta(MetaCommand::SetNodeState { node, state });
+        match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
+            CommandResult::Meta { map_version } => Ok(map_version),
+            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused it: {r}"))),
+            other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+        }
     }
 }
 
@@ -57,6 +78,7 @@ impl Admin for AdminService {
                     addr: n.addr.clone(),
                     region: n.region.clone(),
                     zone: n.zone.clone(),
+                    state: node_state(n.state) as i32,
                 })
                 .collect(),
             shards: map.shards.iter().map(|s| shard_info(&map, s)).collect(),
@@ -122,6 +144,7 @@ impl Admin for AdminService {
                 addr: me.addr.clone(),
                 region: me.region.clone(),
                 zone: me.zone.clone(),
+                state: node_state(self.node.shard_map().node(me.id).map_or(NodeState::Up, |n| n.state)) as i32,
             }),
             ready: self.node.is_ready(),
             groups,
@@ -457,6 +480,58 @@ impl Admin for AdminService {
         }
     }
 
+    async fn drain_node(&self, req: Request<DrainNodeRequest>) -> Result<Response<DrainNodeResponse>, Status> {
+        let DrainNodeRequest { node_id } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        let state = find_node(&map, node_id)?.state;
+        if state.is_leaving() {
+            return Ok(Response::new(DrainNodeResponse { map_version: map.version, created: false }));
+        }
+        if state == NodeState::Removed {
+            return Err(Status::failed_precondition(format!("node {node_id} was removed from the cluster")));
+        }
+        refuse_blocked_drain(&map, node_id)?;
+        let map_version = self.set_node_state(node_id, NodeState::Draining).await?;
+        tracing::info!(node = node_id, "node drain recorded in the shard map");
+        Ok(Response::new(DrainNodeResponse { map_version, created: map_version > map.version }))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        let RemoveNodeRequest { node_id, force } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        let state = find_node(&map, node_id)?.state;
+        let answer = |map_version, state, created| {
+            Ok(Response::new(RemoveNodeResponse { map_version, state: node_state(state) as i32, created }))
+        };
+        if state == NodeState::Removed || (state == NodeState::Removing && force) {
+            return answer(map.version, state, false);
+        }
+        let meta = self.node.group(META_SHARD_ID).await.ok_or_else(|| Status::unavailable("node is starting"))?;
+        let voters: Vec<u64> = meta.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        let left = voters.iter().filter(|v| **v != node_id).count();
+        if voters.contains(&node_id) && left < MIN_META_VOTERS {
+            return Err(Status::failed_precondition(format!(
+                "removing node {node_id} would leave the meta shard {left} voters (it has {voters:?}), fewer than \
+                 {MIN_META_VOTERS}: it could not survive a failure"
+            )));
+        }
+        let holds: Vec<u64> = map.placed_on(node_id).map(|s| s.id).collect();
+        let target = if holds.is_empty() {
+            NodeState::Removed
+        } else if force {
+            refuse_blocked_drain(&map, node_id)?;
+            NodeState::Removing
+        } else {
+            return Err(Status::failed_precondition(format!(
+                "node {node_id} still holds replicas of shards {holds:?}: drain it first (kvctl node drain \
+                 {node_id}), or remove it with --force, which moves them first"
+            )));
+        };
+        let map_version = self.set_node_state(node_id, target).await?;
+        tracing::info!(node = node_id, state = target.as_str(), "node removal recorded in the shard map");
+        answer(map_version, target, map_version > map.version)
+    }
+
     async fn set_leader_region(
         &self,
         req: Request<SetLeaderRegionRequest>,
@@ -497,4 +572,32 @@ fn find_shard(map: &ShardMap, shard_id: u64) -> Result<ShardDesc, Status> {
         let ids: Vec<String> = map.shards.iter().map(|s| s.id.to_string()).collect();
         Status::not_found(format!("no shard {shard_id} in map version {} (shards: {})", map.version, ids.join(", ")))
     })
+}
+
+/// The meta shard keeps at least this many voters: fewer survive no failure.
+const MIN_META_VOTERS: usize = 3;
+
+fn node_state(state: NodeState) -> ProtoNodeState {
+    match state {
+        NodeState::Up => ProtoNodeState::Up,
+        NodeState::Draining => ProtoNodeState::Draining,
+        NodeState::Removing => ProtoNodeState::Removing,
+        NodeState::Removed => ProtoNodeState::Removed,
+    }
+}
+
+fn find_node(map: &ShardMap, id: u64) -> Result<&crate::shards::NodeDesc, Status> {
+    map.node(id).ok_or_else(|| {
+        let ids: Vec<String> = map.nodes.iter().map(|n| n.id.to_string()).collect();
+        Status::not_found(format!("no node {id} in the cluster (nodes: {})", ids.join(", ")))
+    })
+}
+
+/// Refuses a drain that could not complete, naming every shard in the way.
+fn refuse_blocked_drain(map: &ShardMap, node: u64) -> Result<(), Status> {
+    let blockers = placement::drain_blockers(map, node);
+    if blockers.is_empty() {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!("node {node} cannot be drained: {}", blockers.join("; "))))
 }

@@ -2,7 +2,9 @@
 //! the openraft message to that shard's group and wraps the reply.
 //!
 //! A message for a shard this node does not host (yet) is answered
-//! `NotFound`; the sender treats that as unreachable and backs off.
+//! `NotFound`; the sender treats that as unreachable and backs off. A
+//! message from a node the map records as removed is answered
+//! `PermissionDenied`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +23,9 @@ use crate::raft::command::Command;
 use crate::raft::network::SHARD_METADATA_KEY;
 use crate::raft::read_index::RoundError;
 use crate::raft::{ShardRaft, Snapshot, SnapshotBlob, SnapshotMeta, TypeConfig, Vote, decode, encode};
+use crate::shards::NodeState;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::vote::RaftLeaderId;
 
 pub struct RaftService {
     node: Arc<Node>,
@@ -64,6 +68,17 @@ impl RaftService {
         req.prev_log_id.is_none() && self.node.awaits_snapshot(shard)
     }
 
+    /// Refuses a message sent by a node the map records as removed: a
+    /// removed node is let into no group, even while it still believes it
+    /// is a member (it was down when it was removed, say).
+    fn refuse_removed(&self, vote: &Vote) -> Result<(), Status> {
+        let from = *vote.leader_id().node_id();
+        if self.node.shard_map().node(from).is_some_and(|n| n.state == NodeState::Removed) {
+            return Err(Status::permission_denied(format!("node {from} was removed from the cluster")));
+        }
+        Ok(())
+    }
+
     async fn open<T: DeserializeOwned>(&self, req: Request<RaftMessage>) -> Result<(ShardRaft, u64, T), Status> {
         let msg = req.into_inner();
         let raft = self.group(msg.shard_id).await?;
@@ -96,17 +111,20 @@ impl Raft for RaftService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_vote_quarantine()?;
         let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
+        self.refuse_removed(&body.vote)?;
         reply(shard, raft.vote(body).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_vote_quarantine()?;
         let (raft, shard, body) = self.open::<VoteRequest<TypeConfig>>(req).await?;
+        self.refuse_removed(&body.vote)?;
         reply(shard, raft.pre_vote(body).await)
     }
 
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (raft, shard, body) = self.open::<AppendEntriesRequest<TypeConfig>>(req).await?;
+        self.refuse_removed(&body.vote)?;
         if self.replays_from_start(shard, &body) {
             return Err(Status::unavailable(format!(
                 "node {} is a new replica of shard {shard}: it takes a snapshot before the log's first entries",
@@ -135,6 +153,10 @@ impl Raft for RaftService {
                     .filter(|m| m.shard_id == shard)
                     .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok())
                     .filter(|r| !(r.prev_log_id.is_none() && node.awaits_snapshot(shard)))
+                    .filter(|r| {
+                        let from = *r.vote.leader_id().node_id();
+                        node.shard_map().node(from).is_none_or(|n| n.state != NodeState::Removed)
+                    })
             })
             .take_while(|r| futures::future::ready(r.is_some()))
             .filter_map(futures::future::ready);
@@ -199,6 +221,7 @@ impl Raft for RaftService {
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (raft, shard, (vote, meta, snapshot)) = self.open::<(Vote, SnapshotMeta, SnapshotBlob)>(req).await?;
+        self.refuse_removed(&vote)?;
         reply(shard, raft.install_full_snapshot(vote, Snapshot { meta, snapshot }).await)
     }
 

@@ -31,6 +31,48 @@ pub struct NodeDesc {
     pub addr: String,
     pub region: String,
     pub zone: String,
+    /// Where the member is in its life. Whether it answers is not recorded
+    /// here: that is seen by probing it.
+    pub state: NodeState,
+}
+
+/// A member's life in the map: up, then (at an operator's request)
+/// draining, then removed. A removed node's id is never reused and the
+/// node is refused if it comes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// A member that may hold replicas and take new ones.
+    #[default]
+    Up,
+    /// Its replicas are moving to other nodes ([`crate::placement`]); it
+    /// takes no new ones. It stays draining once empty, until removed.
+    Draining,
+    /// Draining, and removed as soon as it holds no replica
+    /// (`kvctl node remove --force`).
+    Removing,
+    /// Gone for good: it holds nothing and is let into no group.
+    Removed,
+}
+
+impl NodeState {
+    /// Whether the node may be given a new replica.
+    pub fn takes_replicas(self) -> bool {
+        self == NodeState::Up
+    }
+
+    /// Whether its replicas are to move away.
+    pub fn is_leaving(self) -> bool {
+        matches!(self, NodeState::Draining | NodeState::Removing)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Draining => "draining",
+            NodeState::Removing => "removing",
+            NodeState::Removed => "removed",
+        }
+    }
 }
 
 /// A key range `[start, end)`; `end = None`: to the end of the key space.
@@ -226,8 +268,12 @@ impl ShardMap {
                 return bad(format!("shard {} has no replicas", s.id));
             }
             for r in s.replicas.iter().chain(s.adding().iter()) {
-                if self.node(*r).is_none() {
-                    return bad(format!("shard {} names unknown node {r}", s.id));
+                match self.node(*r) {
+                    None => return bad(format!("shard {} names unknown node {r}", s.id)),
+                    Some(n) if n.state == NodeState::Removed => {
+                        return bad(format!("shard {} names removed node {r}", s.id));
+                    }
+                    Some(_) => {}
                 }
             }
             match (self.shards.get(i + 1), &s.end) {
@@ -293,6 +339,12 @@ impl ShardMap {
             (Some(a), Some(r)) if a == r => return Err(format!("moving a replica from node {a} to itself")),
             _ => {}
         }
+        if let Some(a) = add
+            && let Some(n) = self.nodes.iter().find(|n| n.id == a)
+            && !n.state.takes_replicas()
+        {
+            return Err(format!("node {a} is {}: it takes no new replicas", n.state.as_str()));
+        }
         if let Some(a) = add.filter(|a| desc.replicas.contains(a)) {
             return Err(format!("node {a} already holds a replica of shard {shard} (replicas {:?})", desc.replicas));
         }
@@ -332,12 +384,32 @@ impl ShardMap {
         }
     }
 
-    /// Drops `shard`'s recorded change that was not made (its group's
-    /// voters are still the old set). `Ok(false)`: nothing to cancel.
-    pub fn cancel_replica_change(&mut self, shard: u64) -> Result<bool, String> {
+    /// The shards that place a replica on `node` (holding one or being
+    /// given one).
+    pub fn placed_on(&self, node: u64) -> impl Iterator<Item = &ShardDesc> {
+        self.shards.iter().filter(move |s| s.placed_on(node))
+    }
+
+    /// Moves `node` to `state`, or says why not. `Ok(false)`: it is there
+    /// already (a retry).
+    ///
+    /// Refused: an unknown node; any change of a removed node (its id is
+    /// never reused); removing a node the map still places a replica on.
+    pub fn set_node_state(&mut self, node: u64, state: NodeState) -> Result<bool, String> {
+        let placed: Vec<u64> = self.placed_on(node).map(|s| s.id).collect();
         let desc =
-            self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
-        Ok(desc.change.take().is_some())
+            self.nodes.iter_mut().find(|n| n.id == node).ok_or_else(|| format!("no node {node} in the cluster"))?;
+        if desc.state == state {
+            return Ok(false);
+        }
+        if desc.state == NodeState::Removed {
+            return Err(format!("node {node} was removed from the cluster; a removed node's id is never reused"));
+        }
+        if state == NodeState::Removed && !placed.is_empty() {
+            return Err(format!("node {node} still holds replicas of shards {placed:?}"));
+        }
+        desc.state = state;
+        Ok(true)
     }
 }
 
@@ -376,7 +448,13 @@ mod tests {
     use super::*;
 
     fn node(id: u64, region: &str) -> NodeDesc {
-        NodeDesc { id, addr: format!("127.0.0.1:{}", 7000 + id), region: region.into(), zone: String::new() }
+        NodeDesc {
+            id,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            region: region.into(),
+            zone: String::new(),
+            state: NodeState::Up,
+        }
     }
 
     #[test]

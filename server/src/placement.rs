@@ -1,0 +1,202 @@
+//! Where replicas go: pure decisions over the shard map and which nodes
+//! answer, unit-tested without sockets. The loop that carries them out is
+//! [`crate::topology::drain_nodes`].
+//!
+//! Today it decides drains: every replica on a draining (or removing) node
+//! moves to another node, one replica change per shard, at most
+//! [`MAX_MOVES_IN_FLIGHT`] changes in the cluster at once. A target must be
+//! up in the map (not draining or removed), answering, and hold no replica
+//! of the shard; among those, one in a region the shard's other replicas do
+//! not cover comes first (keeping replicas in distinct regions), then the
+//! node with the fewest replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::shards::{ReplicaChange, ShardDesc, ShardMap};
+
+/// Replica changes under way in the cluster at once, at most (each ships
+/// a whole shard as a snapshot).
+pub const MAX_MOVES_IN_FLIGHT: usize = 2;
+
+/// Why a node's replicas cannot all leave it: one line per shard that has
+/// nowhere to go. Empty: a drain can complete (if the targets answer).
+pub fn drain_blockers(map: &ShardMap, node: u64) -> Vec<String> {
+    let everyone: BTreeSet<u64> = map.nodes.iter().map(|n| n.id).collect();
+    map.shards
+        .iter()
+        .filter(|s| s.placed_on(node))
+        .filter_map(|s| {
+            if s.is_eventual() {
+                return Some(format!("shard {} is eventual: its replicas cannot move yet", s.id));
+            }
+            let load = replica_counts(map);
+            target(map, s, node, &everyone, &load).is_none().then(|| {
+                format!(
+                    "shard {} has nowhere to go: every other up node holds a replica of it (replicas {:?})",
+                    s.id, s.replicas
+                )
+            })
+        })
+        .collect()
+}
+
+/// The replica changes to record now so that leaving nodes empty: for each
+/// shard with a replica on a leaving node and no change under way, a move
+/// to the best target among `live` nodes, while fewer than
+/// [`MAX_MOVES_IN_FLIGHT`] changes are under way.
+pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaChange)> {
+    let leaving: BTreeSet<u64> = map.nodes.iter().filter(|n| n.state.is_leaving()).map(|n| n.id).collect();
+    let mut budget = MAX_MOVES_IN_FLIGHT.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
+    let mut load = replica_counts(map);
+    let mut plan = Vec::new();
+    for shard in map.shards.iter().filter(|s| s.change.is_none() && !s.is_eventual()) {
+        if budget == 0 {
+            break;
+        }
+        let Some(from) = shard.replicas.iter().copied().find(|r| leaving.contains(r)) else { continue };
+        let Some(to) = target(map, shard, from, live, &load) else { continue };
+        *load.entry(to).or_default() += 1;
+        budget -= 1;
+        plan.push((shard.id, ReplicaChange { add: Some(to), remove: Some(from) }));
+    }
+    plan
+}
+
+/// Replicas (held or being added) per node.
+fn replica_counts(map: &ShardMap) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = map.nodes.iter().map(|n| (n.id, 0)).collect();
+    for s in &map.shards {
+        for r in s.replicas.iter().chain(s.adding().iter()) {
+            *load.entry(*r).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// The best node among `candidates` to take `shard`'s replica on `from`.
+fn target(
+    map: &ShardMap,
+    shard: &ShardDesc,
+    from: u64,
+    candidates: &BTreeSet<u64>,
+    load: &BTreeMap<u64, usize>,
+) -> Option<u64> {
+    let region = |id: u64| map.node(id).map(|n| n.region.as_str());
+    let covered: BTreeSet<&str> = shard.replicas.iter().filter(|r| **r != from).filter_map(|r| region(*r)).collect();
+    map.nodes
+        .iter()
+        .filter(|n| n.state.takes_replicas() && candidates.contains(&n.id) && !shard.placed_on(n.id))
+        .min_by_key(|n| (covered.contains(n.region.as_str()), load.get(&n.id).copied().unwrap_or(0), n.id))
+        .map(|n| n.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::{NodeDesc, NodeState, ShardMode};
+
+    fn map(nodes: &[(u64, &str)], shards: &[&[u64]]) -> ShardMap {
+        let nodes = nodes
+            .iter()
+            .map(|(id, region)| NodeDesc {
+                id: *id,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                region: region.to_string(),
+                zone: String::new(),
+                state: NodeState::Up,
+            })
+            .collect();
+        let n = shards.len();
+        let shards = shards
+            .iter()
+            .enumerate()
+            .map(|(i, replicas)| ShardDesc {
+                id: i as u64 + 1,
+                epoch: 1,
+                start: if i == 0 { Vec::new() } else { vec![b'a' + i as u8] },
+                end: (i + 1 < n).then(|| vec![b'a' + i as u8 + 1]),
+                replicas: replicas.to_vec(),
+                preferred_leader_region: None,
+                mode: ShardMode::Raft,
+                change: None,
+            })
+            .collect();
+        let map = ShardMap { version: 1, nodes, shards };
+        map.validate().unwrap();
+        map
+    }
+
+    fn set(map: &mut ShardMap, node: u64, state: NodeState) {
+        map.set_node_state(node, state).unwrap();
+    }
+
+    fn all(map: &ShardMap) -> BTreeSet<u64> {
+        map.nodes.iter().map(|n| n.id).collect()
+    }
+
+    #[test]
+    fn a_drained_replica_goes_to_the_region_the_shard_lacks() {
+        // Node 4 is in us-east with node 1; node 5 in eu-west, which shard
+        // 1 loses when node 3 drains.
+        let mut m =
+            map(&[(1, "us-east"), (2, "us-west"), (3, "eu-west"), (4, "us-east"), (5, "eu-west")], &[&[1, 2, 3]]);
+        set(&mut m, 3, NodeState::Draining);
+        assert_eq!(plan_drains(&m, &all(&m)), vec![(1, ReplicaChange { add: Some(5), remove: Some(3) })]);
+        // Node 5 does not answer: the next best, in a covered region.
+        let live: BTreeSet<u64> = [1, 2, 3, 4].into();
+        assert_eq!(plan_drains(&m, &live), vec![(1, ReplicaChange { add: Some(4), remove: Some(3) })]);
+    }
+
+    #[test]
+    fn moves_spread_by_load_and_stay_within_the_budget() {
+        let mut m = map(
+            &[(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "a")],
+            &[&[1, 2, 3], &[1, 2, 3], &[1, 2, 3], &[1, 2, 3], &[4, 2, 3]],
+        );
+        set(&mut m, 1, NodeState::Draining);
+        let plan = plan_drains(&m, &all(&m));
+        assert_eq!(plan.len(), MAX_MOVES_IN_FLIGHT);
+        // Node 5 holds nothing, node 4 one replica: the first move goes to 5,
+        // the second to 4 or 5 by load (1 each), the lower id first.
+        assert_eq!(plan[0], (1, ReplicaChange { add: Some(5), remove: Some(1) }));
+        assert_eq!(plan[1], (2, ReplicaChange { add: Some(4), remove: Some(1) }));
+        // Changes under way count against the budget.
+        m.begin_replica_change(1, plan[0].1).unwrap();
+        let next = plan_drains(&m, &all(&m));
+        assert_eq!(next.len(), MAX_MOVES_IN_FLIGHT - 1);
+        assert_ne!(next[0].0, 1, "a shard already changing is left alone");
+    }
+
+    #[test]
+    fn nothing_moves_onto_leaving_nodes_or_off_nodes_that_stay() {
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3]]);
+        assert!(plan_drains(&m, &all(&m)).is_empty(), "no node is leaving");
+        set(&mut m, 4, NodeState::Draining);
+        set(&mut m, 1, NodeState::Draining);
+        assert!(plan_drains(&m, &all(&m)).is_empty(), "the only spare node is leaving too");
+        assert_eq!(drain_blockers(&m, 1).len(), 1, "{:?}", drain_blockers(&m, 1));
+    }
+
+    #[test]
+    fn blockers_name_each_shard_that_cannot_leave() {
+        let m = map(&[(1, "a"), (2, "b"), (3, "c")], &[&[1, 2, 3], &[1, 2, 3]]);
+        let blockers = drain_blockers(&m, 2);
+        assert_eq!(blockers.len(), 2);
+        assert!(blockers[0].contains("shard 1 has nowhere to go"), "{blockers:?}");
+        let m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3], &[4, 2, 3]]);
+        assert!(drain_blockers(&m, 1).is_empty());
+        assert!(drain_blockers(&m, 4).is_empty(), "node 1 can take shard 2's replica");
+    }
+
+    #[test]
+    fn removal_waits_for_an_empty_node_and_is_final() {
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3]]);
+        assert!(m.set_node_state(1, NodeState::Removed).unwrap_err().contains("still holds replicas"));
+        assert_eq!(m.set_node_state(4, NodeState::Removed), Ok(true));
+        assert_eq!(m.set_node_state(4, NodeState::Removed), Ok(false), "a retry");
+        assert!(m.set_node_state(4, NodeState::Up).unwrap_err().contains("never reused"));
+        let err = m.begin_replica_change(1, ReplicaChange { add: Some(4), remove: Some(1) }).unwrap_err();
+        assert!(err.contains("removed"), "{err}");
+        assert!(m.set_node_state(9, NodeState::Draining).unwrap_err().contains("no node 9"));
+    }
+}
