@@ -1639,7 +1639,15 @@ fn print_shard_map(map: &ShardMap, out: WriteOut) {
         let nodes: Vec<Value> = map
             .nodes
             .iter()
-            .map(|node| json!({"node_id": node.node_id, "addr": node.addr, "region": node.region, "zone": node.zone}))
+            .map(|node| {
+                json!({
+                    "node_id": node.node_id,
+                    "addr": node.addr,
+                    "region": node.region,
+                    "zone": node.zone,
+                    "state": node.state.as_str(),
+                })
+            })
             .collect();
         let shards: Vec<Value> = map.shards.iter().map(shard_json).collect();
         print_json(&json!({"version": map.version, "nodes": nodes, "shards": shards}));
@@ -1649,11 +1657,18 @@ fn print_shard_map(map: &ShardMap, out: WriteOut) {
     let node_rows: Vec<Vec<String>> = map
         .nodes
         .iter()
-        .map(|node| vec![node.node_id.to_string(), node.addr.clone(), region_zone(&node.region, &node.zone)])
+        .map(|node| {
+            vec![
+                node.node_id.to_string(),
+                node.addr.clone(),
+                region_zone(&node.region, &node.zone),
+                node.state.as_str().to_string(),
+            ]
+        })
         .collect();
     println!();
     println!("Nodes:");
-    style.print(&["ID", "ADDR", "REGION/ZONE"], &node_rows);
+    style.print(&["ID", "ADDR", "REGION/ZONE", "STATE"], &node_rows);
     let shard_rows: Vec<Vec<String>> = map
         .shards
         .iter()

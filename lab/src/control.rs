@@ -74,6 +74,20 @@ pub enum ControlRequest {
         shard: u64,
         to: u64,
     },
+    /// Drain a node (its replicas move to other nodes).
+    Drain {
+        node: u64,
+    },
+    /// Remove a node from the cluster for good; `force` drains it first.
+    RemoveNode {
+        node: u64,
+        #[serde(default)]
+        force: bool,
+    },
+    /// SIGKILL every node of a region.
+    KillRegion {
+        region: String,
+    },
     /// Stop the lab; with `wipe`, delete what it wrote to its data directory.
     Down {
         wipe: bool,
@@ -175,6 +189,9 @@ pub async fn execute(lab: &Lab, request: ControlRequest) -> Result<Value> {
         ControlRequest::TransferLeader { shard, to } => {
             json!(lab.transfer_leader(shard, to, TRANSFER_LEADER_TIMEOUT).await?)
         }
+        ControlRequest::Drain { node } => json!({ "map_version": lab.drain(node).await? }),
+        ControlRequest::RemoveNode { node, force } => json!({ "state": lab.remove_node(node, force).await? }),
+        ControlRequest::KillRegion { region } => json!({ "killed": lab.kill_region(&region)? }),
         ControlRequest::Down { .. } => Value::Null,
     })
 }

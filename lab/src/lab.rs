@@ -28,6 +28,9 @@ pub const MAX_NODES: usize = 200;
 pub const STATE_FILE: &str = "lab.json";
 /// Time one admin RPC to a node may take (status, leader transfer).
 pub const ADMIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long recording a drain or a removal may take (a meta shard commit,
+/// retried on other nodes while its leader is unknown).
+const MEMBER_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often conditions are polled while waiting for them.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most bytes read from one metrics scrape.
@@ -943,6 +946,42 @@ impl Lab {
                 tokio::time::sleep(POLL_INTERVAL).await;
             }
         }
+    }
+
+    /// A client that dials the nodes' real listeners (no emulated WAN), for
+    /// the lab's own admin requests.
+    async fn admin_client(&self) -> Result<Client> {
+        let endpoints: Vec<String> = self.nodes.iter().map(|n| n.listen.to_string()).collect();
+        let mut config = ClientConfig::new(endpoints);
+        config.deadline = MEMBER_CHANGE_TIMEOUT;
+        Ok(config.connect().await?)
+    }
+
+    /// Drains node `id` (`kvctl node drain --no-wait`): records it, and
+    /// returns the shard map version that holds it.
+    pub async fn drain(&self, id: u64) -> Result<u64> {
+        self.node(id)?;
+        Ok(self.admin_client().await?.drain_node(id).await?.map_version)
+    }
+
+    /// Removes node `id` (`kvctl node remove --no-wait`); with `force`, a
+    /// node holding replicas is drained first. Returns its state now.
+    pub async fn remove_node(&self, id: u64, force: bool) -> Result<&'static str> {
+        self.node(id)?;
+        Ok(self.admin_client().await?.remove_node(id, force).await?.state.as_str())
+    }
+
+    /// SIGKILLs every node in `region` (a region lost at once); returns
+    /// their ids.
+    pub fn kill_region(&self, region: &str) -> Result<Vec<u64>> {
+        let ids: Vec<u64> = self.nodes.iter().filter(|n| n.region == region).map(|n| n.id).collect();
+        if ids.is_empty() {
+            return Err(Error::Unknown { what: "region", name: region.into() });
+        }
+        for id in &ids {
+            self.kill(*id)?;
+        }
+        Ok(ids)
     }
 
     /// Records the control API address in `lab.json`.

@@ -37,6 +37,9 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
         geokv-lab latency --from 1 --to 3 --delay-ms 200\n  \
         geokv-lab kill 2 && geokv-lab restart 2\n  \
         geokv-lab transfer-leader 2 1                  # node 1 (us-east) leads shard 2\n  \
+        geokv-lab up --regions lab/regions/4-region.toml   # 4 nodes, each shard on 3\n  \
+        geokv-lab drain 4 && geokv-lab remove-node 4   # move node 4's replicas off, then remove it\n  \
+        geokv-lab kill-region eu-west                  # lose a whole region at once\n  \
         geokv-lab down"
 )]
 struct Cli {
@@ -101,6 +104,19 @@ enum Command {
     Resume { node: u64 },
     /// Move the leadership of SHARD to NODE (and wait until it holds).
     TransferLeader { shard: u64, node: u64 },
+    /// Drain NODE: its replicas move to other nodes (`kvctl node drain --no-wait`;
+    /// watch `kvctl node list`).
+    Drain { node: u64 },
+    /// Remove NODE from the cluster for good (it must be drained, or --force
+    /// drains it first); it stops, and is refused if restarted.
+    RemoveNode {
+        node: u64,
+        /// Drain it first if it still holds replicas.
+        #[arg(long)]
+        force: bool,
+    },
+    /// SIGKILL every node of REGION at once (`restart` brings each back).
+    KillRegion { region: String },
     /// Stop the lab and every node. The data stays unless --wipe.
     Down {
         /// Also delete what the lab wrote in its data directory.
@@ -273,6 +289,9 @@ async fn run(cli: Cli) -> Result<ExitCode, geokv_lab::Error> {
         Command::Pause { node } => ControlRequest::Pause { node },
         Command::Resume { node } => ControlRequest::Resume { node },
         Command::TransferLeader { shard, node } => ControlRequest::TransferLeader { shard, to: node },
+        Command::Drain { node } => ControlRequest::Drain { node },
+        Command::RemoveNode { node, force } => ControlRequest::RemoveNode { node, force },
+        Command::KillRegion { region } => ControlRequest::KillRegion { region },
         Command::Down { wipe } => return down(&data.data_dir, wipe).await,
     };
     let result = control::call(control_addr(&data.data_dir)?, &request).await?;
@@ -283,7 +302,8 @@ async fn run(cli: Cli) -> Result<ExitCode, geokv_lab::Error> {
                 println!("  {}", link.as_str().unwrap_or_default());
             }
         }
-        _ => println!("OK"),
+        serde_json::Value::Null => println!("OK"),
+        other => println!("OK {other}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,10 @@ pub const DEFAULT_REGIONS_TOML: &str = include_str!("../regions/3-region.toml");
 /// The five-region matrix shipped with the lab: wdc, dal, lon, fra, tok.
 pub const FIVE_REGIONS_TOML: &str = include_str!("../regions/5-region.toml");
 
+/// The four-region matrix shipped with the lab: the default three and
+/// ap-northeast.
+pub const FOUR_REGIONS_TOML: &str = include_str!("../regions/4-region.toml");
+
 /// Most regions a matrix may name (client source IPs use one octet each).
 pub const MAX_REGIONS: usize = 32;
 
@@ -145,6 +149,10 @@ mod tests {
         let five = RegionMatrix::parse(FIVE_REGIONS_TOML).unwrap();
         assert_eq!(five.regions().len(), 5);
         assert_eq!(five.max_rtt_ms(), 244);
+        let four = RegionMatrix::parse(FOUR_REGIONS_TOML).unwrap();
+        assert_eq!(four.regions()[..3], m.regions()[..], "the default three, then one more");
+        assert_eq!(four.rtt_ms(0, 1), m.rtt_ms(0, 1));
+        assert_eq!(four.max_rtt_ms(), 215);
     }
 
     #[test]

@@ -12,16 +12,19 @@
 //! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`) and [`metrics`];
 //! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings;
+//! - [`placement`]: where replicas go (a drained node's), pure functions of
+//!   the map;
 //! - [`topology`]: carrying out replica changes (learner, catch-up, joint
-//!   consensus) and deleting replicas that left.
+//!   consensus), deleting replicas that left, and carrying out drains and
+//!   removals of members.
 //!
 //! Beside the Raft groups, a node may hold replicas of *eventual* shards
 //! ([`eventual`]): leaderless, last-writer-wins by hybrid logical clock, the
 //! measured contrast to consensus.
 //!
 //! What a node does not do yet: merge shards, split them on its own, join a
-//! running cluster, or replace a dead node (docs/architecture.md lists what
-//! is built).
+//! running cluster, or replace a dead node without an operator
+//! (docs/architecture.md lists what is built).
 
 pub mod cli;
 pub mod config;
