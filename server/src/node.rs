@@ -576,16 +576,17 @@ impl Node {
         Err(last_error)
     }
 
-    /// Whether the node at `addr` answers (its status), within the request
-    /// timeout.
+    /// Whether the node at `addr` answers its status, within the request
+    /// timeout. Only an answer counts: any error (a refused connection, or a
+    /// reset one that a just-killed peer leaves in the channel) does not.
     pub async fn probe_peer(&self, addr: &str) -> Result<(), String> {
         let mut client = geokv_proto::admin::admin_client::AdminClient::new(self.peers.channel(addr));
         let mut request = tonic::Request::new(geokv_proto::admin::NodeStatusRequest {});
         request.set_timeout(self.request_timeout());
         match tokio::time::timeout(self.request_timeout(), client.node_status(request)).await {
             Err(_) => Err(format!("no answer within {:?}", self.request_timeout())),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(status.message().to_string()),
-            Ok(_) => Ok(()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Ok(Ok(_)) => Ok(()),
         }
     }
 

@@ -204,17 +204,23 @@ async fn a_voter_added_before_catching_up_costs_a_quorum() {
     let shard = admin.refresh_shard_map().await.unwrap().shard_for_key(b"a").expect("a shard for a").clone();
     let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
     let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
-    let (from, staying) = (replicas[2], replicas[1]);
+    let from = replicas[2];
 
     admin.move_replica(shard.shard_id, from, to).await.expect("move recorded");
     c.pause(to);
     // The stuck replica becomes a voter anyway.
-    wait_for(&format!("node {to} to be a voter of shard {}", shard.shard_id), DEFAULT_DEADLINE, || async {
-        let groups = c.group_statuses(shard.shard_id).await;
-        groups.values().any(|g| g.role == "leader" && g.voters.contains(&to)).then_some(())
-    })
-    .await;
+    let leader =
+        wait_for(&format!("node {to} to be a voter of shard {}", shard.shard_id), DEFAULT_DEADLINE, || async {
+            let groups = c.group_statuses(shard.shard_id).await;
+            groups.iter().find(|(_, g)| g.role == "leader" && g.voters.contains(&to)).map(|(id, _)| *id)
+        })
+        .await;
 
+    // A staying voter that does not lead dies. (The leader is kept: it made
+    // the change and sends the stuck voter a snapshot once it is back; a new
+    // leader elected from an unpurged log could not, and this test is about
+    // the quorum, not that.)
+    let staying = replicas.iter().copied().find(|r| *r != from && *r != leader).expect("a staying follower");
     c.kill(staying);
     let mut short = ClientConfig::new(c.endpoints());
     short.deadline = Duration::from_secs(8);
