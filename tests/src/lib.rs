@@ -24,6 +24,22 @@ pub const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
 /// How long the harness waits for a cluster condition before failing.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Per key written under faults, the value acknowledged, or `None` when the
+/// outcome is unknown (shared by the writers of a test).
+pub type Outcomes = std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Option<String>>>>;
+
+/// Puts `key = value` and records its outcome in `outcomes`: the value when
+/// acknowledged, `None` when indeterminate or retryable; any other error
+/// fails the test.
+pub async fn put_and_record(client: &geokv_client::Client, key: String, value: String, outcomes: &Outcomes) {
+    let outcome = match client.put(&key, &value).await {
+        Ok(_) => Some(value),
+        Err(e) if e.is_indeterminate() || e.is_retryable() => None,
+        Err(e) => panic!("put {key}: {e}"),
+    };
+    outcomes.lock().await.insert(key, outcome);
+}
+
 /// Settings passed to every node.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

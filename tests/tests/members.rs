@@ -14,16 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use geokv_client::{Client, ClientConfig, Error, NodeState};
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
-use tokio::sync::Mutex;
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, put_and_record, wait_for};
 
 const WRITES_PER_WRITER: usize = 400;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// Three shards' moves, two at a time, each a snapshot and a catch-up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
-
-/// Per key, the value acknowledged, or `None` when the outcome is unknown.
-type Outcomes = Arc<Mutex<BTreeMap<String, Option<String>>>>;
 
 async fn client(c: &TestCluster) -> Client {
     let mut config = ClientConfig::new(c.endpoints());
@@ -41,12 +37,7 @@ async fn write_keys(client: Client, prefix: &'static str, outcomes: Outcomes, st
         }
         let key = format!("{prefix}{i:04}");
         let value = format!("v{i}");
-        let outcome = match client.put(&key, &value).await {
-            Ok(_) => Some(value),
-            Err(e) if e.is_indeterminate() || e.is_retryable() => None,
-            Err(e) => panic!("put {key}: {e}"),
-        };
-        outcomes.lock().await.insert(key, outcome);
+        put_and_record(&client, key, value, &outcomes).await;
     }
 }
 

@@ -15,15 +15,11 @@ use std::time::{Duration, Instant};
 
 use geokv_client::{Client, ClientConfig, Error};
 use geokv_proto::kv::{Consistency, GetRequest, RequestHeader};
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
-use tokio::sync::Mutex;
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, put_and_record, wait_for};
 
 /// Every writer stops after this many writes or this long.
 const WRITES_PER_WRITER: usize = 300;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(60);
-
-/// Per key, the value acknowledged, or `None` when the outcome is unknown.
-type Outcomes = Arc<Mutex<BTreeMap<String, Option<String>>>>;
 
 fn options() -> ClusterOptions {
     ClusterOptions { nodes: 4, ..ClusterOptions::default() }
@@ -44,12 +40,7 @@ async fn write_keys(client: Client, writer: usize, outcomes: Outcomes, stop: Arc
         }
         let key = format!("a{writer}-{i:04}");
         let value = format!("v{writer}-{i}");
-        let outcome = match client.put(&key, &value).await {
-            Ok(_) => Some(value),
-            Err(e) if e.is_indeterminate() || e.is_retryable() => None,
-            Err(e) => panic!("put {key}: {e}"),
-        };
-        outcomes.lock().await.insert(key, outcome);
+        put_and_record(&client, key, value, &outcomes).await;
     }
 }
 

@@ -15,17 +15,12 @@ use std::time::{Duration, Instant};
 use geokv_client::{Client, ClientConfig, Error};
 use geokv_proto::admin::SplitShardRequest;
 use geokv_proto::admin::admin_client::AdminClient;
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
-use tokio::sync::Mutex;
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, put_and_record, wait_for};
 
 const SHARD_G_N: u64 = 2;
 /// Every writer stops after this many writes or this long, whichever is first.
 const WRITES_PER_WRITER: usize = 400;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(60);
-
-/// What the writers learnt: per key, the value acknowledged, or `None` when
-/// the outcome is unknown.
-type Outcomes = Arc<Mutex<BTreeMap<String, Option<String>>>>;
 
 async fn client(c: &TestCluster) -> Client {
     let mut config = ClientConfig::new(c.endpoints());
@@ -47,12 +42,7 @@ async fn write_keys(client: Client, writer: usize, outcomes: Outcomes) {
         // Keys across [g, n): both halves of every split below.
         let key = format!("{}{writer}-{i:04}", ["h", "j", "l"][i % 3]);
         let value = format!("v{writer}-{i}");
-        let outcome = match client.put(&key, &value).await {
-            Ok(_) => Some(value),
-            Err(e) if e.is_indeterminate() || e.is_retryable() => None,
-            Err(e) => panic!("put {key}: {e}"),
-        };
-        outcomes.lock().await.insert(key, outcome);
+        put_and_record(&client, key, value, &outcomes).await;
     }
 }
 
