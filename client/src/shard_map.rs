@@ -35,6 +35,11 @@ pub enum NodeState {
     Removing,
     /// Gone for good; its id is never reused.
     Removed,
+    /// Admitted (`geokv --join`), catching up with the shard map.
+    Joining,
+    /// Unreachable for longer than the cluster's `node_dead_after_ms`: its
+    /// replicas are being re-created elsewhere; up again when it answers.
+    Down,
 }
 
 impl NodeState {
@@ -43,17 +48,21 @@ impl NodeState {
             Ok(geokv_proto::admin::NodeState::Draining) => NodeState::Draining,
             Ok(geokv_proto::admin::NodeState::Removing) => NodeState::Removing,
             Ok(geokv_proto::admin::NodeState::Removed) => NodeState::Removed,
+            Ok(geokv_proto::admin::NodeState::Joining) => NodeState::Joining,
+            Ok(geokv_proto::admin::NodeState::Down) => NodeState::Down,
             _ => NodeState::Up,
         }
     }
 
-    /// `up`, `draining`, `removing`, `removed`.
+    /// `up`, `draining`, `removing`, `removed`, `joining`, `down`.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Up => "up",
             NodeState::Draining => "draining",
             NodeState::Removing => "removing",
             NodeState::Removed => "removed",
+            NodeState::Joining => "joining",
+            NodeState::Down => "down",
         }
     }
 }

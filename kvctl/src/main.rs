@@ -424,12 +424,14 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 enum NodeCommand {
     /// List the members: id, region, address, state, and how many replicas and leaders each holds.
     #[command(after_help = "\
-STATE is draining, removing or removed when the shard map records that (kvctl node
-drain / remove); otherwise up (the node answered and is ready), starting (it answered,
-its groups are still starting) or down (it did not answer). REPLICAS counts the shards
-the map places on the node, moves to it included (the meta shard not included);
-LEADERS the groups it says it leads. The JSON has reachable: whether it answered.
-Members are the ones the cluster was created with: joining nodes are not built yet.
+STATE is what the shard map records when it is not up: joining (admitted by geokv
+--join, catching up with the map), draining, removing or removed (kvctl node drain /
+remove), or down (it answered the meta shard's leader for none of node_dead_after_ms,
+and its replicas are being re-created elsewhere). For a node the map records as up:
+up (it answered and is ready), starting (it answered, its groups are still starting)
+or down (it did not answer this time). REPLICAS counts the shards the map places on
+the node, moves to it included (the meta shard not included); LEADERS the groups it
+says it leads. The JSON has reachable: whether it answered.
 
 Examples:
   kvctl node list
@@ -1384,7 +1386,8 @@ async fn status(client: &Client, out: WriteOut) -> Result<ExitCode, String> {
 }
 
 /// One JSON object per member for `node list`: `id`, `region`, `address`,
-/// `state` (up / starting / down), `replicas` (shards the map places there),
+/// `state` (joining / up / starting / draining / removing / removed /
+/// down), `replicas` (shards the map places there),
 /// `leaders` (groups it reports leading, the meta shard included; null when
 /// down).
 fn node_list(cluster: &ClusterStatus) -> Vec<Value> {

@@ -113,6 +113,10 @@ pub struct LabConfig {
     /// Give every node a Prometheus endpoint (`--metrics-listen` on its own
     /// IP, a free port; see [`LabNode::metrics`] and [`Lab::scrape_metrics`]).
     pub metrics: bool,
+    /// Let the cluster rebalance replicas and leaders (`geokv --rebalance`).
+    /// Off by default for programs (the harness, the bench and tests place
+    /// leaders themselves and need them to stay); `geokv-lab up` turns it on.
+    pub rebalance: bool,
 }
 
 impl LabConfig {
@@ -133,6 +137,7 @@ impl LabConfig {
             start_timeout: Duration::from_secs(60),
             node_log_filter: None,
             metrics: false,
+            rebalance: false,
         }
     }
 
@@ -413,6 +418,7 @@ impl Lab {
                 command.arg(format!("--{flag}={value}"));
             }
         }
+        command.arg(format!("--rebalance={}", self.config.rebalance));
         command.args(&self.config.node_args);
         let filter = self
             .config

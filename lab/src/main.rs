@@ -163,6 +163,11 @@ struct UpArgs {
     /// `status --json` lists them).
     #[arg(long)]
     metrics: bool,
+    /// Let the cluster move replicas and leaders to even out the nodes
+    /// (`geokv --rebalance`): true|false. With false, leaders stay where
+    /// elections and `transfer-leader` put them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    rebalance: bool,
 }
 
 #[derive(Args)]
@@ -383,6 +388,7 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
         config.node_args.push(format!("--eventual-ranges={}", args.eventual_ranges.join(",")));
     }
     config.metrics = args.metrics;
+    config.rebalance = args.rebalance;
     let total = config.nodes_per_region * config.regions.regions().len();
     println!(
         "geokv-lab: starting {total} nodes in {} regions; waiting for every shard to elect a leader...",

@@ -22,7 +22,9 @@ use tracing_subscriber::EnvFilter;
         geokv dev                                   # three local nodes on 127.0.0.1:7001-7003\n  \
         geokv --config config/geokv.toml            # one node from a config file\n  \
         geokv --node-id 2 --listen 127.0.0.1:7002 --data-dir /var/lib/geokv \\\n        \
-        --initial-cluster 1=10.0.0.1:7001@us-east,2=10.0.0.2:7002@us-west,3=10.0.0.3:7003@eu-west"
+        --initial-cluster 1=10.0.0.1:7001@us-east,2=10.0.0.2:7002@us-west,3=10.0.0.3:7003@eu-west\n  \
+        geokv --join 10.0.0.1:7001,10.0.0.2:7002 --region ap-northeast \\\n        \
+        --listen 10.0.0.4:7004 --data-dir /var/lib/geokv   # a new member; the cluster gives it an id"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -73,6 +75,32 @@ struct NodeArgs {
     /// identical on every node.
     #[arg(long, env = "GEOKV_INITIAL_CLUSTER", value_delimiter = ',')]
     initial_cluster: Vec<String>,
+    /// Join a running cluster instead of starting a new one: HOST:PORT of
+    /// one or more members, comma-separated, asked in turn. The cluster
+    /// assigns the node its id (no --node-id or --initial-cluster); it is
+    /// stored in --data-dir, so later starts are the same member.
+    #[arg(long, env = "GEOKV_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// With --join: the address peers and clients dial this node on, when
+    /// not --listen (behind a proxy or NAT).
+    #[arg(long, env = "GEOKV_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// With --join: this node's region (required) ...
+    #[arg(long, env = "GEOKV_REGION")]
+    region: Option<String>,
+    /// ... and zone (optional).
+    #[arg(long, env = "GEOKV_ZONE")]
+    zone: Option<String>,
+    /// A member unreachable for this long in ms is marked down and its
+    /// replicas are re-created on other nodes, keeping regions distinct
+    /// (applies on the meta shard's leader; default: 300000).
+    #[arg(long, env = "GEOKV_NODE_DEAD_AFTER_MS")]
+    node_dead_after_ms: Option<u64>,
+    /// Whether the meta shard's leader moves replicas to even out the nodes'
+    /// replica counts and spread shards over regions (true|false;
+    /// default: true).
+    #[arg(long, env = "GEOKV_REBALANCE")]
+    rebalance: Option<bool>,
     /// Keys at which data shards are pre-split, comma-separated, increasing.
     #[arg(long, env = "GEOKV_SPLIT_POINTS", value_delimiter = ',')]
     split_points: Option<Vec<String>>,
@@ -170,8 +198,26 @@ impl NodeArgs {
             c.limits.max_key_bytes => self.max_key_bytes,
             c.limits.max_value_bytes => self.max_value_bytes,
         }
+        set! {
+            c.advertise_addr => self.advertise_addr,
+            c.region => self.region,
+            c.zone => self.zone,
+            c.node_dead_after_ms => self.node_dead_after_ms,
+            c.rebalance => self.rebalance,
+        }
         if !self.initial_cluster.is_empty() {
             c.initial_cluster = self.initial_cluster.iter().map(|s| Member::parse(s)).collect::<Result<_, _>>()?;
+        }
+        if !self.join.is_empty() {
+            c.join = self.join;
+        }
+        if c.joins() {
+            anyhow::ensure!(
+                self.node_id.is_none(),
+                "--node-id cannot be used with --join: the cluster assigns a joining node its id"
+            );
+            // Set from the data directory or by the cluster (`join`).
+            c.node_id = 0;
         }
         c.validate()?;
         Ok(c)
@@ -194,10 +240,11 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn run_node(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_node(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is another node running there?)", config.listen))?;
+    crate::join::resolve_node_id(&mut config).await?;
     let node = Node::open(config)?;
     let mut stop = stop;
     serve(node, listener, async move {
@@ -333,6 +380,8 @@ mod tests {
             ("session_ttl_ms", c.limits.session_ttl_ms.to_string()),
             ("max_key_bytes", c.limits.max_key_bytes.to_string()),
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
+            ("node_dead_after_ms", c.node_dead_after_ms.to_string()),
+            ("rebalance", c.rebalance.to_string()),
         ];
         let command = Cli::command();
         for (id, value) in expected {

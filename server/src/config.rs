@@ -200,6 +200,8 @@ impl Default for EventualConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This node's id: non-zero, unique, and listed in `initial_cluster`.
+    /// With `join`, 0 (the meta shard assigns one at the first start, which
+    /// the node stores in its data directory).
     pub node_id: u64,
     /// Address to bind for gRPC (client API, Raft, admin).
     pub listen: String,
@@ -213,6 +215,27 @@ pub struct Config {
     /// Every member of the initial cluster. Identical on every node: the
     /// initial shard map is computed from it.
     pub initial_cluster: Vec<Member>,
+    /// Instead of `initial_cluster`: addresses (HOST:PORT) of members of a
+    /// running cluster, asked in turn to admit this node. The meta shard
+    /// gives it an id, which the node keeps in `data_dir` (a restart does
+    /// not join again).
+    pub join: Vec<String>,
+    /// Where peers and clients dial a joining node (HOST:PORT), when not
+    /// `listen` (behind a proxy or NAT); empty: `listen`.
+    pub advertise_addr: String,
+    /// This node's region and zone when it joins (an initial member's come
+    /// from `initial_cluster`).
+    pub region: String,
+    pub zone: String,
+    /// A member that answers no probe of the meta shard's leader for this
+    /// long (ms) is marked down and its replicas are re-created elsewhere
+    /// (CockroachDB's default: 5 minutes).
+    pub node_dead_after_ms: u64,
+    /// Whether the meta shard's leader moves replicas to even out the
+    /// replica counts of the nodes and to spread each shard over more
+    /// regions (joined nodes fill up this way). Drains and dead-node
+    /// replacement run either way.
+    pub rebalance: bool,
     /// Keys at which data shards are pre-split, in increasing order.
     pub split_points: Vec<String>,
     /// Replicas per data shard (capped at the number of nodes).
@@ -240,6 +263,12 @@ impl Default for Config {
             outgoing_ip: String::new(),
             data_dir: PathBuf::from("geokv-data"),
             initial_cluster: Vec::new(),
+            join: Vec::new(),
+            advertise_addr: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            node_dead_after_ms: 300_000,
+            rebalance: true,
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
             replication_factor: 3,
             preferred_leader_region: String::new(),
@@ -289,9 +318,21 @@ impl Config {
         std::time::Duration::from_millis(self.raft.election_timeout_max_ms)
     }
 
-    /// This node's own entry in the initial cluster.
-    pub fn me(&self) -> &Member {
-        self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated: node is a member")
+    /// This node as a member: its entry in the initial cluster, or (a node
+    /// that joined) its id, `listen` address, region and zone.
+    pub fn me(&self) -> Member {
+        self.initial_cluster.iter().find(|m| m.id == self.node_id).cloned().unwrap_or_else(|| Member {
+            id: self.node_id,
+            addr: if self.advertise_addr.is_empty() { self.listen.clone() } else { self.advertise_addr.clone() },
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+        })
+    }
+
+    /// Whether this node joins a running cluster (`join`) rather than being
+    /// an initial member.
+    pub fn joins(&self) -> bool {
+        !self.join.is_empty()
     }
 
     pub fn split_point_bytes(&self) -> Vec<Vec<u8>> {
@@ -323,8 +364,13 @@ impl Config {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node_id == 0 {
+        if self.joins() {
+            self.validate_join()?;
+        } else if self.node_id == 0 {
             return Err(invalid("node_id", "must be non-zero"));
+        }
+        if self.node_dead_after_ms < 1_000 {
+            return Err(invalid("node_dead_after_ms", "must be at least 1000: a node is not dead after a hiccup"));
         }
         self.listen
             .parse::<SocketAddr>()
@@ -342,8 +388,8 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must be set"));
         }
-        if self.initial_cluster.is_empty() {
-            return Err(invalid("initial_cluster", "must list at least this node"));
+        if self.initial_cluster.is_empty() && !self.joins() {
+            return Err(invalid("initial_cluster", "must list at least this node (or set join)"));
         }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -364,7 +410,7 @@ impl Config {
                 return Err(invalid("initial_cluster", format!("node {} has no region", m.id)));
             }
         }
-        if !ids.contains(&self.node_id) {
+        if !self.joins() && !ids.contains(&self.node_id) {
             return Err(invalid("node_id", format!("node {} is not in initial_cluster {ids:?}", self.node_id)));
         }
         for pair in self.split_points.windows(2) {
@@ -376,6 +422,7 @@ impl Config {
             return Err(invalid("split_points", "the empty key cannot be a split point"));
         }
         if !self.preferred_leader_region.is_empty()
+            && !self.joins()
             && !self.initial_cluster.iter().any(|m| m.region == self.preferred_leader_region)
         {
             return Err(invalid(
@@ -462,6 +509,33 @@ impl Config {
         Ok(())
     }
 
+    /// The rules of a joining node's configuration: seed addresses, a
+    /// region, no initial cluster and no id of its own choosing.
+    fn validate_join(&self) -> Result<(), ConfigError> {
+        if !self.initial_cluster.is_empty() {
+            return Err(invalid(
+                "join",
+                "a joining node has no initial_cluster: it learns the members from the cluster",
+            ));
+        }
+        for addr in &self.join {
+            if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(invalid("join", format!("address {addr:?} is not HOST:PORT")));
+            }
+        }
+        if self.region.is_empty() {
+            return Err(invalid("region", "a joining node must name its region"));
+        }
+        let me = self.me().addr;
+        if me.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(invalid("advertise_addr", format!("{me:?} is not HOST:PORT")));
+        }
+        if self.join.contains(&me) {
+            return Err(invalid("join", format!("{me} is this node's own address: name a running member")));
+        }
+        Ok(())
+    }
+
     /// openraft's configuration for every group of this node.
     pub fn openraft(&self) -> openraft::Config {
         let r = &self.raft;
@@ -492,6 +566,35 @@ mod tests {
                 Member::parse("3=127.0.0.1:7003@eu-west").unwrap(),
             ],
             ..Config::default()
+        }
+    }
+
+    #[test]
+    fn a_joining_node_names_seeds_and_a_region_and_nothing_of_an_initial_member() {
+        let joining = Config {
+            node_id: 0,
+            listen: "127.0.0.1:7004".into(),
+            join: vec!["127.0.0.1:7001".into()],
+            region: "ap-northeast".into(),
+            ..Config::default()
+        };
+        joining.validate().unwrap();
+        assert_eq!(joining.me().addr, "127.0.0.1:7004");
+        let behind_a_proxy = Config { advertise_addr: "10.1.0.4:7004".into(), ..joining.clone() };
+        assert_eq!(behind_a_proxy.me().addr, "10.1.0.4:7004");
+        let cases = [
+            (Config { region: String::new(), ..joining.clone() }, "region"),
+            (Config { initial_cluster: three_nodes().initial_cluster, ..joining.clone() }, "join"),
+            (Config { join: vec!["seed".into()], ..joining.clone() }, "join"),
+            (Config { join: vec!["127.0.0.1:7004".into()], ..joining.clone() }, "join"),
+            (Config { advertise_addr: "nowhere".into(), ..joining.clone() }, "advertise_addr"),
+            (Config { node_dead_after_ms: 10, ..joining.clone() }, "node_dead_after_ms"),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{config:?}"),
+                other => panic!("expected `{field}` to be refused: {other:?}"),
+            }
         }
     }
 

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod eventual;
+pub mod join;
 pub mod metrics;
 pub mod node;
 pub mod placement;

@@ -205,7 +205,7 @@ impl Metrics {
             }
             if m.state == openraft::ServerState::Leader && shard != crate::shards::META_SHARD_ID {
                 let preferred = map.shard(shard).and_then(|d| d.preferred_leader_region.as_deref());
-                let away = preferred.is_some_and(|r| r != node.config.me().region);
+                let away = preferred.is_some_and(|r| r != node.me.region);
                 let _ = writeln!(out, "geokv_leader_outside_preferred_region{{shard=\"{shard}\"}} {}", u8::from(away));
             }
             if let Some(replication) = &m.replication {

@@ -68,6 +68,8 @@ const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct Node {
     pub config: Arc<Config>,
+    /// This node as a member (id, address, region, zone).
+    pub me: crate::config::Member,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
     /// Channels to every peer node, shared by all groups and by follower
@@ -114,13 +116,20 @@ impl Node {
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let storage = Storage::open(&config.data_dir.join("db"))
             .with_context(|| format!("cannot open storage under {}", config.data_dir.display()))?;
-        let nodes: Vec<_> = config.initial_cluster.iter().map(|m| m.desc()).collect();
-        let initial_map = Arc::new(ShardMap::initial(
-            &nodes,
-            &config.split_point_bytes(),
-            &config.eventual_range_bytes()?,
-            config.replication_factor,
-        )?);
+        anyhow::ensure!(config.node_id != 0, "node id not set: a joining node gets one before it opens");
+        // A joining node starts with no map: it learns the cluster's as a
+        // learner of the meta shard.
+        let initial_map = Arc::new(if config.joins() {
+            ShardMap::default()
+        } else {
+            let nodes: Vec<_> = config.initial_cluster.iter().map(|m| m.desc()).collect();
+            ShardMap::initial(
+                &nodes,
+                &config.split_point_bytes(),
+                &config.eventual_range_bytes()?,
+                config.replication_factor,
+            )?
+        });
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
         let peers = Peers::new(PeerTimeouts {
@@ -140,6 +149,7 @@ impl Node {
             config.raft.max_clock_offset_ms,
         )?;
         Ok(Arc::new(Node {
+            me: config.me(),
             config: Arc::new(config),
             storage,
             metrics,
@@ -174,11 +184,13 @@ impl Node {
         };
         let me = self.config.node_id;
 
-        // The meta shard replicates over every initial member.
+        // The meta shard replicates over every initial member; a joined node
+        // is added to it (as a learner first) by its leader.
         let meta_voters: Vec<u64> = self.initial_map.nodes.iter().map(|n| n.id).collect();
         let meta_kind = ShardKind::Meta { map_tx: self.map_tx.clone() };
         let meta_sm = ShardStateMachine::new(META_SHARD_ID, meta_kind, self.storage.clone(), limits)?;
-        let meta = self.start_group(META_SHARD_ID, meta_sm, Some(&meta_voters), &raft_config, &peers).await?;
+        let voters = (!self.config.joins()).then_some(meta_voters.as_slice());
+        let meta = self.start_group(META_SHARD_ID, meta_sm, voters, &raft_config, &peers).await?;
         self.groups.write().await.insert(META_SHARD_ID, meta);
         if let Some(removed) = self.removed_error(&self.shard_map()) {
             return Err(removed);
@@ -234,7 +246,9 @@ impl Node {
         self.ready.store(true, Ordering::Release);
         self.start_eventual_shards()?;
         tokio::spawn(watch_for_new_shards(self.clone(), raft_config.clone(), limits));
-        tokio::spawn(bootstrap_map(self.clone()));
+        if !self.config.joins() {
+            tokio::spawn(bootstrap_map(self.clone()));
+        }
         tokio::spawn(push_safe_times(self.clone()));
         tokio::spawn(place_leaders(self.clone()));
         if let Some(rx) = self.split_rx.lock().expect("split receiver").take() {
@@ -243,7 +257,7 @@ impl Node {
         tokio::spawn(finish_splits(self.clone()));
         tokio::spawn(crate::topology::carry_out_replica_changes(self.clone()));
         tokio::spawn(crate::topology::retire_replicas(self.clone()));
-        tokio::spawn(crate::topology::drain_nodes(self.clone()));
+        tokio::spawn(crate::topology::manage_members(self.clone()));
         Ok(())
     }
 
@@ -579,14 +593,14 @@ impl Node {
     /// Whether the node at `addr` answers its status, within the request
     /// timeout. Only an answer counts: any error (a refused connection, or a
     /// reset one that a just-killed peer leaves in the channel) does not.
-    pub async fn probe_peer(&self, addr: &str) -> Result<(), String> {
+    pub async fn probe_peer(&self, addr: &str) -> Result<geokv_proto::admin::NodeStatusResponse, String> {
         let mut client = geokv_proto::admin::admin_client::AdminClient::new(self.peers.channel(addr));
         let mut request = tonic::Request::new(geokv_proto::admin::NodeStatusRequest {});
         request.set_timeout(self.request_timeout());
         match tokio::time::timeout(self.request_timeout(), client.node_status(request)).await {
             Err(_) => Err(format!("no answer within {:?}", self.request_timeout())),
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
         }
     }
 
@@ -789,7 +803,7 @@ async fn place_leaders(node: Arc<Node>) {
     let r = &node.config.raft;
     let interval = Duration::from_millis((r.heartbeat_interval_ms * 4).max(1_000));
     let cooldown = Duration::from_millis(r.election_timeout_max_ms * 2);
-    let me = node.config.me().clone();
+    let me = node.me.clone();
     let mut last_attempt: HashMap<u64, Instant> = HashMap::new();
     while node.is_ready() {
         tokio::time::sleep(interval).await;

@@ -1,14 +1,16 @@
 //! Where replicas go: pure decisions over the shard map and which nodes
 //! answer, unit-tested without sockets. The loop that carries them out is
-//! [`crate::topology::drain_nodes`].
+//! [`crate::topology::manage_members`].
 //!
-//! Today it decides drains: every replica on a draining (or removing) node
-//! moves to another node, one replica change per shard, at most
+//! It decides drains and replacements: every replica on a draining,
+//! removing or down node moves to another node, one replica change per shard, at most
 //! [`MAX_MOVES_IN_FLIGHT`] changes in the cluster at once. A target must be
 //! up in the map (not draining or removed), answering, and hold no replica
 //! of the shard; among those, one in a region the shard's other replicas do
 //! not cover comes first (keeping replicas in distinct regions), then the
-//! node with the fewest replicas.
+//! node with the fewest replicas. And, with nothing leaving, it rebalances
+//! ([`plan_rebalance`]): shards spread over more regions, then replica
+//! counts evened out, so that a joined node fills up.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,6 +60,139 @@ pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaCha
         *load.entry(to).or_default() += 1;
         budget -= 1;
         plan.push((shard.id, ReplicaChange { add: Some(to), remove: Some(from) }));
+    }
+    plan
+}
+
+/// The moves to record now that even out the cluster, when nothing is
+/// leaving (drains come first): first, a shard with two replicas in one
+/// region while an up, answering node sits in a region it lacks gets one
+/// of those moved there; then, while some node holds at least two replicas
+/// more than another, a replica moves from the fuller to the emptier one,
+/// never to fewer distinct regions for its shard. Both among `live` nodes
+/// that take replicas, one change per shard, within
+/// [`MAX_MOVES_IN_FLIGHT`]. A joined node fills up this way; a balanced
+/// cluster plans nothing (no move goes back and forth: a move narrows the
+/// gap it closes by two).
+pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaChange)> {
+    let leaving_with_replicas = map.nodes.iter().any(|n| n.state.is_leaving() && map.placed_on(n.id).next().is_some());
+    let mut budget = MAX_MOVES_IN_FLIGHT.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
+    if leaving_with_replicas || budget == 0 {
+        return Vec::new();
+    }
+    let takers: Vec<u64> =
+        map.nodes.iter().filter(|n| n.state.takes_replicas() && live.contains(&n.id)).map(|n| n.id).collect();
+    let region = |id: u64| map.node(id).map_or("", |n| n.region.as_str());
+    let regions = |replicas: &[u64]| replicas.iter().map(|r| region(*r)).collect::<BTreeSet<&str>>().len();
+    let mut load = replica_counts(map);
+    let mut planned: BTreeSet<u64> = BTreeSet::new();
+    let mut plan = Vec::new();
+    let movable = |s: &&ShardDesc| s.change.is_none() && !s.is_eventual();
+
+    // Spread first: it is what survives a region's loss.
+    for shard in map.shards.iter().filter(movable) {
+        if budget == 0 {
+            break;
+        }
+        let covered: BTreeSet<&str> = shard.replicas.iter().map(|r| region(*r)).collect();
+        if covered.len() == shard.replicas.len() {
+            continue;
+        }
+        let to = takers
+            .iter()
+            .copied()
+            .filter(|t| !shard.placed_on(*t) && !covered.contains(region(*t)))
+            .min_by_key(|t| (load[t], *t));
+        // From a region holding two of its replicas, the fuller node.
+        let from = shard
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| shard.replicas.iter().filter(|o| region(**o) == region(*r)).count() > 1)
+            .max_by_key(|r| (load.get(r).copied().unwrap_or(0), *r));
+        if let (Some(to), Some(from)) = (to, from) {
+            *load.entry(to).or_default() += 1;
+            *load.entry(from).or_default() -= 1;
+            planned.insert(shard.id);
+            budget -= 1;
+            plan.push((shard.id, ReplicaChange { add: Some(to), remove: Some(from) }));
+        }
+    }
+
+    // Then counts.
+    'moves: while budget > 0 {
+        let mut by_load = takers.clone();
+        by_load.sort_by_key(|t| (load[t], *t));
+        for from in by_load.iter().rev() {
+            for to in &by_load {
+                if load[from] < load[to] + 2 {
+                    break;
+                }
+                let shard = map.shards.iter().filter(movable).find(|s| {
+                    if planned.contains(&s.id) || !s.replicas.contains(from) || s.placed_on(*to) {
+                        return false;
+                    }
+                    let after = ReplicaChange { add: Some(*to), remove: Some(*from) }.apply_to(&s.replicas);
+                    regions(&after) >= regions(&s.replicas)
+                });
+                if let Some(shard) = shard {
+                    *load.get_mut(to).expect("a taker") += 1;
+                    *load.get_mut(from).expect("a taker") -= 1;
+                    planned.insert(shard.id);
+                    budget -= 1;
+                    plan.push((shard.id, ReplicaChange { add: Some(*to), remove: Some(*from) }));
+                    continue 'moves;
+                }
+            }
+        }
+        break;
+    }
+    plan
+}
+
+/// Leadership transfers per pass of the member loop, at most.
+pub const MAX_LEADER_TRANSFERS: usize = 2;
+
+/// The leadership transfers that even out how many shards each node leads:
+/// a shard's leader that leads at least two more shards than another of
+/// its voters (up and answering) hands leadership to the one of them that
+/// leads fewest. `leaders`: each Raft shard's leader, as the nodes report
+/// it. Shards with a preferred leader region are left alone (their
+/// leaders go to that region: `node::place_leaders`), as are shards with
+/// a replica change under way (their leader is making it). At most
+/// [`MAX_LEADER_TRANSFERS`] at once; a balanced cluster plans nothing.
+pub fn plan_leader_transfers(
+    map: &ShardMap,
+    leaders: &BTreeMap<u64, u64>,
+    live: &BTreeSet<u64>,
+) -> Vec<(u64, u64, u64)> {
+    let mut count: BTreeMap<u64, usize> =
+        map.nodes.iter().filter(|n| n.state.takes_replicas() && live.contains(&n.id)).map(|n| (n.id, 0)).collect();
+    for leader in leaders.values() {
+        *count.entry(*leader).or_default() += 1;
+    }
+    let mut plan = Vec::new();
+    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none()) {
+        if plan.len() == MAX_LEADER_TRANSFERS {
+            break;
+        }
+        if shard.preferred_leader_region.is_some() {
+            continue;
+        }
+        let Some(&from) = leaders.get(&shard.id) else { continue };
+        let to = shard
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| *r != from && count.contains_key(r))
+            .min_by_key(|r| (count[r], *r));
+        if let Some(to) = to
+            && count[&from] >= count[&to] + 2
+        {
+            *count.get_mut(&from).expect("counted") -= 1;
+            *count.get_mut(&to).expect("a taker") += 1;
+            plan.push((shard.id, from, to));
+        }
     }
     plan
 }
@@ -186,6 +321,94 @@ mod tests {
         let m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3], &[4, 2, 3]]);
         assert!(drain_blockers(&m, 1).is_empty());
         assert!(drain_blockers(&m, 4).is_empty(), "node 1 can take shard 2's replica");
+    }
+
+    #[test]
+    fn a_down_node_is_replaced_in_the_region_its_shards_lack() {
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "c")], &[&[1, 2, 3], &[1, 2, 3]]);
+        set(&mut m, 3, NodeState::Down);
+        // Node 3 answers nothing, which does not matter: it is the source.
+        let live: BTreeSet<u64> = [1, 2, 4].into();
+        let plan = plan_drains(&m, &live);
+        assert_eq!(plan.len(), 2);
+        assert!(plan.iter().all(|(_, c)| *c == ReplicaChange { add: Some(4), remove: Some(3) }), "{plan:?}");
+        assert!(plan_rebalance(&m, &live).is_empty(), "nothing rebalances while a node has replicas to leave");
+    }
+
+    #[test]
+    fn a_joined_node_fills_up_without_losing_a_region() {
+        // Node 4 joined in region c: only node 3's replicas may go to it
+        // (anything else would put two replicas in c).
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "c")], &[&[1, 2, 3][..]; 6]);
+        let live = all(&m);
+        let mut moved = 0;
+        for _ in 0..10 {
+            let plan = plan_rebalance(&m, &live);
+            if plan.is_empty() {
+                break;
+            }
+            assert!(plan.len() <= MAX_MOVES_IN_FLIGHT);
+            for (shard, change) in plan {
+                assert_eq!(change, ReplicaChange { add: Some(4), remove: Some(3) });
+                m.begin_replica_change(shard, change).unwrap();
+                m.finish_replica_change(shard, change).unwrap();
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 3, "6 replicas between nodes 3 and 4: 3 each");
+        let load = replica_counts(&m);
+        assert_eq!((load[&3], load[&4]), (3, 3));
+        // A joined node that does not answer gets nothing.
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "c")], &[&[1, 2, 3][..]; 6]);
+        assert!(plan_rebalance(&m, &[1, 2, 3].into()).is_empty());
+        m.nodes[3].state = NodeState::Joining;
+        assert!(plan_rebalance(&m, &all(&m)).is_empty(), "a joining node takes no replica yet");
+    }
+
+    #[test]
+    fn a_region_added_back_gets_the_shards_that_doubled_up() {
+        // After region c was lost, shard 1 was re-replicated in region a.
+        let m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 4], &[2, 3, 4]]);
+        let plan = plan_rebalance(&m, &all(&m));
+        assert_eq!(plan[0], (1, ReplicaChange { add: Some(3), remove: Some(4) }), "{plan:?}");
+        // Balanced and spread: nothing to do.
+        let m = map(&[(1, "a"), (2, "b"), (3, "c")], &[&[1, 2, 3], &[2, 3, 1]]);
+        assert!(plan_rebalance(&m, &all(&m)).is_empty());
+    }
+
+    #[test]
+    fn leaders_spread_over_the_voters_and_preferences_win() {
+        // Every shard on nodes 1-3, node 3 leads all four.
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c")], &[&[1, 2, 3][..]; 4]);
+        let mut leaders: BTreeMap<u64, u64> = (1..=4).map(|s| (s, 3)).collect();
+        let live = all(&m);
+        let mut rounds = 0;
+        loop {
+            let plan = plan_leader_transfers(&m, &leaders, &live);
+            if plan.is_empty() {
+                break;
+            }
+            assert!(plan.len() <= MAX_LEADER_TRANSFERS);
+            for (shard, from, to) in plan {
+                assert_eq!(leaders[&shard], from);
+                leaders.insert(shard, to);
+            }
+            rounds += 1;
+            assert!(rounds < 10, "no end to the transfers: {leaders:?}");
+        }
+        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+        leaders.values().for_each(|l| *count.entry(*l).or_default() += 1);
+        assert!(count.values().max().unwrap() - count.values().min().unwrap() <= 1, "{count:?}");
+        assert_eq!(count.len(), 3, "every node leads something: {count:?}");
+        // A node that does not answer is given nothing; a preferred region is
+        // not second-guessed.
+        let leaders: BTreeMap<u64, u64> = (1..=4).map(|s| (s, 3)).collect();
+        let plan = plan_leader_transfers(&m, &leaders, &[1, 3].into());
+        assert!(plan.iter().all(|(_, _, to)| *to == 1), "{plan:?}");
+        for s in &mut m.shards {
+            s.preferred_leader_region = Some("c".into());
+        }
+        assert!(plan_leader_transfers(&m, &leaders, &live).is_empty());
     }
 
     #[test]

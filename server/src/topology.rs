@@ -22,12 +22,12 @@
 //!    deletes its copy ([`retire_replicas`]).
 //!
 //! What to change is decided elsewhere: an operator's `kvctl shard move`,
-//! or [`crate::placement`] for a node being drained ([`drain_nodes`] records
-//! its moves); this module carries it out.
+//! or [`crate::placement`] for a node being drained, replaced or filled
+//! ([`manage_members`] records its moves); this module carries it out.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
@@ -241,47 +241,128 @@ pub async fn retire_replicas(node: Arc<Node>) {
     }
 }
 
+/// The meta shard grows to this many voters when members join (more would
+/// slow every map change for little: the map changes rarely).
+pub const META_VOTERS_TARGET: usize = 5;
+
 /// On the meta shard's leader, every [`RECONCILE_INTERVAL`]: makes the
-/// cluster match the members' states in the map. It hands the meta shard's
-/// leadership away from a leaving node, takes removed nodes out of the meta
-/// shard's voters, records a removing node as removed once it holds no
-/// replica, and records the moves that empty leaving nodes
-/// ([`placement::plan_drains`]; the shards' leaders carry them out). Each
-/// pass looks at the map afresh, so a new meta leader resumes where the
-/// last one stopped.
-pub async fn drain_nodes(node: Arc<Node>) {
+/// cluster match the members' states in the map, and the map match which
+/// members answer. One step per pass, looked at afresh each time, so a new
+/// meta leader resumes where the last one stopped:
+///
+/// - hands the meta shard's leadership away from a leaving node;
+/// - probes every member; one that has answered no probe for
+///   `node_dead_after_ms` (counted from when this node became the meta
+///   leader, at the earliest) is marked down, and a down one that answers
+///   is up again;
+/// - takes removed nodes out of the meta shard; adds joining (and returned)
+///   nodes to it as learners, marks a joining one up once it has caught up
+///   with the map, and makes caught-up learners voters in place of down
+///   voters or while there are fewer than [`META_VOTERS_TARGET`];
+/// - records a removing node as removed once it holds no replica;
+/// - records the moves that empty leaving (draining, removing, down) nodes
+///   ([`placement::plan_drains`]), or with nothing leaving and rebalancing
+///   on, the moves that even out the cluster ([`placement::plan_rebalance`]).
+///   The shards' leaders carry them out;
+/// - with no move to record and rebalancing on, asks leaders of shards
+///   without a preferred region to hand leadership on so that every node
+///   leads about as many shards ([`placement::plan_leader_transfers`]).
+pub async fn manage_members(node: Arc<Node>) {
+    let mut seen = Seen::default();
     while node.is_ready() {
         tokio::time::sleep(RECONCILE_INTERVAL).await;
         let Some(meta) = node.group(META_SHARD_ID).await else { continue };
         if !meta.is_leader() {
+            // A new term as leader starts every member's clock afresh.
+            seen = Seen::default();
             continue;
         }
-        if let Err(e) = drain_pass(&node, &meta).await {
+        if let Err(e) = members_pass(&node, &meta, &mut seen).await {
             tracing::warn!(cause = %e, "member change step failed");
         }
     }
 }
 
-async fn drain_pass(node: &Node, meta: &ShardRaft) -> Result<(), String> {
+/// What the member loop remembers between passes (only while this node
+/// leads the meta shard).
+#[derive(Default)]
+struct Seen {
+    /// When each member last answered a probe (or when this leadership
+    /// began, for one that has not yet).
+    answered: HashMap<u64, Instant>,
+    /// When leadership of a shard was last handed on, so that a transfer
+    /// has time to happen before the next one is planned.
+    transferred: HashMap<u64, Instant>,
+}
+
+/// How long a shard whose leadership was just handed on is left alone by
+/// leader balancing.
+const TRANSFER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Proposes a member's new state to the meta shard.
+async fn record_state(node: &Node, id: u64, state: NodeState) -> Result<(), String> {
+    let cmd = Command::Meta(MetaCommand::SetNodeState { node: id, state });
+    match node.propose_internal(META_SHARD_ID, &cmd).await? {
+        CommandResult::Meta { .. } => Ok(()),
+        other => Err(format!("recording node {id} as {}: {other:?}", state.as_str())),
+    }
+}
+
+async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<(), String> {
     let me = node.config.node_id;
     let map = node.shard_map();
     let m = meta.metrics().borrow_watched().clone();
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let state = |id: u64| map.node(id).map_or(NodeState::Removed, |n| n.state);
+    let last = m.last_log_index.unwrap_or(0);
+    let caught_up = |id: &u64| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(id))
+            .and_then(|l| l.as_ref())
+            .is_some_and(|l| l.index + MAX_PROMOTION_LAG >= last)
+    };
 
     if state(me) != NodeState::Up {
-        let last = m.last_log_index.unwrap_or(0);
-        let to = voters.iter().copied().filter(|v| *v != me && state(*v) == NodeState::Up).find(|v| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(v))
-                .and_then(|l| l.as_ref())
-                .is_some_and(|l| l.index + MAX_PROMOTION_LAG >= last)
-        });
+        let to = voters.iter().copied().filter(|v| *v != me && state(*v) == NodeState::Up).find(caught_up);
         if let Some(to) = to {
             meta.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
             tracing::info!(to, "meta shard leadership handed away from this leaving node");
+            return Ok(());
+        }
+    }
+
+    // Who answers, probed all at once (a paused node costs one timeout).
+    let members: Vec<_> = map.nodes.iter().filter(|n| n.state != NodeState::Removed).collect();
+    let answers = futures::future::join_all(members.iter().map(|n| node.probe_peer(&n.addr))).await;
+    let now = Instant::now();
+    let mut live = BTreeSet::new();
+    // Each Raft shard's leader, as the nodes say (the highest term wins).
+    let mut leaders: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (n, answer) in members.iter().zip(answers) {
+        let answered = seen.answered.entry(n.id).or_insert(now);
+        let Ok(status) = answer else { continue };
+        *answered = now;
+        live.insert(n.id);
+        for g in status.groups.iter().filter(|g| g.role == "leader" && g.shard_id != META_SHARD_ID) {
+            let known = leaders.entry(g.shard_id).or_insert((g.term, n.id));
+            if g.term > known.0 {
+                *known = (g.term, n.id);
+            }
+        }
+    }
+    let dead_after = Duration::from_millis(node.config.node_dead_after_ms);
+    for n in &members {
+        let silent = now.duration_since(seen.answered[&n.id]);
+        if n.state == NodeState::Up && silent >= dead_after {
+            record_state(node, n.id, NodeState::Down).await?;
+            tracing::warn!(node = n.id, silent = ?silent, "node marked down: its replicas are re-created elsewhere");
+            return Ok(());
+        }
+        if n.state == NodeState::Down && live.contains(&n.id) {
+            record_state(node, n.id, NodeState::Up).await?;
+            tracing::info!(node = n.id, "a down node answers again: marked up");
             return Ok(());
         }
     }
@@ -299,33 +380,87 @@ async fn drain_pass(node: &Node, meta: &ShardRaft) -> Result<(), String> {
         return Ok(());
     }
 
-    for n in map.nodes.iter().filter(|n| n.state == NodeState::Removing && map.placed_on(n.id).next().is_none()) {
-        let cmd = Command::Meta(MetaCommand::SetNodeState { node: n.id, state: NodeState::Removed });
-        match node.propose_internal(META_SHARD_ID, &cmd).await? {
-            CommandResult::Meta { .. } => tracing::info!(node = n.id, "drained node removed"),
-            other => return Err(format!("recording node {} as removed: {other:?}", n.id)),
+    // Joining (or returned) members that answer: learners of the meta shard.
+    let is_member = |id: u64| membership.get_node(&id).is_some();
+    if let Some(n) = members
+        .iter()
+        .find(|n| matches!(n.state, NodeState::Joining | NodeState::Up) && live.contains(&n.id) && !is_member(n.id))
+    {
+        meta.add_learner(n.id, BasicNode::new(n.addr.clone()), false).await.map_err(|e| e.to_string())?;
+        tracing::info!(node = n.id, "node added to the meta shard as a learner");
+        return Ok(());
+    }
+    if let Some(n) = members.iter().find(|n| n.state == NodeState::Joining && is_member(n.id) && caught_up(&n.id)) {
+        record_state(node, n.id, NodeState::Up).await?;
+        tracing::info!(node = n.id, "joined node caught up with the shard map: marked up");
+        return Ok(());
+    }
+    let down_voter = voters.iter().copied().find(|v| state(*v) == NodeState::Down);
+    if down_voter.is_some() || voters.len() < META_VOTERS_TARGET {
+        let covered: BTreeSet<&str> = voters.iter().filter_map(|v| map.node(*v)).map(|n| n.region.as_str()).collect();
+        let learner = members
+            .iter()
+            .filter(|n| n.state == NodeState::Up && !voters.contains(&n.id) && is_member(n.id))
+            .filter(|n| live.contains(&n.id) && caught_up(&n.id))
+            .min_by_key(|n| (covered.contains(n.region.as_str()), n.id));
+        if let Some(learner) = learner {
+            let mut new: BTreeSet<u64> = voters.clone();
+            new.extend([learner.id]);
+            if let Some(down) = down_voter {
+                new.remove(&down);
+            }
+            meta.change_membership(ChangeMembers::ReplaceAllVoters(new.clone()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(voters = ?new, replaced = ?down_voter, "meta shard voters changed");
+            return Ok(());
         }
     }
 
-    if !map.nodes.iter().any(|n| n.state.is_leaving()) {
-        return Ok(());
+    for n in map.nodes.iter().filter(|n| n.state == NodeState::Removing && map.placed_on(n.id).next().is_none()) {
+        record_state(node, n.id, NodeState::Removed).await?;
+        tracing::info!(node = n.id, "drained node removed");
     }
-    let mut live = BTreeSet::new();
-    for n in map.nodes.iter().filter(|n| n.state.takes_replicas()) {
-        if node.probe_peer(&n.addr).await.is_ok() {
-            live.insert(n.id);
-        }
-    }
-    for (shard, change) in placement::plan_drains(&map, &live) {
+
+    let mut plan = placement::plan_drains(&map, &live);
+    let why = if plan.is_empty() && node.config.rebalance {
+        plan = placement::plan_rebalance(&map, &live);
+        "rebalance"
+    } else {
+        "drain"
+    };
+    let moving = !plan.is_empty();
+    for (shard, change) in plan {
         let cmd = Command::Meta(MetaCommand::BeginReplicaChange { shard, change });
         match node.propose_internal(META_SHARD_ID, &cmd).await? {
             CommandResult::Meta { .. } => {
-                tracing::info!(shard, change = %describe(&change), "drain: replica move recorded")
+                tracing::info!(shard, change = %describe(&change), "{why}: replica move recorded")
             }
             CommandResult::Rejected(r) => {
-                tracing::warn!(shard, change = %describe(&change), reason = %r, "drain: move refused")
+                tracing::warn!(shard, change = %describe(&change), reason = %r, "{why}: move refused")
             }
             other => return Err(format!("unexpected answer from the meta shard: {other:?}")),
+        }
+    }
+    if moving || !node.config.rebalance {
+        return Ok(());
+    }
+
+    // Leaders last: with the replicas where they belong, even out who leads.
+    seen.transferred.retain(|_, at| at.elapsed() < TRANSFER_COOLDOWN);
+    let leaders: BTreeMap<u64, u64> = leaders
+        .into_iter()
+        .filter(|(shard, _)| !seen.transferred.contains_key(shard))
+        .map(|(shard, (_, leader))| (shard, leader))
+        .collect();
+    for (shard, from, to) in placement::plan_leader_transfers(&map, &leaders, &live) {
+        seen.transferred.insert(shard, Instant::now());
+        let Some(addr) = map.node(from).map(|n| n.addr.clone()) else { continue };
+        let mut client = geokv_proto::admin::admin_client::AdminClient::new(node.peers.channel(&addr));
+        let request = geokv_proto::admin::TransferLeaderRequest { shard_id: shard, to_node: to };
+        match client.transfer_leader(request).await {
+            Ok(_) => tracing::info!(shard, from, to, "leader balance: leadership handed on"),
+            Err(status) => tracing::debug!(shard, from, to, cause = %status.message(), "leader balance: not now"),
         }
     }
     Ok(())

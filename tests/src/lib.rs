@@ -55,6 +55,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Environment variables set for every node process.
     pub env: Vec<(String, String)>,
+    /// Whether the meta leader rebalances replicas (`--rebalance`). Off by
+    /// default here: most tests need the layout they started with.
+    pub rebalance: bool,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +73,7 @@ impl Default for ClusterOptions {
             metrics: false,
             extra_args: Vec::new(),
             env: Vec::new(),
+            rebalance: false,
         }
     }
 }
@@ -83,6 +87,9 @@ pub struct TestNode {
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Set for a node started with `--join` ([`TestCluster::join`]): its
+    /// region; it gets no `--node-id` or `--initial-cluster`.
+    joins_in: Option<String>,
 }
 
 impl TestNode {
@@ -165,6 +172,7 @@ impl TestCluster {
             format!("--logs-kept-after-snapshot={}", opts.logs_kept_after_snapshot),
             format!("--split-points={}", opts.split_points.join(",")),
             "--request-timeout-ms=5000".into(),
+            format!("--rebalance={}", opts.rebalance),
         ];
         args.extend(opts.extra_args);
         let env = opts.env;
@@ -179,6 +187,7 @@ impl TestCluster {
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
                 paused: false,
+                joins_in: None,
             })
             .collect();
         let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env };
@@ -200,8 +209,29 @@ impl TestCluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// Starts a new node that joins the running cluster (`geokv --join`
+    /// with every other node's address as a seed) in `region`, and returns
+    /// the id it should get: one above every id so far (the cluster assigns
+    /// it; a test checks that it did).
+    pub fn join(&mut self, region: &str) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(TestNode {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: None,
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log_path: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            paused: false,
+            joins_in: Some(region.to_string()),
+        });
+        self.restart(id);
+        id
+    }
+
     /// Starts (or restarts) node `id` on its data directory.
     pub fn restart(&mut self, id: u64) {
+        let seeds: Vec<String> = self.nodes.iter().filter(|n| n.id != id).map(|n| n.addr.clone()).collect();
         let args = self.args.clone();
         let env = self.env.clone();
         let binary = self.binary.clone();
@@ -209,8 +239,14 @@ impl TestCluster {
         let metrics: Vec<String> = node.metrics_addr.iter().map(|a| format!("--metrics-listen={a}")).collect();
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("node log file");
+        let identity = match &node.joins_in {
+            None => vec![format!("--node-id={id}")],
+            Some(region) => vec![format!("--join={}", seeds.join(",")), format!("--region={region}")],
+        };
+        let args: Vec<&String> =
+            args.iter().filter(|a| node.joins_in.is_none() || !a.starts_with("--initial-cluster=")).collect();
         let child = Command::new(&binary)
-            .arg(format!("--node-id={id}"))
+            .args(&identity)
             .arg(format!("--listen={}", node.addr))
             .arg(format!("--data-dir={}", node.data_dir.display()))
             .args(&args)

@@ -616,6 +616,13 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster does not remove nodes"))
     }
 
+    async fn join_cluster(
+        &self,
+        _request: Request<admin_pb::JoinClusterRequest>,
+    ) -> Result<Response<admin_pb::JoinClusterResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster admits no nodes"))
+    }
+
     async fn create_shard(
         &self,
         request: Request<admin_pb::CreateShardRequest>,

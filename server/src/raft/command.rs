@@ -147,6 +147,12 @@ pub enum MetaCommand {
     /// [`crate::shards::ShardMap::set_node_state`]. A retry answers and
     /// changes nothing.
     SetNodeState { node: u64, state: NodeState },
+    /// Admits a new node (`geokv --join`) as joining, with an id allocated
+    /// here, at apply time: one above every id the map has held. A retry
+    /// from the same joining node (same address, region and zone) answers
+    /// its id and changes nothing. See
+    /// [`crate::shards::ShardMap::add_node`].
+    AddNode { addr: String, region: String, zone: String },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -185,6 +191,11 @@ pub enum CommandResult {
     /// the meta shard, and the map version.
     Carved {
         shard_id: u64,
+        map_version: u64,
+    },
+    /// A node was admitted (or had been): its id and the map version.
+    Joined {
+        node_id: u64,
         map_version: u64,
     },
 }
@@ -250,6 +261,7 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::FinishReplicaChange { shard, change }) => {
                 write!(f, "finish-replica-change(shard={shard}, {})", crate::shards::describe(change))
             }
+            Command::Meta(MetaCommand::AddNode { addr, region, .. }) => write!(f, "add-node({addr}@{region})"),
             Command::Meta(MetaCommand::SetNodeState { node, state }) => {
                 write!(f, "set-node-state(node={node}, {})", state.as_str())
             }

@@ -472,9 +472,11 @@ impl ShardStateMachine {
                 EntryPayload::Normal(Command::Meta(
                     cmd @ (MetaCommand::BeginReplicaChange { .. }
                     | MetaCommand::FinishReplicaChange { .. }
-                    | MetaCommand::SetNodeState { .. }),
+                    | MetaCommand::SetNodeState { .. }
+                    | MetaCommand::AddNode { .. }),
                 )) => {
                     let current = self.current_map(&new_map)?;
+                    let mut joined = None;
                     let updated = match (&self.kind, current) {
                         (ShardKind::Meta { .. }, Some(mut map)) => {
                             let changed = match cmd {
@@ -485,6 +487,12 @@ impl ShardStateMachine {
                                     map.finish_replica_change(*shard, *change)
                                 }
                                 MetaCommand::SetNodeState { node, state } => map.set_node_state(*node, *state),
+                                MetaCommand::AddNode { addr, region, zone } => {
+                                    map.add_node(addr, region, zone).map(|(id, created)| {
+                                        joined = Some(id);
+                                        created
+                                    })
+                                }
                                 _ => unreachable!("matched above"),
                             };
                             changed.and_then(|changed| {
@@ -505,7 +513,10 @@ impl ShardStateMachine {
                                 batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
                                 new_map = Some(map);
                             }
-                            CommandResult::Meta { map_version }
+                            match joined {
+                                Some(node_id) => CommandResult::Joined { node_id, map_version },
+                                None => CommandResult::Meta { map_version },
+                            }
                         }
                         Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
                     }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
-    GetShardMapRequest, GroupStatus, ListConflictsRequest, ListConflictsResponse, MoveReplicaRequest,
-    MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState, NodeStatusRequest, NodeStatusResponse,
-    RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap,
-    SplitShardRequest, SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
+    GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
+    ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState,
+    NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest,
+    SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse, TransferLeaderRequest,
+    TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -87,7 +88,7 @@ impl Admin for AdminService {
 
     async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
         let map = self.node.shard_map();
-        let me = self.node.config.me();
+        let me = &self.node.me;
         let mut groups = Vec::new();
         for (shard, raft) in self.node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
@@ -484,7 +485,7 @@ impl Admin for AdminService {
         let DrainNodeRequest { node_id } = req.into_inner();
         let map = self.bootstrapped_map()?;
         let state = find_node(&map, node_id)?.state;
-        if state.is_leaving() {
+        if matches!(state, NodeState::Draining | NodeState::Removing) {
             return Ok(Response::new(DrainNodeResponse { map_version: map.version, created: false }));
         }
         if state == NodeState::Removed {
@@ -530,6 +531,30 @@ impl Admin for AdminService {
         let map_version = self.set_node_state(node_id, target).await?;
         tracing::info!(node = node_id, state = target.as_str(), "node removal recorded in the shard map");
         answer(map_version, target, map_version > map.version)
+    }
+
+    async fn join_cluster(&self, req: Request<JoinClusterRequest>) -> Result<Response<JoinClusterResponse>, Status> {
+        let JoinClusterRequest { addr, region, zone } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        if region.is_empty() {
+            return Err(Status::invalid_argument("a joining node must name its region (--region)"));
+        }
+        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(Status::invalid_argument(format!("address {addr:?} is not HOST:PORT")));
+        }
+        // The same check the meta shard makes, for a clear answer without a
+        // proposal; the meta shard's own check decides.
+        (*map).clone().add_node(&addr, &region, &zone).map_err(Status::failed_precondition)?;
+        let cmd = Command::Meta(MetaCommand::AddNode { addr: addr.clone(), region: region.clone(), zone });
+        match self.node.propose_internal(META_SHARD_ID, &cmd).await.map_err(Status::unavailable)? {
+            CommandResult::Joined { node_id, map_version } => {
+                let created = map.node(node_id).is_none();
+                tracing::info!(node = node_id, %addr, %region, created, "node admitted to the cluster");
+                Ok(Response::new(JoinClusterResponse { node_id, map_version, created }))
+            }
+            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused it: {r}"))),
+            other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+        }
     }
 
     async fn set_leader_region(
@@ -583,6 +608,8 @@ fn node_state(state: NodeState) -> ProtoNodeState {
         NodeState::Draining => ProtoNodeState::Draining,
         NodeState::Removing => ProtoNodeState::Removing,
         NodeState::Removed => ProtoNodeState::Removed,
+        NodeState::Joining => ProtoNodeState::Joining,
+        NodeState::Down => ProtoNodeState::Down,
     }
 }
 

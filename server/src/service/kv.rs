@@ -281,7 +281,7 @@ impl KvService {
                 self.local_staleness_ms(shard, raft).unwrap_or(u64::MAX)
             }
         };
-        let me = self.node.config.me();
+        let me = &self.node.me;
         Ok(ReadInfo {
             served: served as i32,
             node_id: me.id,
@@ -297,7 +297,7 @@ impl KvService {
     /// bound its peers' progress proves (every write accepted anywhere
     /// before that long ago is here).
     fn eventual_read_info(&self, replica: &EcShard, requested: Consistency) -> ReadInfo {
-        let me = self.node.config.me();
+        let me = &self.node.me;
         ReadInfo {
             served: Consistency::Eventual as i32,
             node_id: me.id,

@@ -36,9 +36,11 @@ pub struct NodeDesc {
     pub state: NodeState,
 }
 
-/// A member's life in the map: up, then (at an operator's request)
-/// draining, then removed. A removed node's id is never reused and the
-/// node is refused if it comes back.
+/// A member's life in the map: joining (`geokv --join`), up, then (at an
+/// operator's request) draining, then removed; or down, when it stopped
+/// answering for longer than `node_dead_after_ms`, and up again if it comes
+/// back. A removed node's id is never reused (nodes are never deleted from
+/// the map) and the node is refused if it comes back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeState {
     /// A member that may hold replicas and take new ones.
@@ -52,6 +54,13 @@ pub enum NodeState {
     Removing,
     /// Gone for good: it holds nothing and is let into no group.
     Removed,
+    /// Admitted by the meta shard (which gave it its id) and catching up
+    /// with the shard map as a learner of the meta shard; up once caught up.
+    Joining,
+    /// Unreachable for longer than `node_dead_after_ms`: its replicas are
+    /// re-created on other nodes ([`crate::placement`]); up again if it
+    /// answers.
+    Down,
 }
 
 impl NodeState {
@@ -62,7 +71,7 @@ impl NodeState {
 
     /// Whether its replicas are to move away.
     pub fn is_leaving(self) -> bool {
-        matches!(self, NodeState::Draining | NodeState::Removing)
+        matches!(self, NodeState::Draining | NodeState::Removing | NodeState::Down)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +80,8 @@ impl NodeState {
             NodeState::Draining => "draining",
             NodeState::Removing => "removing",
             NodeState::Removed => "removed",
+            NodeState::Joining => "joining",
+            NodeState::Down => "down",
         }
     }
 }
@@ -390,6 +401,41 @@ impl ShardMap {
         self.shards.iter().filter(move |s| s.placed_on(node))
     }
 
+    /// Admits a new node at `addr` in `region`/`zone`, as joining, and
+    /// returns its id: one above every id the map has held (nodes are never
+    /// deleted from the map, so an id is never reused). `(id, false)`: a
+    /// retry, this very node is joining already (it asked again before it
+    /// stored its id). Refused: an empty region, an address that is not
+    /// HOST:PORT, or one a member that is not removed uses.
+    pub fn add_node(&mut self, addr: &str, region: &str, zone: &str) -> Result<(u64, bool), String> {
+        if region.is_empty() {
+            return Err("a joining node must name its region".into());
+        }
+        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(format!("address {addr:?} is not HOST:PORT"));
+        }
+        if let Some(n) = self.nodes.iter().find(|n| n.addr == addr && n.state != NodeState::Removed) {
+            if n.state == NodeState::Joining && n.region == region && n.zone == zone {
+                return Ok((n.id, false));
+            }
+            return Err(format!(
+                "address {addr} is node {}'s ({}, {}): a new node needs an address no member uses",
+                n.id,
+                n.region,
+                n.state.as_str()
+            ));
+        }
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(NodeDesc {
+            id,
+            addr: addr.to_string(),
+            region: region.to_string(),
+            zone: zone.to_string(),
+            state: NodeState::Joining,
+        });
+        Ok((id, true))
+    }
+
     /// Moves `node` to `state`, or says why not. `Ok(false)`: it is there
     /// already (a retry).
     ///
@@ -407,6 +453,14 @@ impl ShardMap {
         }
         if state == NodeState::Removed && !placed.is_empty() {
             return Err(format!("node {node} still holds replicas of shards {placed:?}"));
+        }
+        if state == NodeState::Joining {
+            return Err(format!("node {node} is a member already: only a new node joins"));
+        }
+        if state == NodeState::Down && !matches!(desc.state, NodeState::Up | NodeState::Joining) {
+            // A draining node that dies keeps draining: its replicas leave
+            // it either way, and its operator's intent is kept.
+            return Err(format!("node {node} is {}: only an up node is marked down", desc.state.as_str()));
         }
         desc.state = state;
         Ok(true)
@@ -505,6 +559,35 @@ mod tests {
         assert_eq!(mode(b"\xff"), ShardMode::Eventual);
         // [, ev/) [ev/, ev0) [ev0, g) [g, n) [n, x) [x, ..)
         assert_eq!(map.shards.len(), 6);
+    }
+
+    #[test]
+    fn a_joining_node_gets_an_id_never_used_before() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west")];
+        let mut map = ShardMap::initial(&nodes, &[], &[], 3).unwrap();
+        assert_eq!(map.add_node("10.0.0.4:7004", "eu-west", "b"), Ok((4, true)));
+        assert_eq!(map.node(4).unwrap().state, NodeState::Joining);
+        // Asked again before it stored its id: the same id, nothing new.
+        assert_eq!(map.add_node("10.0.0.4:7004", "eu-west", "b"), Ok((4, false)));
+        assert_eq!(map.nodes.len(), 4);
+        // The address of a member that is not removed is taken.
+        let err = map.add_node("127.0.0.1:7001", "us-east", "").unwrap_err();
+        assert!(err.contains("node 1's"), "{err}");
+        let err = map.add_node("10.0.0.4:7004", "us-east", "b").unwrap_err();
+        assert!(err.contains("node 4's"), "the same address from elsewhere is not a retry: {err}");
+        assert!(map.add_node("nowhere", "us-east", "").unwrap_err().contains("HOST:PORT"));
+        assert!(map.add_node("10.0.0.5:7005", "", "").unwrap_err().contains("region"));
+        // A removed node's id is never handed out again, and its address
+        // may serve a new member.
+        map.set_node_state(4, NodeState::Removed).unwrap();
+        assert_eq!(map.add_node("10.0.0.4:7004", "eu-west", "b"), Ok((5, true)));
+        assert_eq!(map.set_node_state(5, NodeState::Up), Ok(true));
+        assert!(map.set_node_state(5, NodeState::Joining).unwrap_err().contains("only a new node joins"));
+        // Down and back.
+        assert_eq!(map.set_node_state(5, NodeState::Down), Ok(true));
+        assert_eq!(map.set_node_state(5, NodeState::Up), Ok(true));
+        map.set_node_state(5, NodeState::Draining).unwrap();
+        assert!(map.set_node_state(5, NodeState::Down).unwrap_err().contains("only an up node"));
     }
 
     #[test]
