@@ -197,6 +197,18 @@ struct RunArgs {
     /// the nodes are told to tolerate.
     #[arg(long)]
     max_clock_offset_ms: Option<u64>,
+    /// Let the cluster rebalance replicas and leaders during the run
+    /// (`geokv --rebalance`): moves and leadership transfers the nemesis did
+    /// not ask for, racing its faults.
+    #[arg(long)]
+    rebalance: bool,
+    /// The nodes' --node-dead-after-ms (default: theirs, 300000). Below a
+    /// kill window (with --nemesis kill and more nodes than replicas, e.g.
+    /// --nodes 6), the killed node is marked down and its replicas are
+    /// re-created on other nodes while it is away; it is marked up, and its
+    /// stale copies deleted, when it returns.
+    #[arg(long)]
+    node_dead_after_ms: Option<u64>,
     /// After the final heal, every key must take a write within this many seconds.
     #[arg(long, default_value_t = 30)]
     liveness_timeout_s: u64,
@@ -347,6 +359,8 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.op_timeout = Duration::from_millis(args.op_timeout_ms);
     config.client_retries = args.client_retries;
     config.max_clock_offset_ms = args.max_clock_offset_ms;
+    config.rebalance = args.rebalance;
+    config.node_dead_after_ms = args.node_dead_after_ms;
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
     config.keep_data = args.keep_data;

@@ -88,6 +88,10 @@ pub enum ControlRequest {
     KillRegion {
         region: String,
     },
+    /// Start a new node in a region that joins the cluster.
+    AddNode {
+        region: String,
+    },
     /// Stop the lab; with `wipe`, delete what it wrote to its data directory.
     Down {
         wipe: bool,
@@ -192,6 +196,7 @@ pub async fn execute(lab: &Lab, request: ControlRequest) -> Result<Value> {
         ControlRequest::Drain { node } => json!({ "map_version": lab.drain(node).await? }),
         ControlRequest::RemoveNode { node, force } => json!({ "state": lab.remove_node(node, force).await? }),
         ControlRequest::KillRegion { region } => json!({ "killed": lab.kill_region(&region)? }),
+        ControlRequest::AddNode { region } => json!({ "node": lab.add_node(&region).await? }),
         ControlRequest::Down { .. } => Value::Null,
     })
 }

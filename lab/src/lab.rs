@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use geokv_client::{Client, ClientConfig};
@@ -185,6 +185,10 @@ pub struct LabNode {
     process: Mutex<Option<NodeProcess>>,
     /// Its clock fault, when it runs skewed ([`Lab::set_clock`]).
     clock: Mutex<Option<ClockFault>>,
+    /// It was added to the running cluster ([`Lab::add_node`]): it starts
+    /// with `--join` (its id is the one the cluster gave it, kept in its data
+    /// directory), not as an initial member.
+    pub joined: bool,
 }
 
 impl LabNode {
@@ -311,7 +315,8 @@ impl LabState {
 /// Dropping it kills every node and stops every proxy.
 ///
 /// Invariants:
-/// - node ids are 1..=N; node `i` is in region `(i - 1) % regions`;
+/// - node ids are 1..=N; initial node `i` is in region `(i - 1) % regions`,
+///   a node added later ([`Lab::add_node`]) in the region it was added to;
 /// - a node's front proxy runs whenever the lab has not killed the node:
 ///   [`Lab::kill`] stops it too, so connections to a killed node are
 ///   refused, as a dead process's port refuses them, and
@@ -319,7 +324,9 @@ impl LabState {
 ///   exits on its own keeps its proxy, which resets what it accepts.)
 pub struct Lab {
     config: LabConfig,
-    nodes: Vec<LabNode>,
+    /// Every node, by id; [`Lab::add_node`] appends (nodes are never
+    /// taken out: a removed one stays, stopped).
+    nodes: RwLock<Vec<Arc<LabNode>>>,
     links: Arc<Links>,
     /// Node id -> its running front proxy.
     proxies: Mutex<BTreeMap<u64, JoinHandle<()>>>,
@@ -367,6 +374,7 @@ impl Lab {
                 metrics,
                 process: Mutex::new(None),
                 clock: Mutex::new(None),
+                joined: false,
             });
         }
         for (node, listener) in nodes.iter().zip(listeners) {
@@ -377,9 +385,10 @@ impl Lab {
             nodes.iter().map(|n| format!("{}={}@{}", n.id, n.advertised, n.region)).collect::<Vec<_>>().join(",");
         check_data_dir(&config.data_dir, &initial_cluster, &nodes)?;
         let proxies = Mutex::new(proxies);
+        let nodes = RwLock::new(nodes.into_iter().map(Arc::new).collect());
         let lab = Lab { config, nodes, links, proxies, initial_cluster, control_addr: Mutex::new(None) };
-        for node in &lab.nodes {
-            lab.spawn(node)?;
+        for node in lab.nodes() {
+            lab.spawn(&node)?;
         }
         lab.write_state()?;
         let deadline = lab.config.start_timeout;
@@ -399,12 +408,20 @@ impl Lab {
             return Err(Error::State(format!("node {} is already running", node.id)));
         }
         let mut command = self.config.program.command();
+        if node.joined {
+            let seeds: Vec<String> =
+                self.nodes().iter().filter(|n| n.id != node.id).map(|n| n.advertised.to_string()).collect();
+            command
+                .arg(format!("--join={}", seeds.join(",")))
+                .arg(format!("--region={}", node.region))
+                .arg(format!("--advertise-addr={}", node.advertised));
+        } else {
+            command.arg(format!("--node-id={}", node.id)).arg(format!("--initial-cluster={}", self.initial_cluster));
+        }
         command
-            .arg(format!("--node-id={}", node.id))
             .arg(format!("--listen={}", node.listen))
             .arg(format!("--outgoing-ip={}", node_ip(node.id)))
-            .arg(format!("--data-dir={}", node.data_dir.display()))
-            .arg(format!("--initial-cluster={}", self.initial_cluster));
+            .arg(format!("--data-dir={}", node.data_dir.display()));
         if let Some(metrics) = node.metrics {
             command.arg(format!("--metrics-listen={metrics}"));
         }
@@ -460,13 +477,16 @@ impl Lab {
     }
 
     /// Every node, by id order.
-    pub fn nodes(&self) -> &[LabNode] {
-        &self.nodes
+    pub fn nodes(&self) -> Vec<Arc<LabNode>> {
+        self.nodes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Node `id`.
-    pub fn node(&self, id: u64) -> Result<&LabNode> {
-        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| Error::Unknown { what: "node", name: id.to_string() })
+    pub fn node(&self, id: u64) -> Result<Arc<LabNode>> {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::Unknown { what: "node", name: id.to_string() })
     }
 
     /// The link table (for fine-grained control).
@@ -487,7 +507,8 @@ impl Lab {
     /// of the region's first node.
     pub fn endpoint_for_region(&self, region: &str) -> Result<String> {
         self.region_index(region)?;
-        let node = self.nodes.iter().find(|n| n.region == region).expect("every region has a node");
+        let nodes = self.nodes();
+        let node = nodes.iter().find(|n| n.region == region).expect("every region has a node");
         Ok(node.advertised.to_string())
     }
 
@@ -560,7 +581,7 @@ impl Lab {
             slot.insert(tokio::spawn(proxy));
         }
         drop(proxies);
-        self.spawn(node)?;
+        self.spawn(&node)?;
         self.write_state()
     }
 
@@ -612,7 +633,7 @@ impl Lab {
 
     /// Every endpoint: nodes, then region clients.
     fn all_endpoints(&self) -> Vec<Endpoint> {
-        self.nodes
+        self.nodes()
             .iter()
             .map(|n| Endpoint::Node(n.id))
             .chain(self.regions().iter().map(|r| Endpoint::Client(r.clone())))
@@ -621,7 +642,7 @@ impl Lab {
 
     /// The directed links a shape cuts (asks the nodes for `IsolateLeader`).
     pub async fn links_for(&self, shape: &FaultShape) -> Result<Vec<Link>> {
-        let node_ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let node_ids: Vec<u64> = self.nodes().iter().map(|n| n.id).collect();
         let nodes = |ids: &[u64]| ids.iter().map(|id| Endpoint::Node(*id)).collect::<Vec<_>>();
         let shuffled = |seed: u64| {
             let mut ids = node_ids.clone();
@@ -810,7 +831,8 @@ impl Lab {
 
     /// Nodes, link faults, and every shard's leader as the nodes report it.
     pub async fn status(&self) -> LabStatus {
-        let answers = futures::future::join_all(self.nodes.iter().map(|n| async move {
+        let nodes = self.nodes();
+        let answers = futures::future::join_all(nodes.iter().map(|n| async move {
             let live = matches!(n.state(), ProcessState::Running);
             let answer =
                 if live { self.node_status(n.id).await } else { Err(Error::State(format!("{:?}", n.state()))) };
@@ -855,7 +877,7 @@ impl Lab {
     }
 
     fn node_views(&self) -> Vec<NodeView> {
-        self.nodes
+        self.nodes()
             .iter()
             .map(|n| NodeView {
                 id: n.id,
@@ -884,7 +906,7 @@ impl Lab {
 
     /// The id of the data shard holding `key`, from the nodes' reports.
     pub async fn shard_of(&self, key: &[u8]) -> Result<u64> {
-        for node in &self.nodes {
+        for node in self.nodes() {
             let Ok(status) = self.node_status(node.id).await else { continue };
             for g in status.groups {
                 let after_start = key >= g.start.as_slice();
@@ -957,10 +979,66 @@ impl Lab {
     /// A client that dials the nodes' real listeners (no emulated WAN), for
     /// the lab's own admin requests.
     async fn admin_client(&self) -> Result<Client> {
-        let endpoints: Vec<String> = self.nodes.iter().map(|n| n.listen.to_string()).collect();
+        let endpoints: Vec<String> = self.nodes().iter().map(|n| n.listen.to_string()).collect();
         let mut config = ClientConfig::new(endpoints);
         config.deadline = MEMBER_CHANGE_TIMEOUT;
         Ok(config.connect().await?)
+    }
+
+    /// Starts a new node in `region` that joins the running cluster
+    /// (`geokv --join`, every other node a seed), with its own IPs, front
+    /// proxy and links like every node; returns its id once the cluster has
+    /// admitted it. The lab's id for it is the next one (one above every
+    /// node's), which is the one the cluster assigns when only the lab adds
+    /// nodes; a different one is an error. With rebalancing on
+    /// (`geokv-lab up` default) the cluster then moves replicas onto it.
+    pub async fn add_node(&self, region: &str) -> Result<u64> {
+        self.region_index(region)?;
+        let id = self.nodes().iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        if id as usize > MAX_NODES {
+            return Err(Error::Config(format!("a lab runs at most {MAX_NODES} nodes")));
+        }
+        let port = self.config.base_port.unwrap_or(0);
+        let listener = TcpListener::bind((advertised_ip(id), port))
+            .await
+            .map_err(Error::io(format!("bind the front proxy of node {id} on {}:{port}", advertised_ip(id))))?;
+        let advertised = listener.local_addr().map_err(Error::io("read a proxy's address"))?;
+        let listen = match self.config.base_port {
+            Some(port) => SocketAddr::new(node_ip(id), port),
+            None => free_addr(node_ip(id))?,
+        };
+        let metrics = if self.config.metrics { Some(free_addr(node_ip(id))?) } else { None };
+        self.links.add_node(id, region, node_ip(id))?;
+        let node = Arc::new(LabNode {
+            id,
+            region: region.to_string(),
+            advertised,
+            listen,
+            data_dir: self.config.data_dir.join(format!("node-{id}")),
+            log_path: self.config.data_dir.join(format!("node-{id}.log")),
+            metrics,
+            process: Mutex::new(None),
+            clock: Mutex::new(None),
+            joined: true,
+        });
+        let proxy = run_front_proxy(listener, node.listen, Endpoint::Node(id), self.links.clone());
+        self.lock_proxies().insert(id, tokio::spawn(proxy));
+        self.nodes.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push(node.clone());
+        self.spawn(&node)?;
+        self.write_state()?;
+        let id_file = geokv_server::join::id_file(&node.data_dir);
+        let given = self
+            .wait_until(&format!("node {id} admitted to the cluster"), self.config.start_timeout, |_| {
+                let id_file = id_file.clone();
+                async move { std::fs::read_to_string(&id_file).ok().and_then(|t| t.trim().parse::<u64>().ok()) }
+            })
+            .await?;
+        if given != id {
+            return Err(Error::State(format!(
+                "the cluster gave the new node id {given}, the lab expected {id}: was a node added outside the lab?"
+            )));
+        }
+        Ok(id)
     }
 
     /// Drains node `id` (`kvctl node drain --no-wait`): records it, and
@@ -980,7 +1058,7 @@ impl Lab {
     /// SIGKILLs every node in `region` (a region lost at once); returns
     /// their ids.
     pub fn kill_region(&self, region: &str) -> Result<Vec<u64>> {
-        let ids: Vec<u64> = self.nodes.iter().filter(|n| n.region == region).map(|n| n.id).collect();
+        let ids: Vec<u64> = self.nodes().iter().filter(|n| n.region == region).map(|n| n.id).collect();
         if ids.is_empty() {
             return Err(Error::Unknown { what: "region", name: region.into() });
         }
@@ -1019,7 +1097,7 @@ impl Lab {
     /// Stops every node (SIGTERM, then SIGKILL after a grace period when
     /// `graceful`; else SIGKILL) and every proxy. The data stays.
     pub fn shutdown(&self, graceful: bool) {
-        let processes: Vec<_> = self.nodes.iter().map(|n| n.process().take()).collect();
+        let processes: Vec<_> = self.nodes().iter().map(|n| n.process().take()).collect();
         std::thread::scope(|scope| {
             for process in processes.into_iter().flatten() {
                 scope.spawn(move || {

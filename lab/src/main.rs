@@ -40,6 +40,7 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
         geokv-lab up --regions lab/regions/4-region.toml   # 4 nodes, each shard on 3\n  \
         geokv-lab drain 4 && geokv-lab remove-node 4   # move node 4's replicas off, then remove it\n  \
         geokv-lab kill-region eu-west                  # lose a whole region at once\n  \
+        geokv-lab add-node eu-west                     # a new node joins eu-west and takes its shards\n  \
         geokv-lab down"
 )]
 struct Cli {
@@ -117,6 +118,11 @@ enum Command {
     },
     /// SIGKILL every node of REGION at once (`restart` brings each back).
     KillRegion { region: String },
+    /// Start a new node in REGION that joins the running cluster (`geokv
+    /// --join`; the cluster assigns its id, printed here). With rebalancing on
+    /// (the default of `up`), replicas then move onto it; a region lost with
+    /// `kill-region` gets its shards back this way.
+    AddNode { region: String },
     /// Stop the lab and every node. The data stays unless --wipe.
     Down {
         /// Also delete what the lab wrote in its data directory.
@@ -168,6 +174,11 @@ struct UpArgs {
     /// elections and `transfer-leader` put them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     rebalance: bool,
+    /// Every node's --node-dead-after-ms: how long a node may answer nothing
+    /// before it is marked down and its replicas re-created elsewhere
+    /// (default: the node's, 300000).
+    #[arg(long)]
+    node_dead_after_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -297,6 +308,7 @@ async fn run(cli: Cli) -> Result<ExitCode, geokv_lab::Error> {
         Command::Drain { node } => ControlRequest::Drain { node },
         Command::RemoveNode { node, force } => ControlRequest::RemoveNode { node, force },
         Command::KillRegion { region } => ControlRequest::KillRegion { region },
+        Command::AddNode { region } => ControlRequest::AddNode { region },
         Command::Down { wipe } => return down(&data.data_dir, wipe).await,
     };
     let result = control::call(control_addr(&data.data_dir)?, &request).await?;
@@ -389,6 +401,9 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
     }
     config.metrics = args.metrics;
     config.rebalance = args.rebalance;
+    if let Some(ms) = args.node_dead_after_ms {
+        config.node_args.push(format!("--node-dead-after-ms={ms}"));
+    }
     let total = config.nodes_per_region * config.regions.regions().len();
     println!(
         "geokv-lab: starting {total} nodes in {} regions; waiting for every shard to elect a leader...",

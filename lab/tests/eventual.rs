@@ -154,7 +154,7 @@ async fn eventual_puts_ack_locally_and_replicate_about_one_way_later() {
     // One client per region, dialling its region's replica from the region's IP.
     let mut homes = Vec::new();
     for region in &regions {
-        let node = lab.nodes().iter().find(|n| &n.region == region).unwrap();
+        let node = lab.nodes().into_iter().find(|n| &n.region == region).unwrap();
         let home = channel(&lab.endpoint_for_region(region).unwrap(), Some(lab.client_ip_for_region(region).unwrap()));
         // Warm up (connections; the replica may still be opening its shard).
         let started = Instant::now();

@@ -149,3 +149,40 @@ async fn five_regions_serve_and_shape_faults() {
     // Random halves: 2 x 3 node pairs, both ways.
     assert_eq!(lab.links_for(&FaultShape::RandomHalves { seed: 7 }).await.unwrap().len(), 12);
 }
+
+/// A region lost and rebuilt: `kill-region`, then `add-node` in that region,
+/// through the lab's own proxies (the new node is behind the emulated WAN
+/// like the others and advertises its proxy's address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_a_lost_region_takes_its_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir);
+    config.rebalance = true;
+    config.node_args.push("--node-dead-after-ms=3000".into());
+    let lab = Lab::start(config).await.expect("the lab starts");
+    let east = lab.client_for_region("us-east").await.unwrap();
+    east.put("before", "the loss").await.expect("put");
+
+    assert_eq!(lab.kill_region("eu-west").unwrap(), vec![3]);
+    east.put("during", "the loss").await.expect("writable on 2 of 3");
+    let id = lab.add_node("eu-west").await.expect("a node joins eu-west");
+    assert_eq!(id, 4);
+    let node = lab.node(4).unwrap();
+    assert!(node.joined && node.region == "eu-west");
+    let map = lab
+        .wait_until("node 3's replicas re-created on node 4", Duration::from_secs(120), |lab| async move {
+            let map = lab.client_for_region("us-east").await.ok()?.refresh_shard_map().await.ok()?;
+            let rebuilt = map
+                .shards
+                .iter()
+                .all(|s| !s.is_placed_on(3) && s.is_placed_on(4) && s.replicas.len() == 3 && s.adding_node.is_none());
+            rebuilt.then_some(map)
+        })
+        .await
+        .expect("eu-west rebuilt");
+    assert_eq!(map.node(4).map(|n| n.addr.clone()), Some(node.advertised.to_string()));
+    assert_eq!(map.node(3).map(|n| n.state), Some(geokv_client::NodeState::Down));
+    let read = east.get("before").await.expect("get").expect("kept");
+    assert_eq!(read.value, b"the loss");
+    assert!(lab.status().await.unreachable.keys().eq([&3]), "only the killed node is away");
+}

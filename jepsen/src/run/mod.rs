@@ -139,6 +139,13 @@ pub struct RunConfig {
     pub client_retries: bool,
     /// The nodes' `--max-clock-offset-ms`, when not their default.
     pub max_clock_offset_ms: Option<u64>,
+    /// The cluster rebalances replicas and leaders (`geokv --rebalance`)
+    /// while the run goes on; off, they stay where the nemesis puts them.
+    pub rebalance: bool,
+    /// The nodes' `--node-dead-after-ms`, when not their default (5 min):
+    /// shorter than a kill window, a killed node is marked down and its
+    /// replicas re-created elsewhere during the window (with enough nodes).
+    pub node_dead_after_ms: Option<u64>,
 }
 
 /// With client retries on, how many attempts fit in one operation's timeout.
@@ -168,6 +175,8 @@ impl RunConfig {
             convergence_timeout: Duration::from_secs(30),
             client_retries: false,
             max_clock_offset_ms: None,
+            rebalance: false,
+            node_dead_after_ms: None,
         }
     }
 
@@ -278,6 +287,10 @@ pub struct RunParameters {
     pub client_retries: bool,
     /// The nodes' clock offset bound when not their default.
     pub max_clock_offset_ms: Option<u64>,
+    /// The cluster rebalanced replicas and leaders during the run.
+    pub rebalance: bool,
+    /// The nodes' node_dead_after_ms when not their default.
+    pub node_dead_after_ms: Option<u64>,
     pub liveness_timeout_ms: u64,
     pub key_time_limit_ms: u64,
     pub key_cache_limit_bytes: usize,
@@ -413,6 +426,10 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     }
     if let Some(ms) = config.max_clock_offset_ms {
         lab_config.node_args.push(format!("--max-clock-offset-ms={ms}"));
+    }
+    lab_config.rebalance = config.rebalance;
+    if let Some(ms) = config.node_dead_after_ms {
+        lab_config.node_args.push(format!("--node-dead-after-ms={ms}"));
     }
     let lab = Lab::start(lab_config).await?;
     let result = drive(&config, &lab).await;
@@ -1063,6 +1080,8 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             op_timeout_ms: config.op_timeout.as_millis() as u64,
             client_retries: config.client_retries,
             max_clock_offset_ms: config.max_clock_offset_ms,
+            rebalance: config.rebalance,
+            node_dead_after_ms: config.node_dead_after_ms,
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
             key_time_limit_ms: config.check.key_time_limit_ms,
             key_cache_limit_bytes: config.check.key_cache_limit_bytes,
