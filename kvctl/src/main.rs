@@ -915,7 +915,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 if !replicas.contains(&to) {
                     return Err(format!(
                         "shard {shard}'s change ended without node {to} among its replicas ({replicas:?}): \
-                         the move was replaced or undone; see kvctl shards"
+                         the move was given up (node {to} went down while a learner: kvctl node list) or \
+                         replaced; see kvctl shards"
                     ));
                 }
                 fields["done"] = json!(true);

@@ -412,6 +412,22 @@ mod tests {
     }
 
     #[test]
+    fn a_change_given_up_frees_the_shard_for_another() {
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "a")], &[&[1, 2, 3]]);
+        let to_four = ReplicaChange { add: Some(4), remove: Some(1) };
+        m.begin_replica_change(1, to_four).unwrap();
+        set(&mut m, 4, NodeState::Down);
+        let err = m.cancel_replica_change(1, ReplicaChange { add: Some(5), remove: Some(1) }).unwrap_err();
+        assert!(err.contains("not move from node 1 to node 5"), "{err}");
+        assert_eq!(m.cancel_replica_change(1, to_four), Ok(true));
+        assert_eq!(m.cancel_replica_change(1, to_four), Ok(false), "a retry");
+        assert_eq!(m.shard(1).unwrap().replicas, vec![1, 2, 3], "nothing else changed");
+        m.validate().unwrap();
+        set(&mut m, 1, NodeState::Draining);
+        assert_eq!(plan_drains(&m, &all(&m)), vec![(1, ReplicaChange { add: Some(5), remove: Some(1) })]);
+    }
+
+    #[test]
     fn removal_waits_for_an_empty_node_and_is_final() {
         let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3]]);
         assert!(m.set_node_state(1, NodeState::Removed).unwrap_err().contains("still holds replicas"));

@@ -21,6 +21,11 @@
 //!    set ([`MetaCommand::FinishReplicaChange`]), and the replica that left
 //!    deletes its copy ([`retire_replicas`]).
 //!
+//! A change whose new replica is marked down while it is still a learner is
+//! given up instead ([`MetaCommand::CancelReplicaChange`], after the learner
+//! is taken out of the group), so that a dead target does not hold the
+//! shard's changes up.
+//!
 //! What to change is decided elsewhere: an operator's `kvctl shard move`,
 //! or [`crate::placement`] for a node being drained, replaced or filled
 //! ([`manage_members`] records its moves); this module carries it out.
@@ -120,6 +125,10 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
     }
     if let Some(add) = change.add {
         let is_member = m.membership_config.membership().get_node(&add).is_some();
+        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == add);
+        if !is_voter && node.shard_map().node(add).is_none_or(|n| n.state == NodeState::Down) {
+            return cancel(node, raft, desc.id, change, is_member).await;
+        }
         if !is_member {
             ensure_log_purged(raft).await?;
             let map = node.shard_map();
@@ -168,6 +177,36 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
     raft.change_membership(ChangeMembers::ReplaceAllVoters(target.clone()), false).await.map_err(|e| e.to_string())?;
     tracing::info!(shard = desc.id, voters = ?target, "group voters changed");
     finish(node, desc.id, change).await
+}
+
+/// Gives up `change`, whose new replica went down while still a learner
+/// (it would otherwise hold the shard's changes up until it came back):
+/// takes the learner out of the group, then drops the change from the map.
+/// Only from the learner stage: once the new replica is a voter in the
+/// group's (joint) configuration the change goes forward, which needs a
+/// majority of the new voters, not the new one.
+async fn cancel(
+    node: &Node,
+    raft: &ShardRaft,
+    shard: u64,
+    change: ReplicaChange,
+    is_member: bool,
+) -> Result<Progress, String> {
+    let add = change.add.expect("a change that adds");
+    if is_member {
+        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([add])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let cmd = Command::Meta(MetaCommand::CancelReplicaChange { shard, change });
+    match node.propose_internal(META_SHARD_ID, &cmd).await? {
+        CommandResult::Meta { .. } => {
+            tracing::warn!(shard, change = %describe(&change), "replica change given up: node {add} is down");
+            Ok(Progress::Waiting(format!("given up: node {add} is down")))
+        }
+        CommandResult::Rejected(r) => Err(format!("the shard map refused to drop the change: {r}")),
+        other => Err(format!("unexpected answer from the meta shard: {other:?}")),
+    }
 }
 
 /// Records in the map that the change was made.

@@ -7,13 +7,14 @@
 //! before catching up would not); the move then completes by joint
 //! consensus with that voter still down; no acknowledged write is lost or
 //! duplicated; the new replica serves the data it was sent; the old one
-//! deletes its copy; and bad move requests change nothing.
+//! deletes its copy; a move whose new replica dies as a learner is given up
+//! once that node is marked down; and bad move requests change nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use geokv_client::{Client, ClientConfig, Error};
+use geokv_client::{Client, ClientConfig, Error, NodeState};
 use geokv_proto::kv::{Consistency, GetRequest, RequestHeader};
 use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, put_and_record, wait_for};
 
@@ -263,4 +264,66 @@ async fn bad_moves_are_refused_and_change_nothing() {
     let err = admin.move_replica(id, replicas[0], outside).await.unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(_)) && err.to_string().contains("does not answer"), "{err}");
     assert_eq!(admin.refresh_shard_map().await.unwrap(), before, "refused moves change nothing");
+}
+
+/// A move whose new replica goes down while still a learner would hold up
+/// every change of its shard until that node came back. Once the node is
+/// marked down (`--node-dead-after-ms`), the shard's leader takes the
+/// learner out of the group and the map drops the change; the shard's
+/// replicas never changed, and a new move can start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_node_that_dies_as_a_learner_is_given_up() {
+    let dead_after = ["--node-dead-after-ms=3000".to_string()];
+    let mut c = TestCluster::start(
+        env!("CARGO_BIN_EXE_geokv-node"),
+        ClusterOptions { extra_args: dead_after.to_vec(), ..options() },
+    );
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    let before = admin.refresh_shard_map().await.unwrap();
+    let shard = before.shard_for_key(b"a").unwrap().clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let target = (1..=4).find(|n| !replicas.contains(n)).unwrap();
+    let id = shard.shard_id;
+    // Enough data that the learner's snapshot takes a while.
+    let value = "x".repeat(1_000);
+    for i in 0..300 {
+        admin.put(format!("a{i:04}"), value.as_str()).await.expect("put");
+    }
+
+    admin.move_replica(id, replicas[0], target).await.expect("move recorded");
+    c.pause(target);
+    let given_up = wait_for("the move given up", Duration::from_secs(60), || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let s = map.shard(id)?.clone();
+        (!s.is_changing()).then_some((s, map))
+    })
+    .await;
+    let (after, map) = given_up;
+    let now: Vec<u64> = after.replicas.iter().map(|r| r.node_id).collect();
+    assert_eq!(now, replicas, "the shard's replicas never changed");
+    assert_eq!(map.node(target).map(|n| n.state), Some(NodeState::Down));
+    assert!(logs_say(&c, "replica change given up"), "{}", c.logs_tail(30));
+    admin.put("a-after", "given up").await.expect("the shard takes writes");
+
+    // Back: up again, holding nothing of the shard; a new move runs.
+    c.resume(target);
+    wait_for("the target up again", DEFAULT_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        (map.node(target)?.state == NodeState::Up).then_some(())
+    })
+    .await;
+    wait_for("the learner's copy deleted", DEFAULT_DEADLINE, || async {
+        let status = c.status(target).await?;
+        status.groups.iter().all(|g| g.shard_id != id).then_some(())
+    })
+    .await;
+    admin.move_replica(id, replicas[0], target).await.expect("a new move");
+    let moved = admin.wait_for_replica_change(id, Duration::from_secs(60)).await.expect("it completes");
+    assert!(moved.replicas.iter().any(|r| r.node_id == target), "{moved:?}");
+    assert_eq!(admin.get("a0299").await.unwrap().map(|r| r.value.len()), Some(1_000));
+}
+
+fn logs_say(c: &TestCluster, what: &str) -> bool {
+    c.nodes.iter().any(|n| c.log(n.id).contains(what))
 }

@@ -143,6 +143,12 @@ pub enum MetaCommand {
     /// set. The replicas become that set, at a new epoch. Proposed by the
     /// shard's leader only after the membership change committed.
     FinishReplicaChange { shard: u64, change: ReplicaChange },
+    /// Drops the recorded `change` of `shard`, which its group never made:
+    /// the replica being added went down while still a learner, and the
+    /// shard's leader took it out of the group. The map's planners may then
+    /// record another change. See
+    /// [`crate::shards::ShardMap::cancel_replica_change`].
+    CancelReplicaChange { shard: u64, change: ReplicaChange },
     /// Moves a member to `state` (drain, remove); see
     /// [`crate::shards::ShardMap::set_node_state`]. A retry answers and
     /// changes nothing.
@@ -260,6 +266,9 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::FinishReplicaChange { shard, change }) => {
                 write!(f, "finish-replica-change(shard={shard}, {})", crate::shards::describe(change))
+            }
+            Command::Meta(MetaCommand::CancelReplicaChange { shard, change }) => {
+                write!(f, "cancel-replica-change(shard={shard}, {})", crate::shards::describe(change))
             }
             Command::Meta(MetaCommand::AddNode { addr, region, .. }) => write!(f, "add-node({addr}@{region})"),
             Command::Meta(MetaCommand::SetNodeState { node, state }) => {

@@ -472,6 +472,7 @@ impl ShardStateMachine {
                 EntryPayload::Normal(Command::Meta(
                     cmd @ (MetaCommand::BeginReplicaChange { .. }
                     | MetaCommand::FinishReplicaChange { .. }
+                    | MetaCommand::CancelReplicaChange { .. }
                     | MetaCommand::SetNodeState { .. }
                     | MetaCommand::AddNode { .. }),
                 )) => {
@@ -485,6 +486,9 @@ impl ShardStateMachine {
                                 }
                                 MetaCommand::FinishReplicaChange { shard, change } => {
                                     map.finish_replica_change(*shard, *change)
+                                }
+                                MetaCommand::CancelReplicaChange { shard, change } => {
+                                    map.cancel_replica_change(*shard, *change)
                                 }
                                 MetaCommand::SetNodeState { node, state } => map.set_node_state(*node, *state),
                                 MetaCommand::AddNode { addr, region, zone } => {

@@ -395,6 +395,24 @@ impl ShardMap {
         }
     }
 
+    /// Drops `shard`'s recorded `change` before it was made: its new
+    /// replica never became a voter (the shard's leader checked, and took
+    /// the learner out of the group). `Ok(false)`: no change is recorded (a
+    /// retry, or the change was finished meanwhile, which the caller must
+    /// not have raced: it proposes only from the learner stage).
+    pub fn cancel_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == shard).ok_or_else(|| format!("no shard {shard} in the map"))?;
+        match desc.change {
+            Some(c) if c == change => {
+                desc.change = None;
+                Ok(true)
+            }
+            None => Ok(false),
+            Some(other) => Err(format!("shard {shard} records {}, not {}", describe(&other), describe(&change))),
+        }
+    }
+
     /// The shards that place a replica on `node` (holding one or being
     /// given one).
     pub fn placed_on(&self, node: u64) -> impl Iterator<Item = &ShardDesc> {
