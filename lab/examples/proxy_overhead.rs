@@ -1,7 +1,9 @@
 //! What the lab's front proxy costs by itself: small request/response round
 //! trips to a TCP echo server, straight and through a front proxy whose
 //! link has zero delay, interleaved in blocks so that both see the same
-//! machine load. Prints p50/p99 of each and the difference.
+//! machine load. Prints p50/p99 of each and the difference. Then the same
+//! with the link set to a one-way delay of [`DELAY_MS`] each way: what the
+//! proxy adds beyond the configured round trip (timer granularity).
 //!
 //! ```text
 //! cargo run --example proxy_overhead -p geokv-lab [-- ROUND_TRIPS]
@@ -18,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// Bytes per request and per response: about a small gRPC unary call.
 const MESSAGE_BYTES: usize = 200;
 const BLOCK: usize = 100;
+/// One-way delay of the second measurement, each way.
+const DELAY_MS: u64 = 5;
 
 async fn echo_server(listener: TcpListener) {
     while let Ok((mut stream, _)) = listener.accept().await {
@@ -62,7 +66,7 @@ async fn main() {
     links.add_node(1, &region, "127.0.2.1".parse().unwrap()).expect("add node");
     let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let proxy_addr: SocketAddr = proxy.local_addr().unwrap();
-    tokio::spawn(run_front_proxy(proxy, echo_addr, Endpoint::Node(1), links));
+    tokio::spawn(run_front_proxy(proxy, echo_addr, Endpoint::Node(1), links.clone()));
 
     let mut direct = TcpStream::connect(echo_addr).await.expect("connect echo");
     let mut proxied = TcpStream::connect(proxy_addr).await.expect("connect proxy");
@@ -95,5 +99,45 @@ async fn main() {
         "  proxy adds:    p50 {:.3} ms  p99 {:.3} ms (one proxy, both directions)",
         ms(percentile(&through, 0.5)) - ms(percentile(&straight, 0.5)),
         ms(percentile(&through, 0.99)) - ms(percentile(&straight, 0.99)),
+    );
+
+    // With a configured delay: the excess over direct + 2 x delay.
+    let node = Endpoint::Node(1);
+    links.set_latency([(Endpoint::External, node.clone()), (node, Endpoint::External)], Some(DELAY_MS), None);
+    let delayed_total = (total / 10).max(BLOCK);
+    let (mut straight, mut through) = (Vec::with_capacity(delayed_total), Vec::with_capacity(delayed_total));
+    round_trips(&mut proxied, 10, &mut Vec::new()).await;
+    while straight.len() < delayed_total {
+        round_trips(&mut direct, BLOCK, &mut straight).await;
+        round_trips(&mut proxied, BLOCK, &mut through).await;
+    }
+    straight.sort();
+    through.sort();
+    let configured = 2.0 * DELAY_MS as f64;
+    println!("{} round trips with {DELAY_MS} ms configured each way ({configured} ms round trip)", through.len());
+    println!(
+        "  through proxy: p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&through, 0.5)),
+        ms(percentile(&through, 0.99))
+    );
+    println!(
+        "  proxy adds beyond direct + configured: p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&through, 0.5)) - ms(percentile(&straight, 0.5)) - configured,
+        ms(percentile(&through, 0.99)) - ms(percentile(&straight, 0.99)) - configured,
+    );
+
+    // The floor under that: how late this machine wakes a task from a bare
+    // timerfd sleep of the same length (no proxy, no socket).
+    let mut late = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let deadline = std::time::Instant::now() + Duration::from_millis(DELAY_MS);
+        tokio_timerfd::Delay::new(deadline).expect("timerfd").await.expect("timerfd sleep");
+        late.push(deadline.elapsed());
+    }
+    late.sort();
+    println!(
+        "  a bare {DELAY_MS} ms timerfd sleep wakes late by: p50 {:.3} ms  p99 {:.3} ms (twice per round trip)",
+        ms(percentile(&late, 0.5)),
+        ms(percentile(&late, 0.99))
     );
 }
