@@ -101,6 +101,14 @@ struct NodeArgs {
     /// default: true).
     #[arg(long, env = "GEOKV_REBALANCE")]
     rebalance: Option<bool>,
+    /// Split a Raft shard at its middle key once its data passes this many
+    /// bytes on disk (0: never; default: 536870912, 512 MiB).
+    #[arg(long, env = "GEOKV_SPLIT_SIZE_BYTES")]
+    split_size_bytes: Option<u64>,
+    /// Split a Raft shard that applies more than this many entries per
+    /// second over 10 s (0: never; default: 0).
+    #[arg(long, env = "GEOKV_SPLIT_LOAD_ENTRIES_PER_S")]
+    split_load_entries_per_s: Option<u64>,
     /// Keys at which data shards are pre-split, comma-separated, increasing.
     #[arg(long, env = "GEOKV_SPLIT_POINTS", value_delimiter = ',')]
     split_points: Option<Vec<String>>,
@@ -204,6 +212,8 @@ impl NodeArgs {
             c.zone => self.zone,
             c.node_dead_after_ms => self.node_dead_after_ms,
             c.rebalance => self.rebalance,
+            c.split_size_bytes => self.split_size_bytes,
+            c.split_load_entries_per_s => self.split_load_entries_per_s,
         }
         if !self.initial_cluster.is_empty() {
             c.initial_cluster = self.initial_cluster.iter().map(|s| Member::parse(s)).collect::<Result<_, _>>()?;
@@ -382,6 +392,8 @@ mod tests {
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
             ("node_dead_after_ms", c.node_dead_after_ms.to_string()),
             ("rebalance", c.rebalance.to_string()),
+            ("split_size_bytes", c.split_size_bytes.to_string()),
+            ("split_load_entries_per_s", c.split_load_entries_per_s.to_string()),
         ];
         let command = Cli::command();
         for (id, value) in expected {

@@ -236,6 +236,16 @@ pub struct Config {
     /// regions (joined nodes fill up this way). Drains and dead-node
     /// replacement run either way.
     pub rebalance: bool,
+    /// A Raft shard whose data passes this many bytes on disk (RocksDB's
+    /// estimate, compressed, at its leader) is split in two at its middle
+    /// key by the meta shard's leader; 0: never (CockroachDB's default
+    /// range size limit is 512 MiB).
+    pub split_size_bytes: u64,
+    /// A Raft shard that applies more than this many log entries per second
+    /// over 10 s is split likewise (load); 0: never (the default: a split
+    /// moves the new half's leadership, which benchmarks placing leaders
+    /// do not expect).
+    pub split_load_entries_per_s: u64,
     /// Keys at which data shards are pre-split, in increasing order.
     pub split_points: Vec<String>,
     /// Replicas per data shard (capped at the number of nodes).
@@ -269,6 +279,8 @@ impl Default for Config {
             zone: String::new(),
             node_dead_after_ms: 300_000,
             rebalance: true,
+            split_size_bytes: 512 << 20,
+            split_load_entries_per_s: 0,
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
             replication_factor: 3,
             preferred_leader_region: String::new(),

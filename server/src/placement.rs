@@ -197,6 +197,52 @@ pub fn plan_leader_transfers(
     plan
 }
 
+/// Keys a split-key search reads at most (twice: to total, then to halve).
+pub const SPLIT_KEY_SCAN_KEYS: usize = 1_000_000;
+
+/// What the meta shard's leader knows of a Raft shard, from the status its
+/// leader reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShardLoad {
+    /// RocksDB's estimate of its data on disk.
+    pub bytes: u64,
+    /// Log entries applied per second over the load window, once a whole
+    /// window has been seen.
+    pub entries_per_s: Option<f64>,
+}
+
+/// When a shard is split on its own (0: never, for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitThresholds {
+    pub size_bytes: u64,
+    pub load_entries_per_s: u64,
+}
+
+/// The Raft shard to split now, and why: the one furthest past a threshold
+/// (its size, or its sustained load), among shards with no replica change
+/// under way. One at a time: each split is two quorum commits and a new
+/// group's election.
+pub fn plan_split(map: &ShardMap, loads: &BTreeMap<u64, ShardLoad>, limits: SplitThresholds) -> Option<(u64, String)> {
+    let mut best: Option<(f64, u64, String)> = None;
+    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none()) {
+        let Some(load) = loads.get(&shard.id) else { continue };
+        let mut consider = |over: f64, why: String| {
+            if over > 1.0 && best.as_ref().is_none_or(|(b, _, _)| over > *b) {
+                best = Some((over, shard.id, why));
+            }
+        };
+        if limits.size_bytes > 0 {
+            let over = load.bytes as f64 / limits.size_bytes as f64;
+            consider(over, format!("{} bytes on disk, over split_size_bytes {}", load.bytes, limits.size_bytes));
+        }
+        if let (Some(rate), true) = (load.entries_per_s, limits.load_entries_per_s > 0) {
+            let over = rate / limits.load_entries_per_s as f64;
+            consider(over, format!("{rate:.0} entries/s, over split_load_entries_per_s {}", limits.load_entries_per_s));
+        }
+    }
+    best.map(|(_, shard, why)| (shard, why))
+}
+
 /// Replicas (held or being added) per node.
 fn replica_counts(map: &ShardMap) -> BTreeMap<u64, usize> {
     let mut load: BTreeMap<u64, usize> = map.nodes.iter().map(|n| (n.id, 0)).collect();
@@ -425,6 +471,26 @@ mod tests {
         m.validate().unwrap();
         set(&mut m, 1, NodeState::Draining);
         assert_eq!(plan_drains(&m, &all(&m)), vec![(1, ReplicaChange { add: Some(5), remove: Some(1) })]);
+    }
+
+    #[test]
+    fn the_shard_furthest_past_a_threshold_splits_first() {
+        let mut m = map(&[(1, "a"), (2, "b"), (3, "c")], &[&[1, 2, 3][..]; 3]);
+        let limits = SplitThresholds { size_bytes: 100, load_entries_per_s: 50 };
+        let load = |bytes, rate| ShardLoad { bytes, entries_per_s: rate };
+        let mut loads: BTreeMap<u64, ShardLoad> =
+            [(1, load(90, Some(40.0))), (2, load(150, None)), (3, load(10, Some(100.0)))].into();
+        // Shard 3 is 2x over its load, shard 2 1.5x over its size.
+        let (shard, why) = plan_split(&m, &loads, limits).unwrap();
+        assert_eq!(shard, 3);
+        assert!(why.contains("entries/s"), "{why}");
+        // Thresholds of 0 are off; a shard changing replicas waits.
+        assert_eq!(plan_split(&m, &loads, SplitThresholds { load_entries_per_s: 0, ..limits }).unwrap().0, 2);
+        m.shards[1].change = Some(ReplicaChange { add: None, remove: Some(1) });
+        assert!(plan_split(&m, &loads, SplitThresholds { load_entries_per_s: 0, ..limits }).is_none());
+        assert!(plan_split(&m, &loads, SplitThresholds { size_bytes: 0, load_entries_per_s: 0 }).is_none());
+        loads.clear();
+        assert!(plan_split(&m, &loads, limits).is_none(), "nothing known, nothing split");
     }
 
     #[test]

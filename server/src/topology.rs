@@ -30,7 +30,7 @@
 //! or [`crate::placement`] for a node being drained, replaced or filled
 //! ([`manage_members`] records its moves); this module carries it out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -332,6 +332,32 @@ struct Seen {
     /// When leadership of a shard was last handed on, so that a transfer
     /// has time to happen before the next one is planned.
     transferred: HashMap<u64, Instant>,
+    /// Per shard and epoch: its leader's applied index over the last
+    /// [`LOAD_WINDOW`] and a bit, oldest first (a split starts afresh).
+    applied: HashMap<(u64, u64), VecDeque<(Instant, u64)>>,
+    /// When a shard was last split here, so that its new epoch reaches the
+    /// map and the statuses before it is looked at again.
+    split: HashMap<u64, Instant>,
+}
+
+/// Load is the log entries a shard applies per second over this long.
+const LOAD_WINDOW: Duration = Duration::from_secs(10);
+/// How long a shard just split is left alone by automatic splits.
+const SPLIT_COOLDOWN: Duration = Duration::from_secs(10);
+
+impl Seen {
+    /// Records a shard's applied index now and returns its rate over the
+    /// load window, once a whole window has been seen.
+    fn sample(&mut self, shard: u64, epoch: u64, applied: u64, now: Instant) -> Option<f64> {
+        let samples = self.applied.entry((shard, epoch)).or_default();
+        samples.push_back((now, applied));
+        while samples.len() > 2 && now.duration_since(samples[1].0) >= LOAD_WINDOW {
+            samples.pop_front();
+        }
+        let (then, from) = *samples.front()?;
+        let span = now.duration_since(then);
+        (span >= LOAD_WINDOW).then(|| applied.saturating_sub(from) as f64 / span.as_secs_f64())
+    }
 }
 
 /// How long a shard whose leadership was just handed on is left alone by
@@ -377,8 +403,10 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     let answers = futures::future::join_all(members.iter().map(|n| node.probe_peer(&n.addr))).await;
     let now = Instant::now();
     let mut live = BTreeSet::new();
-    // Each Raft shard's leader, as the nodes say (the highest term wins).
+    // Each Raft shard's leader, as the nodes say (the highest term wins),
+    // with what it reports of the shard.
     let mut leaders: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut reported: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
     for (n, answer) in members.iter().zip(answers) {
         let answered = seen.answered.entry(n.id).or_insert(now);
         let Ok(status) = answer else { continue };
@@ -386,8 +414,9 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         live.insert(n.id);
         for g in status.groups.iter().filter(|g| g.role == "leader" && g.shard_id != META_SHARD_ID) {
             let known = leaders.entry(g.shard_id).or_insert((g.term, n.id));
-            if g.term > known.0 {
+            if g.term >= known.0 {
                 *known = (g.term, n.id);
+                reported.insert(g.shard_id, (g.epoch, g.applied_index, g.approximate_bytes));
             }
         }
     }
@@ -481,7 +510,31 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
             other => return Err(format!("unexpected answer from the meta shard: {other:?}")),
         }
     }
-    if moving || !node.config.rebalance {
+    if moving {
+        return Ok(());
+    }
+    let limits = placement::SplitThresholds {
+        size_bytes: node.config.split_size_bytes,
+        load_entries_per_s: node.config.split_load_entries_per_s,
+    };
+    if limits.size_bytes > 0 || limits.load_entries_per_s > 0 {
+        seen.split.retain(|_, at| at.elapsed() < SPLIT_COOLDOWN);
+        let mut loads = BTreeMap::new();
+        for (shard, (epoch, applied, bytes)) in &reported {
+            let entries_per_s = seen.sample(*shard, *epoch, *applied, now);
+            if !seen.split.contains_key(shard) && map.shard(*shard).is_some_and(|d| d.epoch == *epoch) {
+                loads.insert(*shard, placement::ShardLoad { bytes: *bytes, entries_per_s });
+            }
+        }
+        seen.applied.retain(|(shard, epoch), _| map.shard(*shard).is_some_and(|d| d.epoch == *epoch));
+        if let Some((shard, why)) = placement::plan_split(&map, &loads, limits)
+            && let Some(leader) = leaders.get(&shard).and_then(|(_, l)| map.node(*l))
+        {
+            seen.split.insert(shard, Instant::now());
+            split_at_middle(node, &map, shard, &leader.addr, &why).await;
+        }
+    }
+    if !node.config.rebalance {
         return Ok(());
     }
 
@@ -503,6 +556,29 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         }
     }
     Ok(())
+}
+
+/// Splits `shard` at the key its leader (at `addr`) finds in the middle of
+/// its data, through `Admin.SplitShard` there, as `kvctl shard split` would
+/// (the map records it, then the shard's log applies it). Failures are
+/// logged: the next pass looks again.
+async fn split_at_middle(node: &Node, map: &crate::shards::ShardMap, shard: u64, addr: &str, why: &str) {
+    use geokv_proto::admin::{SplitKeyRequest, SplitShardRequest};
+    let Some(epoch) = map.shard(shard).map(|d| d.epoch) else { return };
+    let mut client = geokv_proto::admin::admin_client::AdminClient::new(node.peers.channel(addr));
+    let key = match client.split_key(SplitKeyRequest { shard_id: shard }).await {
+        Ok(reply) if reply.get_ref().found => reply.into_inner().key,
+        Ok(_) => return tracing::debug!(shard, "automatic split: fewer than two keys"),
+        Err(status) => return tracing::debug!(shard, cause = %status.message(), "automatic split: no key yet"),
+    };
+    let request = SplitShardRequest { shard_id: shard, split_key: key.clone(), expected_epoch: epoch };
+    match client.split_shard(request).await {
+        Ok(reply) => {
+            let right = reply.into_inner().right_shard_id;
+            tracing::info!(shard, right, key = %String::from_utf8_lossy(&key), %why, "automatic split")
+        }
+        Err(status) => tracing::warn!(shard, cause = %status.message(), %why, "automatic split failed"),
+    }
 }
 
 /// The keys two ranges share, if any.

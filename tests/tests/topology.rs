@@ -171,3 +171,54 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
     assert_eq!(after, stored, "the same data after a full restart");
     c.kill_all();
 }
+
+/// A shard under sustained write load past `--split-load-entries-per-s` is
+/// split on its own by the meta shard's leader, at the middle key of its
+/// data, while the writers go on; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_shard_splits_on_its_own() {
+    let options = ClusterOptions {
+        extra_args: vec!["--split-load-entries-per-s=15".into(), "--split-size-bytes=0".into()],
+        ..ClusterOptions::default()
+    };
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    let outcomes: Outcomes = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..3 {
+        writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone())));
+    }
+    let start = Instant::now();
+    let map = wait_for("shard [g, n) split by its load", Duration::from_secs(90), || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let g_n = map.shard(SHARD_G_N)?;
+        (g_n.end != b"n").then_some(map)
+    })
+    .await;
+    let took = start.elapsed();
+    let left = map.shard(SHARD_G_N).unwrap().clone();
+    let right = map.shard_for_key(&left.end).unwrap().clone();
+    assert!(left.end.as_slice() > b"h".as_slice() && left.end.as_slice() < b"m".as_slice(), "{left:?}");
+    assert_eq!(right.replicas.len(), 3, "{right:?}");
+    // Shards away from the load did not split.
+    assert!(map.shard_for_key(b"a").unwrap().end == b"g" && map.shard_for_key(b"v").unwrap().start == b"u");
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let outcomes = outcomes.lock().await;
+    let mut acked = 0;
+    for (key, outcome) in outcomes.iter() {
+        if let Some(value) = outcome {
+            acked += 1;
+            let got = admin.get(key.as_str()).await.expect("get").map(|r| r.value);
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "acknowledged write of {key}");
+        }
+    }
+    assert!(acked >= outcomes.len() / 2, "{acked} of {}", outcomes.len());
+    eprintln!(
+        "split [g, n) at {:?} {took:?} into the load; {acked} of {} writes acknowledged, all present",
+        String::from_utf8_lossy(&left.end),
+        outcomes.len()
+    );
+}

@@ -616,6 +616,13 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster does not remove nodes"))
     }
 
+    async fn split_key(
+        &self,
+        _request: Request<admin_pb::SplitKeyRequest>,
+    ) -> Result<Response<admin_pb::SplitKeyResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster finds no split keys"))
+    }
+
     async fn join_cluster(
         &self,
         _request: Request<admin_pb::JoinClusterRequest>,

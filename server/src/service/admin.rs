@@ -8,8 +8,8 @@ use geokv_proto::admin::{
     GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
     ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState,
     NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest,
-    SetLeaderRegionResponse, ShardMap as PbShardMap, SplitShardRequest, SplitShardResponse, TransferLeaderRequest,
-    TransferLeaderResponse,
+    SetLeaderRegionResponse, ShardMap as PbShardMap, SplitKeyRequest, SplitKeyResponse, SplitShardRequest,
+    SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -105,6 +105,10 @@ impl Admin for AdminService {
                 snapshot_index: crate::raft::index_of(&m.snapshot),
                 voters: m.membership_config.voter_ids().collect(),
                 learners: m.membership_config.membership().learner_ids().collect(),
+                approximate_bytes: match desc {
+                    Some(d) if !d.is_eventual() => self.node.storage.approximate_data_bytes(&d.start, d.end.as_deref()),
+                    _ => 0,
+                },
                 epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),
                 end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
@@ -531,6 +535,23 @@ impl Admin for AdminService {
         let map_version = self.set_node_state(node_id, target).await?;
         tracing::info!(node = node_id, state = target.as_str(), "node removal recorded in the shard map");
         answer(map_version, target, map_version > map.version)
+    }
+
+    async fn split_key(&self, req: Request<SplitKeyRequest>) -> Result<Response<SplitKeyResponse>, Status> {
+        let SplitKeyRequest { shard_id } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        let desc = find_shard(&map, shard_id)?;
+        if self.node.group(shard_id).await.is_none() {
+            return Err(Status::not_found(format!("this node hosts no replica of shard {shard_id}")));
+        }
+        let storage = self.node.storage.clone();
+        let key = tokio::task::spawn_blocking(move || {
+            storage.middle_key(&desc.start, desc.end.as_deref(), crate::placement::SPLIT_KEY_SCAN_KEYS)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(SplitKeyResponse { found: key.is_some(), key: key.unwrap_or_default() }))
     }
 
     async fn join_cluster(&self, req: Request<JoinClusterRequest>) -> Result<Response<JoinClusterResponse>, Status> {

@@ -272,6 +272,80 @@ impl Storage {
         Ok(out)
     }
 
+    /// The approximate on-disk size of the user data in `[start, end)`
+    /// (RocksDB's estimate from its files, compressed: what the memtable
+    /// holds, up to a write buffer's worth, is not counted).
+    pub fn approximate_data_bytes(&self, start: &[u8], end: Option<&[u8]>) -> u64 {
+        // Past every key: a key of 0xff bytes longer than max_key_bytes.
+        let last = [0xffu8; 8192];
+        let range = rocksdb::Range::new(start, end.unwrap_or(&last));
+        self.db.get_approximate_sizes_cf(self.cf(CF_DATA), &[range]).first().copied().unwrap_or(0)
+    }
+
+    /// A key that splits `[start, end)` into halves of about equal bytes
+    /// (keys and stored records), strictly above `start`; `None` when the
+    /// range holds fewer than two keys. Reads at most `max_keys` keys twice
+    /// (once to total the bytes, once to find the middle), so on a larger
+    /// range the key halves the first `max_keys` keys.
+    pub fn middle_key(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_keys: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let (mut total, mut keys) = (0usize, 0usize);
+        self.walk_data(start, end, max_keys, &mut |_, bytes| {
+            total += bytes;
+            keys += 1;
+            true
+        })?;
+        if keys < 2 {
+            return Ok(None);
+        }
+        let (mut sum, mut middle, mut last) = (0usize, None, None);
+        self.walk_data(start, end, max_keys, &mut |key, bytes| {
+            if key > start {
+                if sum * 2 >= total {
+                    middle = Some(key.to_vec());
+                    return false;
+                }
+                last = Some(key.to_vec());
+            }
+            sum += bytes;
+            true
+        })?;
+        // Everything before the last key was under half: split before it.
+        Ok(middle.or(last))
+    }
+
+    /// Calls `visit` with each key in `[start, end)` and its bytes (key and
+    /// record), in order, for at most `max_keys` keys or until it says stop.
+    fn walk_data(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_keys: usize,
+        visit: &mut dyn FnMut(&[u8], usize) -> bool,
+    ) -> Result<(), StorageError> {
+        const PAGE: usize = 1_024;
+        let mut from = start.to_vec();
+        let mut seen = 0;
+        while seen < max_keys {
+            let page = self.scan_data(&from, end, PAGE.min(max_keys - seen))?;
+            for (k, v) in &page {
+                seen += 1;
+                if !visit(k, k.len() + v.len()) {
+                    return Ok(());
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => from = [last.as_slice(), &[0]].concat(),
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     /// Everything a snapshot of one shard needs, read from one consistent
     /// RocksDB snapshot (so the applied id matches the data exactly).
     /// `range_of` gets the stored range record as of the same snapshot
@@ -549,6 +623,27 @@ mod tests {
         storage.write_relaxed(b).unwrap();
         assert_eq!(storage.last_log(1).unwrap().unwrap().0, 1);
         assert_eq!(storage.last_log(2).unwrap().unwrap().0, 3);
+    }
+
+    #[tokio::test]
+    async fn the_middle_key_halves_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(storage.middle_key(b"", None, 1_000).unwrap(), None, "no keys");
+        let mut b = storage.batch();
+        for i in 0..3_000u32 {
+            b.put_data(format!("k{i:05}").as_bytes(), b"0123456789");
+        }
+        b.put_data(b"z", b"outside");
+        storage.write_relaxed(b).unwrap();
+        let middle = storage.middle_key(b"k", Some(b"l"), 1_000_000).unwrap().unwrap();
+        assert_eq!(middle, b"k01500".to_vec());
+        // Bounded: halves the first 1,000 keys.
+        assert_eq!(storage.middle_key(b"k", Some(b"l"), 1_000).unwrap().unwrap(), b"k00500".to_vec());
+        // Never the range's own start.
+        let two = storage.middle_key(b"k02999", None, 10).unwrap().unwrap();
+        assert_eq!(two, b"z".to_vec());
+        assert_eq!(storage.middle_key(b"z", None, 10).unwrap(), None, "one key");
     }
 
     #[tokio::test]
