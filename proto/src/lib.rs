@@ -22,6 +22,10 @@ pub mod raft {
     tonic::include_proto!("geokv.raft");
 }
 
+/// The encoded `FileDescriptorSet` of every geokv proto, served by gRPC
+/// server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/geokv_descriptor.bin"));
+
 /// The largest gRPC message geokv sends or accepts, in bytes. Values are at
 /// most 1 MiB by default and batches are bounded, so this only has to fit a
 /// whole-shard snapshot message; see `docs/operations.md`.

@@ -260,8 +260,11 @@ impl Metrics {
     }
 }
 
-/// A deliberately tiny HTTP/1.0 server: `GET /metrics` only, one request per
-/// connection, bounded request size.
+/// A deliberately tiny HTTP/1.0 server, one request per connection, bounded
+/// request size: `GET /metrics` (Prometheus text), `GET /healthz` (200
+/// while the process serves: liveness) and `GET /readyz` (200 when the node
+/// should get traffic, else 503 with the reason: [`Node::readiness`], the
+/// same as the gRPC health service).
 pub async fn serve_http(node: Arc<Node>, listener: TcpListener) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else { continue };
@@ -279,10 +282,15 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener) {
                 }
             }
             let head = String::from_utf8_lossy(&buf[..len]);
-            let (status, body) = if head.starts_with("GET /metrics") {
-                ("200 OK", node.metrics.render(&node).await)
-            } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
+            let path = head.strip_prefix("GET ").and_then(|rest| rest.split([' ', '?']).next()).unwrap_or("");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", node.metrics.render(&node).await),
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" => match node.readiness().await {
+                    Ok(()) => ("200 OK", "ready\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+                },
+                _ => ("404 Not Found", "served here: GET /metrics, /healthz, /readyz\n".to_string()),
             };
             let response = format!(
                 "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",

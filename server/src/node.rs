@@ -105,6 +105,9 @@ pub struct Node {
     awaiting_snapshot: Mutex<HashSet<u64>>,
     ready: AtomicBool,
     started: Instant,
+    /// When the meta shard's leader last sent this replica entries or a
+    /// heartbeat (readiness: a follower cut off from it is not ready).
+    meta_leader_heard: Mutex<Option<Instant>>,
 }
 
 impl Node {
@@ -170,6 +173,7 @@ impl Node {
             awaiting_snapshot: Mutex::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
+            meta_leader_heard: Mutex::new(None),
         }))
     }
 
@@ -676,6 +680,57 @@ impl Node {
     /// False while a peer's clock was recently seen beyond the offset bound.
     pub fn clock_ok(&self) -> bool {
         self.clock_suspect_until.lock().expect("clock flag").is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Whether this node should get traffic, or why not: its groups have
+    /// started, it holds the shard map, the map records it as a member that
+    /// serves (up or draining: not joining, down or removed), and its meta
+    /// shard replica knows a leader and has applied all it knows committed.
+    /// The gRPC health service and `/readyz` report this.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("starting: its Raft groups are not all started".into());
+        }
+        let map = self.shard_map();
+        if map.version == 0 {
+            return Err("no shard map yet (not bootstrapped, or a joining node not caught up)".into());
+        }
+        let me = self.config.node_id;
+        match map.node(me).map(|n| n.state) {
+            Some(NodeState::Up | NodeState::Draining | NodeState::Removing) => {}
+            Some(state) => return Err(format!("the shard map records node {me} as {}", state.as_str())),
+            None => return Err(format!("node {me} is not in the shard map it holds (version {})", map.version)),
+        }
+        let meta = self.group(META_SHARD_ID).await.ok_or("no meta shard replica")?;
+        let m = meta.metrics().borrow_watched().clone();
+        if m.current_leader.is_none() {
+            return Err("its meta shard replica knows no leader".into());
+        }
+        // openraft keeps a leader that lost its quorum leading, and a
+        // follower cut off from its leader (pre-vote failing) following it:
+        // either must have heard from the other side within an election
+        // timeout.
+        let max = Duration::from_millis(self.config.raft.election_timeout_max_ms);
+        let heard = if m.state == openraft::ServerState::Leader {
+            m.last_quorum_acked.as_ref().map(|t| t.elapsed())
+        } else {
+            self.meta_leader_heard.lock().expect("meta leader heard").map(|t| t.elapsed())
+        };
+        if heard.is_none_or(|ago| ago > max) {
+            return Err(format!(
+                "its meta shard replica knows no leader with a quorum (last contact {heard:?} ago, more than {max:?})"
+            ));
+        }
+        let (applied, committed) = (crate::raft::index_of(&m.last_applied), crate::raft::index_of(&m.local_committed));
+        if applied < committed {
+            return Err(format!("its meta shard replica has applied {applied} of {committed} committed entries"));
+        }
+        Ok(())
+    }
+
+    /// Notes that the meta shard's leader reached this replica just now.
+    pub fn meta_leader_heard(&self) {
+        *self.meta_leader_heard.lock().expect("meta leader heard") = Some(Instant::now());
     }
 
     pub fn is_ready(&self) -> bool {

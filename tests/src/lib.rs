@@ -335,6 +335,19 @@ impl TestCluster {
 
     /// Node `id`'s Prometheus metrics as `name{labels} -> value` (requires
     /// [`ClusterOptions::metrics`]).
+    /// `GET path` on node `id`'s metrics endpoint: the status line and the
+    /// body, or `None` if it does not answer.
+    pub async fn http_get(&self, id: u64, path: &str) -> Option<(String, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.node(id).metrics_addr.clone().expect("cluster started with metrics: true");
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        sock.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+        let mut text = String::new();
+        sock.read_to_string(&mut text).await.ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    }
+
     pub async fn metrics(&self, id: u64) -> BTreeMap<String, f64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.node(id).metrics_addr.clone().expect("cluster started with metrics: true");

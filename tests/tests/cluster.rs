@@ -579,3 +579,80 @@ async fn a_restarted_node_does_not_campaign_during_its_vote_quarantine() {
         c.logs_tail(40)
     );
 }
+
+/// The standard gRPC health service and `/readyz` say SERVING only while a
+/// node can serve: here, a node whose meta shard lost its quorum (both
+/// peers killed) turns NOT_SERVING with the reason, and SERVING again once
+/// they are back; `/healthz` (liveness) answers throughout. Server
+/// reflection lists the services for generic tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_whether_a_node_can_serve() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut c =
+        TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { metrics: true, ..Default::default() });
+    let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let status = |id: u64| {
+        let endpoint = format!("http://{}", addrs[id as usize - 1]);
+        async move {
+            let channel = tonic::transport::Channel::from_shared(endpoint).ok()?.connect().await.ok()?;
+            let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.ok()?;
+            ServingStatus::try_from(reply.into_inner().status).ok()
+        }
+    };
+    for id in 1..=3 {
+        wait_for(&format!("node {id} SERVING"), DEFAULT_DEADLINE, || async {
+            (status(id).await == Some(ServingStatus::Serving)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(c.http_get(1, "/readyz").await.map(|(s, _)| s), Some("HTTP/1.0 200 OK".into()));
+
+    c.kill(2);
+    c.kill(3);
+    let endpoint = format!("http://{}", c.node(1).addr);
+    let channel = tonic::transport::Channel::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    wait_for("node 1 NOT_SERVING without a quorum", DEFAULT_DEADLINE, || {
+        let mut health = health.clone();
+        async move {
+            let reply = health.check(HealthCheckRequest { service: "geokv.kv.Kv".into() }).await.ok()?;
+            (reply.into_inner().status == ServingStatus::NotServing as i32).then_some(())
+        }
+    })
+    .await;
+    let (line, body) = c.http_get(1, "/readyz").await.expect("readyz answers");
+    assert!(line.contains("503") && body.contains("knows no leader"), "{line}: {body}");
+    assert_eq!(c.http_get(1, "/healthz").await.map(|(s, _)| s), Some("HTTP/1.0 200 OK".into()));
+    let raft = health.check(HealthCheckRequest { service: "geokv.raft.Raft".into() }).await.unwrap();
+    assert_eq!(raft.into_inner().status, ServingStatus::Serving as i32, "peers must still reach it");
+
+    c.restart(2);
+    c.restart(3);
+    wait_for("node 1 SERVING again", DEFAULT_DEADLINE, || async {
+        (status(1).await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
+
+    // Reflection: the services, by name, as grpcurl would list them.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else { panic!("{reply:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["geokv.kv.Kv", "geokv.admin.Admin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
+    }
+}

@@ -190,7 +190,7 @@ async fn a_hot_shard_splits_on_its_own() {
         writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone())));
     }
     let start = Instant::now();
-    let map = wait_for("shard [g, n) split by its load", Duration::from_secs(90), || async {
+    let map = wait_for("shard [g, n) split by its load", Duration::from_secs(120), || async {
         let map = admin.refresh_shard_map().await.ok()?;
         let g_n = map.shard(SHARD_G_N)?;
         (g_n.end != b"n").then_some(map)

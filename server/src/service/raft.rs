@@ -131,7 +131,13 @@ impl Raft for RaftService {
                 self.node.config.node_id
             )));
         }
-        reply(shard, raft.append_entries(body).await)
+        let result = raft.append_entries(body).await;
+        let from_leader =
+            matches!(&result, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)));
+        if shard == crate::shards::META_SHARD_ID && from_leader {
+            self.node.meta_leader_heard();
+        }
+        reply(shard, result)
     }
 
     type StreamAppendStream = ReplyStream;
@@ -160,7 +166,11 @@ impl Raft for RaftService {
             })
             .take_while(|r| futures::future::ready(r.is_some()))
             .filter_map(futures::future::ready);
+        let heard = self.node.clone();
         let replies = raft.stream_append(requests).map(move |res| {
+            if shard == crate::shards::META_SHARD_ID && matches!(res, Ok(Ok(_))) {
+                heard.meta_leader_heard();
+            }
             Ok(match res {
                 Ok(result) => RaftMessage { shard_id: shard, payload: encode(&result), error: String::new() },
                 Err(fatal) => RaftMessage { shard_id: shard, payload: Vec::new(), error: fatal.to_string() },
