@@ -209,6 +209,12 @@ struct RunArgs {
     /// stale copies deleted, when it returns.
     #[arg(long)]
     node_dead_after_ms: Option<u64>,
+    /// The nodes' --split-load-entries-per-s: a shard applying more log
+    /// entries per second than this over 10 s is split at its middle key
+    /// during the run (automatic splits racing the nemesis; bank transfers
+    /// across the new boundary are then refused).
+    #[arg(long)]
+    split_load_entries_per_s: Option<u64>,
     /// After the final heal, every key must take a write within this many seconds.
     #[arg(long, default_value_t = 30)]
     liveness_timeout_s: u64,
@@ -361,6 +367,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.max_clock_offset_ms = args.max_clock_offset_ms;
     config.rebalance = args.rebalance;
     config.node_dead_after_ms = args.node_dead_after_ms;
+    config.split_load_entries_per_s = args.split_load_entries_per_s;
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);
     config.check.key_time_limit_ms = args.check_time_limit_s.saturating_mul(1000);
     config.keep_data = args.keep_data;

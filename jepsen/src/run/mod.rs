@@ -146,6 +146,9 @@ pub struct RunConfig {
     /// shorter than a kill window, a killed node is marked down and its
     /// replicas re-created elsewhere during the window (with enough nodes).
     pub node_dead_after_ms: Option<u64>,
+    /// The nodes' `--split-load-entries-per-s`: shards under the workload's
+    /// load split on their own during the run.
+    pub split_load_entries_per_s: Option<u64>,
 }
 
 /// With client retries on, how many attempts fit in one operation's timeout.
@@ -177,6 +180,7 @@ impl RunConfig {
             max_clock_offset_ms: None,
             rebalance: false,
             node_dead_after_ms: None,
+            split_load_entries_per_s: None,
         }
     }
 
@@ -291,6 +295,8 @@ pub struct RunParameters {
     pub rebalance: bool,
     /// The nodes' node_dead_after_ms when not their default.
     pub node_dead_after_ms: Option<u64>,
+    /// The nodes' split_load_entries_per_s when set.
+    pub split_load_entries_per_s: Option<u64>,
     pub liveness_timeout_ms: u64,
     pub key_time_limit_ms: u64,
     pub key_cache_limit_bytes: usize,
@@ -312,6 +318,10 @@ pub struct RunStats {
     pub processes: usize,
     /// Nemesis windows skipped because the fault could not be applied.
     pub nemesis_skipped: Vec<String>,
+    /// The cluster's shape after the liveness phase, as its shard map says:
+    /// how many shards, and each member's state (splits, moves, drains and
+    /// down nodes the run caused, by the nemesis or by the cluster itself).
+    pub topology_at_end: String,
 }
 
 /// `report.json` of a run.
@@ -362,6 +372,7 @@ impl RunReport {
             "{} operations by {} processes in {:.1} s (+ {:.1} s checking)\n",
             self.stats.operations, self.stats.processes, self.stats.duration_s, self.stats.check_s
         ));
+        out.push_str(&format!("topology at the end: {}\n", self.stats.topology_at_end));
         for (f, counts) in &self.op_counts {
             let c = |k| counts.get(k).copied().unwrap_or(0);
             out.push_str(&format!("  {f:<10} ok {:>6}  fail {:>6}  info {:>6}\n", c("ok"), c("fail"), c("info")));
@@ -430,6 +441,9 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     lab_config.rebalance = config.rebalance;
     if let Some(ms) = config.node_dead_after_ms {
         lab_config.node_args.push(format!("--node-dead-after-ms={ms}"));
+    }
+    if let Some(rate) = config.split_load_entries_per_s {
+        lab_config.node_args.push(format!("--split-load-entries-per-s={rate}"));
     }
     let lab = Lab::start(lab_config).await?;
     let result = drive(&config, &lab).await;
@@ -576,6 +590,13 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         None => None,
     };
     let duration_s = started.elapsed().as_secs_f64();
+    let topology_at_end = match setup.refresh_shard_map().await {
+        Ok(map) => {
+            let nodes: Vec<String> = map.nodes.iter().map(|n| format!("{} {}", n.node_id, n.state.as_str())).collect();
+            format!("{} shards; nodes: {}", map.shards.len(), nodes.join(", "))
+        }
+        Err(e) => format!("shard map not read: {e}"),
+    };
     let events = recorder.events();
     let processes = events.iter().filter_map(|e| e.process).collect::<BTreeSet<_>>().len();
     let stats = RunStats {
@@ -585,6 +606,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         operations: events.iter().filter(|e| e.kind == EventType::Invoke).count(),
         processes,
         nemesis_skipped: skipped,
+        topology_at_end,
     };
     Ok(Driven { events, stats, liveness, convergence, schedule })
 }
@@ -1082,6 +1104,7 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             max_clock_offset_ms: config.max_clock_offset_ms,
             rebalance: config.rebalance,
             node_dead_after_ms: config.node_dead_after_ms,
+            split_load_entries_per_s: config.split_load_entries_per_s,
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,
             key_time_limit_ms: config.check.key_time_limit_ms,
             key_cache_limit_bytes: config.check.key_cache_limit_bytes,
