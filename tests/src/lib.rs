@@ -31,6 +31,29 @@ pub type Outcomes = std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Option<St
 /// Puts `key = value` and records its outcome in `outcomes`: the value when
 /// acknowledged, `None` when indeterminate or retryable; any other error
 /// fails the test.
+/// Scans every key through `client` and checks `outcomes` against it: every
+/// acknowledged write is there with its value, and no key appears that was
+/// never written. Returns (acknowledged, attempted); panics on a violation
+/// or when fewer than half were acknowledged.
+pub async fn check_outcomes(client: &geokv_client::Client, outcomes: &Outcomes) -> (usize, usize) {
+    let kvs = wait_for("a full scan", DEFAULT_DEADLINE, || async { client.scan(..).collect().await.ok() }).await;
+    let stored: BTreeMap<String, String> =
+        kvs.into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap())).collect();
+    let outcomes = outcomes.lock().await;
+    let mut acked = 0;
+    for (key, outcome) in outcomes.iter() {
+        if let Some(value) = outcome {
+            acked += 1;
+            assert_eq!(stored.get(key), Some(value), "acknowledged write of {key} lost");
+        }
+    }
+    for key in stored.keys() {
+        assert!(outcomes.contains_key(key), "{key} was never written");
+    }
+    assert!(acked >= outcomes.len() / 2, "only {acked} of {} writes acknowledged", outcomes.len());
+    (acked, outcomes.len())
+}
+
 pub async fn put_and_record(client: &geokv_client::Client, key: String, value: String, outcomes: &Outcomes) {
     let outcome = match client.put(&key, &value).await {
         Ok(_) => Some(value),
