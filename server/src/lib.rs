@@ -10,21 +10,25 @@
 //! - [`raft`]: openraft's type configuration, log store, state machine and
 //!   network over storage;
 //! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
-//! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`) and [`metrics`];
+//! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`, plus the standard
+//!   health service and reflection) and [`metrics`] (`/metrics`, `/healthz`,
+//!   `/readyz`);
 //! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings;
-//! - [`placement`]: where replicas go (a drained node's), pure functions of
-//!   the map;
+//!   [`join`]: a new node asking to be admitted (`geokv --join`);
+//! - [`placement`]: where replicas and leaders go (drains, dead-node
+//!   replacement, rebalancing) and which shard splits, pure functions of the
+//!   map and of what the nodes report;
 //! - [`topology`]: carrying out replica changes (learner, catch-up, joint
-//!   consensus), deleting replicas that left, and carrying out drains and
-//!   removals of members.
+//!   consensus), deleting replicas that left, and the meta leader's member
+//!   loop: joins, down nodes, drains, removals, rebalancing, automatic
+//!   splits.
 //!
 //! Beside the Raft groups, a node may hold replicas of *eventual* shards
 //! ([`eventual`]): leaderless, last-writer-wins by hybrid logical clock, the
 //! measured contrast to consensus.
 //!
-//! What a node does not do yet: merge shards, split them on its own, join a
-//! running cluster, or replace a dead node without an operator
-//! (docs/architecture.md lists what is built).
+//! What a node does not do yet: merge shards (docs/architecture.md lists what
+//! is built).
 
 pub mod cli;
 pub mod config;
