@@ -1,6 +1,6 @@
 //! Joining a running cluster (`geokv --join`): before the node opens its
 //! storage, it asks a member to admit it and stores the id the meta shard
-//! gave it, so that every later start (with or without `--join`) is that
+//! gave it, so that every later start (with the same flags) is that
 //! same member. Only the first start asks.
 
 use std::path::{Path, PathBuf};
