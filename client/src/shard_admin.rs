@@ -280,7 +280,19 @@ impl Client {
     /// when a replica would have nowhere to go (or is on an eventual shard),
     /// or the node was removed.
     pub async fn drain_node(&self, node: u64) -> Result<NodeChange, Error> {
-        let request = admin_pb::DrainNodeRequest { node_id: node };
+        self.send_drain(node, false).await
+    }
+
+    /// Cancels node `node`'s drain (`Admin.DrainNode` with `cancel`): it is
+    /// up again and takes replicas; moves already recorded finish.
+    /// `created: false` if it was up already; [`Error::FailedPrecondition`]
+    /// for a removing or removed node.
+    pub async fn cancel_drain(&self, node: u64) -> Result<NodeChange, Error> {
+        self.send_drain(node, true).await
+    }
+
+    async fn send_drain(&self, node: u64, cancel: bool) -> Result<NodeChange, Error> {
+        let request = admin_pb::DrainNodeRequest { node_id: node, cancel };
         let deadline = Instant::now() + self.config().deadline;
         let (addr, reply) = self
             .retry_admin("the drain may or may not be recorded now", deadline, |addr, timeout| async move {
@@ -295,7 +307,11 @@ impl Client {
             })
             .await?;
         self.await_map_version(&addr, reply.map_version, deadline).await;
-        let state = if reply.created { NodeState::Draining } else { self.node_state(node).await };
+        let state = match (reply.created, cancel) {
+            (true, false) => NodeState::Draining,
+            (true, true) => NodeState::Up,
+            (false, _) => self.node_state(node).await,
+        };
         Ok(NodeChange { node_id: node, map_version: reply.map_version, created: reply.created, state })
     }
 

@@ -457,11 +457,16 @@ Examples:
   kvctl node drain 3                  waits (up to --wait) until node 3 holds no replica
   kvctl node drain 3 --no-wait
   kvctl node list                     STATE draining, REPLICAS counting down
-  kvctl --json node drain 3 --wait 30m"
+  kvctl --json node drain 3 --wait 30m
+  kvctl node drain 3 --cancel         up again: takes replicas again (recorded moves finish)"
     )]
     Drain {
         /// The node to drain.
         id: u64,
+        /// Cancel the node's drain: it is recorded as up again and takes
+        /// replicas again; moves already recorded finish, no new ones start.
+        #[arg(long, conflicts_with_all = ["no_wait", "wait"])]
+        cancel: bool,
         /// Return once the drain is recorded, without waiting for it.
         #[arg(long)]
         no_wait: bool,
@@ -891,7 +896,25 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Node(NodeCommand::Drain { id, no_wait, wait }) => {
+        Command::Node(NodeCommand::Drain { id, cancel: true, .. }) => {
+            let change = client.cancel_drain(id).await.map_err(say)?;
+            let fields = json!({
+                "node": id,
+                "map_version": change.map_version,
+                "created": change.created,
+                "state": change.state.as_str(),
+            });
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if change.created => {
+                    println!("node {id}'s drain cancelled: it is up again; map version {}", change.map_version)
+                }
+                WriteOut::Simple => println!("node {id} is {}: no drain to cancel", change.state.as_str()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::Drain { id, no_wait, wait, .. }) => {
             let change = client.drain_node(id).await.map_err(say)?;
             node_change_done(&client, out, "drain", change, no_wait, wait).await
         }

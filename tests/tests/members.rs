@@ -143,3 +143,39 @@ async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
         attempted
     );
 }
+
+/// A drain can be called off: the node is up again at once, the moves
+/// already recorded finish, and no new one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_can_be_cancelled() {
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { nodes: 4, ..Default::default() });
+    c.wait_all_leaders().await;
+    let admin = client(&c).await;
+    let before = admin.refresh_shard_map().await.unwrap();
+    let node = (1..=4u64).max_by_key(|n| (before.shards.iter().filter(|s| s.is_placed_on(*n)).count(), *n)).unwrap();
+    assert!(!admin.cancel_drain(node).await.expect("nothing to cancel").created, "an up node: no change");
+
+    assert!(admin.drain_node(node).await.expect("drain").created);
+    let cancelled = admin.cancel_drain(node).await.expect("cancel");
+    assert!(cancelled.created);
+    assert_eq!(cancelled.state, NodeState::Up);
+    assert!(!admin.cancel_drain(node).await.expect("a repeat").created);
+    // The recorded moves finish; then the node's replicas stay put.
+    let settled = wait_for("recorded moves to finish", DEFAULT_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        map.shards.iter().all(|s| !s.is_changing()).then_some(map)
+    })
+    .await;
+    let held = |map: &geokv_client::ShardMap| map.shards.iter().filter(|s| s.is_placed_on(node)).count();
+    let kept = held(&settled);
+    assert!(kept >= held(&before).saturating_sub(2), "at most the 2 moves in flight left it: {kept}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let map = admin.refresh_shard_map().await.unwrap();
+        assert_eq!(held(&map), kept, "a move started after the cancel");
+        assert_eq!(map.node(node).map(|n| n.state), Some(NodeState::Up));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = admin.cancel_drain(9).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+}

@@ -486,9 +486,23 @@ impl Admin for AdminService {
     }
 
     async fn drain_node(&self, req: Request<DrainNodeRequest>) -> Result<Response<DrainNodeResponse>, Status> {
-        let DrainNodeRequest { node_id } = req.into_inner();
+        let DrainNodeRequest { node_id, cancel } = req.into_inner();
         let map = self.bootstrapped_map()?;
         let state = find_node(&map, node_id)?.state;
+        if cancel {
+            return match state {
+                NodeState::Up => Ok(Response::new(DrainNodeResponse { map_version: map.version, created: false })),
+                NodeState::Draining => {
+                    let map_version = self.set_node_state(node_id, NodeState::Up).await?;
+                    tracing::info!(node = node_id, "node drain cancelled: up again");
+                    Ok(Response::new(DrainNodeResponse { map_version, created: map_version > map.version }))
+                }
+                other => Err(Status::failed_precondition(format!(
+                    "node {node_id} is {}, not draining: there is no drain to cancel",
+                    other.as_str()
+                ))),
+            };
+        }
         if matches!(state, NodeState::Draining | NodeState::Removing) {
             return Ok(Response::new(DrainNodeResponse { map_version: map.version, created: false }));
         }
