@@ -872,16 +872,10 @@ async fn place_leaders(node: Arc<Node>) {
                 continue;
             }
             let m = raft.metrics().borrow_watched().clone();
-            let last_log = m.last_log_index.unwrap_or(0);
-            let caught_up = |peer: &u64| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(peer))
-                    .and_then(|matched| *matched)
-                    .is_some_and(|matched| matched.index + MAX_TRANSFER_LAG_ENTRIES >= last_log)
-            };
-            let target =
-                raft.voter_ids().filter(|v| map.node(*v).is_some_and(|n| n.region == preferred)).find(|v| caught_up(v));
+            let target = raft
+                .voter_ids()
+                .filter(|v| map.node(*v).is_some_and(|n| n.region == preferred))
+                .find(|v| crate::raft::within_lag(&m, *v, MAX_TRANSFER_LAG_ENTRIES));
             let Some(target) = target else { continue };
             last_attempt.insert(shard, Instant::now());
             tracing::info!(shard, to = target, region = %preferred, "moving leadership to the preferred region");

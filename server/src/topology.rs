@@ -39,9 +39,9 @@ use openraft::{BasicNode, ChangeMembers};
 
 use crate::node::Node;
 use crate::placement;
-use crate::raft::ShardRaft;
 use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::state_machine::stored_range;
+use crate::raft::{ShardRaft, matched_index, within_lag};
 use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, describe};
 
 /// How often every node looks for replica changes to carry out (as the
@@ -137,7 +137,7 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
             return Ok(Progress::Waiting(format!("node {add} added as a learner")));
         }
         let last = m.last_log_index.unwrap_or(0);
-        let matched = m.replication.as_ref().and_then(|r| r.get(&add)).and_then(|l| l.as_ref()).map(|l| l.index);
+        let matched = matched_index(&m, add);
         if matched.is_none() {
             // Nothing sent yet, maybe by an earlier leader: this one, too,
             // must send a snapshot first.
@@ -158,15 +158,11 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
     if change.remove == Some(me) {
         // A leader does not remove itself: it hands leadership to a voter
         // that stays, whose own pass continues the change.
-        let last = m.last_log_index.unwrap_or(0);
-        let caught_up = |v: &u64| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(v))
-                .and_then(|l| l.as_ref())
-                .is_some_and(|l| l.index + MAX_PROMOTION_LAG >= last)
-        };
-        let to = committed_voters.iter().copied().filter(|v| *v != me && target.contains(v)).find(caught_up);
+        let to = committed_voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me && target.contains(v))
+            .find(|v| within_lag(&m, *v, MAX_PROMOTION_LAG));
         let Some(to) = to else { return Ok(Progress::Waiting("no caught-up voter to hand leadership to".into())) };
         raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
         return Ok(Progress::Waiting(format!("leadership handed to node {to}, which is staying")));
@@ -380,14 +376,7 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let state = |id: u64| map.node(id).map_or(NodeState::Removed, |n| n.state);
-    let last = m.last_log_index.unwrap_or(0);
-    let caught_up = |id: &u64| {
-        m.replication
-            .as_ref()
-            .and_then(|r| r.get(id))
-            .and_then(|l| l.as_ref())
-            .is_some_and(|l| l.index + MAX_PROMOTION_LAG >= last)
-    };
+    let caught_up = |id: &u64| within_lag(&m, *id, MAX_PROMOTION_LAG);
 
     if state(me) != NodeState::Up {
         let to = voters.iter().copied().filter(|v| *v != me && state(*v) == NodeState::Up).find(caught_up);

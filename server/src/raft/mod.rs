@@ -57,6 +57,17 @@ pub fn index_of(id: &Option<LogId>) -> u64 {
     id.as_ref().map_or(0, |l| l.index)
 }
 
+/// As a leader's metrics say: the last log index `peer` is known to hold
+/// (`None`: nothing matched yet, or this node does not lead).
+pub fn matched_index(m: &openraft::RaftMetrics<TypeConfig>, peer: u64) -> Option<u64> {
+    m.replication.as_ref()?.get(&peer)?.as_ref().map(|l| l.index)
+}
+
+/// Whether `peer`'s log is within `lag` entries of this leader's.
+pub fn within_lag(m: &openraft::RaftMetrics<TypeConfig>, peer: u64, lag: u64) -> bool {
+    matched_index(m, peer).is_some_and(|index| index + lag >= m.last_log_index.unwrap_or(0))
+}
+
 /// Encodes a value stored on disk or sent between nodes.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")
