@@ -54,6 +54,26 @@ pub async fn check_outcomes(client: &geokv_client::Client, outcomes: &Outcomes) 
     (acked, outcomes.len())
 }
 
+/// Writes keys `<prefix>0000`, `<prefix>0001`, ... (value `v<i>`) through
+/// `client`, recording each outcome, until `count` writes, `time_limit`, or
+/// `stop` is set.
+pub async fn write_prefix(
+    client: geokv_client::Client,
+    prefix: &'static str,
+    count: usize,
+    time_limit: Duration,
+    outcomes: Outcomes,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let started = Instant::now();
+    for i in 0..count {
+        if started.elapsed() > time_limit || stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        put_and_record(&client, format!("{prefix}{i:04}"), format!("v{i}"), &outcomes).await;
+    }
+}
+
 pub async fn put_and_record(client: &geokv_client::Client, key: String, value: String, outcomes: &Outcomes) {
     let outcome = match client.put(&key, &value).await {
         Ok(_) => Some(value),
@@ -226,6 +246,14 @@ impl TestCluster {
 
     fn node_mut(&mut self, id: u64) -> &mut TestNode {
         self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// A client of every node with a 20 s deadline: room for an election or
+    /// a replica change under way.
+    pub async fn client(&self) -> geokv_client::Client {
+        let mut config = geokv_client::ClientConfig::new(self.endpoints());
+        config.deadline = Duration::from_secs(20);
+        config.connect().await.expect("connect")
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use geokv_client::{Client, ClientConfig, NodeState, ShardMap};
+use geokv_client::{Client, NodeState, ShardMap};
 use geokv_proto::admin::JoinClusterRequest;
 use geokv_proto::admin::admin_client::AdminClient;
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, put_and_record, wait_for};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, wait_for, write_prefix};
 
 const WRITES_PER_WRITER: usize = 2_000;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(240);
@@ -27,20 +27,8 @@ const DEAD_AFTER_MS: u64 = 4_000;
 /// Four shards' moves, two at a time, each a snapshot and a catch-up.
 const HEAL_DEADLINE: Duration = Duration::from_secs(120);
 
-async fn client(c: &TestCluster) -> Client {
-    let mut config = ClientConfig::new(c.endpoints());
-    config.deadline = Duration::from_secs(20);
-    config.connect().await.expect("connect")
-}
-
 async fn write_keys(client: Client, prefix: &'static str, outcomes: Outcomes, stop: Arc<AtomicBool>) {
-    let started = Instant::now();
-    for i in 0..WRITES_PER_WRITER {
-        if started.elapsed() > WRITE_TIME_LIMIT || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        put_and_record(&client, format!("{prefix}{i:04}"), format!("v{i}"), &outcomes).await;
-    }
+    write_prefix(client, prefix, WRITES_PER_WRITER, WRITE_TIME_LIMIT, outcomes, stop).await
 }
 
 fn state(map: &ShardMap, id: u64) -> Option<NodeState> {
@@ -73,13 +61,13 @@ async fn a_lost_region_is_rebuilt_on_a_joined_node_and_the_dead_node_is_welcomed
         },
     );
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
 
     let outcomes: Outcomes = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for prefix in ["a", "h", "o", "v"] {
-        writers.push(tokio::spawn(write_keys(client(&c).await, prefix, outcomes.clone(), stop.clone())));
+        writers.push(tokio::spawn(write_keys(c.client().await, prefix, outcomes.clone(), stop.clone())));
     }
     let written = |n: usize| {
         let outcomes = outcomes.clone();
@@ -187,7 +175,7 @@ async fn a_lost_region_is_rebuilt_on_a_joined_node_and_the_dead_node_is_welcomed
         w.await.expect("writer");
     }
 
-    let (acked, attempted) = check_outcomes(&client(&c).await, &outcomes).await;
+    let (acked, attempted) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!(
         "node 3 marked down {marked_after:?} after its loss; eu-west rebuilt on joined node 4 in {rebuilt_in:?}; \
          node 3 back and rebalanced in {welcomed_in:?}; {acked} of {} writes acknowledged",

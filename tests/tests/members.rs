@@ -12,39 +12,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use geokv_client::{Client, ClientConfig, Error, NodeState};
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, put_and_record, wait_for};
+use geokv_client::{Client, Error, NodeState};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, wait_for, write_prefix};
 
 const WRITES_PER_WRITER: usize = 400;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// Three shards' moves, two at a time, each a snapshot and a catch-up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 
-async fn client(c: &TestCluster) -> Client {
-    let mut config = ClientConfig::new(c.endpoints());
-    config.deadline = Duration::from_secs(20);
-    config.connect().await.expect("connect")
-}
-
 /// Writes keys `<prefix><i>`, one shard per prefix with the default split
 /// points (g, n, u), until told to stop.
 async fn write_keys(client: Client, prefix: &'static str, outcomes: Outcomes, stop: Arc<AtomicBool>) {
-    let started = Instant::now();
-    for i in 0..WRITES_PER_WRITER {
-        if started.elapsed() > WRITE_TIME_LIMIT || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let key = format!("{prefix}{i:04}");
-        let value = format!("v{i}");
-        put_and_record(&client, key, value, &outcomes).await;
-    }
+    write_prefix(client, prefix, WRITES_PER_WRITER, WRITE_TIME_LIMIT, outcomes, stop).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { nodes: 4, ..Default::default() });
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let before = admin.refresh_shard_map().await.unwrap();
     // The node with the most replicas (every one has three of four shards).
     let drained =
@@ -54,7 +40,7 @@ async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for prefix in ["a", "h", "o", "v"] {
-        writers.push(tokio::spawn(write_keys(client(&c).await, prefix, outcomes.clone(), stop.clone())));
+        writers.push(tokio::spawn(write_keys(c.client().await, prefix, outcomes.clone(), stop.clone())));
     }
     let written = |n: usize| {
         let outcomes = outcomes.clone();
@@ -137,7 +123,7 @@ async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
     }
 
     // Every acknowledged write is there; nothing appears that was never written.
-    let (acked, attempted) = check_outcomes(&client(&c).await, &outcomes).await;
+    let (acked, attempted) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!(
         "drained node {drained} in {drain_took:?}; {acked} of {} writes acknowledged across the drain and removal",
         attempted
@@ -150,7 +136,7 @@ async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
 async fn a_drain_can_be_cancelled() {
     let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { nodes: 4, ..Default::default() });
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let before = admin.refresh_shard_map().await.unwrap();
     let node = (1..=4u64).max_by_key(|n| (before.shards.iter().filter(|s| s.is_placed_on(*n)).count(), *n)).unwrap();
     assert!(!admin.cancel_drain(node).await.expect("nothing to cancel").created, "an up node: no change");

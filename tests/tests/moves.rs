@@ -26,12 +26,6 @@ fn options() -> ClusterOptions {
     ClusterOptions { nodes: 4, ..ClusterOptions::default() }
 }
 
-async fn client(c: &TestCluster) -> Client {
-    let mut config = ClientConfig::new(c.endpoints());
-    config.deadline = Duration::from_secs(20);
-    config.connect().await.expect("connect")
-}
-
 /// Writes keys `a<writer>-<i>` (shard 1, [ "", g)) until told to stop.
 async fn write_keys(client: Client, writer: usize, outcomes: Outcomes, stop: Arc<std::sync::atomic::AtomicBool>) {
     let started = Instant::now();
@@ -61,7 +55,7 @@ async fn local_value(c: &TestCluster, node: u64, shard: u64, key: &str) -> Resul
 async fn a_move_keeps_fault_tolerance_and_every_write() {
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let map = admin.refresh_shard_map().await.unwrap();
     let shard = map.shard_for_key(b"a").expect("a shard for a").clone();
     let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
@@ -72,7 +66,7 @@ async fn a_move_keeps_fault_tolerance_and_every_write() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for writer in 0..2 {
-        writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone(), stop.clone())));
+        writers.push(tokio::spawn(write_keys(c.client().await, writer, outcomes.clone(), stop.clone())));
     }
     let written = |n: usize| {
         let outcomes = outcomes.clone();
@@ -98,7 +92,7 @@ async fn a_move_keeps_fault_tolerance_and_every_write() {
     // of the voters, which are still the old three. (Had the new replica been
     // made a voter at once, two of four would be no quorum.)
     c.kill(staying);
-    let probe = client(&c).await;
+    let probe = c.client().await;
     let start = Instant::now();
     probe.put("a-probe", "while the new replica is stuck").await.expect("the shard stays writable");
     let writable_after = start.elapsed();
@@ -139,7 +133,7 @@ async fn a_move_keeps_fault_tolerance_and_every_write() {
 
     // Every acknowledged write is there, once; nothing appears that was
     // never written.
-    let scan = client(&c).await;
+    let scan = c.client().await;
     let kvs = wait_for("a full scan", DEFAULT_DEADLINE, || async { scan.scan(.."g").collect().await.ok() }).await;
     let stored: BTreeMap<String, String> =
         kvs.into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap())).collect();
@@ -191,7 +185,7 @@ async fn a_voter_added_before_catching_up_costs_a_quorum() {
     let switch = (geokv_server::topology::UNSAFE_PROMOTE_AT_ONCE.to_string(), "1".to_string());
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions { env: vec![switch], ..options() });
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     admin.put("a-before", "1").await.expect("a write before the move");
     let shard = admin.refresh_shard_map().await.unwrap().shard_for_key(b"a").expect("a shard for a").clone();
     let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
@@ -222,7 +216,7 @@ async fn a_voter_added_before_catching_up_costs_a_quorum() {
 
     // The stuck voter comes back: it catches up and the quorum with it.
     c.resume(to);
-    let later = client(&c).await;
+    let later = c.client().await;
     wait_for("writable once the new voter is back", DEFAULT_DEADLINE, || async {
         later.put("a-after", "1").await.ok()
     })
@@ -237,7 +231,7 @@ async fn a_voter_added_before_catching_up_costs_a_quorum() {
 async fn bad_moves_are_refused_and_change_nothing() {
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let before = admin.refresh_shard_map().await.unwrap();
     let shard = before.shard_for_key(b"a").unwrap().clone();
     let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
@@ -279,7 +273,7 @@ async fn a_move_to_a_node_that_dies_as_a_learner_is_given_up() {
         ClusterOptions { extra_args: dead_after.to_vec(), ..options() },
     );
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let before = admin.refresh_shard_map().await.unwrap();
     let shard = before.shard_for_key(b"a").unwrap().clone();
     let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use geokv_client::{Client, ClientConfig, Error};
+use geokv_client::{Client, Error};
 use geokv_proto::admin::SplitShardRequest;
 use geokv_proto::admin::admin_client::AdminClient;
 use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, put_and_record, wait_for};
@@ -21,12 +21,6 @@ const SHARD_G_N: u64 = 2;
 /// Every writer stops after this many writes or this long, whichever is first.
 const WRITES_PER_WRITER: usize = 400;
 const WRITE_TIME_LIMIT: Duration = Duration::from_secs(60);
-
-async fn client(c: &TestCluster) -> Client {
-    let mut config = ClientConfig::new(c.endpoints());
-    config.deadline = Duration::from_secs(20);
-    config.connect().await.expect("connect")
-}
 
 async fn raw_admin(c: &TestCluster, node: u64) -> AdminClient<tonic::transport::Channel> {
     let endpoint = format!("http://{}", c.node(node).addr);
@@ -50,7 +44,7 @@ async fn write_keys(client: Client, writer: usize, outcomes: Outcomes) {
 async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions::default());
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
 
     // Bad input first: each is refused precisely, and the map stays as it was.
     let before = admin.refresh_shard_map().await.unwrap();
@@ -73,7 +67,7 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
     let outcomes: Outcomes = Arc::default();
     let mut writers = Vec::new();
     for writer in 0..2 {
-        writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone())));
+        writers.push(tokio::spawn(write_keys(c.client().await, writer, outcomes.clone())));
     }
     let written = |n: usize| {
         let outcomes = outcomes.clone();
@@ -119,7 +113,7 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
 
     // A full scan matches every acknowledged write; nothing unknown appears
     // that was never written, nothing is duplicated or lost.
-    let scan = client(&c).await;
+    let scan = c.client().await;
     let kvs = wait_for("a full scan", DEFAULT_DEADLINE, || async { scan.scan("g".."n").collect().await.ok() }).await;
     let stored: BTreeMap<String, String> =
         kvs.into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap())).collect();
@@ -159,7 +153,7 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
         })
         .await;
     }
-    let scan = client(&c).await;
+    let scan = c.client().await;
     let after = wait_for("a full scan after the restart", DEFAULT_DEADLINE, || async {
         scan.scan("g".."n").collect().await.ok()
     })
@@ -183,11 +177,11 @@ async fn a_hot_shard_splits_on_its_own() {
     };
     let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
     c.wait_all_leaders().await;
-    let admin = client(&c).await;
+    let admin = c.client().await;
     let outcomes: Outcomes = Arc::default();
     let mut writers = Vec::new();
     for writer in 0..3 {
-        writers.push(tokio::spawn(write_keys(client(&c).await, writer, outcomes.clone())));
+        writers.push(tokio::spawn(write_keys(c.client().await, writer, outcomes.clone())));
     }
     let start = Instant::now();
     let map = wait_for("shard [g, n) split by its load", Duration::from_secs(120), || async {
