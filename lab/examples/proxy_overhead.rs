@@ -48,6 +48,19 @@ async fn round_trips(stream: &mut TcpStream, count: usize, out: &mut Vec<Duratio
     }
 }
 
+/// At least `total` round trips each way, straight and proxied, interleaved
+/// in blocks; both sorted.
+async fn interleaved(direct: &mut TcpStream, proxied: &mut TcpStream, total: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut straight, mut through) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    while straight.len() < total {
+        round_trips(direct, BLOCK, &mut straight).await;
+        round_trips(proxied, BLOCK, &mut through).await;
+    }
+    straight.sort();
+    through.sort();
+    (straight, through)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -76,13 +89,7 @@ async fn main() {
     round_trips(&mut direct, BLOCK, &mut Vec::new()).await;
     round_trips(&mut proxied, BLOCK, &mut Vec::new()).await;
 
-    let (mut straight, mut through) = (Vec::with_capacity(total), Vec::with_capacity(total));
-    while straight.len() < total {
-        round_trips(&mut direct, BLOCK, &mut straight).await;
-        round_trips(&mut proxied, BLOCK, &mut through).await;
-    }
-    straight.sort();
-    through.sort();
+    let (straight, through) = interleaved(&mut direct, &mut proxied, total).await;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("{} round trips of {MESSAGE_BYTES} B each way, zero configured delay", straight.len());
     println!(
@@ -105,14 +112,8 @@ async fn main() {
     let node = Endpoint::Node(1);
     links.set_latency([(Endpoint::External, node.clone()), (node, Endpoint::External)], Some(DELAY_MS), None);
     let delayed_total = (total / 10).max(BLOCK);
-    let (mut straight, mut through) = (Vec::with_capacity(delayed_total), Vec::with_capacity(delayed_total));
     round_trips(&mut proxied, 10, &mut Vec::new()).await;
-    while straight.len() < delayed_total {
-        round_trips(&mut direct, BLOCK, &mut straight).await;
-        round_trips(&mut proxied, BLOCK, &mut through).await;
-    }
-    straight.sort();
-    through.sort();
+    let (straight, through) = interleaved(&mut direct, &mut proxied, delayed_total).await;
     let configured = 2.0 * DELAY_MS as f64;
     println!("{} round trips with {DELAY_MS} ms configured each way ({configured} ms round trip)", through.len());
     println!(
