@@ -130,7 +130,7 @@ pub use config::{ClientConfig, DEV_ENDPOINTS};
 pub use conflicts::{Conflict, ConflictLogInfo, ConflictReport, DEFAULT_CONFLICT_LIMIT, NodeConflicts};
 pub use error::Error;
 pub use scan::{KeyRange, Scan, ScanBounds};
-pub use shard_admin::{CreatedShard, MovedReplica, NodeChange, SplitShard};
+pub use shard_admin::{CreatedShard, MergeShard, MovedReplica, NodeChange, SplitShard};
 pub use shard_map::{NodeInfo, NodeState, Replica, Shard, ShardMap};
 pub use status::{
     ClusterStatus, EcPeer, GroupStatus, NodeReport, NodeStatus, ReplicaStatus, Role, ShardHealth, ShardLeader,

@@ -85,6 +85,20 @@ pub struct SplitShard {
     pub created: bool,
 }
 
+/// What [`Client::merge_shard`] (or [`Client::cancel_merge`]) recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MergeShard {
+    /// The shard that keeps its id and absorbs the next one.
+    pub left_shard_id: u64,
+    /// The shard after it, which the merge absorbs.
+    pub right_shard_id: u64,
+    /// The shard map version that records the merge (or its cancellation).
+    pub map_version: u64,
+    /// False when an earlier attempt had recorded it already (cancelling:
+    /// no merge was recorded).
+    pub created: bool,
+}
+
 /// What [`Client::move_replica`] recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct MovedReplica {
@@ -263,6 +277,84 @@ impl Client {
             if Instant::now() >= deadline {
                 let cause = match map {
                     Ok(_) => format!("shard {shard}'s replica change is still under way after {timeout:?}"),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::Unavailable { attempts: 1, cause });
+            }
+            sleep_until_or(deadline, backoff.next_delay()).await;
+        }
+    }
+
+    /// Merges Raft shard `shard` with the shard after it
+    /// (`Admin.MergeShard`): the cluster records the merge and returns; the
+    /// meta shard's leader then moves the right shard's replicas onto the
+    /// left's nodes, freezes the right shard (its requests are refused with
+    /// `WrongShard` and retried by clients until the map shows the merge),
+    /// and the left shard's log absorbs it, sessions included. See
+    /// [`Client::wait_for_merge`]. Repeating a recorded merge reports it.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown shard;
+    /// [`Error::FailedPrecondition`] for the last shard, an eventual shard on
+    /// either side, a replica change or another merge of either under way,
+    /// a replica on a node that is not up, or a shard that changed
+    /// meanwhile; [`Error::Unavailable`] when the retries ran out.
+    pub async fn merge_shard(&self, shard: u64) -> Result<MergeShard, Error> {
+        let map = self.refresh_shard_map().await?;
+        let expected_epoch = map.shards.iter().find(|s| s.shard_id == shard).map_or(0, |s| s.epoch);
+        self.send_merge(admin_pb::MergeShardRequest { shard_id: shard, expected_epoch, cancel: false }).await
+    }
+
+    /// Cancels the merge recorded on `shard` (refused once it is past its
+    /// freeze: it then finishes). `created: false` when none was recorded.
+    pub async fn cancel_merge(&self, shard: u64) -> Result<MergeShard, Error> {
+        self.send_merge(admin_pb::MergeShardRequest { shard_id: shard, expected_epoch: 0, cancel: true }).await
+    }
+
+    async fn send_merge(&self, request: admin_pb::MergeShardRequest) -> Result<MergeShard, Error> {
+        let deadline = Instant::now() + self.config().deadline;
+        let (addr, reply) = self
+            .retry_admin("the merge may or may not be recorded now", deadline, |addr, timeout| async move {
+                let mut admin = admin_client(self.channel(&addr)?);
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(timeout);
+                match tokio::time::timeout(timeout, admin.merge_shard(request)).await {
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) => Err(classify(&status)),
+                    Err(_) => Err(timed_out(timeout)),
+                }
+            })
+            .await?;
+        self.await_map_version(&addr, reply.map_version, deadline).await;
+        Ok(MergeShard {
+            left_shard_id: request.shard_id,
+            right_shard_id: reply.right_shard_id,
+            map_version: reply.map_version,
+            created: reply.created,
+        })
+    }
+
+    /// Waits until the merge recorded on `shard` is over: the shard no
+    /// longer records one. Returns the shard as the map then has it (it
+    /// ends where the absorbed shard ended, unless the merge was given up).
+    pub async fn wait_for_merge(
+        &self,
+        shard: u64,
+        timeout: std::time::Duration,
+    ) -> Result<crate::shard_map::Shard, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(self.config().backoff_initial, self.config().backoff_max);
+        loop {
+            let map = self.refresh_shard_map().await;
+            if let Ok(map) = &map {
+                match map.shard(shard) {
+                    Some(s) if s.merging_with.is_none() => return Ok(s.clone()),
+                    Some(_) => {}
+                    None => return Err(Error::NotFound(format!("no shard {shard} in map version {}", map.version))),
+                }
+            }
+            if Instant::now() >= deadline {
+                let cause = match map {
+                    Ok(_) => format!("shard {shard}'s merge is still under way after {timeout:?}"),
                     Err(e) => e.to_string(),
                 };
                 return Err(Error::Unavailable { attempts: 1, cause });

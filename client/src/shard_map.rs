@@ -101,6 +101,10 @@ pub struct Shard {
     /// up; not in `replicas` yet) and the node leaving (still in `replicas`).
     pub adding_node: Option<u64>,
     pub removing_node: Option<u64>,
+    /// A merge with the next shard under way (recorded on this, the left
+    /// shard): the right shard, and whether the merge is past its freeze.
+    pub merging_with: Option<u64>,
+    pub merge_frozen: bool,
 }
 
 impl Shard {
@@ -125,6 +129,8 @@ impl Shard {
             mode: ShardMode::from_proto(shard.mode),
             adding_node: (shard.adding_node != 0).then_some(shard.adding_node),
             removing_node: (shard.removing_node != 0).then_some(shard.removing_node),
+            merging_with: (shard.merging_with != 0).then_some(shard.merging_with),
+            merge_frozen: shard.merge_frozen,
         }
     }
 

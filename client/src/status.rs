@@ -324,6 +324,8 @@ mod tests {
             mode: ShardMode::Raft,
             adding_node: None,
             removing_node: None,
+            merging_with: None,
+            merge_frozen: false,
         }
     }
 

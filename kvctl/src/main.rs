@@ -319,13 +319,15 @@ Examples:
   kvctl --json shards")]
     Shards,
 
-    /// Split a Raft shard (shard split), move a replica (shard move), create eventual
-    /// shards (shard create), change a shard's placement (shard set-leader-region).
+    /// Split a Raft shard (shard split), merge two (shard merge), move a replica (shard
+    /// move), create eventual shards (shard create), change a shard's placement (shard
+    /// set-leader-region).
     #[command(
         subcommand,
         after_help = "\
 Examples:
   kvctl shard split 2 h
+  kvctl shard merge 2
   kvctl shard move 2 --from 1 --to 4
   kvctl shard create --mode eventual 'session/..u'
   kvctl shard set-leader-region 2 us-east"
@@ -590,6 +592,48 @@ Examples:
         shard: u64,
         /// The first key of the new, right-hand shard.
         key: String,
+    },
+
+    /// Merge Raft shard SHARD with the shard after it, and wait until the
+    /// merge is done.
+    #[command(
+        long_about = "Merge Raft shard SHARD with the shard after it: SHARD keeps its id and \
+            absorbs the next shard's keys, data and client sessions, at a new epoch; the next \
+            shard's id is never used again. The cluster records the merge in the shard map, then \
+            the meta shard's leader carries it out: it moves the right shard's replicas onto \
+            SHARD's nodes (learner first, as kvctl shard move does), freezes the right shard (from \
+            then on it refuses requests; clients retry them and land on SHARD once the map shows \
+            the merge), waits until every replica has applied the freeze, and has SHARD's own log \
+            absorb it in one entry. No data is copied: every replica already holds both ranges. \
+            Writes retried across the merge still apply once.\n\n\
+            kvctl waits until the map shows the merge over (at most --wait, default 5m; the merge \
+            goes on if kvctl stops waiting); --no-wait returns once it is recorded. Before the \
+            freeze a merge can be cancelled (--cancel), and the cluster gives it up by itself if a \
+            replica of either shard is on a node that stops being up; after it, it finishes.",
+        after_help = "\
+Refused, changing nothing: an unknown shard, the last shard (nothing follows it), an eventual
+shard on either side, a replica change or another merge of either under way, a replica on a node
+that is not up. Prints \"merged shard S with shard R: S [start, end) epoch E\".
+
+Examples:
+  kvctl shards                                ids and ranges; MERGE shows one under way
+  kvctl shard merge 2                         shard 2 [g, n) absorbs shard 3 [n, u): [g, u)
+  kvctl shard merge 2 --no-wait
+  kvctl shard merge 2 --cancel                before the freeze only
+  kvctl --json shard merge 2 --wait 10m"
+    )]
+    Merge {
+        /// The Raft shard that absorbs the shard after it.
+        shard: u64,
+        /// Drop the merge recorded on SHARD (refused once it is past its freeze).
+        #[arg(long, conflicts_with_all = ["no_wait", "wait"])]
+        cancel: bool,
+        /// Return once the merge is recorded, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the merge to finish.
+        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+        wait: Duration,
     },
 
     /// Move Raft shard SHARD's replica from node --from to node --to, and
@@ -921,6 +965,52 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Node(NodeCommand::Remove { id, force, no_wait, wait }) => {
             let change = client.remove_node(id, force).await.map_err(say)?;
             node_change_done(&client, out, "removal", change, no_wait, wait).await
+        }
+        Command::Shard(ShardCommand::Merge { shard, cancel, no_wait, wait }) => {
+            let merge = if cancel { client.cancel_merge(shard).await } else { client.merge_shard(shard).await }
+                .map_err(say)?;
+            let right = merge.right_shard_id;
+            let mut fields = json!({
+                "shard": shard,
+                "right_shard": right,
+                "map_version": merge.map_version,
+                "created": merge.created,
+                "cancelled": cancel,
+                "done": false,
+            });
+            if !cancel && !no_wait {
+                let done = client.wait_for_merge(shard, wait).await.map_err(say)?;
+                let map = client.refresh_shard_map().await.map_err(say)?;
+                if map.shard(right).is_some() {
+                    return Err(format!(
+                        "the merge of shards {shard} and {right} was given up (a replica's node stopped being \
+                         up, or it was cancelled); see kvctl shards and kvctl node list"
+                    ));
+                }
+                fields["done"] = json!(true);
+                fields["epoch"] = json!(done.epoch);
+                fields["range"] = json!(format_range(&done));
+            }
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if cancel => println!(
+                    "{} merge of shards {shard} and {right}; map version {}",
+                    if merge.created { "cancelled the" } else { "no merge to cancel: no" },
+                    merge.map_version
+                ),
+                WriteOut::Simple if no_wait => println!(
+                    "{} merge of shard {shard} with shard {right}; map version {} (kvctl shards shows it under way)",
+                    if merge.created { "recorded" } else { "already recorded:" },
+                    merge.map_version
+                ),
+                WriteOut::Simple => println!(
+                    "merged shard {shard} with shard {right}: {shard} {} epoch {}",
+                    fields["range"].as_str().unwrap_or_default(),
+                    fields["epoch"]
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Shard(ShardCommand::Move { shard, from, to, no_wait, wait }) => {
             let moved = client.move_replica(shard, from, to).await.map_err(say)?;
@@ -1734,15 +1824,24 @@ fn shard_json(shard: &Shard) -> Value {
         "replicas": replicas,
         "adding_node": shard.adding_node,
         "removing_node": shard.removing_node,
+        "merging_with": shard.merging_with,
+        "merge_frozen": shard.merge_frozen,
     })
 }
 
-/// A replica change under way, for `kvctl shards`: "1->4", "+4", "-1" or "-".
+/// A change under way, for `kvctl shards`: a replica change ("1->4", "+4",
+/// "-1"), a merge ("merge 3", "merge 3 frozen"), both, or "-".
 fn format_change(shard: &Shard) -> String {
-    match (shard.removing_node, shard.adding_node) {
-        (Some(from), Some(to)) => format!("{from}->{to}"),
-        (None, Some(to)) => format!("+{to}"),
-        (Some(from), None) => format!("-{from}"),
+    let replicas = match (shard.removing_node, shard.adding_node) {
+        (Some(from), Some(to)) => Some(format!("{from}->{to}")),
+        (None, Some(to)) => Some(format!("+{to}")),
+        (Some(from), None) => Some(format!("-{from}")),
+        (None, None) => None,
+    };
+    let merge = shard.merging_with.map(|r| if shard.merge_frozen { format!("merge {r} frozen") } else { format!("merge {r}") });
+    match (replicas, merge) {
+        (Some(r), Some(m)) => format!("{r}, {m}"),
+        (Some(one), None) | (None, Some(one)) => one,
         (None, None) => "-".into(),
     }
 }
@@ -2239,6 +2338,8 @@ mod tests {
             mode: ShardMode::Raft,
             adding_node: None,
             removing_node: None,
+            merging_with: None,
+            merge_frozen: false,
         };
         assert_eq!(format_range(&shard("", "")), "-inf..+inf");
         assert_eq!(format_range(&shard("g", "p")), "g..p");

@@ -39,7 +39,7 @@ use crate::raft::command::{Command, CommandResult, MetaCommand};
 use crate::raft::log_store::ShardLogStore;
 use crate::raft::network::{PeerTimeouts, Peers, ShardNetwork};
 use crate::raft::read_index::{ReadIndexBatcher, Round, RoundError, RoundResult, leader_round, lease_read};
-use crate::raft::state_machine::{SessionLimits, ShardKind, SplitNotice, has_stored_range};
+use crate::raft::state_machine::{FrozenShards, SessionLimits, ShardKind, SplitNotice, has_stored_range};
 use crate::raft::{ShardRaft, ShardStateMachine};
 use crate::service;
 use crate::shards::{META_SHARD_ID, NodeState, ShardDesc, ShardMap};
@@ -95,6 +95,8 @@ pub struct Node {
     /// Right halves of splits the local data shards applied, to start.
     split_tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>,
     split_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SplitNotice>>>,
+    /// Data shards frozen here for a merge (their state machines keep it).
+    frozen: FrozenShards,
     /// Held while a data group is started after start-up or retired, so
     /// that the split notices, the map watcher and the retirer never race on
     /// one shard.
@@ -169,6 +171,7 @@ impl Node {
             initial_map,
             split_tx,
             split_rx: Mutex::new(Some(split_rx)),
+            frozen: FrozenShards::default(),
             starting: tokio::sync::Mutex::new(()),
             awaiting_snapshot: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -208,8 +211,7 @@ impl Node {
         let mut data = Vec::new();
         for shard in map.shards_on(me).filter(|s| !s.is_eventual()) {
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
-            let sm = ShardStateMachine::new(shard.id, kind, self.storage.clone(), limits)?
-                .with_split_notices(self.split_tx.clone());
+            let sm = self.data_state_machine(shard.id, kind, limits)?;
             data.push((shard.clone(), sm.range_is_stored()?, sm));
         }
         let stored: Vec<(u64, crate::shards::KeyRange)> = data
@@ -352,6 +354,25 @@ impl Node {
         Ok(raft)
     }
 
+    /// The state machine of data shard `shard` here, reporting its splits
+    /// and publishing its freeze.
+    fn data_state_machine(
+        &self,
+        shard: u64,
+        kind: ShardKind,
+        limits: SessionLimits,
+    ) -> std::io::Result<ShardStateMachine> {
+        Ok(ShardStateMachine::new(shard, kind, self.storage.clone(), limits)?
+            .with_split_notices(self.split_tx.clone())
+            .with_frozen_shards(self.frozen.clone()))
+    }
+
+    /// Whether data shard `shard`'s replica here is frozen for a merge (it
+    /// serves no more reads: its keys are the left shard's from its end on).
+    pub fn is_frozen(&self, shard: u64) -> bool {
+        self.frozen.read().expect("frozen shards").contains(&shard)
+    }
+
     /// Starts `shard`'s data group unless it runs already; false if it did.
     async fn start_data_group_once(
         &self,
@@ -365,8 +386,7 @@ impl Node {
         if self.group(shard).await.is_some() {
             return Ok(false);
         }
-        let sm = ShardStateMachine::new(shard, kind, self.storage.clone(), limits)?
-            .with_split_notices(self.split_tx.clone());
+        let sm = self.data_state_machine(shard, kind, limits)?;
         let raft = self.start_group(shard, sm, members, raft_config, &self.peers).await?;
         self.groups.write().await.insert(shard, raft);
         Ok(true)
@@ -452,6 +472,7 @@ impl Node {
         self.follower_reads.lock().expect("read batchers").remove(&shard);
         self.safe_times.lock().expect("safe times").remove(&shard);
         self.awaiting_snapshot.lock().expect("awaiting snapshot").remove(&shard);
+        self.frozen.write().expect("frozen shards").remove(&shard);
         let mut batch = self.storage.batch();
         if let Some((start, end)) = range {
             batch.clear_data_range(start, end.as_deref())?;
@@ -1123,6 +1144,7 @@ mod tests {
             preferred_leader_region: None,
             mode: crate::shards::ShardMode::Raft,
             change: None,
+            merge: None,
         };
         let range = |start: &str, end: Option<&str>| (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()));
         // The left half before the split ([g, n)) and the right half [j, n).

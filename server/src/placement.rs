@@ -51,7 +51,7 @@ pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaCha
     let mut budget = MAX_MOVES_IN_FLIGHT.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
     let mut load = replica_counts(map);
     let mut plan = Vec::new();
-    for shard in map.shards.iter().filter(|s| s.change.is_none() && !s.is_eventual()) {
+    for shard in map.shards.iter().filter(|s| s.change.is_none() && !s.is_eventual() && !map.in_merge(s.id)) {
         if budget == 0 {
             break;
         }
@@ -87,7 +87,7 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, Replica
     let mut load = replica_counts(map);
     let mut planned: BTreeSet<u64> = BTreeSet::new();
     let mut plan = Vec::new();
-    let movable = |s: &&ShardDesc| s.change.is_none() && !s.is_eventual();
+    let movable = |s: &&ShardDesc| s.change.is_none() && !s.is_eventual() && !map.in_merge(s.id);
 
     // Spread first: it is what survives a region's loss.
     for shard in map.shards.iter().filter(movable) {
@@ -172,7 +172,7 @@ pub fn plan_leader_transfers(
         *count.entry(*leader).or_default() += 1;
     }
     let mut plan = Vec::new();
-    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none()) {
+    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none() && !map.in_merge(s.id)) {
         if plan.len() == MAX_LEADER_TRANSFERS {
             break;
         }
@@ -224,7 +224,7 @@ pub struct SplitThresholds {
 /// group's election.
 pub fn plan_split(map: &ShardMap, loads: &BTreeMap<u64, ShardLoad>, limits: SplitThresholds) -> Option<(u64, String)> {
     let mut best: Option<(f64, u64, String)> = None;
-    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none()) {
+    for shard in map.shards.iter().filter(|s| !s.is_eventual() && s.change.is_none() && !map.in_merge(s.id)) {
         let Some(load) = loads.get(&shard.id) else { continue };
         let mut consider = |over: f64, why: String| {
             if over > 1.0 && best.as_ref().is_none_or(|(b, _, _)| over > *b) {
@@ -271,6 +271,71 @@ fn target(
         .map(|n| n.id)
 }
 
+/// The next step of the merge recorded on shard `left` (see
+/// [`ShardMap::begin_merge`]), as a function of the map alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeStep {
+    /// No merge is recorded on `left`.
+    None,
+    /// The merge cannot go on (it has not reached its freeze): drop it.
+    Cancel(String),
+    /// A replica change of either shard is under way: wait for it.
+    Wait,
+    /// Move one of the right shard's replicas towards the left's nodes.
+    Align { right: u64, change: ReplicaChange },
+    /// The replicas match: record the freeze in the map.
+    Freeze,
+    /// Frozen: freeze the right shard's log, then have the left absorb it,
+    /// to this epoch.
+    Carry { right: u64, epoch: u64 },
+}
+
+/// What to do next for the merge recorded on `left`. Before the freeze a
+/// merge is given up when a replica of either shard is on a node that is
+/// not up (a drain or a replacement needs to move it, and the merge holds
+/// moves up). Alignment moves the right shard's replicas one at a time onto
+/// the left's nodes, pairing a node of the same region first, so that the
+/// shard's regions stay what they were.
+pub fn plan_merge_step(map: &ShardMap, left: u64) -> MergeStep {
+    let Some(pos) = map.shards.iter().position(|s| s.id == left) else { return MergeStep::None };
+    let l = &map.shards[pos];
+    let Some(intent) = l.merge else { return MergeStep::None };
+    let Some(r) = map.shards.get(pos + 1).filter(|r| r.id == intent.right) else {
+        return MergeStep::Cancel(format!("shard {} no longer follows shard {left}", intent.right));
+    };
+    if intent.frozen {
+        return MergeStep::Carry { right: r.id, epoch: l.epoch.max(r.epoch) + 1 };
+    }
+    for s in [l, r] {
+        for n in s.replicas.iter().chain(s.adding().iter()).filter_map(|id| map.node(*id)) {
+            if n.state != crate::shards::NodeState::Up {
+                return MergeStep::Cancel(format!(
+                    "shard {} has a replica on node {}, which is {}",
+                    s.id,
+                    n.id,
+                    n.state.as_str()
+                ));
+            }
+        }
+    }
+    if l.change.is_some() || r.change.is_some() {
+        return MergeStep::Wait;
+    }
+    let missing: Vec<u64> = l.replicas.iter().copied().filter(|n| !r.replicas.contains(n)).collect();
+    let extra: Vec<u64> = r.replicas.iter().copied().filter(|n| !l.replicas.contains(n)).collect();
+    let region = |id: &u64| map.node(*id).map(|n| n.region.as_str());
+    let change = match (extra.first(), missing.first()) {
+        (None, None) => return MergeStep::Freeze,
+        (Some(from), Some(_)) => {
+            let to = missing.iter().find(|to| region(to) == region(from)).unwrap_or(&missing[0]);
+            ReplicaChange { add: Some(*to), remove: Some(*from) }
+        }
+        (None, Some(to)) => ReplicaChange { add: Some(*to), remove: None },
+        (Some(from), None) => ReplicaChange { add: None, remove: Some(*from) },
+    };
+    MergeStep::Align { right: r.id, change }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,11 +365,49 @@ mod tests {
                 preferred_leader_region: None,
                 mode: ShardMode::Raft,
                 change: None,
+                merge: None,
             })
             .collect();
         let map = ShardMap { version: 1, nodes, shards };
         map.validate().unwrap();
         map
+    }
+
+    /// A merge aligns the right shard onto the left's nodes one move at a
+    /// time (same region first), freezes once they match, then carries on;
+    /// it is given up when a replica's node stops being up before the
+    /// freeze; the planners that move replicas leave both shards alone.
+    #[test]
+    fn a_merge_aligns_then_freezes_and_holds_other_moves_off() {
+        let nodes = [(1, "us-east"), (2, "us-west"), (3, "eu-west"), (4, "eu-west"), (5, "us-east")];
+        let mut m = map(&nodes, &[&[1, 2, 3], &[1, 2, 3], &[5, 2, 4]]);
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::None);
+        m.begin_merge(2, 0).unwrap();
+        // Node 5 (us-east) gives way to node 1 (us-east), then 4 to 3 (eu-west).
+        let first = ReplicaChange { add: Some(1), remove: Some(5) };
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Align { right: 3, change: first });
+        m.begin_replica_change(3, first).unwrap();
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Wait);
+        assert!(plan_rebalance(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
+        m.finish_replica_change(3, first).unwrap();
+        let second = ReplicaChange { add: Some(3), remove: Some(4) };
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Align { right: 3, change: second });
+        m.begin_replica_change(3, second).unwrap();
+        m.finish_replica_change(3, second).unwrap();
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Freeze);
+
+        // A replica's node drains before the freeze: the merge is given up,
+        // and only then does the drain move it.
+        set(&mut m, 1, NodeState::Draining);
+        assert!(matches!(plan_merge_step(&m, 2), MergeStep::Cancel(why) if why.contains("node 1")));
+        assert!(plan_drains(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
+        set(&mut m, 1, NodeState::Up);
+
+        m.freeze_merge(2).unwrap();
+        let epoch = m.shard(3).unwrap().epoch.max(m.shard(2).unwrap().epoch) + 1;
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Carry { right: 3, epoch });
+        set(&mut m, 1, NodeState::Draining);
+        assert_eq!(plan_merge_step(&m, 2), MergeStep::Carry { right: 3, epoch }, "past the freeze it goes on");
     }
 
     fn set(map: &mut ShardMap, node: u64, state: NodeState) {

@@ -39,7 +39,7 @@ use openraft::{BasicNode, ChangeMembers};
 
 use crate::node::Node;
 use crate::placement;
-use crate::raft::command::{Command, CommandResult, MetaCommand};
+use crate::raft::command::{Command, CommandResult, MergeCommand, MetaCommand};
 use crate::raft::state_machine::stored_range;
 use crate::raft::{ShardRaft, matched_index, within_lag};
 use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, describe};
@@ -254,6 +254,14 @@ pub async fn retire_replicas(node: Arc<Node>) {
         tokio::time::sleep(RECONCILE_INTERVAL).await;
         let map = node.shard_map();
         for (shard, _) in node.groups().await {
+            if shard != META_SHARD_ID && map.shard(shard).is_none() && merged_here(&node, shard) {
+                // Its keys and data are the left shard's now: only its Raft
+                // state and sessions go.
+                if let Err(e) = node.retire_group(shard, None).await {
+                    tracing::error!(shard, cause = %e, "cannot retire a merged shard's replica");
+                }
+                continue;
+            }
             let Some(desc) = map.shard(shard).filter(|d| !d.is_eventual()) else { continue };
             if shard == META_SHARD_ID || desc.placed_on(me) {
                 continue;
@@ -274,6 +282,14 @@ pub async fn retire_replicas(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// Whether the left shard's replica here absorbed `shard` (a merge).
+fn merged_here(node: &Node, shard: u64) -> bool {
+    matches!(
+        node.storage.get_meta(crate::storage::MetaFamily::Apply, shard, crate::storage::apply_meta_tag::MERGED),
+        Ok(Some(_))
+    )
 }
 
 /// The meta shard grows to this many voters when members join (more would
@@ -334,6 +350,8 @@ struct Seen {
     /// When a shard was last split here, so that its new epoch reaches the
     /// map and the statuses before it is looked at again.
     split: HashMap<u64, Instant>,
+    /// Per right shard of a frozen merge: the index of its freeze entry.
+    frozen_at: HashMap<u64, u64>,
 }
 
 /// Load is the log entries a shard applies per second over this long.
@@ -396,11 +414,14 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     // with what it reports of the shard.
     let mut leaders: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut reported: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    // What every replica has applied, by (shard, node).
+    let mut applied_on: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for (n, answer) in members.iter().zip(answers) {
         let answered = seen.answered.entry(n.id).or_insert(now);
         let Ok(status) = answer else { continue };
         *answered = now;
         live.insert(n.id);
+        applied_on.extend(status.groups.iter().map(|g| ((g.shard_id, n.id), g.applied_index)));
         for g in status.groups.iter().filter(|g| g.role == "leader" && g.shard_id != META_SHARD_ID) {
             let known = leaders.entry(g.shard_id).or_insert((g.term, n.id));
             if g.term >= known.0 {
@@ -479,6 +500,13 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         tracing::info!(node = n.id, "drained node removed");
     }
 
+    seen.frozen_at.retain(|right, _| map.shard(*right).is_some());
+    for left in map.shards.iter().filter(|s| s.merge.is_some()).map(|s| s.id) {
+        if let Err(e) = merge_step(node, &map, left, &applied_on, seen).await {
+            tracing::warn!(shard = left, cause = %e, "merge step failed; retried on the next pass");
+        }
+    }
+
     let mut plan = placement::plan_drains(&map, &live);
     let why = if plan.is_empty() && node.config.rebalance {
         plan = placement::plan_rebalance(&map, &live);
@@ -545,6 +573,87 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         }
     }
     Ok(())
+}
+
+/// Takes the next step of the merge recorded on shard `left`
+/// ([`placement::plan_merge_step`]). Every step is safe to repeat, so a new
+/// meta leader picks the merge up where it stands:
+///
+/// 1. align: the right shard's replicas move onto the left's nodes;
+/// 2. freeze (in the map): from here on the merge only goes forward;
+/// 3. freeze the right shard's log ([`Command::Freeze`]), and wait until
+///    every one of its replicas has applied the freeze (its state is final
+///    everywhere, and every replica of the left shard can read it locally);
+/// 4. the left shard's log absorbs it ([`Command::Merge`]);
+/// 5. the map records the merge ([`MetaCommand::FinishMerge`]) and drops
+///    the right shard, whose replicas then retire without deleting data.
+async fn merge_step(
+    node: &Node,
+    map: &crate::shards::ShardMap,
+    left: u64,
+    applied_on: &BTreeMap<(u64, u64), u64>,
+    seen: &mut Seen,
+) -> Result<(), String> {
+    let meta = |cmd: MetaCommand| async move {
+        match node.propose_internal(META_SHARD_ID, &Command::Meta(cmd)).await? {
+            CommandResult::Meta { .. } => Ok(()),
+            other => Err(format!("the shard map refused it: {other:?}")),
+        }
+    };
+    match placement::plan_merge_step(map, left) {
+        placement::MergeStep::None | placement::MergeStep::Wait => Ok(()),
+        placement::MergeStep::Cancel(why) => {
+            meta(MetaCommand::CancelMerge { left }).await?;
+            tracing::warn!(shard = left, %why, "merge given up");
+            Ok(())
+        }
+        placement::MergeStep::Align { right, change } => {
+            meta(MetaCommand::BeginReplicaChange { shard: right, change }).await?;
+            tracing::info!(shard = left, right, change = %describe(&change), "merge: replica move recorded to align");
+            Ok(())
+        }
+        placement::MergeStep::Freeze => {
+            meta(MetaCommand::FreezeMerge { left }).await?;
+            tracing::info!(shard = left, "merge: replicas aligned, freeze recorded");
+            Ok(())
+        }
+        placement::MergeStep::Carry { right, epoch } => {
+            let index = match seen.frozen_at.get(&right) {
+                Some(index) => *index,
+                None => match node.propose_internal(right, &Command::Freeze { into: left }).await? {
+                    CommandResult::Frozen { index } => {
+                        tracing::info!(shard = left, right, index, "merge: right shard frozen");
+                        *seen.frozen_at.entry(right).or_insert(index)
+                    }
+                    other => return Err(format!("shard {right} refused its freeze: {other:?}")),
+                },
+            };
+            let r = map.shard(right).ok_or_else(|| format!("no shard {right} in the map"))?;
+            let lagging: Vec<u64> = r
+                .replicas
+                .iter()
+                .copied()
+                .filter(|n| applied_on.get(&(right, *n)).is_none_or(|applied| *applied < index))
+                .collect();
+            if !lagging.is_empty() {
+                tracing::debug!(shard = left, right, ?lagging, "merge: waiting for every replica to apply the freeze");
+                return Ok(());
+            }
+            let cmd = Command::Merge(MergeCommand {
+                right_shard: right,
+                right_end: r.end.clone(),
+                right_frozen_index: index,
+                epoch,
+            });
+            match node.propose_internal(left, &cmd).await? {
+                CommandResult::Merged { .. } => {}
+                other => return Err(format!("shard {left} refused the merge: {other:?}")),
+            }
+            meta(MetaCommand::FinishMerge { left, right, epoch }).await?;
+            tracing::info!(shard = left, right, epoch, "merge done: the right shard's keys are the left shard's");
+            Ok(())
+        }
+    }
 }
 
 /// Splits `shard` at the key its leader (at `addr`) finds in the middle of

@@ -623,6 +623,13 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster finds no split keys"))
     }
 
+    async fn merge_shard(
+        &self,
+        _request: Request<admin_pb::MergeShardRequest>,
+    ) -> Result<Response<admin_pb::MergeShardResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster merges no shards"))
+    }
+
     async fn join_cluster(
         &self,
         _request: Request<admin_pb::JoinClusterRequest>,

@@ -757,6 +757,7 @@ mod tests {
             preferred_leader_region: None,
             mode: ShardMode::Eventual,
             change: None,
+            merge: None,
         };
         Replica { _dir: dir, shard: EcShard::open(node, desc).unwrap() }
     }

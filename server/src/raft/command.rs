@@ -25,6 +25,27 @@ pub enum Command {
     /// keys below it, and a new group (`right_shard`, on the same replicas)
     /// owns the rest, its data already in place and its sessions copied.
     Split(SplitCommand),
+    /// The data shard stops taking requests, for good, because it is being
+    /// merged into the shard before it (`into`): from this entry on every
+    /// write is refused ([`Rejection::Frozen`]) and nothing changes its data
+    /// or sessions, so its state is final at this entry's index.
+    Freeze { into: u64 },
+    /// The data shard absorbs the frozen shard after it (see
+    /// [`MergeCommand`]).
+    Merge(MergeCommand),
+}
+
+/// See [`Command::Merge`]: the left shard's range grows to `right_end`, at
+/// `epoch`, and it takes over the right shard's data (already in place:
+/// every replica of the left holds one of the right, the meta shard's
+/// leader made sure) and its client sessions, as the right shard's state
+/// stands at `right_frozen_index` (its [`Command::Freeze`] entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCommand {
+    pub right_shard: u64,
+    pub right_end: Option<Vec<u8>>,
+    pub right_frozen_index: u64,
+    pub epoch: u64,
 }
 
 /// See [`Command::Split`]. The meta shard recorded both halves first
@@ -159,6 +180,18 @@ pub enum MetaCommand {
     /// its id and changes nothing. See
     /// [`crate::shards::ShardMap::add_node`].
     AddNode { addr: String, region: String, zone: String },
+    /// Records the intent to merge Raft shard `left` with the shard after
+    /// it; see [`crate::shards::ShardMap::begin_merge`].
+    BeginMerge { left: u64, expected_epoch: u64 },
+    /// Drops a merge before its freeze; see
+    /// [`crate::shards::ShardMap::cancel_merge`].
+    CancelMerge { left: u64 },
+    /// The merge's point of no return; see
+    /// [`crate::shards::ShardMap::freeze_merge`].
+    FreezeMerge { left: u64 },
+    /// The merge's end: the left shard's log absorbed the right shard; see
+    /// [`crate::shards::ShardMap::finish_merge`].
+    FinishMerge { left: u64, right: u64, epoch: u64 },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -204,6 +237,15 @@ pub enum CommandResult {
         node_id: u64,
         map_version: u64,
     },
+    /// The data shard is frozen (now or earlier) at this log index.
+    Frozen {
+        index: u64,
+    },
+    /// The data shard absorbed its right neighbour (now or earlier) and is
+    /// at this epoch.
+    Merged {
+        epoch: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +275,10 @@ pub enum Rejection {
     /// A shrink would give up keys that hold data.
     #[error("shard {shard} holds keys in the range it would give up (first: {first_key:?}); delete them first")]
     NotEmpty { shard: u64, first_key: String },
+    /// The shard is frozen for a merge into shard `into`: it takes no more
+    /// requests (the map soon sends them to `into`).
+    #[error("shard {shard} is being merged into shard {into}; retry once the shard map shows the merge")]
+    Frozen { shard: u64, into: u64 },
     /// A command that this shard kind does not accept.
     #[error("command not accepted by shard {shard}: {reason}")]
     WrongKind { shard: u64, reason: String },
@@ -274,6 +320,14 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::SetNodeState { node, state }) => {
                 write!(f, "set-node-state(node={node}, {})", state.as_str())
             }
+            Command::Meta(MetaCommand::BeginMerge { left, .. }) => write!(f, "begin-merge(left={left})"),
+            Command::Meta(MetaCommand::CancelMerge { left }) => write!(f, "cancel-merge(left={left})"),
+            Command::Meta(MetaCommand::FreezeMerge { left }) => write!(f, "freeze-merge(left={left})"),
+            Command::Meta(MetaCommand::FinishMerge { left, right, epoch }) => {
+                write!(f, "finish-merge(left={left}, right={right}, epoch={epoch})")
+            }
+            Command::Freeze { into } => write!(f, "freeze(into={into})"),
+            Command::Merge(m) => write!(f, "merge(right={}, epoch={})", m.right_shard, m.epoch),
             Command::Shrink(s) => write!(f, "shrink(epoch={})", s.epoch),
             Command::Split(s) => write!(f, "split(right={}, epoch={})", s.right_shard, s.left_epoch),
         }

@@ -44,7 +44,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::command::{
-    Command, CommandResult, MetaCommand, Record, Rejection, ShrinkCommand, SplitCommand, WriteCommand, WriteOutcome,
+    Command, CommandResult, MergeCommand, MetaCommand, Record, Rejection, ShrinkCommand, SplitCommand, WriteCommand,
+    WriteOutcome,
 };
 use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
 use crate::shards::{ShardDesc, ShardMap};
@@ -108,7 +109,19 @@ pub struct ShardStateMachine {
     /// Where a data shard reports the right halves of its splits, once they
     /// are durable, so that the node starts their groups.
     splits: Option<tokio::sync::mpsc::UnboundedSender<SplitNotice>>,
+    /// Set once this data shard is frozen for a merge: `(freeze index, the
+    /// shard it merges into)`. From then on it changes nothing.
+    frozen: Option<(u64, u64)>,
+    /// Where frozen shards are published to the read path.
+    frozen_shards: Option<FrozenShards>,
 }
+
+/// The data shards frozen for a merge on this node: reads of them are
+/// refused (their keys belong to the merge's left shard from its end on).
+pub type FrozenShards = Arc<std::sync::RwLock<std::collections::HashSet<u64>>>;
+
+/// A frozen shard's stored freeze record: `(freeze index, merged into)`.
+type FrozenRecord = (u64, u64);
 
 /// Whether this replica stores a range record for data shard `shard`: it
 /// started the shard (which persists the range it was created with), or
@@ -146,6 +159,8 @@ struct SnapshotPayload {
     shard_map: Option<Vec<u8>>,
     /// The data shard's range record when it changed since creation.
     range: Option<Vec<u8>>,
+    /// The data shard's freeze record, when it is frozen for a merge.
+    frozen: Option<Vec<u8>>,
 }
 
 /// The most results one client session keeps (its writes in flight). When
@@ -211,8 +226,10 @@ struct Overlay {
 
 impl ShardStateMachine {
     pub fn new(shard: u64, kind: ShardKind, storage: Arc<Storage>, limits: SessionLimits) -> io::Result<Self> {
-        let mut sm = Self { shard, kind, storage, limits, last_applied_index: None, splits: None };
+        let mut sm =
+            Self { shard, kind, storage, limits, last_applied_index: None, splits: None, frozen: None, frozen_shards: None };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
+        sm.frozen = sm.apply_meta::<FrozenRecord>(apply_meta_tag::FROZEN)?;
         // A shrink applied earlier wins over the range the caller knows.
         if let (ShardKind::Data { .. }, Some((start, end, epoch))) =
             (&sm.kind, sm.apply_meta::<RangeRecord>(apply_meta_tag::RANGE)?)
@@ -231,6 +248,25 @@ impl ShardStateMachine {
     pub fn with_split_notices(mut self, tx: tokio::sync::mpsc::UnboundedSender<SplitNotice>) -> Self {
         self.splits = Some(tx);
         self
+    }
+
+    /// Publishes this shard's freeze (now, if it is frozen, and when it
+    /// freezes) to `frozen`, which the read path consults.
+    pub fn with_frozen_shards(mut self, frozen: FrozenShards) -> Self {
+        self.frozen_shards = Some(frozen);
+        self.publish_frozen();
+        self
+    }
+
+    fn publish_frozen(&self) {
+        if let Some(set) = &self.frozen_shards {
+            let mut set = set.write().expect("frozen shards");
+            if self.frozen.is_some() {
+                set.insert(self.shard);
+            } else {
+                set.remove(&self.shard);
+            }
+        }
     }
 
     /// The data shard's range as this replica has it (its stored range record,
@@ -424,6 +460,9 @@ impl ShardStateMachine {
         // groups start, so that a restart never finds a right half's group
         // whose left half has not split.
         let mut splits: Vec<SplitNotice> = Vec::new();
+        // A freeze or a merge is fsynced before it is answered: the merge's
+        // coordinator moves on from what it hears, for good.
+        let mut durable = false;
 
         for entry in run {
             let index = entry.log_id.index;
@@ -439,6 +478,10 @@ impl ShardStateMachine {
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     CommandResult::None
+                }
+                EntryPayload::Normal(Command::Write(_)) if self.frozen.is_some() => {
+                    let into = self.frozen.map_or(0, |(_, into)| into);
+                    CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
                 }
                 EntryPayload::Normal(Command::Write(cmd)) => {
                     self.collect_sessions(cmd.proposed_at_ms, &mut batch, &mut overlay)?;
@@ -464,9 +507,17 @@ impl ShardStateMachine {
                     }),
                 },
                 // Handled below (they need `&mut self`).
+                EntryPayload::Normal(Command::Shrink(_) | Command::Split(_) | Command::Merge(_))
+                    if self.frozen.is_some() =>
+                {
+                    let into = self.frozen.map_or(0, |(_, into)| into);
+                    CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
+                }
                 EntryPayload::Normal(
                     Command::Shrink(_)
                     | Command::Split(_)
+                    | Command::Freeze { .. }
+                    | Command::Merge(_)
                     | Command::Meta(MetaCommand::CarveShard { .. } | MetaCommand::SplitShard { .. }),
                 ) => CommandResult::None,
                 EntryPayload::Normal(Command::Meta(
@@ -474,7 +525,11 @@ impl ShardStateMachine {
                     | MetaCommand::FinishReplicaChange { .. }
                     | MetaCommand::CancelReplicaChange { .. }
                     | MetaCommand::SetNodeState { .. }
-                    | MetaCommand::AddNode { .. }),
+                    | MetaCommand::AddNode { .. }
+                    | MetaCommand::BeginMerge { .. }
+                    | MetaCommand::CancelMerge { .. }
+                    | MetaCommand::FreezeMerge { .. }
+                    | MetaCommand::FinishMerge { .. }),
                 )) => {
                     let current = self.current_map(&new_map)?;
                     let mut joined = None;
@@ -496,6 +551,14 @@ impl ShardStateMachine {
                                         joined = Some(id);
                                         created
                                     })
+                                }
+                                MetaCommand::BeginMerge { left, expected_epoch } => {
+                                    map.begin_merge(*left, *expected_epoch)
+                                }
+                                MetaCommand::CancelMerge { left } => map.cancel_merge(*left),
+                                MetaCommand::FreezeMerge { left } => map.freeze_merge(*left),
+                                MetaCommand::FinishMerge { left, right, epoch } => {
+                                    map.finish_merge(*left, *right, *epoch)
                                 }
                                 _ => unreachable!("matched above"),
                             };
@@ -557,6 +620,14 @@ impl ShardStateMachine {
                 (CommandResult::None, EntryPayload::Normal(Command::Split(cmd))) => {
                     self.apply_split(index, cmd, &mut batch, &mut overlay, &mut splits)?
                 }
+                (CommandResult::None, EntryPayload::Normal(Command::Freeze { into })) => {
+                    durable = true;
+                    self.apply_freeze(index, *into, &mut batch)
+                }
+                (CommandResult::None, EntryPayload::Normal(Command::Merge(cmd))) => {
+                    durable = true;
+                    self.apply_merge(cmd, &mut batch, &overlay).await?
+                }
                 (
                     CommandResult::None,
                     EntryPayload::Normal(Command::Meta(MetaCommand::SplitShard { shard, epoch, key })),
@@ -592,7 +663,7 @@ impl ShardStateMachine {
         if let Some(m) = &membership {
             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(m));
         }
-        if splits.is_empty() {
+        if splits.is_empty() && !durable {
             storage.write_relaxed(batch)?;
         } else {
             storage.write_durable(batch)?.await?;
@@ -600,6 +671,9 @@ impl ShardStateMachine {
 
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
+        }
+        if durable {
+            self.publish_frozen();
         }
         for notice in splits {
             if let Some(tx) = &self.splits {
@@ -669,6 +743,146 @@ impl ShardStateMachine {
         Ok(done)
     }
 
+    /// Freezes this data shard for its merge into `into` (see
+    /// [`Command::Freeze`]); a retry answers the first freeze's index.
+    fn apply_freeze(&mut self, index: u64, into: u64, batch: &mut Batch<'_>) -> CommandResult {
+        if let Some((at, _)) = self.frozen {
+            return CommandResult::Frozen { index: at };
+        }
+        if !matches!(self.kind, ShardKind::Data { .. }) {
+            let reason = "the meta shard does not merge".to_string();
+            return CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason });
+        }
+        let record: FrozenRecord = (index, into);
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN, &encode(&record));
+        self.frozen = Some(record);
+        tracing::info!(shard = self.shard, index, into, "shard frozen for a merge");
+        CommandResult::Frozen { index }
+    }
+
+    /// Absorbs the frozen shard after this one (see [`Command::Merge`]).
+    ///
+    /// This node holds a replica of the right shard (the merge's coordinator
+    /// aligned the replicas and saw every one apply the freeze before it
+    /// proposed this): its state, final from the freeze on, is read here, so
+    /// every replica of this shard takes over the same data and sessions.
+    /// Should the right replica here lag anyway, the apply waits for it.
+    /// Refused (on every replica alike): the range does not continue into
+    /// the right shard's, the freeze was at another index, an older epoch.
+    /// A retry of an applied merge changes nothing.
+    async fn apply_merge(
+        &mut self,
+        cmd: &MergeCommand,
+        batch: &mut Batch<'_>,
+        overlay: &Overlay,
+    ) -> io::Result<CommandResult> {
+        let reject = |reason: String| Ok(CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }));
+        let ShardKind::Data { start, end, epoch } = self.kind.clone() else {
+            return reject("the meta shard does not merge".into());
+        };
+        if end == cmd.right_end && epoch >= cmd.epoch {
+            return Ok(CommandResult::Merged { epoch }); // a retry
+        }
+        if cmd.epoch <= epoch || end.is_none() || cmd.right_shard == self.shard {
+            return reject(format!("merge to epoch {} but the shard is at epoch {epoch}", cmd.epoch));
+        }
+        let right = cmd.right_shard;
+        let (frozen_at, into) = self.await_frozen(right).await?;
+        if frozen_at != cmd.right_frozen_index || into != self.shard {
+            return reject(format!(
+                "shard {right} is frozen at index {frozen_at} into shard {into}, not at {} into this one",
+                cmd.right_frozen_index
+            ));
+        }
+        match stored_range(&self.storage, right)? {
+            Some((r_start, r_end)) if Some(&r_start) == end.as_ref() && r_end == cmd.right_end => {}
+            other => return reject(format!("shard {right}'s range {other:?} does not continue this shard's")),
+        }
+
+        // Sessions: both shards' records, combined per client.
+        let right_records = |key_len| -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+            Ok(self.storage.sessions_with_key_len(right, key_len)?.into_iter().collect())
+        };
+        let mut put = |key: &[u8], value: &[u8]| batch.put_session(self.shard, key, value);
+        let mine_results = self.current_sessions(16, overlay)?;
+        for (key, value) in right_records(16)? {
+            if !mine_results.contains_key(&key) {
+                put(&key, &value);
+            }
+        }
+        let mine_markers = self.current_sessions(9, overlay)?;
+        for (key, value) in right_records(9)? {
+            let theirs: SessionMarker = decode(&value)?;
+            let marker = match mine_markers.get(&key).map(|v| decode::<SessionMarker>(v)).transpose()? {
+                Some(ours) => SessionMarker {
+                    collected_at_ms: ours.collected_at_ms.max(theirs.collected_at_ms),
+                    next_sequence: ours.next_sequence.max(theirs.next_sequence),
+                },
+                None => theirs,
+            };
+            put(&key, &encode(&marker));
+        }
+        let mine_headers = self.current_sessions(8, overlay)?;
+        let mut dropped = Vec::new();
+        for (key, value) in right_records(8)? {
+            let theirs: SessionHeader = decode(&value)?;
+            let mut header = match mine_headers.get(&key).map(|v| decode::<SessionHeader>(v)).transpose()? {
+                Some(ours) => SessionHeader {
+                    first_incomplete: ours.first_incomplete.max(theirs.first_incomplete),
+                    last_active_ms: ours.last_active_ms.max(theirs.last_active_ms),
+                    saved: ours.saved.into_iter().chain(theirs.saved).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+                },
+                None => theirs,
+            };
+            let client = u64::from_be_bytes(key[..8].try_into().expect("8-byte session header key"));
+            if header.saved.len() > MAX_SAVED_RESULTS_PER_SESSION {
+                let over = header.saved.len() - MAX_SAVED_RESULTS_PER_SESSION;
+                header.first_incomplete = header.first_incomplete.max(header.saved[over - 1] + 1);
+            }
+            let keep_from = header.saved.partition_point(|seq| *seq < header.first_incomplete);
+            dropped.extend(header.saved.drain(..keep_from).map(|seq| result_key(client, seq)));
+            put(&key, &encode(&header));
+        }
+        for key in dropped {
+            batch.delete_session(self.shard, &key);
+        }
+
+        let record: RangeRecord = (start.clone(), cmd.right_end.clone(), cmd.epoch);
+        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&record));
+        batch.put_meta(MetaFamily::Apply, right, apply_meta_tag::MERGED, &encode(&self.shard));
+        tracing::info!(shard = self.shard, right, epoch = cmd.epoch, "shard absorbed the shard after it (merge)");
+        self.kind = ShardKind::Data { start, end: cmd.right_end.clone(), epoch: cmd.epoch };
+        Ok(CommandResult::Merged { epoch: cmd.epoch })
+    }
+
+    /// The freeze record of `shard`'s replica here, once that replica has
+    /// applied its freeze (waits for it, warning while it lags).
+    async fn await_frozen(&self, shard: u64) -> io::Result<FrozenRecord> {
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        loop {
+            let frozen: Option<FrozenRecord> =
+                self.storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::FROZEN)?.map(|b| decode(&b)).transpose()?;
+            let applied: Option<LogId> =
+                self.storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::APPLIED)?.map(|b| decode(&b)).transpose()?;
+            if let Some(record) = frozen
+                && applied.is_some_and(|a| a.index >= record.0)
+            {
+                return Ok(record);
+            }
+            if warned.elapsed() >= std::time::Duration::from_secs(10) {
+                warned = std::time::Instant::now();
+                tracing::warn!(
+                    shard = self.shard,
+                    right = shard,
+                    waited_s = started.elapsed().as_secs(),
+                    "a merge waits for this node's replica of the right shard to apply its freeze"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The map after a [`MetaCommand::SplitShard`] and what to answer, or
     /// why it is refused. A retry of a recorded split answers it with the
     /// map unchanged (its version below `index`).
@@ -711,6 +925,9 @@ impl ShardStateMachine {
         if let Some(c) = &left.change {
             let change = crate::shards::describe(c);
             return Ok(Err(format!("shard {shard} is changing replicas ({change}); split it once that is done")));
+        }
+        if let Some((l, m)) = map.merge_of(shard) {
+            return Ok(Err(format!("shard {shard} is in the merge of shards {l} and {}; split it once that is done", m.right)));
         }
         if !left.contains(key) || key == left.start.as_slice() {
             return Ok(Err(format!("the split key is not strictly inside shard {shard}'s range")));
@@ -820,6 +1037,9 @@ impl ShardStateMachine {
                 "shard {parent} is changing replicas ({change}); create the shard once that is done"
             )));
         }
+        if map.in_merge(*parent) {
+            return Ok(Err(format!("shard {parent} is being merged; create the shard once that is done")));
+        }
         // Ids are never reused: shards are only ever added.
         let id = map.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         let p = &mut map.shards[pos];
@@ -830,7 +1050,7 @@ impl ShardStateMachine {
         p.start = parent_start.clone();
         p.end = parent_end.clone();
         p.epoch = *parent_epoch;
-        map.shards.insert(insert_at, ShardDesc { id, change: None, ..shard.clone() });
+        map.shards.insert(insert_at, ShardDesc { id, change: None, merge: None, ..shard.clone() });
         map.version = index;
         Ok(map.validate().map(|()| (map, id)).map_err(|e| e.to_string()))
     }
@@ -973,6 +1193,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         for (key, value) in &payload.sessions {
             batch.put_session(self.shard, key, value);
         }
+        let frozen = payload.frozen.as_deref().map(decode::<FrozenRecord>).transpose()?;
+        match &payload.frozen {
+            Some(bytes) => batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN, bytes),
+            None => batch.delete_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN),
+        }
         let new_map = match (&payload.shard_map, &self.kind) {
             (Some(bytes), ShardKind::Meta { .. }) => {
                 batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, bytes);
@@ -988,6 +1213,8 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(meta, &snapshot)));
         self.storage.write_durable(batch)?.await?;
         self.kind = kind;
+        self.frozen = frozen;
+        self.publish_frozen();
         self.last_applied_index = meta.last_log_id.as_ref().map(|id| id.index);
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
@@ -1024,6 +1251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
             sessions: image.sessions,
             shard_map: image.shard_map,
             range: image.range_record,
+            frozen: image.frozen,
         };
         let blob = encode(&payload);
         let meta = SnapshotMeta { last_log_id, last_membership };
@@ -1341,6 +1569,7 @@ mod tests {
                     preferred_leader_region: None,
                     mode: ShardMode::Eventual,
                     change: None,
+                    merge: None,
                 },
             }
         };
@@ -1482,6 +1711,89 @@ mod tests {
         assert_eq!(answered[0], results[0], "the retry is answered from the copied session");
         let record: Record = decode(&right.storage.get_data(b"k1").unwrap().unwrap()).unwrap();
         assert_eq!((record.value.as_slice(), record.version), (&b"a"[..], 1), "not applied again");
+    }
+
+    /// A merge: the right shard freezes (every later write refused, a
+    /// repeated freeze answers the first index), then the left one absorbs
+    /// its range and its sessions, so a write applied on the right and
+    /// retried on the merged shard is answered, not applied again; a retry
+    /// of the merge changes nothing; both survive a restart.
+    #[tokio::test]
+    async fn a_merge_absorbs_the_frozen_right_shard_and_its_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut left = data_sm(dir.path(), limits());
+        let storage = left.storage.clone();
+        let right_kind = || ShardKind::Data { start: b"n".to_vec(), end: Some(b"u".to_vec()), epoch: 3 };
+        let frozen = FrozenShards::default();
+        let mut right =
+            ShardStateMachine::new(3, right_kind(), storage.clone(), limits()).unwrap().with_frozen_shards(frozen.clone());
+        right.persist_range().await.unwrap();
+
+        let both = Session { client_id: 7, sequence: 1, first_incomplete: 1 };
+        left.apply_run(&[write(1, both, 1000, vec![], vec![put("h1", "a")])]).await.unwrap();
+        let on_right = Session { client_id: 7, sequence: 2, first_incomplete: 1 };
+        let only_right = Session { client_id: 8, sequence: 1, first_incomplete: 1 };
+        let answered = right
+            .apply_run(&[
+                write(1, on_right, 1000, vec![], vec![put("p1", "b")]),
+                write(2, only_right, 1000, vec![], vec![put("p2", "c")]),
+            ])
+            .await
+            .unwrap();
+
+        let freeze = |index| Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Freeze { into: 2 }),
+        };
+        let r = right.apply_run(&[freeze(3), write(4, Session::default(), 1000, vec![], vec![put("p3", "x")])]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Frozen { index: 3 });
+        assert_eq!(r[1], CommandResult::Rejected(Rejection::Frozen { shard: 3, into: 2 }));
+        assert!(storage.get_data(b"p3").unwrap().is_none(), "a frozen shard writes nothing");
+        assert!(frozen.read().unwrap().contains(&3), "the read path is told");
+        assert_eq!(right.apply_run(&[freeze(5)]).await.unwrap()[0], CommandResult::Frozen { index: 3 });
+
+        let merge = |index, frozen_at| Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::Merge(MergeCommand {
+                right_shard: 3,
+                right_end: Some(b"u".to_vec()),
+                right_frozen_index: frozen_at,
+                epoch: 4,
+            })),
+        };
+        let wrong = left.apply_run(&[merge(2, 4)]).await.unwrap();
+        assert!(matches!(wrong[0], CommandResult::Rejected(_)), "another freeze index: {:?}", wrong[0]);
+        assert_eq!(left.apply_run(&[merge(3, 3)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
+        assert_eq!(left.data_range(), Some((b"g".to_vec(), Some(b"u".to_vec()))));
+        assert!(storage.get_meta(MetaFamily::Apply, 3, apply_meta_tag::MERGED).unwrap().is_some());
+
+        // Retries of writes the right shard applied: answered from its
+        // sessions (the value written then, at its version), not applied.
+        let retry = |index, session, key: &str| {
+            let mut e = write(index, session, 2000, vec![], vec![put(key, "again")]);
+            if let EntryPayload::Normal(Command::Write(w)) = &mut e.payload {
+                w.epoch = 4;
+            }
+            e
+        };
+        let again = left.apply_run(&[retry(4, on_right, "p1"), retry(5, only_right, "p2")]).await.unwrap();
+        assert_eq!(again, answered, "answered from the absorbed sessions");
+        let record: Record = decode(&storage.get_data(b"p1").unwrap().unwrap()).unwrap();
+        assert_eq!(record.value, b"b", "not applied again");
+        // New writes to the absorbed keys apply; a merge retry changes nothing.
+        let next = Session { client_id: 8, sequence: 2, first_incomplete: 2 };
+        assert!(outcome(&left.apply_run(&[retry(6, next, "p4")]).await.unwrap()[0]).applied);
+        assert_eq!(left.apply_run(&[merge(7, 3)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
+
+        // After a restart: the left keeps its wider range, the right stays frozen.
+        drop((left, right, storage));
+        let left = data_sm(dir.path(), limits());
+        assert_eq!(left.data_range(), Some((b"g".to_vec(), Some(b"u".to_vec()))));
+        let restarted = FrozenShards::default();
+        let _right = ShardStateMachine::new(3, right_kind(), left.storage.clone(), limits())
+            .unwrap()
+            .with_frozen_shards(restarted.clone());
+        assert!(restarted.read().unwrap().contains(&3));
     }
 
     /// The map records a split once: a new id past every other, both halves

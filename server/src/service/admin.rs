@@ -6,7 +6,7 @@ use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
     GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
-    ListConflictsResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState,
+    ListConflictsResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState,
     NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest,
     SetLeaderRegionResponse, ShardMap as PbShardMap, SplitKeyRequest, SplitKeyResponse, SplitShardRequest,
     SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
@@ -297,6 +297,7 @@ impl Admin for AdminService {
             preferred_leader_region: None,
             mode: crate::shards::ShardMode::Eventual,
             change: None,
+            merge: None,
         };
         let carve = Command::Meta(MetaCommand::CarveShard {
             parent: parent.id,
@@ -566,6 +567,41 @@ impl Admin for AdminService {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(SplitKeyResponse { found: key.is_some(), key: key.unwrap_or_default() }))
+    }
+
+    async fn merge_shard(&self, req: Request<MergeShardRequest>) -> Result<Response<MergeShardResponse>, Status> {
+        let MergeShardRequest { shard_id, expected_epoch, cancel } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        find_shard(&map, shard_id)?;
+        let right = match map.shard(shard_id).and_then(|s| s.merge) {
+            Some(m) => m.right,
+            None => {
+                let pos = map.shards.iter().position(|s| s.id == shard_id).expect("found above");
+                map.shards.get(pos + 1).map_or(0, |r| r.id)
+            }
+        };
+        // The same checks the meta shard makes, for a clear answer without
+        // a proposal; the meta shard's own check decides.
+        let mut check = (*map).clone();
+        let created = if cancel { check.cancel_merge(shard_id) } else { check.begin_merge(shard_id, expected_epoch) }
+            .map_err(Status::failed_precondition)?;
+        if !created {
+            return Ok(Response::new(MergeShardResponse { right_shard_id: right, map_version: map.version, created }));
+        }
+        let cmd = Command::Meta(if cancel {
+            MetaCommand::CancelMerge { left: shard_id }
+        } else {
+            MetaCommand::BeginMerge { left: shard_id, expected_epoch }
+        });
+        match self.node.propose_internal(META_SHARD_ID, &cmd).await.map_err(Status::unavailable)? {
+            CommandResult::Meta { map_version } => {
+                let created = map_version > map.version;
+                tracing::info!(shard = shard_id, right, cancel, created, "merge recorded in the shard map");
+                Ok(Response::new(MergeShardResponse { right_shard_id: right, map_version, created }))
+            }
+            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused it: {r}"))),
+            other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+        }
     }
 
     async fn join_cluster(&self, req: Request<JoinClusterRequest>) -> Result<Response<JoinClusterResponse>, Status> {

@@ -73,6 +73,8 @@ pub fn shard_info(map: &ShardMap, s: &ShardDesc) -> pb::ShardInfo {
         } as i32,
         adding_node: s.change.and_then(|c| c.add).unwrap_or(0),
         removing_node: s.change.and_then(|c| c.remove).unwrap_or(0),
+        merging_with: s.merge.map_or(0, |m| m.right),
+        merge_frozen: s.merge.is_some_and(|m| m.frozen),
     }
 }
 
@@ -210,6 +212,17 @@ impl KvService {
         }
     }
 
+    /// A request this shard refused for routing (it raced a map change):
+    /// the client refreshes its map and asks again.
+    fn wrong_shard(&self, shard: u64, reason: String) -> Error {
+        let map = self.node.shard_map();
+        Error::WrongShard {
+            reason,
+            current: map.shard(shard).map(|s| Box::new(shard_info(&map, s))),
+            map_version: map.version,
+        }
+    }
+
     fn not_leader(&self, shard: u64, raft: &ShardRaft, f: &ForwardToLeader<TypeConfig>) -> Error {
         let term = raft.metrics().borrow_watched().current_term;
         let leader_addr = f.leader_node.as_ref().map(|n| n.addr.clone()).or_else(|| {
@@ -275,6 +288,13 @@ impl KvService {
             }
             Consistency::Stale | Consistency::Eventual => (Consistency::Stale, false),
         };
+        // Checked once the replica has applied what the read must see: a
+        // shard not frozen by then has had no write on the merge's left
+        // shard to its keys yet (that shard takes them only once every
+        // replica of this one applied the freeze).
+        if self.node.is_frozen(shard) {
+            return Err(self.wrong_shard(shard, format!("shard {shard} is being merged into the shard before it")));
+        }
         let staleness_bound_ms = match served {
             Consistency::Linearizable | Consistency::Lease | Consistency::Follower => 0,
             Consistency::Bounded | Consistency::Stale | Consistency::Eventual => {
@@ -384,14 +404,9 @@ impl KvService {
         match resp.data {
             CommandResult::Write(outcome) => Ok(outcome),
             CommandResult::Rejected(r @ Rejection::SessionExpired { .. }) => Err(Error::SessionExpired(r.to_string())),
-            CommandResult::Rejected(r @ (Rejection::KeyOutsideShard { .. } | Rejection::StaleEpoch { .. })) => {
-                let map = self.node.shard_map();
-                Err(Error::WrongShard {
-                    reason: r.to_string(),
-                    current: map.shard(shard).map(|s| Box::new(shard_info(&map, s))),
-                    map_version: map.version,
-                })
-            }
+            CommandResult::Rejected(
+                r @ (Rejection::KeyOutsideShard { .. } | Rejection::StaleEpoch { .. } | Rejection::Frozen { .. }),
+            ) => Err(self.wrong_shard(shard, r.to_string())),
             other => Err(Error::Internal(format!("shard {shard}: unexpected apply result {other:?}"))),
         }
     }

@@ -118,6 +118,19 @@ pub struct ShardDesc {
     /// A replica change under way: recorded here before the shard's group
     /// makes it, cleared when the group's voters are the new set.
     pub change: Option<ReplicaChange>,
+    /// A merge with the next shard under way, recorded on this (the left)
+    /// shard: see [`ShardMap::begin_merge`].
+    pub merge: Option<MergeIntent>,
+}
+
+/// A merge of a shard (the left) with the shard after it (the right), as
+/// the map records it on the left one. Until `frozen` it may be cancelled;
+/// from then on the right shard refuses every request, and the merge is
+/// carried to its end (the left shard's log absorbs the right one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeIntent {
+    pub right: u64,
+    pub frozen: bool,
 }
 
 /// A change of a shard's replica set, one replica at a time: `add` joins
@@ -168,6 +181,14 @@ impl ShardDesc {
     pub fn placed_on(&self, node: u64) -> bool {
         self.replicas.contains(&node) || self.adding() == Some(node)
     }
+}
+
+/// Whether two replica lists name the same nodes (in any order).
+pub fn same_replicas(a: &[u64], b: &[u64]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 /// The whole map.
@@ -255,6 +276,7 @@ impl ShardMap {
                     ShardMode::Raft
                 },
                 change: None,
+                merge: None,
             })
             .collect();
         let mut nodes = nodes.to_vec();
@@ -286,6 +308,11 @@ impl ShardMap {
                     }
                     Some(_) => {}
                 }
+            }
+            if let Some(m) = &s.merge
+                && self.shards.get(i + 1).is_none_or(|next| next.id != m.right)
+            {
+                return bad(format!("shard {} merges with shard {}, which does not follow it", s.id, m.right));
             }
             match (self.shards.get(i + 1), &s.end) {
                 (Some(next), Some(end)) if *end == next.start && *end > s.start => {}
@@ -329,6 +356,7 @@ impl ShardMap {
     /// have, a change that is no change, removing the last replica.
     pub fn begin_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
         let ReplicaChange { add, remove } = change;
+        let frozen_merge = self.merge_of(shard).filter(|(_, m)| m.frozen);
         for node in add.iter().chain(remove.iter()) {
             if self.node(*node).is_none() {
                 return Err(format!("no node {node} in the cluster"));
@@ -341,6 +369,13 @@ impl ShardMap {
         }
         if let Some(c) = desc.change {
             return Err(format!("shard {shard} is already changing replicas ({}); wait for it", describe(&c)));
+        }
+        if let Some((left, m)) = frozen_merge {
+            return Err(format!(
+                "shard {shard} is being merged (shards {left} and {}, past the freeze); its replicas change once \
+                 the merge is done",
+                m.right
+            ));
         }
         if desc.is_eventual() {
             return Err(format!("shard {shard} is eventual: replica changes are built for Raft shards only"));
@@ -410,6 +445,123 @@ impl ShardMap {
             }
             None => Ok(false),
             Some(other) => Err(format!("shard {shard} records {}, not {}", describe(&other), describe(&change))),
+        }
+    }
+
+    /// The merge `shard` takes part in, as the left or the right shard: the
+    /// left shard's id and the recorded intent.
+    pub fn merge_of(&self, shard: u64) -> Option<(u64, MergeIntent)> {
+        self.shards.iter().find_map(|s| s.merge.filter(|m| s.id == shard || m.right == shard).map(|m| (s.id, m)))
+    }
+
+    /// Whether `shard` takes part in a merge (the planners leave it alone).
+    pub fn in_merge(&self, shard: u64) -> bool {
+        self.merge_of(shard).is_some()
+    }
+
+    /// Records the intent to merge Raft shard `left` with the shard after
+    /// it, or why it is refused. `Ok(false)`: recorded already (a retry).
+    /// The meta shard's leader then aligns the right shard's replicas with
+    /// the left's (moves), freezes it ([`ShardMap::freeze_merge`]), and the
+    /// left shard's log absorbs it ([`ShardMap::finish_merge`]).
+    ///
+    /// Refused, changing nothing: an unknown shard, the last shard (nothing
+    /// follows it), an eventual shard on either side, either shard changing
+    /// replicas or in another merge, `expected_epoch` (when not 0) other
+    /// than the left shard's, a replica of either on a node that is not up.
+    pub fn begin_merge(&mut self, left: u64, expected_epoch: u64) -> Result<bool, String> {
+        let pos = self.shards.iter().position(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+        let l = &self.shards[pos];
+        let Some(r) = self.shards.get(pos + 1) else {
+            return Err(format!("shard {left} is the last shard: no shard follows it to merge with"));
+        };
+        if l.merge.is_some_and(|m| m.right == r.id) {
+            return Ok(false);
+        }
+        if expected_epoch != 0 && l.epoch != expected_epoch {
+            return Err(format!("shard {left} is at epoch {}, not {expected_epoch}: it changed since", l.epoch));
+        }
+        for s in [l, r] {
+            if s.is_eventual() {
+                return Err(format!("shard {} is eventual: only Raft shards merge", s.id));
+            }
+            if let Some(c) = &s.change {
+                return Err(format!("shard {} is changing replicas ({}); merge once that is done", s.id, describe(c)));
+            }
+            if let Some((other_left, m)) = self.merge_of(s.id) {
+                return Err(format!("shard {} is in the merge of shards {other_left} and {} already", s.id, m.right));
+            }
+            for n in s.replicas.iter().filter_map(|id| self.node(*id)) {
+                if n.state != NodeState::Up {
+                    return Err(format!(
+                        "shard {} has a replica on node {}, which is {}: merge once every replica is on an up node",
+                        s.id,
+                        n.id,
+                        n.state.as_str()
+                    ));
+                }
+            }
+        }
+        let right = r.id;
+        self.shards[pos].merge = Some(MergeIntent { right, frozen: false });
+        Ok(true)
+    }
+
+    /// Drops the merge recorded on `left` before its freeze. `Ok(false)`:
+    /// none is recorded. Refused once frozen: the right shard refuses
+    /// requests from then on, and only the merge's end opens its keys again.
+    pub fn cancel_merge(&mut self, left: u64) -> Result<bool, String> {
+        let desc = self.shards.iter_mut().find(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+        match desc.merge {
+            None => Ok(false),
+            Some(m) if m.frozen => Err(format!(
+                "the merge of shards {left} and {} is past its freeze: it cannot be cancelled, it finishes",
+                m.right
+            )),
+            Some(_) => {
+                desc.merge = None;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Marks the merge recorded on `left` frozen: the point after which it
+    /// is only carried forward. Refused unless both shards have the same
+    /// replicas and neither is changing them. `Ok(false)`: frozen already.
+    pub fn freeze_merge(&mut self, left: u64) -> Result<bool, String> {
+        let pos = self.shards.iter().position(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+        let Some(m) = self.shards[pos].merge else { return Err(format!("shard {left} records no merge")) };
+        if m.frozen {
+            return Ok(false);
+        }
+        let (l, r) = (&self.shards[pos], &self.shards[pos + 1]);
+        if l.change.is_some() || r.change.is_some() || !same_replicas(&l.replicas, &r.replicas) {
+            return Err(format!(
+                "shards {left} and {} must have the same replicas, with no change under way, before the freeze",
+                r.id
+            ));
+        }
+        self.shards[pos].merge = Some(MergeIntent { frozen: true, ..m });
+        Ok(true)
+    }
+
+    /// Records that `left`'s log absorbed `right` (the merge's end): the
+    /// left shard now ends where the right one ended, at `epoch`, and the
+    /// right shard leaves the map (its id is never reused). `Ok(false)`:
+    /// recorded already (a retry).
+    pub fn finish_merge(&mut self, left: u64, right: u64, epoch: u64) -> Result<bool, String> {
+        let pos = self.shards.iter().position(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+        match self.shards[pos].merge {
+            None if self.shard(right).is_none() && self.shards[pos].epoch >= epoch => Ok(false),
+            Some(m) if m.right == right && m.frozen => {
+                let r = self.shards.remove(pos + 1);
+                let l = &mut self.shards[pos];
+                l.end = r.end;
+                l.epoch = epoch;
+                l.merge = None;
+                Ok(true)
+            }
+            other => Err(format!("shard {left} records {other:?}, not a frozen merge with shard {right}")),
         }
     }
 
@@ -527,6 +679,62 @@ mod tests {
             zone: String::new(),
             state: NodeState::Up,
         }
+    }
+
+    /// A merge is recorded on the left shard, frozen only with aligned
+    /// replicas, cancelled only before its freeze, and finished once: the
+    /// left shard takes the right one's range at the new epoch and the right
+    /// one leaves the map. Bad merges are refused and change nothing.
+    #[test]
+    fn a_merge_goes_intent_freeze_finish_and_refuses_what_cannot_merge() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west"), node(4, "eu-west")];
+        let splits = vec![b"g".to_vec(), b"n".to_vec(), b"u".to_vec()];
+        let mut map = ShardMap::initial(&nodes[..3], &splits, &[], 3).unwrap();
+        map.nodes.push(nodes[3].clone());
+        let before = map.clone();
+        assert!(map.begin_merge(99, 0).unwrap_err().contains("no shard 99"));
+        assert!(map.begin_merge(4, 0).unwrap_err().contains("last shard"));
+        assert!(map.begin_merge(2, 7).unwrap_err().contains("epoch"));
+        map.shards[2].change = Some(ReplicaChange { add: Some(4), remove: Some(3) });
+        assert!(map.begin_merge(2, 0).unwrap_err().contains("changing replicas"));
+        map.shards[2].change = None;
+        map.nodes[2].state = NodeState::Draining;
+        assert!(map.begin_merge(2, 0).unwrap_err().contains("draining"));
+        map.nodes[2].state = NodeState::Up;
+        assert_eq!(map, before, "refusals change nothing");
+
+        assert!(map.begin_merge(2, 1).unwrap());
+        assert!(!map.begin_merge(2, 1).unwrap(), "a retry records nothing");
+        assert!(map.begin_merge(3, 0).unwrap_err().contains("merge of shards 2 and 3"));
+        assert!(map.begin_merge(1, 0).unwrap_err().contains("merge of shards 2 and 3"));
+        assert_eq!(map.merge_of(3), Some((2, MergeIntent { right: 3, frozen: false })));
+        map.validate().unwrap();
+
+        // Not aligned: no freeze. Aligned: frozen, and no more moves.
+        map.shards[2].replicas = vec![1, 2, 4];
+        assert!(map.freeze_merge(2).is_err());
+        map.shards[2].replicas = vec![3, 2, 1];
+        assert!(map.freeze_merge(2).unwrap());
+        assert!(!map.freeze_merge(2).unwrap());
+        assert!(map.cancel_merge(2).unwrap_err().contains("past its freeze"));
+        let change = ReplicaChange { add: Some(4), remove: Some(3) };
+        assert!(map.begin_replica_change(3, change).unwrap_err().contains("being merged"));
+
+        assert!(map.finish_merge(2, 3, 2).unwrap());
+        assert!(!map.finish_merge(2, 3, 2).unwrap(), "a retry records nothing");
+        map.validate().unwrap();
+        let merged = map.shard(2).unwrap();
+        assert_eq!((merged.start.as_slice(), merged.end.as_deref()), (&b"g"[..], Some(&b"u"[..])));
+        assert_eq!((merged.epoch, merged.merge), (2, None));
+        assert!(map.shard(3).is_none());
+        assert_eq!(map.shard_for_key(b"p").unwrap().id, 2);
+
+        // Cancelled before its freeze: as if never recorded.
+        let before = map.clone();
+        assert!(map.begin_merge(1, 0).unwrap());
+        assert!(map.cancel_merge(1).unwrap());
+        assert!(!map.cancel_merge(1).unwrap());
+        assert_eq!(map, before);
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub mod apply_meta_tag {
     pub const SESSION_GC_MS: u8 = 5;
     /// A data shard's range and epoch once it changed after creation.
     pub const RANGE: u8 = 6;
+    /// A data shard frozen for a merge: `(freeze index, the shard it merges
+    /// into)`.
+    pub const FROZEN: u8 = 7;
+    /// A frozen data shard the shard before it absorbed (written by that
+    /// shard's apply): this replica's group of it may be retired.
+    pub const MERGED: u8 = 8;
 }
 
 /// Which per-shard metadata family a record lives in.
@@ -362,6 +368,7 @@ impl Storage {
         let membership = apply_meta(apply_meta_tag::MEMBERSHIP)?;
         let shard_map = apply_meta(apply_meta_tag::SHARD_MAP)?;
         let range_record = apply_meta(apply_meta_tag::RANGE)?;
+        let frozen = apply_meta(apply_meta_tag::FROZEN)?;
 
         let mut data = Vec::new();
         if let Some((start, end)) = range_of(range_record.as_deref()) {
@@ -386,7 +393,7 @@ impl Storage {
             let (k, v) = item?;
             sessions.push((k[8..].to_vec(), v.to_vec()));
         }
-        Ok(ShardImage { applied, membership, shard_map, range_record, data, sessions })
+        Ok(ShardImage { applied, membership, shard_map, range_record, frozen, data, sessions })
     }
 
     // ---- eventual mode ---------------------------------------------------
@@ -453,6 +460,8 @@ pub struct ShardImage {
     pub membership: Option<Vec<u8>>,
     pub shard_map: Option<Vec<u8>>,
     pub range_record: Option<Vec<u8>>,
+    /// The freeze record of a data shard frozen for a merge.
+    pub frozen: Option<Vec<u8>>,
     /// `(user key, encoded record)` in key order.
     pub data: Vec<Pair>,
     /// `(session key without shard prefix, record)`.
