@@ -133,6 +133,11 @@ enum NemesisArg {
     /// move`), alone or during a partition or a kill. Needs more nodes than replicas (e.g.
     /// --nodes 6). Not part of `all`.
     MoveReplica,
+    /// Merge the shard holding a workload key with a neighbour (`kvctl shard merge`: replicas
+    /// aligned by moves, the right shard frozen, the left one absorbing it), alone or during a
+    /// partition or a kill. Not part of `all`: merges are permanent; pair it with `split` so
+    /// that there are shards to merge.
+    Merge,
     All,
     None,
 }
@@ -349,6 +354,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::Split => kinds.insert(NemesisKind::Split),
             NemesisArg::TransferLeader => kinds.insert(NemesisKind::TransferLeader),
             NemesisArg::MoveReplica => kinds.insert(NemesisKind::MoveReplica),
+            NemesisArg::Merge => kinds.insert(NemesisKind::Merge),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true

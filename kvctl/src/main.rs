@@ -967,8 +967,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             node_change_done(&client, out, "removal", change, no_wait, wait).await
         }
         Command::Shard(ShardCommand::Merge { shard, cancel, no_wait, wait }) => {
-            let merge = if cancel { client.cancel_merge(shard).await } else { client.merge_shard(shard).await }
-                .map_err(say)?;
+            let merge =
+                if cancel { client.cancel_merge(shard).await } else { client.merge_shard(shard).await }.map_err(say)?;
             let right = merge.right_shard_id;
             let mut fields = json!({
                 "shard": shard,
@@ -1838,7 +1838,8 @@ fn format_change(shard: &Shard) -> String {
         (Some(from), None) => Some(format!("-{from}")),
         (None, None) => None,
     };
-    let merge = shard.merging_with.map(|r| if shard.merge_frozen { format!("merge {r} frozen") } else { format!("merge {r}") });
+    let merge =
+        shard.merging_with.map(|r| if shard.merge_frozen { format!("merge {r} frozen") } else { format!("merge {r}") });
     match (replicas, merge) {
         (Some(r), Some(m)) => format!("{r}, {m}"),
         (Some(one), None) | (None, Some(one)) => one,

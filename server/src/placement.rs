@@ -283,11 +283,15 @@ pub enum MergeStep {
     Wait,
     /// Move one of the right shard's replicas towards the left's nodes.
     Align { right: u64, change: ReplicaChange },
-    /// The replicas match: record the freeze in the map.
+    /// The replicas match and every one answers: record the freeze in the
+    /// map.
     Freeze,
-    /// Frozen: freeze the right shard's log, then have the left absorb it,
-    /// to this epoch.
-    Carry { right: u64, epoch: u64 },
+    /// Frozen in the map: freeze the right shard's log, then seal the
+    /// freeze once every replica applied it, or take it back and give the
+    /// merge up if one does not in time.
+    Seal { right: u64 },
+    /// Sealed at `index`: the left shard absorbs the right one, to `epoch`.
+    Carry { right: u64, epoch: u64, index: u64 },
 }
 
 /// What to do next for the merge recorded on `left`. Before the freeze a
@@ -296,15 +300,18 @@ pub enum MergeStep {
 /// moves up). Alignment moves the right shard's replicas one at a time onto
 /// the left's nodes, pairing a node of the same region first, so that the
 /// shard's regions stay what they were.
-pub fn plan_merge_step(map: &ShardMap, left: u64) -> MergeStep {
+pub fn plan_merge_step(map: &ShardMap, left: u64, live: &BTreeSet<u64>) -> MergeStep {
     let Some(pos) = map.shards.iter().position(|s| s.id == left) else { return MergeStep::None };
     let l = &map.shards[pos];
     let Some(intent) = l.merge else { return MergeStep::None };
     let Some(r) = map.shards.get(pos + 1).filter(|r| r.id == intent.right) else {
         return MergeStep::Cancel(format!("shard {} no longer follows shard {left}", intent.right));
     };
+    if let Some(index) = intent.sealed_at {
+        return MergeStep::Carry { right: r.id, epoch: l.epoch.max(r.epoch) + 1, index };
+    }
     if intent.frozen {
-        return MergeStep::Carry { right: r.id, epoch: l.epoch.max(r.epoch) + 1 };
+        return MergeStep::Seal { right: r.id };
     }
     for s in [l, r] {
         for n in s.replicas.iter().chain(s.adding().iter()).filter_map(|id| map.node(*id)) {
@@ -325,7 +332,8 @@ pub fn plan_merge_step(map: &ShardMap, left: u64) -> MergeStep {
     let extra: Vec<u64> = r.replicas.iter().copied().filter(|n| !l.replicas.contains(n)).collect();
     let region = |id: &u64| map.node(*id).map(|n| n.region.as_str());
     let change = match (extra.first(), missing.first()) {
-        (None, None) => return MergeStep::Freeze,
+        (None, None) if l.replicas.iter().all(|n| live.contains(n)) => return MergeStep::Freeze,
+        (None, None) => return MergeStep::Wait,
         (Some(from), Some(_)) => {
             let to = missing.iter().find(|to| region(to) == region(from)).unwrap_or(&missing[0]);
             ReplicaChange { add: Some(*to), remove: Some(*from) }
@@ -381,33 +389,41 @@ mod tests {
     fn a_merge_aligns_then_freezes_and_holds_other_moves_off() {
         let nodes = [(1, "us-east"), (2, "us-west"), (3, "eu-west"), (4, "eu-west"), (5, "us-east")];
         let mut m = map(&nodes, &[&[1, 2, 3], &[1, 2, 3], &[5, 2, 4]]);
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::None);
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::None);
         m.begin_merge(2, 0).unwrap();
         // Node 5 (us-east) gives way to node 1 (us-east), then 4 to 3 (eu-west).
         let first = ReplicaChange { add: Some(1), remove: Some(5) };
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Align { right: 3, change: first });
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Align { right: 3, change: first });
         m.begin_replica_change(3, first).unwrap();
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Wait);
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Wait);
         assert!(plan_rebalance(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
         m.finish_replica_change(3, first).unwrap();
         let second = ReplicaChange { add: Some(3), remove: Some(4) };
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Align { right: 3, change: second });
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Align { right: 3, change: second });
         m.begin_replica_change(3, second).unwrap();
         m.finish_replica_change(3, second).unwrap();
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Freeze);
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Freeze);
 
         // A replica's node drains before the freeze: the merge is given up,
         // and only then does the drain move it.
         set(&mut m, 1, NodeState::Draining);
-        assert!(matches!(plan_merge_step(&m, 2), MergeStep::Cancel(why) if why.contains("node 1")));
+        assert!(matches!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Cancel(why) if why.contains("node 1")));
         assert!(plan_drains(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
         set(&mut m, 1, NodeState::Up);
 
+        // A replica that does not answer holds the freeze off.
+        let mut some = all(&m);
+        some.remove(&2);
+        assert_eq!(plan_merge_step(&m, 2, &some), MergeStep::Wait);
+
         m.freeze_merge(2).unwrap();
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Seal { right: 3 });
+        m.commit_merge(2, 40).unwrap();
         let epoch = m.shard(3).unwrap().epoch.max(m.shard(2).unwrap().epoch) + 1;
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Carry { right: 3, epoch });
+        assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Carry { right: 3, epoch, index: 40 });
         set(&mut m, 1, NodeState::Draining);
-        assert_eq!(plan_merge_step(&m, 2), MergeStep::Carry { right: 3, epoch }, "past the freeze it goes on");
+        let step = plan_merge_step(&m, 2, &some);
+        assert_eq!(step, MergeStep::Carry { right: 3, epoch, index: 40 }, "sealed, it goes on");
     }
 
     fn set(map: &mut ShardMap, node: u64, state: NodeState) {

@@ -64,6 +64,19 @@ fn unsafe_promote_at_once() -> bool {
     *SET.get_or_init(|| std::env::var(UNSAFE_PROMOTE_AT_ONCE).is_ok_and(|v| v == "1"))
 }
 
+/// A test switch, never for production: the meta leader holds a merge's
+/// freeze this many milliseconds between recording it in the map and
+/// freezing the right shard's log, so that a test can stop a replica before
+/// that replica applies the freeze (the give-up path).
+pub const HOLD_MERGE_FREEZE_MS: &str = "GEOKV_TEST_HOLD_MERGE_FREEZE_MS";
+
+fn hold_merge_freeze() -> Duration {
+    static SET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        Duration::from_millis(std::env::var(HOLD_MERGE_FREEZE_MS).ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    })
+}
+
 /// Bound on waiting for the leader's snapshot and log purge (step 1).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 
@@ -350,8 +363,12 @@ struct Seen {
     /// When a shard was last split here, so that its new epoch reaches the
     /// map and the statuses before it is looked at again.
     split: HashMap<u64, Instant>,
-    /// Per right shard of a frozen merge: the index of its freeze entry.
-    frozen_at: HashMap<u64, u64>,
+    /// Per right shard of a frozen merge: the index of its freeze entry,
+    /// and when this node froze it (or first learnt the index).
+    frozen_at: HashMap<u64, (u64, Instant)>,
+    /// Per right shard: since when the freeze is held (a test switch, see
+    /// [`HOLD_MERGE_FREEZE_MS`]).
+    freeze_held: HashMap<u64, Instant>,
 }
 
 /// Load is the log entries a shard applies per second over this long.
@@ -414,8 +431,10 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     // with what it reports of the shard.
     let mut leaders: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut reported: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
-    // What every replica has applied, by (shard, node).
+    // What every replica has applied, by (shard, node); the shards their
+    // leaders report frozen and not sealed (the freeze index).
     let mut applied_on: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut unsealed: BTreeMap<u64, u64> = BTreeMap::new();
     for (n, answer) in members.iter().zip(answers) {
         let answered = seen.answered.entry(n.id).or_insert(now);
         let Ok(status) = answer else { continue };
@@ -427,6 +446,11 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
             if g.term >= known.0 {
                 *known = (g.term, n.id);
                 reported.insert(g.shard_id, (g.epoch, g.applied_index, g.approximate_bytes));
+                if g.frozen_index > 0 && !g.freeze_sealed {
+                    unsealed.insert(g.shard_id, g.frozen_index);
+                } else {
+                    unsealed.remove(&g.shard_id);
+                }
             }
         }
     }
@@ -500,10 +524,20 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         tracing::info!(node = n.id, "drained node removed");
     }
 
-    seen.frozen_at.retain(|right, _| map.shard(*right).is_some());
+    seen.frozen_at.retain(|right, _| map.in_merge(*right));
+    seen.freeze_held.retain(|right, _| map.in_merge(*right));
     for left in map.shards.iter().filter(|s| s.merge.is_some()).map(|s| s.id) {
-        if let Err(e) = merge_step(node, &map, left, &applied_on, seen).await {
+        if let Err(e) = merge_step(node, &map, left, &live, &applied_on, seen).await {
             tracing::warn!(shard = left, cause = %e, "merge step failed; retried on the next pass");
+        }
+    }
+    // A shard frozen with no merge in the map (a freeze that landed after
+    // its merge was given up): take it back. Refused once sealed, so this
+    // never undoes a merge that goes through.
+    for (shard, index) in unsealed.into_iter().filter(|(s, _)| map.shard(*s).is_some() && !map.in_merge(*s)) {
+        match node.propose_internal(shard, &Command::Unfreeze { index }).await {
+            Ok(CommandResult::Unfrozen) => tracing::info!(shard, index, "a freeze without a merge taken back"),
+            other => tracing::debug!(shard, index, result = ?other, "a stray freeze not taken back yet"),
         }
     }
 
@@ -575,22 +609,33 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     Ok(())
 }
 
+/// How long a merge's freeze may wait for every replica of the right
+/// shard to apply it before it is taken back and the merge given up (the
+/// right shard's keys are unavailable meanwhile).
+pub const MERGE_FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Takes the next step of the merge recorded on shard `left`
 /// ([`placement::plan_merge_step`]). Every step is safe to repeat, so a new
 /// meta leader picks the merge up where it stands:
 ///
 /// 1. align: the right shard's replicas move onto the left's nodes;
-/// 2. freeze (in the map): from here on the merge only goes forward;
-/// 3. freeze the right shard's log ([`Command::Freeze`]), and wait until
-///    every one of its replicas has applied the freeze (its state is final
-///    everywhere, and every replica of the left shard can read it locally);
-/// 4. the left shard's log absorbs it ([`Command::Merge`]);
-/// 5. the map records the merge ([`MetaCommand::FinishMerge`]) and drops
-///    the right shard, whose replicas then retire without deleting data.
+/// 2. freeze (in the map), once every replica answers;
+/// 3. freeze the right shard's log ([`Command::Freeze`]); once every one
+///    of its replicas applied the freeze (its state is final everywhere,
+///    and every replica of the left shard can read it locally), seal it
+///    ([`Command::Seal`]) and record that ([`MetaCommand::CommitMerge`]).
+///    A replica that has not applied it within [`MERGE_FREEZE_TIMEOUT`]
+///    (down, cut off) gets the freeze taken back ([`Command::Unfreeze`],
+///    refused once sealed) and the merge is given up;
+/// 4. sealed: the left shard's log absorbs the right one
+///    ([`Command::Merge`]), and the map records the merge
+///    ([`MetaCommand::FinishMerge`]) and drops the right shard, whose
+///    replicas then retire without deleting data.
 async fn merge_step(
     node: &Node,
     map: &crate::shards::ShardMap,
     left: u64,
+    live: &BTreeSet<u64>,
     applied_on: &BTreeMap<(u64, u64), u64>,
     seen: &mut Seen,
 ) -> Result<(), String> {
@@ -600,10 +645,10 @@ async fn merge_step(
             other => Err(format!("the shard map refused it: {other:?}")),
         }
     };
-    match placement::plan_merge_step(map, left) {
+    match placement::plan_merge_step(map, left, live) {
         placement::MergeStep::None | placement::MergeStep::Wait => Ok(()),
         placement::MergeStep::Cancel(why) => {
-            meta(MetaCommand::CancelMerge { left }).await?;
+            meta(MetaCommand::CancelMerge { left, unfrozen: false }).await?;
             tracing::warn!(shard = left, %why, "merge given up");
             Ok(())
         }
@@ -617,13 +662,16 @@ async fn merge_step(
             tracing::info!(shard = left, "merge: replicas aligned, freeze recorded");
             Ok(())
         }
-        placement::MergeStep::Carry { right, epoch } => {
-            let index = match seen.frozen_at.get(&right) {
-                Some(index) => *index,
+        placement::MergeStep::Seal { right } => {
+            let (index, since) = match seen.frozen_at.get(&right) {
+                Some(at) => *at,
+                None if seen.freeze_held.entry(right).or_insert_with(Instant::now).elapsed() < hold_merge_freeze() => {
+                    return Ok(());
+                }
                 None => match node.propose_internal(right, &Command::Freeze { into: left }).await? {
                     CommandResult::Frozen { index } => {
                         tracing::info!(shard = left, right, index, "merge: right shard frozen");
-                        *seen.frozen_at.entry(right).or_insert(index)
+                        *seen.frozen_at.entry(right).or_insert((index, Instant::now()))
                     }
                     other => return Err(format!("shard {right} refused its freeze: {other:?}")),
                 },
@@ -635,10 +683,44 @@ async fn merge_step(
                 .copied()
                 .filter(|n| applied_on.get(&(right, *n)).is_none_or(|applied| *applied < index))
                 .collect();
-            if !lagging.is_empty() {
+            let sealed = if lagging.is_empty() {
+                match node.propose_internal(right, &Command::Seal { index }).await? {
+                    CommandResult::Sealed { .. } => true,
+                    other => {
+                        // Taken back meanwhile: freeze anew next pass.
+                        seen.frozen_at.remove(&right);
+                        return Err(format!("shard {right} refused to seal its freeze at {index}: {other:?}"));
+                    }
+                }
+            } else if since.elapsed() >= MERGE_FREEZE_TIMEOUT {
+                match node.propose_internal(right, &Command::Unfreeze { index }).await? {
+                    CommandResult::Unfrozen => {
+                        seen.frozen_at.remove(&right);
+                        meta(MetaCommand::CancelMerge { left, unfrozen: true }).await?;
+                        tracing::warn!(
+                            shard = left,
+                            right,
+                            ?lagging,
+                            "merge given up: these replicas did not apply the freeze within {MERGE_FREEZE_TIMEOUT:?}; \
+                             the right shard serves again"
+                        );
+                        return Ok(());
+                    }
+                    CommandResult::Sealed { .. } => true,
+                    other => return Err(format!("shard {right} refused to take its freeze back: {other:?}")),
+                }
+            } else {
                 tracing::debug!(shard = left, right, ?lagging, "merge: waiting for every replica to apply the freeze");
-                return Ok(());
+                false
+            };
+            if sealed {
+                meta(MetaCommand::CommitMerge { left, right_frozen_index: index }).await?;
+                tracing::info!(shard = left, right, index, "merge: freeze sealed, the merge goes through");
             }
+            Ok(())
+        }
+        placement::MergeStep::Carry { right, epoch, index } => {
+            let r = map.shard(right).ok_or_else(|| format!("no shard {right} in the map"))?;
             let cmd = Command::Merge(MergeCommand {
                 right_shard: right,
                 right_end: r.end.clone(),
@@ -650,6 +732,7 @@ async fn merge_step(
                 other => return Err(format!("shard {left} refused the merge: {other:?}")),
             }
             meta(MetaCommand::FinishMerge { left, right, epoch }).await?;
+            seen.frozen_at.remove(&right);
             tracing::info!(shard = left, right, epoch, "merge done: the right shard's keys are the left shard's");
             Ok(())
         }

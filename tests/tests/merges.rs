@@ -30,7 +30,11 @@ async fn write_keys(client: Client, prefix: &'static str, outcomes: Outcomes, st
 
 /// Writers on both shards of the merge (and one beside them), each on its
 /// own client, whose map goes stale at the merge.
-async fn start_writers(c: &TestCluster, outcomes: &Outcomes, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+async fn start_writers(
+    c: &TestCluster,
+    outcomes: &Outcomes,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut writers = Vec::new();
     for prefix in ["h", "k", "p", "r", "b"] {
         writers.push(tokio::spawn(write_keys(c.client().await, prefix, outcomes.clone(), stop.clone())));
@@ -113,8 +117,9 @@ async fn a_merge_under_writes_loses_nothing_and_survives_a_restart() {
     }
     c.wait_all_leaders().await;
     let scan = c.client().await;
-    let after = wait_for("a full scan after the restart", DEFAULT_DEADLINE, || async { scan.scan(..).collect().await.ok() })
-        .await;
+    let after =
+        wait_for("a full scan after the restart", DEFAULT_DEADLINE, || async { scan.scan(..).collect().await.ok() })
+            .await;
     assert_eq!(after, stored, "the same data after a full restart");
     assert!(c.group_statuses(SHARD_N_U).await.is_empty(), "the absorbed shard does not come back");
     // Writes to the absorbed range go to the merged shard.
@@ -166,5 +171,64 @@ async fn a_merge_moves_the_right_shards_replicas_first() {
     let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!("{acked} of {total} writes acknowledged, every one found after the merge");
     let mut c = c;
+    c.kill_all();
+}
+
+/// A replica of the right shard that cannot apply the freeze (paused just
+/// as the merge is frozen in the map) gets the freeze taken back within
+/// the freeze timeout: the merge is given up, the right shard serves again
+/// on its other two replicas, and a later merge, with every replica back,
+/// goes through. The freeze is held 3 s before the right shard's log
+/// freezes (a test switch), so that the pause lands first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_a_replica_cannot_apply_is_taken_back() {
+    let options = ClusterOptions {
+        env: vec![("GEOKV_TEST_HOLD_MERGE_FREEZE_MS".into(), "3000".into())],
+        ..ClusterOptions::default()
+    };
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let outcomes: Outcomes = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&c, &outcomes, &stop).await;
+    wait_for("writes before the merge", DEFAULT_DEADLINE, || written(&outcomes, 100)).await;
+
+    let meta_leader = c.wait_leader(0).await;
+    let victim = (1..=3).find(|n| *n != meta_leader).expect("a node that does not lead the meta shard");
+    admin.merge_shard(SHARD_G_N).await.expect("merge recorded");
+    wait_for("the merge frozen in the map", DEFAULT_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        map.shard(SHARD_G_N)?.merge_frozen.then_some(())
+    })
+    .await;
+    c.pause(victim);
+    let start = Instant::now();
+    let shard = admin.wait_for_merge(SHARD_G_N, MERGE_DEADLINE).await.expect("the merge ends");
+    let given_up = start.elapsed();
+    assert_eq!(shard.end, b"n", "given up, not merged: {shard:?}");
+    let map = admin.refresh_shard_map().await.unwrap();
+    assert!(map.shard(SHARD_N_U).is_some_and(|r| r.start == b"n" && r.end == b"u"), "{map:?}");
+    eprintln!("merge given up {given_up:?} after node {victim} was paused");
+    // The right shard serves again with one replica still paused.
+    let put =
+        wait_for("a write to the right shard", DEFAULT_DEADLINE, || async { admin.put("q-unfrozen", "v").await.ok() })
+            .await;
+    assert_eq!(put.shard_id, SHARD_N_U);
+    outcomes.lock().await.insert("q-unfrozen".into(), Some("v".into()));
+    assert!(admin.get("q-unfrozen").await.expect("a read").is_some());
+
+    c.resume(victim);
+    wait_for("node back", DEFAULT_DEADLINE, || async { c.status(victim).await }).await;
+    admin.merge_shard(SHARD_G_N).await.expect("merge recorded again");
+    let merged = admin.wait_for_merge(SHARD_G_N, MERGE_DEADLINE).await.expect("merge done");
+    assert_eq!(merged.end, b"u", "{merged:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
+    eprintln!("{acked} of {total} writes acknowledged, every one found");
     c.kill_all();
 }

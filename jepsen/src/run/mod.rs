@@ -784,6 +784,9 @@ async fn run_schedule(
         let applied = match applied {
             Ok(Ok(applied)) => applied,
             Ok(Err(why)) => {
+                // A composed fault may have applied its first part (a kill)
+                // before the second failed: heal that, as the timeout does.
+                nemesis::heal_all(lab).await;
                 recorder.nemesis("skipped", json!(why));
                 skipped.push(format!("{} ms: {why}", window.start_ms));
                 continue;

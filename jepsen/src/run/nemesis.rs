@@ -119,6 +119,10 @@ pub enum NemesisKind {
     /// without one (learner, catch-up, joint consensus), alone or while a
     /// partition or a kill holds. Needs more nodes than replicas.
     MoveReplica,
+    /// Merge the shard holding a workload-shaped key with a neighbour
+    /// (replicas aligned first, then the freeze and the absorb), alone or
+    /// while a partition or a kill holds. Permanent.
+    Merge,
 }
 
 impl NemesisKind {
@@ -187,6 +191,10 @@ pub enum Fault {
     /// from its `from`-th replica (modulo their number) to the `to`-th node
     /// without one, and wait for the move to finish. Permanent.
     MoveReplica { key: String, from: u64, to: u64 },
+    /// Merge whichever shard holds `key` with the shard after it (with the
+    /// one before it when `with_previous`, or when it is the last), through
+    /// `Admin.MergeShard`, and wait for the merge to end. Permanent.
+    Merge { key: String, with_previous: bool },
 }
 
 /// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
@@ -346,11 +354,14 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             };
             Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
         }
-        NemesisKind::Split | NemesisKind::TransferLeader | NemesisKind::MoveReplica => {
+        NemesisKind::Split | NemesisKind::TransferLeader | NemesisKind::MoveReplica | NemesisKind::Merge => {
             // Register keys are r<group>-<epoch>, set elements set/<e>.
             let prefix = ["r", "set/"][rng.below(2)];
             let change = match kind {
                 NemesisKind::Split => Fault::Split { key: format!("{prefix}{}", rng.between(1, 9)) },
+                NemesisKind::Merge => {
+                    Fault::Merge { key: format!("{prefix}{}", rng.between(1, 9)), with_previous: rng.below(2) == 0 }
+                }
                 NemesisKind::MoveReplica => Fault::MoveReplica {
                     key: format!("{prefix}{}", rng.between(1, 9)),
                     from: rng.between(0, 2),
@@ -530,6 +541,39 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             Ok(applied(
                 format!("moved shard {}'s replica from node {from} to node {to}: replicas {now:?}", shard.shard_id),
                 vec![from, to],
+            ))
+        }
+        Fault::Merge { key, with_previous } => {
+            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
+            let mut config = geokv_client::ClientConfig::new(endpoints);
+            config.deadline = APPLY_TIMEOUT;
+            let client = config.connect().await.map_err(|e| e.to_string())?;
+            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+            let at = map
+                .shards
+                .iter()
+                .rposition(|s| s.start.as_slice() <= key.as_bytes())
+                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let left = if (*with_previous || at + 1 == map.shards.len()) && at > 0 { at - 1 } else { at };
+            let (l, r) = match (map.shards.get(left), map.shards.get(left + 1)) {
+                (Some(l), Some(r)) => (l.shard_id, r.shard_id),
+                _ => return Err("a single shard: nothing to merge".into()),
+            };
+            client.merge_shard(l).await.map_err(|e| e.to_string())?;
+            let done = client.wait_for_merge(l, MOVE_TIMEOUT).await.map_err(|e| e.to_string())?;
+            let absorbed = client.refresh_shard_map().await.map_err(|e| e.to_string())?.shard(r).is_none();
+            let end = if done.end.is_empty() { "end".into() } else { String::from_utf8_lossy(&done.end).into_owned() };
+            let replicas: Vec<u64> = done.replicas.iter().map(|r| r.node_id).collect();
+            Ok(applied(
+                if absorbed {
+                    format!(
+                        "merged shard {r} into shard {l}: it now ends at {end:?}, epoch {}, replicas {replicas:?}",
+                        done.epoch
+                    )
+                } else {
+                    format!("the merge of shards {l} and {r} was given up (a replica's node stopped being up)")
+                },
+                replicas,
             ))
         }
         Fault::TransferLeader { shard, to } => {
@@ -718,7 +762,7 @@ mod tests {
     fn topology_changes_come_alone_or_during_a_cut_or_kill() {
         let (mut alone, mut during) = (0, 0);
         for seed in 0..30 {
-            let kinds = [NemesisKind::Split, NemesisKind::TransferLeader, NemesisKind::MoveReplica];
+            let kinds = [NemesisKind::Split, NemesisKind::TransferLeader, NemesisKind::MoveReplica, NemesisKind::Merge];
             let s = Schedule::generate(seed, &kinds, 60_000, 3, 2);
             s.validate().unwrap();
             for w in &s.windows {
@@ -740,6 +784,7 @@ mod tests {
                         assert!(key.starts_with('r') || key.starts_with("set/"), "{key}");
                         assert!(*from <= 2 && *to <= 2, "indexes into the replicas and the spare nodes: {w:?}");
                     }
+                    Fault::Merge { key, .. } => assert!(key.starts_with('r') || key.starts_with("set/"), "{key}"),
                     other => panic!("{other:?}"),
                 }
             }

@@ -30,6 +30,12 @@ pub enum Command {
     /// write is refused ([`Rejection::Frozen`]) and nothing changes its data
     /// or sessions, so its state is final at this entry's index.
     Freeze { into: u64 },
+    /// The data shard takes back its freeze at `index`: it serves requests
+    /// again. Refused once sealed (answered [`CommandResult::Sealed`]).
+    Unfreeze { index: u64 },
+    /// The data shard's freeze at `index` becomes final: no unfreeze from
+    /// here on, so the shard before it may absorb it.
+    Seal { index: u64 },
     /// The data shard absorbs the frozen shard after it (see
     /// [`MergeCommand`]).
     Merge(MergeCommand),
@@ -183,9 +189,13 @@ pub enum MetaCommand {
     /// Records the intent to merge Raft shard `left` with the shard after
     /// it; see [`crate::shards::ShardMap::begin_merge`].
     BeginMerge { left: u64, expected_epoch: u64 },
-    /// Drops a merge before its freeze; see
+    /// Drops a merge (before its freeze, or once the right shard's freeze
+    /// was taken back: `unfrozen`); see
     /// [`crate::shards::ShardMap::cancel_merge`].
-    CancelMerge { left: u64 },
+    CancelMerge { left: u64, unfrozen: bool },
+    /// The right shard's log sealed its freeze at `right_frozen_index`; see
+    /// [`crate::shards::ShardMap::commit_merge`].
+    CommitMerge { left: u64, right_frozen_index: u64 },
     /// The merge's point of no return; see
     /// [`crate::shards::ShardMap::freeze_merge`].
     FreezeMerge { left: u64 },
@@ -241,6 +251,13 @@ pub enum CommandResult {
     Frozen {
         index: u64,
     },
+    /// The data shard's freeze is sealed (now or earlier) at this index: it
+    /// is never taken back.
+    Sealed {
+        index: u64,
+    },
+    /// The data shard is not frozen (any more).
+    Unfrozen,
     /// The data shard absorbed its right neighbour (now or earlier) and is
     /// at this epoch.
     Merged {
@@ -321,7 +338,14 @@ impl std::fmt::Display for Command {
                 write!(f, "set-node-state(node={node}, {})", state.as_str())
             }
             Command::Meta(MetaCommand::BeginMerge { left, .. }) => write!(f, "begin-merge(left={left})"),
-            Command::Meta(MetaCommand::CancelMerge { left }) => write!(f, "cancel-merge(left={left})"),
+            Command::Meta(MetaCommand::CancelMerge { left, unfrozen }) => {
+                write!(f, "cancel-merge(left={left}, unfrozen={unfrozen})")
+            }
+            Command::Meta(MetaCommand::CommitMerge { left, right_frozen_index }) => {
+                write!(f, "commit-merge(left={left}, at={right_frozen_index})")
+            }
+            Command::Unfreeze { index } => write!(f, "unfreeze(at={index})"),
+            Command::Seal { index } => write!(f, "seal(at={index})"),
             Command::Meta(MetaCommand::FreezeMerge { left }) => write!(f, "freeze-merge(left={left})"),
             Command::Meta(MetaCommand::FinishMerge { left, right, epoch }) => {
                 write!(f, "finish-merge(left={left}, right={right}, epoch={epoch})")

@@ -109,9 +109,9 @@ pub struct ShardStateMachine {
     /// Where a data shard reports the right halves of its splits, once they
     /// are durable, so that the node starts their groups.
     splits: Option<tokio::sync::mpsc::UnboundedSender<SplitNotice>>,
-    /// Set once this data shard is frozen for a merge: `(freeze index, the
-    /// shard it merges into)`. From then on it changes nothing.
-    frozen: Option<(u64, u64)>,
+    /// Set while this data shard is frozen for a merge (see
+    /// [`FrozenRecord`]). Meanwhile it changes nothing.
+    frozen: Option<FrozenRecord>,
     /// Where frozen shards are published to the read path.
     frozen_shards: Option<FrozenShards>,
 }
@@ -120,8 +120,14 @@ pub struct ShardStateMachine {
 /// refused (their keys belong to the merge's left shard from its end on).
 pub type FrozenShards = Arc<std::sync::RwLock<std::collections::HashSet<u64>>>;
 
-/// A frozen shard's stored freeze record: `(freeze index, merged into)`.
-type FrozenRecord = (u64, u64);
+/// A frozen shard's stored freeze record: `(freeze index, the shard it
+/// merges into, sealed)`. A sealed freeze is never taken back.
+pub type FrozenRecord = (u64, u64, bool);
+
+/// The freeze record data shard `shard`'s replica here stores, if frozen.
+pub fn frozen_record(storage: &Storage, shard: u64) -> io::Result<Option<FrozenRecord>> {
+    storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::FROZEN)?.map(|b| decode(&b)).transpose()
+}
 
 /// Whether this replica stores a range record for data shard `shard`: it
 /// started the shard (which persists the range it was created with), or
@@ -226,8 +232,16 @@ struct Overlay {
 
 impl ShardStateMachine {
     pub fn new(shard: u64, kind: ShardKind, storage: Arc<Storage>, limits: SessionLimits) -> io::Result<Self> {
-        let mut sm =
-            Self { shard, kind, storage, limits, last_applied_index: None, splits: None, frozen: None, frozen_shards: None };
+        let mut sm = Self {
+            shard,
+            kind,
+            storage,
+            limits,
+            last_applied_index: None,
+            splits: None,
+            frozen: None,
+            frozen_shards: None,
+        };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
         sm.frozen = sm.apply_meta::<FrozenRecord>(apply_meta_tag::FROZEN)?;
         // A shrink applied earlier wins over the range the caller knows.
@@ -480,7 +494,7 @@ impl ShardStateMachine {
                     CommandResult::None
                 }
                 EntryPayload::Normal(Command::Write(_)) if self.frozen.is_some() => {
-                    let into = self.frozen.map_or(0, |(_, into)| into);
+                    let into = self.frozen.map_or(0, |(_, into, _)| into);
                     CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
                 }
                 EntryPayload::Normal(Command::Write(cmd)) => {
@@ -510,13 +524,15 @@ impl ShardStateMachine {
                 EntryPayload::Normal(Command::Shrink(_) | Command::Split(_) | Command::Merge(_))
                     if self.frozen.is_some() =>
                 {
-                    let into = self.frozen.map_or(0, |(_, into)| into);
+                    let into = self.frozen.map_or(0, |(_, into, _)| into);
                     CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
                 }
                 EntryPayload::Normal(
                     Command::Shrink(_)
                     | Command::Split(_)
                     | Command::Freeze { .. }
+                    | Command::Unfreeze { .. }
+                    | Command::Seal { .. }
                     | Command::Merge(_)
                     | Command::Meta(MetaCommand::CarveShard { .. } | MetaCommand::SplitShard { .. }),
                 ) => CommandResult::None,
@@ -528,6 +544,7 @@ impl ShardStateMachine {
                     | MetaCommand::AddNode { .. }
                     | MetaCommand::BeginMerge { .. }
                     | MetaCommand::CancelMerge { .. }
+                    | MetaCommand::CommitMerge { .. }
                     | MetaCommand::FreezeMerge { .. }
                     | MetaCommand::FinishMerge { .. }),
                 )) => {
@@ -555,7 +572,10 @@ impl ShardStateMachine {
                                 MetaCommand::BeginMerge { left, expected_epoch } => {
                                     map.begin_merge(*left, *expected_epoch)
                                 }
-                                MetaCommand::CancelMerge { left } => map.cancel_merge(*left),
+                                MetaCommand::CancelMerge { left, unfrozen } => map.cancel_merge(*left, *unfrozen),
+                                MetaCommand::CommitMerge { left, right_frozen_index } => {
+                                    map.commit_merge(*left, *right_frozen_index)
+                                }
                                 MetaCommand::FreezeMerge { left } => map.freeze_merge(*left),
                                 MetaCommand::FinishMerge { left, right, epoch } => {
                                     map.finish_merge(*left, *right, *epoch)
@@ -623,6 +643,14 @@ impl ShardStateMachine {
                 (CommandResult::None, EntryPayload::Normal(Command::Freeze { into })) => {
                     durable = true;
                     self.apply_freeze(index, *into, &mut batch)
+                }
+                (CommandResult::None, EntryPayload::Normal(Command::Unfreeze { index: at })) => {
+                    durable = true;
+                    self.apply_unfreeze(*at, &mut batch)
+                }
+                (CommandResult::None, EntryPayload::Normal(Command::Seal { index: at })) => {
+                    durable = true;
+                    self.apply_seal(*at, &mut batch)
                 }
                 (CommandResult::None, EntryPayload::Normal(Command::Merge(cmd))) => {
                     durable = true;
@@ -746,18 +774,58 @@ impl ShardStateMachine {
     /// Freezes this data shard for its merge into `into` (see
     /// [`Command::Freeze`]); a retry answers the first freeze's index.
     fn apply_freeze(&mut self, index: u64, into: u64, batch: &mut Batch<'_>) -> CommandResult {
-        if let Some((at, _)) = self.frozen {
+        if let Some((at, _, _)) = self.frozen {
             return CommandResult::Frozen { index: at };
         }
         if !matches!(self.kind, ShardKind::Data { .. }) {
             let reason = "the meta shard does not merge".to_string();
             return CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason });
         }
-        let record: FrozenRecord = (index, into);
+        let record: FrozenRecord = (index, into, false);
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN, &encode(&record));
         self.frozen = Some(record);
         tracing::info!(shard = self.shard, index, into, "shard frozen for a merge");
         CommandResult::Frozen { index }
+    }
+
+    /// Takes back the freeze at `at` (see [`Command::Unfreeze`]): unless
+    /// sealed, the shard serves requests again. A freeze at another index
+    /// is a newer one, left alone; an unfrozen shard answers `Unfrozen`.
+    fn apply_unfreeze(&mut self, at: u64, batch: &mut Batch<'_>) -> CommandResult {
+        match self.frozen {
+            None => CommandResult::Unfrozen,
+            Some((index, _, true)) => CommandResult::Sealed { index },
+            Some((index, _, false)) if index == at => {
+                batch.delete_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN);
+                self.frozen = None;
+                tracing::info!(shard = self.shard, index, "shard unfrozen: the merge was given up");
+                CommandResult::Unfrozen
+            }
+            Some((index, ..)) => CommandResult::Rejected(Rejection::WrongKind {
+                shard: self.shard,
+                reason: format!("frozen at index {index}, not {at}"),
+            }),
+        }
+    }
+
+    /// Seals the freeze at `at` (see [`Command::Seal`]); refused unless the
+    /// shard is frozen at exactly that index.
+    fn apply_seal(&mut self, at: u64, batch: &mut Batch<'_>) -> CommandResult {
+        match self.frozen {
+            Some((index, into, sealed)) if index == at => {
+                if !sealed {
+                    let record: FrozenRecord = (index, into, true);
+                    batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN, &encode(&record));
+                    self.frozen = Some(record);
+                    tracing::info!(shard = self.shard, index, into, "freeze sealed: the merge goes through");
+                }
+                CommandResult::Sealed { index }
+            }
+            other => CommandResult::Rejected(Rejection::WrongKind {
+                shard: self.shard,
+                reason: format!("not frozen at index {at} (freeze: {other:?})"),
+            }),
+        }
     }
 
     /// Absorbs the frozen shard after this one (see [`Command::Merge`]).
@@ -787,7 +855,7 @@ impl ShardStateMachine {
             return reject(format!("merge to epoch {} but the shard is at epoch {epoch}", cmd.epoch));
         }
         let right = cmd.right_shard;
-        let (frozen_at, into) = self.await_frozen(right).await?;
+        let (frozen_at, into, _) = self.await_frozen(right).await?;
         if frozen_at != cmd.right_frozen_index || into != self.shard {
             return reject(format!(
                 "shard {right} is frozen at index {frozen_at} into shard {into}, not at {} into this one",
@@ -830,7 +898,13 @@ impl ShardStateMachine {
                 Some(ours) => SessionHeader {
                     first_incomplete: ours.first_incomplete.max(theirs.first_incomplete),
                     last_active_ms: ours.last_active_ms.max(theirs.last_active_ms),
-                    saved: ours.saved.into_iter().chain(theirs.saved).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+                    saved: ours
+                        .saved
+                        .into_iter()
+                        .chain(theirs.saved)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                 },
                 None => theirs,
             };
@@ -861,10 +935,12 @@ impl ShardStateMachine {
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
-            let frozen: Option<FrozenRecord> =
-                self.storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::FROZEN)?.map(|b| decode(&b)).transpose()?;
-            let applied: Option<LogId> =
-                self.storage.get_meta(MetaFamily::Apply, shard, apply_meta_tag::APPLIED)?.map(|b| decode(&b)).transpose()?;
+            let frozen = frozen_record(&self.storage, shard)?;
+            let applied: Option<LogId> = self
+                .storage
+                .get_meta(MetaFamily::Apply, shard, apply_meta_tag::APPLIED)?
+                .map(|b| decode(&b))
+                .transpose()?;
             if let Some(record) = frozen
                 && applied.is_some_and(|a| a.index >= record.0)
             {
@@ -927,7 +1003,10 @@ impl ShardStateMachine {
             return Ok(Err(format!("shard {shard} is changing replicas ({change}); split it once that is done")));
         }
         if let Some((l, m)) = map.merge_of(shard) {
-            return Ok(Err(format!("shard {shard} is in the merge of shards {l} and {}; split it once that is done", m.right)));
+            return Ok(Err(format!(
+                "shard {shard} is in the merge of shards {l} and {}; split it once that is done",
+                m.right
+            )));
         }
         if !left.contains(key) || key == left.start.as_slice() {
             return Ok(Err(format!("the split key is not strictly inside shard {shard}'s range")));
@@ -1725,8 +1804,9 @@ mod tests {
         let storage = left.storage.clone();
         let right_kind = || ShardKind::Data { start: b"n".to_vec(), end: Some(b"u".to_vec()), epoch: 3 };
         let frozen = FrozenShards::default();
-        let mut right =
-            ShardStateMachine::new(3, right_kind(), storage.clone(), limits()).unwrap().with_frozen_shards(frozen.clone());
+        let mut right = ShardStateMachine::new(3, right_kind(), storage.clone(), limits())
+            .unwrap()
+            .with_frozen_shards(frozen.clone());
         right.persist_range().await.unwrap();
 
         let both = Session { client_id: 7, sequence: 1, first_incomplete: 1 };
@@ -1745,12 +1825,45 @@ mod tests {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
             payload: EntryPayload::Normal(Command::Freeze { into: 2 }),
         };
-        let r = right.apply_run(&[freeze(3), write(4, Session::default(), 1000, vec![], vec![put("p3", "x")])]).await.unwrap();
+        let r = right
+            .apply_run(&[freeze(3), write(4, Session::default(), 1000, vec![], vec![put("p3", "x")])])
+            .await
+            .unwrap();
         assert_eq!(r[0], CommandResult::Frozen { index: 3 });
         assert_eq!(r[1], CommandResult::Rejected(Rejection::Frozen { shard: 3, into: 2 }));
         assert!(storage.get_data(b"p3").unwrap().is_none(), "a frozen shard writes nothing");
         assert!(frozen.read().unwrap().contains(&3), "the read path is told");
         assert_eq!(right.apply_run(&[freeze(5)]).await.unwrap()[0], CommandResult::Frozen { index: 3 });
+        // Taken back (the merge given up): it writes again; frozen anew at
+        // 8, an unfreeze of the old freeze is refused; once sealed, none is.
+        let entry = |index, cmd| Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(cmd),
+        };
+        assert_eq!(
+            right.apply_run(&[entry(6, Command::Unfreeze { index: 3 })]).await.unwrap()[0],
+            CommandResult::Unfrozen
+        );
+        assert!(!frozen.read().unwrap().contains(&3));
+        assert!(
+            outcome(
+                &right.apply_run(&[write(7, Session::default(), 1000, vec![], vec![put("p5", "d")])]).await.unwrap()[0]
+            )
+            .applied
+        );
+        let r = right
+            .apply_run(&[
+                freeze(8),
+                entry(9, Command::Unfreeze { index: 3 }),
+                entry(10, Command::Seal { index: 8 }),
+                entry(11, Command::Unfreeze { index: 8 }),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResult::Frozen { index: 8 });
+        assert!(matches!(r[1], CommandResult::Rejected(_)), "{:?}", r[1]);
+        assert_eq!((&r[2], &r[3]), (&CommandResult::Sealed { index: 8 }, &CommandResult::Sealed { index: 8 }));
+        assert!(frozen.read().unwrap().contains(&3));
 
         let merge = |index, frozen_at| Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
@@ -1761,9 +1874,10 @@ mod tests {
                 epoch: 4,
             })),
         };
-        let wrong = left.apply_run(&[merge(2, 4)]).await.unwrap();
+        let wrong = left.apply_run(&[merge(2, 3)]).await.unwrap();
         assert!(matches!(wrong[0], CommandResult::Rejected(_)), "another freeze index: {:?}", wrong[0]);
-        assert_eq!(left.apply_run(&[merge(3, 3)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
+        assert_eq!(left.apply_run(&[merge(3, 8)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
+        assert!(storage.get_data(b"p5").unwrap().is_some());
         assert_eq!(left.data_range(), Some((b"g".to_vec(), Some(b"u".to_vec()))));
         assert!(storage.get_meta(MetaFamily::Apply, 3, apply_meta_tag::MERGED).unwrap().is_some());
 
@@ -1783,7 +1897,7 @@ mod tests {
         // New writes to the absorbed keys apply; a merge retry changes nothing.
         let next = Session { client_id: 8, sequence: 2, first_incomplete: 2 };
         assert!(outcome(&left.apply_run(&[retry(6, next, "p4")]).await.unwrap()[0]).applied);
-        assert_eq!(left.apply_run(&[merge(7, 3)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
+        assert_eq!(left.apply_run(&[merge(7, 8)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
 
         // After a restart: the left keeps its wider range, the right stays frozen.
         drop((left, right, storage));

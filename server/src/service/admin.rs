@@ -6,10 +6,10 @@ use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
     GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
-    ListConflictsResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo, NodeState as ProtoNodeState,
-    NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse, SetLeaderRegionRequest,
-    SetLeaderRegionResponse, ShardMap as PbShardMap, SplitKeyRequest, SplitKeyResponse, SplitShardRequest,
-    SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
+    ListConflictsResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo,
+    NodeState as ProtoNodeState, NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse,
+    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitKeyRequest, SplitKeyResponse,
+    SplitShardRequest, SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -93,6 +93,7 @@ impl Admin for AdminService {
         for (shard, raft) in self.node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
             let desc = map.shard(shard);
+            let frozen = crate::raft::state_machine::frozen_record(&self.node.storage, shard).ok().flatten();
             groups.push(GroupStatus {
                 shard_id: shard,
                 role: role(m.state).into(),
@@ -109,6 +110,8 @@ impl Admin for AdminService {
                     Some(d) if !d.is_eventual() => self.node.storage.approximate_data_bytes(&d.start, d.end.as_deref()),
                     _ => 0,
                 },
+                frozen_index: frozen.map_or(0, |(index, _, _)| index),
+                freeze_sealed: frozen.is_some_and(|(_, _, sealed)| sealed),
                 epoch: if shard == META_SHARD_ID { map.version } else { desc.map_or(0, |d| d.epoch) },
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),
                 end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
@@ -580,16 +583,10 @@ impl Admin for AdminService {
                 map.shards.get(pos + 1).map_or(0, |r| r.id)
             }
         };
-        // The same checks the meta shard makes, for a clear answer without
-        // a proposal; the meta shard's own check decides.
-        let mut check = (*map).clone();
-        let created = if cancel { check.cancel_merge(shard_id) } else { check.begin_merge(shard_id, expected_epoch) }
-            .map_err(Status::failed_precondition)?;
-        if !created {
-            return Ok(Response::new(MergeShardResponse { right_shard_id: right, map_version: map.version, created }));
-        }
+        // Always through the meta shard, which decides (and answers a
+        // repeat): this node's copy of the map may lag behind it.
         let cmd = Command::Meta(if cancel {
-            MetaCommand::CancelMerge { left: shard_id }
+            MetaCommand::CancelMerge { left: shard_id, unfrozen: false }
         } else {
             MetaCommand::BeginMerge { left: shard_id, expected_epoch }
         });

@@ -124,13 +124,18 @@ pub struct ShardDesc {
 }
 
 /// A merge of a shard (the left) with the shard after it (the right), as
-/// the map records it on the left one. Until `frozen` it may be cancelled;
-/// from then on the right shard refuses every request, and the merge is
-/// carried to its end (the left shard's log absorbs the right one).
+/// the map records it on the left one. Until `frozen` an operator may
+/// cancel it. Once frozen, the meta shard's leader may freeze the right
+/// shard's log (it then refuses every request), and either seal that
+/// freeze once every replica applied it or, if one does not in time,
+/// unfreeze it and give the merge up. `sealed_at` (the freeze index the
+/// right shard's log sealed) is the point of no return: the left shard's
+/// log then absorbs the right one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergeIntent {
     pub right: u64,
     pub frozen: bool,
+    pub sealed_at: Option<u64>,
 }
 
 /// A change of a shard's replica set, one replica at a time: `add` joins
@@ -503,19 +508,22 @@ impl ShardMap {
             }
         }
         let right = r.id;
-        self.shards[pos].merge = Some(MergeIntent { right, frozen: false });
+        self.shards[pos].merge = Some(MergeIntent { right, frozen: false, sealed_at: None });
         Ok(true)
     }
 
-    /// Drops the merge recorded on `left` before its freeze. `Ok(false)`:
-    /// none is recorded. Refused once frozen: the right shard refuses
-    /// requests from then on, and only the merge's end opens its keys again.
-    pub fn cancel_merge(&mut self, left: u64) -> Result<bool, String> {
-        let desc = self.shards.iter_mut().find(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+    /// Drops the merge recorded on `left`. `Ok(false)`: none is recorded.
+    /// Refused once frozen unless `unfrozen` (the meta shard's leader gives
+    /// the merge up after the right shard's log took its freeze back), and
+    /// always once sealed.
+    pub fn cancel_merge(&mut self, left: u64, unfrozen: bool) -> Result<bool, String> {
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
         match desc.merge {
             None => Ok(false),
-            Some(m) if m.frozen => Err(format!(
-                "the merge of shards {left} and {} is past its freeze: it cannot be cancelled, it finishes",
+            Some(m) if m.sealed_at.is_some() || (m.frozen && !unfrozen) => Err(format!(
+                "the merge of shards {left} and {} is past its freeze: it finishes, or the cluster gives it up by \
+                 itself if a replica does not apply the freeze in time",
                 m.right
             )),
             Some(_) => {
@@ -545,6 +553,21 @@ impl ShardMap {
         Ok(true)
     }
 
+    /// Records that the right shard's log sealed its freeze at `index` (the
+    /// point of no return). `Ok(false)`: recorded already.
+    pub fn commit_merge(&mut self, left: u64, index: u64) -> Result<bool, String> {
+        let desc =
+            self.shards.iter_mut().find(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
+        match desc.merge {
+            Some(m) if m.sealed_at == Some(index) => Ok(false),
+            Some(m) if m.frozen && m.sealed_at.is_none() => {
+                desc.merge = Some(MergeIntent { sealed_at: Some(index), ..m });
+                Ok(true)
+            }
+            other => Err(format!("shard {left} records {other:?}, not a frozen merge to seal at {index}")),
+        }
+    }
+
     /// Records that `left`'s log absorbed `right` (the merge's end): the
     /// left shard now ends where the right one ended, at `epoch`, and the
     /// right shard leaves the map (its id is never reused). `Ok(false)`:
@@ -553,7 +576,7 @@ impl ShardMap {
         let pos = self.shards.iter().position(|s| s.id == left).ok_or_else(|| format!("no shard {left} in the map"))?;
         match self.shards[pos].merge {
             None if self.shard(right).is_none() && self.shards[pos].epoch >= epoch => Ok(false),
-            Some(m) if m.right == right && m.frozen => {
+            Some(m) if m.right == right && m.sealed_at.is_some() => {
                 let r = self.shards.remove(pos + 1);
                 let l = &mut self.shards[pos];
                 l.end = r.end;
@@ -561,7 +584,7 @@ impl ShardMap {
                 l.merge = None;
                 Ok(true)
             }
-            other => Err(format!("shard {left} records {other:?}, not a frozen merge with shard {right}")),
+            other => Err(format!("shard {left} records {other:?}, not a sealed merge with shard {right}")),
         }
     }
 
@@ -707,7 +730,7 @@ mod tests {
         assert!(!map.begin_merge(2, 1).unwrap(), "a retry records nothing");
         assert!(map.begin_merge(3, 0).unwrap_err().contains("merge of shards 2 and 3"));
         assert!(map.begin_merge(1, 0).unwrap_err().contains("merge of shards 2 and 3"));
-        assert_eq!(map.merge_of(3), Some((2, MergeIntent { right: 3, frozen: false })));
+        assert_eq!(map.merge_of(3), Some((2, MergeIntent { right: 3, frozen: false, sealed_at: None })));
         map.validate().unwrap();
 
         // Not aligned: no freeze. Aligned: frozen, and no more moves.
@@ -716,9 +739,14 @@ mod tests {
         map.shards[2].replicas = vec![3, 2, 1];
         assert!(map.freeze_merge(2).unwrap());
         assert!(!map.freeze_merge(2).unwrap());
-        assert!(map.cancel_merge(2).unwrap_err().contains("past its freeze"));
+        assert!(map.cancel_merge(2, false).unwrap_err().contains("past its freeze"));
         let change = ReplicaChange { add: Some(4), remove: Some(3) };
         assert!(map.begin_replica_change(3, change).unwrap_err().contains("being merged"));
+        assert!(map.finish_merge(2, 3, 2).is_err(), "not sealed yet");
+        assert!(map.commit_merge(2, 17).unwrap());
+        assert!(!map.commit_merge(2, 17).unwrap());
+        assert!(map.commit_merge(2, 18).is_err());
+        assert!(map.cancel_merge(2, true).unwrap_err().contains("past its freeze"), "sealed: never given up");
 
         assert!(map.finish_merge(2, 3, 2).unwrap());
         assert!(!map.finish_merge(2, 3, 2).unwrap(), "a retry records nothing");
@@ -732,9 +760,17 @@ mod tests {
         // Cancelled before its freeze: as if never recorded.
         let before = map.clone();
         assert!(map.begin_merge(1, 0).unwrap());
-        assert!(map.cancel_merge(1).unwrap());
-        assert!(!map.cancel_merge(1).unwrap());
+        assert!(map.cancel_merge(1, false).unwrap());
+        assert!(!map.cancel_merge(1, false).unwrap());
         assert_eq!(map, before);
+        // Frozen, then given up by the meta leader once the freeze is undone.
+        assert!(map.begin_merge(1, 0).unwrap());
+        map.shards[0].replicas = map.shards[1].replicas.clone();
+        let before = map.clone();
+        assert!(map.freeze_merge(1).unwrap());
+        assert!(map.cancel_merge(1, true).unwrap());
+        assert_eq!(map.shards[0].merge, None);
+        assert_eq!(map.shards[1..], before.shards[1..]);
     }
 
     #[test]
