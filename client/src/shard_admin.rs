@@ -185,8 +185,12 @@ impl Client {
         // refused.
         let map = self.refresh_shard_map().await?;
         let expected_epoch = map.shards.iter().find(|s| s.shard_id == shard).map(|s| s.epoch);
-        let request =
-            admin_pb::SplitShardRequest { shard_id: shard, split_key, expected_epoch: expected_epoch.unwrap_or(0) };
+        let request = admin_pb::SplitShardRequest {
+            shard_id: shard,
+            split_key,
+            expected_epoch: expected_epoch.unwrap_or(0),
+            automatic: false,
+        };
         let deadline = Instant::now() + self.config().deadline;
         let (addr, reply) = self
             .retry_admin("the shard may or may not be split now", deadline, |addr, timeout| {

@@ -109,6 +109,11 @@ struct NodeArgs {
     /// second over 10 s (0: never; default: 0).
     #[arg(long, env = "GEOKV_SPLIT_LOAD_ENTRIES_PER_S")]
     split_load_entries_per_s: Option<u64>,
+    /// Merge two neighbouring shards an automatic split made once together
+    /// they hold fewer bytes than this and are cold (0: never; default:
+    /// 134217728, 128 MiB).
+    #[arg(long, env = "GEOKV_MERGE_SIZE_BYTES")]
+    merge_size_bytes: Option<u64>,
     /// Keys at which data shards are pre-split, comma-separated, increasing.
     #[arg(long, env = "GEOKV_SPLIT_POINTS", value_delimiter = ',')]
     split_points: Option<Vec<String>>,
@@ -214,6 +219,7 @@ impl NodeArgs {
             c.rebalance => self.rebalance,
             c.split_size_bytes => self.split_size_bytes,
             c.split_load_entries_per_s => self.split_load_entries_per_s,
+            c.merge_size_bytes => self.merge_size_bytes,
         }
         if !self.initial_cluster.is_empty() {
             c.initial_cluster = self.initial_cluster.iter().map(|s| Member::parse(s)).collect::<Result<_, _>>()?;
@@ -394,6 +400,7 @@ mod tests {
             ("rebalance", c.rebalance.to_string()),
             ("split_size_bytes", c.split_size_bytes.to_string()),
             ("split_load_entries_per_s", c.split_load_entries_per_s.to_string()),
+            ("merge_size_bytes", c.merge_size_bytes.to_string()),
         ];
         let command = Cli::command();
         for (id, value) in expected {

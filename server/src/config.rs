@@ -246,6 +246,13 @@ pub struct Config {
     /// moves the new half's leadership, which benchmarks placing leaders
     /// do not expect).
     pub split_load_entries_per_s: u64,
+    /// Two neighbouring Raft shards whose boundary an automatic split made
+    /// are merged again by the meta shard's leader once together they hold
+    /// less than this many bytes on disk and are cold (together under half
+    /// of `split_load_entries_per_s`, when load splitting is on); 0: never.
+    /// Initial split points and operators' splits are never merged away on
+    /// their own (CockroachDB's sticky splits).
+    pub merge_size_bytes: u64,
     /// Keys at which data shards are pre-split, in increasing order.
     pub split_points: Vec<String>,
     /// Replicas per data shard (capped at the number of nodes).
@@ -281,6 +288,7 @@ impl Default for Config {
             rebalance: true,
             split_size_bytes: 512 << 20,
             split_load_entries_per_s: 0,
+            merge_size_bytes: 128 << 20,
             split_points: ["g", "n", "u"].iter().map(|s| s.to_string()).collect(),
             replication_factor: 3,
             preferred_leader_region: String::new(),

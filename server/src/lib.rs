@@ -27,8 +27,8 @@
 //! ([`eventual`]): leaderless, last-writer-wins by hybrid logical clock, the
 //! measured contrast to consensus.
 //!
-//! What a node does not do yet: merge shards (docs/architecture.md lists what
-//! is built).
+//! What a node does not do yet is listed in docs/architecture.md ("What is
+//! not built yet").
 
 pub mod cli;
 pub mod config;

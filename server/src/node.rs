@@ -1145,6 +1145,7 @@ mod tests {
             mode: crate::shards::ShardMode::Raft,
             change: None,
             merge: None,
+            auto_split: false,
         };
         let range = |start: &str, end: Option<&str>| (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()));
         // The left half before the split ([g, n)) and the right half [j, n).

@@ -243,6 +243,47 @@ pub fn plan_split(map: &ShardMap, loads: &BTreeMap<u64, ShardLoad>, limits: Spli
     best.map(|(_, shard, why)| (shard, why))
 }
 
+/// When two neighbouring shards are merged on their own (see
+/// [`plan_merge`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MergeThresholds {
+    /// Together under this many bytes on disk (0: never merge).
+    pub size_bytes: u64,
+    /// Together under this many applied entries per second (0: any load).
+    pub load_entries_per_s: f64,
+}
+
+/// The pair of neighbouring Raft shards to merge now, as `(left, why)`: the
+/// smallest pair whose boundary an automatic split made (initial split
+/// points and operators' splits stay), both with a whole load window
+/// measured, together under the size and load thresholds, with the same
+/// preferred leader region, and neither changing replicas. One merge in
+/// the cluster at a time.
+pub fn plan_merge(map: &ShardMap, loads: &BTreeMap<u64, ShardLoad>, limits: MergeThresholds) -> Option<(u64, String)> {
+    if limits.size_bytes == 0 || map.shards.iter().any(|s| s.merge.is_some()) {
+        return None;
+    }
+    let settled = |s: &ShardDesc| !s.is_eventual() && s.change.is_none();
+    map.shards
+        .windows(2)
+        .filter(|pair| pair[1].auto_split && settled(&pair[0]) && settled(&pair[1]))
+        .filter(|pair| pair[0].preferred_leader_region == pair[1].preferred_leader_region)
+        .filter_map(|pair| {
+            let (l, r) = (loads.get(&pair[0].id)?, loads.get(&pair[1].id)?);
+            let (bytes, rate) = (l.bytes + r.bytes, l.entries_per_s? + r.entries_per_s?);
+            let cold = limits.load_entries_per_s <= 0.0 || rate < limits.load_entries_per_s;
+            (bytes < limits.size_bytes && cold).then(|| {
+                let why = format!(
+                    "{bytes} bytes and {rate:.1} entries/s together, under merge_size_bytes {} and {:.0} entries/s",
+                    limits.size_bytes, limits.load_entries_per_s
+                );
+                (bytes, pair[0].id, why)
+            })
+        })
+        .min_by_key(|(bytes, left, _)| (*bytes, *left))
+        .map(|(_, left, why)| (left, why))
+}
+
 /// Replicas (held or being added) per node.
 fn replica_counts(map: &ShardMap) -> BTreeMap<u64, usize> {
     let mut load: BTreeMap<u64, usize> = map.nodes.iter().map(|n| (n.id, 0)).collect();
@@ -374,6 +415,7 @@ mod tests {
                 mode: ShardMode::Raft,
                 change: None,
                 merge: None,
+                auto_split: false,
             })
             .collect();
         let map = ShardMap { version: 1, nodes, shards };
@@ -424,6 +466,32 @@ mod tests {
         set(&mut m, 1, NodeState::Draining);
         let step = plan_merge_step(&m, 2, &some);
         assert_eq!(step, MergeStep::Carry { right: 3, epoch, index: 40 }, "sealed, it goes on");
+    }
+
+    /// Automatic merges take only boundaries an automatic split made, of
+    /// small cold pairs with a whole load window, the smallest first, one
+    /// at a time.
+    #[test]
+    fn only_small_cold_automatic_splits_merge_on_their_own() {
+        let nodes = [(1, "us-east"), (2, "us-west"), (3, "eu-west")];
+        let mut m = map(&nodes, &[&[1, 2, 3], &[1, 2, 3], &[1, 2, 3], &[1, 2, 3]]);
+        let limits = MergeThresholds { size_bytes: 1000, load_entries_per_s: 10.0 };
+        let load = |bytes, rate| ShardLoad { bytes, entries_per_s: Some(rate) };
+        let mut loads: BTreeMap<u64, ShardLoad> = (1..=4).map(|id| (id, load(100, 1.0))).collect();
+        assert_eq!(plan_merge(&m, &loads, limits), None, "no boundary made by an automatic split");
+        m.shards[2].auto_split = true;
+        m.shards[3].auto_split = true;
+        assert_eq!(plan_merge(&m, &loads, limits).map(|(l, _)| l), Some(2));
+        loads.insert(2, load(950, 1.0));
+        assert_eq!(plan_merge(&m, &loads, limits).map(|(l, _)| l), Some(3), "the smaller pair first");
+        loads.insert(4, load(100, 9.5));
+        assert_eq!(plan_merge(&m, &loads, limits), None, "too big, or too hot");
+        loads.insert(4, ShardLoad { bytes: 100, entries_per_s: None });
+        assert_eq!(plan_merge(&m, &loads, limits), None, "a load window not measured yet");
+        loads.insert(4, load(100, 1.0));
+        assert!(plan_merge(&m, &loads, MergeThresholds { size_bytes: 0, ..limits }).is_none(), "0: never");
+        m.begin_merge(1, 0).unwrap();
+        assert_eq!(plan_merge(&m, &loads, limits), None, "one merge at a time");
     }
 
     fn set(map: &mut ShardMap, node: u64, state: NodeState) {

@@ -267,7 +267,7 @@ pub async fn retire_replicas(node: Arc<Node>) {
         tokio::time::sleep(RECONCILE_INTERVAL).await;
         let map = node.shard_map();
         for (shard, _) in node.groups().await {
-            if shard != META_SHARD_ID && map.shard(shard).is_none() && merged_here(&node, shard) {
+            if shard != META_SHARD_ID && map.shard(shard).is_none() && absorbed_here(&node, shard) {
                 // Its keys and data are the left shard's now: only its Raft
                 // state and sessions go.
                 if let Err(e) = node.retire_group(shard, None).await {
@@ -297,12 +297,17 @@ pub async fn retire_replicas(node: Arc<Node>) {
     }
 }
 
-/// Whether the left shard's replica here absorbed `shard` (a merge).
-fn merged_here(node: &Node, shard: u64) -> bool {
-    matches!(
-        node.storage.get_meta(crate::storage::MetaFamily::Apply, shard, crate::storage::apply_meta_tag::MERGED),
-        Ok(Some(_))
-    )
+/// Whether the replica here of the shard frozen `shard` merges into has
+/// absorbed it: its range, as this replica stores it, covers `shard`'s
+/// (by the merge's entry, or by a snapshot taken after it). Until then the
+/// frozen replica is what that apply reads, so it stays.
+fn absorbed_here(node: &Node, shard: u64) -> bool {
+    let storage = &node.storage;
+    let Ok(Some((_, into, _))) = crate::raft::state_machine::frozen_record(storage, shard) else { return false };
+    match (stored_range(storage, into), stored_range(storage, shard)) {
+        (Ok(Some(outer)), Ok(Some(inner))) => intersect(&outer, &inner) == Some(inner),
+        _ => false,
+    }
 }
 
 /// The meta shard grows to this many voters when members join (more would
@@ -568,7 +573,11 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         size_bytes: node.config.split_size_bytes,
         load_entries_per_s: node.config.split_load_entries_per_s,
     };
-    if limits.size_bytes > 0 || limits.load_entries_per_s > 0 {
+    let merge_limits = placement::MergeThresholds {
+        size_bytes: node.config.merge_size_bytes,
+        load_entries_per_s: node.config.split_load_entries_per_s as f64 / 2.0,
+    };
+    if limits.size_bytes > 0 || limits.load_entries_per_s > 0 || merge_limits.size_bytes > 0 {
         seen.split.retain(|_, at| at.elapsed() < SPLIT_COOLDOWN);
         let mut loads = BTreeMap::new();
         for (shard, (epoch, applied, bytes)) in &reported {
@@ -583,6 +592,13 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         {
             seen.split.insert(shard, Instant::now());
             split_at_middle(node, &map, shard, &leader.addr, &why).await;
+        } else if let Some((left, why)) = placement::plan_merge(&map, &loads, merge_limits) {
+            let expected_epoch = map.shard(left).map_or(0, |d| d.epoch);
+            let cmd = Command::Meta(MetaCommand::BeginMerge { left, expected_epoch });
+            match node.propose_internal(META_SHARD_ID, &cmd).await? {
+                CommandResult::Meta { .. } => tracing::info!(shard = left, %why, "automatic merge recorded"),
+                other => tracing::warn!(shard = left, %why, result = ?other, "automatic merge refused"),
+            }
         }
     }
     if !node.config.rebalance {
@@ -752,7 +768,7 @@ async fn split_at_middle(node: &Node, map: &crate::shards::ShardMap, shard: u64,
         Ok(_) => return tracing::debug!(shard, "automatic split: fewer than two keys"),
         Err(status) => return tracing::debug!(shard, cause = %status.message(), "automatic split: no key yet"),
     };
-    let request = SplitShardRequest { shard_id: shard, split_key: key.clone(), expected_epoch: epoch };
+    let request = SplitShardRequest { shard_id: shard, split_key: key.clone(), expected_epoch: epoch, automatic: true };
     match client.split_shard(request).await {
         Ok(reply) => {
             let right = reply.into_inner().right_shard_id;

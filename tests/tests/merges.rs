@@ -232,3 +232,45 @@ async fn a_freeze_a_replica_cannot_apply_is_taken_back() {
     eprintln!("{acked} of {total} writes acknowledged, every one found");
     c.kill_all();
 }
+
+/// A shard split by its load (`--split-load-entries-per-s`) is merged back
+/// on its own once both halves are cold (and small: under the default
+/// `merge_size_bytes`); the initial split points are never merged away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cold_halves_of_a_load_split_merge_back_on_their_own() {
+    let options = ClusterOptions {
+        extra_args: vec!["--split-load-entries-per-s=15".into(), "--split-size-bytes=0".into()],
+        ..ClusterOptions::default()
+    };
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let outcomes: Outcomes = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for prefix in ["h", "j", "l"] {
+        writers.push(tokio::spawn(write_keys(c.client().await, prefix, outcomes.clone(), stop.clone())));
+    }
+    let split = wait_for("shard [g, n) split by its load", Duration::from_secs(120), || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        (map.shard(SHARD_G_N)?.end != b"n").then_some(map)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let right = split.shard_for_key(&split.shard(SHARD_G_N).unwrap().end).unwrap().shard_id;
+    let start = Instant::now();
+    let merged = wait_for("the cold halves merged back", Duration::from_secs(120), || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        (map.shard(SHARD_G_N)?.end == b"n" && map.shard(right).is_none()).then_some(map)
+    })
+    .await;
+    eprintln!("split off shard {right}; merged back {:?} after the load stopped", start.elapsed());
+    let starts: Vec<&[u8]> = merged.shards.iter().map(|s| s.start.as_slice()).collect();
+    assert_eq!(starts, [&b""[..], b"g", b"n", b"u"], "the initial split points stay");
+    let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
+    eprintln!("{acked} of {total} writes acknowledged, every one found");
+    c.kill_all();
+}

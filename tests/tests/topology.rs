@@ -82,12 +82,14 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
     assert!(first.right_shard_id > 4, "a new id: {first:?}");
     // A retry of that request (same epoch seen) is answered with the split
     // made; a new request for it is refused, naming the shard there.
-    let retry = SplitShardRequest { shard_id: SHARD_G_N, split_key: b"j".to_vec(), expected_epoch: 1 };
+    let retry =
+        SplitShardRequest { shard_id: SHARD_G_N, split_key: b"j".to_vec(), expected_epoch: 1, automatic: false };
     let again = raw_admin(&c, 2).await.split_shard(retry).await.expect("a retry").into_inner();
     assert_eq!((again.right_shard_id, again.created), (first.right_shard_id, false), "reported, not made twice");
     let err = admin.split_shard(SHARD_G_N, "j").await.unwrap_err();
     assert!(err.to_string().contains(&format!("shard {} starts there", first.right_shard_id)), "{err}");
-    let changed = SplitShardRequest { shard_id: SHARD_G_N, split_key: b"i".to_vec(), expected_epoch: 1 };
+    let changed =
+        SplitShardRequest { shard_id: SHARD_G_N, split_key: b"i".to_vec(), expected_epoch: 1, automatic: false };
     let err = raw_admin(&c, 1).await.split_shard(changed).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
 

@@ -758,6 +758,7 @@ mod tests {
             mode: ShardMode::Eventual,
             change: None,
             merge: None,
+            auto_split: false,
         };
         Replica { _dir: dir, shard: EcShard::open(node, desc).unwrap() }
     }

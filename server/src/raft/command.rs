@@ -159,7 +159,10 @@ pub enum MetaCommand {
     /// is the intent, which a retry (or the leader's reconciler) carries out.
     /// A retry once applied (the shard already ends at `key`, a shard starts
     /// there) answers the existing split and changes nothing.
-    SplitShard { shard: u64, epoch: u64, key: Vec<u8> },
+    /// `automatic`: the meta shard's leader split it (size or load), so the
+    /// new boundary may be merged away again once both halves are small and
+    /// cold; an operator's split (and the initial split points) stays.
+    SplitShard { shard: u64, epoch: u64, key: Vec<u8>, automatic: bool },
     /// Records that Raft shard `shard`'s replicas are to change (the intent,
     /// which the shard's leader carries out: learner, catch-up, joint
     /// consensus). Refused while another change of the shard is under way;

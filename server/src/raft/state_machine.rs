@@ -658,8 +658,8 @@ impl ShardStateMachine {
                 }
                 (
                     CommandResult::None,
-                    EntryPayload::Normal(Command::Meta(MetaCommand::SplitShard { shard, epoch, key })),
-                ) => match self.split_map(index, *shard, *epoch, key, &new_map)? {
+                    EntryPayload::Normal(Command::Meta(MetaCommand::SplitShard { shard, epoch, key, automatic })),
+                ) => match self.split_map(index, *shard, *epoch, key, *automatic, &new_map)? {
                     Ok((map, result)) => {
                         if map.version == index {
                             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
@@ -923,7 +923,6 @@ impl ShardStateMachine {
 
         let record: RangeRecord = (start.clone(), cmd.right_end.clone(), cmd.epoch);
         batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, &encode(&record));
-        batch.put_meta(MetaFamily::Apply, right, apply_meta_tag::MERGED, &encode(&self.shard));
         tracing::info!(shard = self.shard, right, epoch = cmd.epoch, "shard absorbed the shard after it (merge)");
         self.kind = ShardKind::Data { start, end: cmd.right_end.clone(), epoch: cmd.epoch };
         Ok(CommandResult::Merged { epoch: cmd.epoch })
@@ -968,6 +967,7 @@ impl ShardStateMachine {
         shard: u64,
         epoch: u64,
         key: &[u8],
+        automatic: bool,
         pending: &Option<ShardMap>,
     ) -> io::Result<Result<(ShardMap, CommandResult), String>> {
         let ShardKind::Meta { .. } = &self.kind else {
@@ -1017,6 +1017,7 @@ impl ShardStateMachine {
         right.id = id;
         right.start = key.to_vec();
         right.epoch = epoch + 1;
+        right.auto_split = automatic;
         let left = &mut map.shards[pos];
         left.end = Some(key.to_vec());
         left.epoch = epoch + 1;
@@ -1649,6 +1650,7 @@ mod tests {
                     mode: ShardMode::Eventual,
                     change: None,
                     merge: None,
+                    auto_split: false,
                 },
             }
         };
@@ -1879,7 +1881,6 @@ mod tests {
         assert_eq!(left.apply_run(&[merge(3, 8)]).await.unwrap()[0], CommandResult::Merged { epoch: 4 });
         assert!(storage.get_data(b"p5").unwrap().is_some());
         assert_eq!(left.data_range(), Some((b"g".to_vec(), Some(b"u".to_vec()))));
-        assert!(storage.get_meta(MetaFamily::Apply, 3, apply_meta_tag::MERGED).unwrap().is_some());
 
         // Retries of writes the right shard applied: answered from its
         // sessions (the value written then, at its version), not applied.
@@ -1919,7 +1920,7 @@ mod tests {
         let (mut meta, map_rx) = meta_sm(dir.path());
         let initial = ShardMap::initial(&three_nodes(), &[b"g".to_vec(), b"n".to_vec()], &[], 3).unwrap();
         meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial))]).await.unwrap();
-        let split = |key: &str, epoch| MetaCommand::SplitShard { shard: 2, epoch, key: key.into() };
+        let split = |key: &str, epoch| MetaCommand::SplitShard { shard: 2, epoch, key: key.into(), automatic: false };
         let r = meta.apply_run(&[meta_entry(2, split("h", 1))]).await.unwrap();
         assert_eq!(r[0], CommandResult::Split { left_epoch: 2, right_shard: 4, right_epoch: 2, map_version: 2 });
         let map = map_rx.borrow().clone();

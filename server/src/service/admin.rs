@@ -301,6 +301,7 @@ impl Admin for AdminService {
             mode: crate::shards::ShardMode::Eventual,
             change: None,
             merge: None,
+            auto_split: false,
         };
         let carve = Command::Meta(MetaCommand::CarveShard {
             parent: parent.id,
@@ -321,7 +322,7 @@ impl Admin for AdminService {
     }
 
     async fn split_shard(&self, req: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
-        let SplitShardRequest { shard_id, split_key, expected_epoch } = req.into_inner();
+        let SplitShardRequest { shard_id, split_key, expected_epoch, automatic } = req.into_inner();
         let map = self.node.shard_map();
         if map.version == 0 {
             return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
@@ -370,23 +371,26 @@ impl Admin for AdminService {
         // 1. The map records the split (the intent: `finish_splits` carries
         //    it out if this request stops after this step). On a retry of a
         //    recorded split the meta shard answers it unchanged.
-        let (left_epoch, right_shard, right_epoch, map_version, created) = if let Some(right) =
-            right_now.filter(|_| done)
-        {
-            (shard.epoch, right.id, right.epoch, map.version, false)
-        } else {
-            let record =
-                Command::Meta(MetaCommand::SplitShard { shard: shard_id, epoch: shard.epoch, key: split_key.clone() });
-            match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
-                CommandResult::Split { left_epoch, right_shard, right_epoch, map_version } => {
-                    (left_epoch, right_shard, right_epoch, map_version, map_version > map.version)
+        let (left_epoch, right_shard, right_epoch, map_version, created) =
+            if let Some(right) = right_now.filter(|_| done) {
+                (shard.epoch, right.id, right.epoch, map.version, false)
+            } else {
+                let record = Command::Meta(MetaCommand::SplitShard {
+                    shard: shard_id,
+                    epoch: shard.epoch,
+                    key: split_key.clone(),
+                    automatic,
+                });
+                match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
+                    CommandResult::Split { left_epoch, right_shard, right_epoch, map_version } => {
+                        (left_epoch, right_shard, right_epoch, map_version, map_version > map.version)
+                    }
+                    CommandResult::Rejected(r) => {
+                        return Err(Status::failed_precondition(format!("the shard map refused the split: {r}")));
+                    }
+                    other => return Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
                 }
-                CommandResult::Rejected(r) => {
-                    return Err(Status::failed_precondition(format!("the shard map refused the split: {r}")));
-                }
-                other => return Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
-            }
-        };
+            };
         tracing::info!(shard = shard_id, right_shard, "split recorded in the shard map");
         // 2. The shard's own log splits it; every replica starts the right half.
         let split = Command::Split(SplitCommand {

@@ -121,6 +121,10 @@ pub struct ShardDesc {
     /// A merge with the next shard under way, recorded on this (the left)
     /// shard: see [`ShardMap::begin_merge`].
     pub merge: Option<MergeIntent>,
+    /// This shard's start was made by an automatic split: automatic merges
+    /// may take that boundary away again. Initial split points and an
+    /// operator's splits are never merged away on their own.
+    pub auto_split: bool,
 }
 
 /// A merge of a shard (the left) with the shard after it (the right), as
@@ -282,6 +286,7 @@ impl ShardMap {
                 },
                 change: None,
                 merge: None,
+                auto_split: false,
             })
             .collect();
         let mut nodes = nodes.to_vec();

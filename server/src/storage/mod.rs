@@ -94,9 +94,6 @@ pub mod apply_meta_tag {
     /// A data shard frozen for a merge: `(freeze index, the shard it merges
     /// into)`.
     pub const FROZEN: u8 = 7;
-    /// A frozen data shard the shard before it absorbed (written by that
-    /// shard's apply): this replica's group of it may be retired.
-    pub const MERGED: u8 = 8;
 }
 
 /// Which per-shard metadata family a record lives in.
