@@ -1,0 +1,212 @@
+//! The whole elastic-topology scenario on real `geokv` processes,
+//! with clients writing and reading throughout:
+//!
+//! 1. a 3-node cluster (us-east, us-west, eu-west) is loaded until automatic
+//!    (load) splits have made at least 16 shards;
+//! 2. a node joins in a 4th region (ap-northeast): replicas and leaders
+//!    rebalance onto it;
+//! 3. an original node (us-east) is drained and removed;
+//! 4. a node joins us-east again, and the whole of eu-west is killed: its
+//!    replicas are re-created on the others (learner first), every shard
+//!    back to 3 replicas.
+//!
+//! Each step's duration, client error rate and p99 latency are printed; at
+//! the end a full scan matches every acknowledged write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use geokv_client::{Client, NodeState, ShardMap};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, wait_for};
+use tokio::sync::Mutex;
+
+const WRITERS: usize = 6;
+/// Every client loop stops when told to, or after this long.
+const CLIENT_TIME_LIMIT: Duration = Duration::from_secs(600);
+const STEP_DEADLINE: Duration = Duration::from_secs(240);
+const DEAD_AFTER_MS: u64 = 4_000;
+const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+const PACE: Duration = Duration::from_millis(60);
+
+/// One client operation: when it started, how long it took, whether it
+/// succeeded.
+type Ops = Arc<Mutex<Vec<(Instant, Duration, bool)>>>;
+
+/// Puts keys spread over the whole key space (two letters, then the
+/// writer and a counter), reading back every fourth acknowledged one
+/// (linearizable), until told to stop.
+async fn write_and_read(client: Client, writer: usize, outcomes: Outcomes, ops: Ops, stop: Arc<AtomicBool>) {
+    let started = Instant::now();
+    let mut acked: Vec<String> = Vec::new();
+    for i in 0usize.. {
+        if stop.load(Ordering::Relaxed) || started.elapsed() > CLIENT_TIME_LIMIT {
+            break;
+        }
+        let key = format!(
+            "{}{}{writer}-{i:05}",
+            LETTERS[(i * 7 + writer) % 26] as char,
+            LETTERS[(i / 26 + writer * 3) % 26] as char
+        );
+        let value = format!("v{writer}-{i}");
+        let at = Instant::now();
+        let put = client.put(&key, &value).await;
+        ops.lock().await.push((at, at.elapsed(), put.is_ok()));
+        let outcome = match put {
+            Ok(_) => {
+                acked.push(key.clone());
+                Some(value)
+            }
+            Err(e) if e.is_indeterminate() || e.is_retryable() => None,
+            Err(e) => panic!("put {key}: {e}"),
+        };
+        outcomes.lock().await.insert(key, outcome);
+        // A paced load (about 15 puts/s per writer): with the split
+        // threshold below, load splits level off at about 16-24 shards.
+        tokio::time::sleep(PACE).await;
+        if i % 4 == 3
+            && let Some(key) = acked.get(i % acked.len().max(1))
+        {
+            let at = Instant::now();
+            let got = client.get(key).await;
+            ops.lock().await.push((at, at.elapsed(), got.is_ok()));
+            if let Ok(found) = got {
+                assert!(found.is_some(), "an acknowledged write of {key} read back as absent");
+            }
+        }
+    }
+}
+
+/// Operations, error rate and p99 latency (of successful operations)
+/// started in `[since, since + took)`.
+async fn step_stats(ops: &Ops, since: Instant, took: Duration) -> (usize, f64, Duration) {
+    let ops = ops.lock().await;
+    let window: Vec<_> = ops.iter().filter(|(at, ..)| *at >= since && *at < since + took).collect();
+    let failed = window.iter().filter(|(.., ok)| !ok).count();
+    let mut ok: Vec<Duration> = window.iter().filter(|(.., ok)| *ok).map(|(_, d, _)| *d).collect();
+    ok.sort_unstable();
+    let p99 = ok.get((ok.len() * 99 / 100).min(ok.len().saturating_sub(1))).copied().unwrap_or_default();
+    let rate = if window.is_empty() { 0.0 } else { failed as f64 / window.len() as f64 };
+    (window.len(), rate, p99)
+}
+
+/// Replicas per node, and whether every shard has 3 replicas in 3 regions
+/// with no change under way.
+fn layout(map: &ShardMap) -> (BTreeMap<u64, usize>, bool) {
+    let mut load = BTreeMap::new();
+    let mut settled = true;
+    for s in &map.shards {
+        let mut regions: Vec<&str> = s.replicas.iter().map(|r| r.region.as_str()).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        settled &= s.replicas.len() == 3 && regions.len() == 3 && !s.is_changing() && s.merging_with.is_none();
+        for r in &s.replicas {
+            *load.entry(r.node_id).or_default() += 1;
+        }
+    }
+    (load, settled)
+}
+
+async fn leaders_on(c: &TestCluster, node: u64) -> usize {
+    c.status(node).await.map_or(0, |s| s.groups.iter().filter(|g| g.role == "leader" && g.shard_id != 0).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_splits_grows_shrinks_and_heals_under_load() {
+    let options = ClusterOptions {
+        rebalance: true,
+        extra_args: vec![
+            "--split-load-entries-per-s=4".into(),
+            "--split-size-bytes=0".into(),
+            "--merge-size-bytes=0".into(),
+            format!("--node-dead-after-ms={DEAD_AFTER_MS}"),
+        ],
+        ..ClusterOptions::default()
+    };
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let outcomes: Outcomes = Arc::default();
+    let ops: Ops = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for writer in 0..WRITERS {
+        let client = c.client().await;
+        clients.push(tokio::spawn(write_and_read(client, writer, outcomes.clone(), ops.clone(), stop.clone())));
+    }
+    let mut report = Vec::new();
+
+    // 1. Load until automatic splits make at least 16 shards.
+    let start = Instant::now();
+    let map = wait_for("16 shards from load splits", STEP_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        (map.shards.len() >= 16).then_some(map)
+    })
+    .await;
+    report.push(("load splits to 16 shards", start, start.elapsed(), map.shards.len()));
+
+    // 2. A node joins a 4th region; replicas and leaders rebalance onto it.
+    let start = Instant::now();
+    let four = c.join("ap-northeast");
+    let map = wait_for("replicas rebalanced onto the joined node", STEP_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let (load, settled) = layout(&map);
+        let (min, max) = (load.values().min()?, load.values().max()?);
+        let even = load.len() == 4 && max - min <= 1;
+        (settled && even && map.node(four)?.state == NodeState::Up).then_some(map)
+    })
+    .await;
+    wait_for("the joined node leads shards", STEP_DEADLINE, || async {
+        (leaders_on(&c, four).await > 0).then_some(())
+    })
+    .await;
+    report.push(("join ap-northeast, rebalance", start, start.elapsed(), layout(&map).0[&four]));
+
+    // 3. Drain and remove an original node.
+    let start = Instant::now();
+    admin.drain_node(1).await.expect("drain recorded");
+    admin.wait_for_drain(1, STEP_DEADLINE).await.expect("node 1 drained");
+    let removed = admin.remove_node(1, false).await.expect("node 1 removed");
+    assert_eq!(removed.state, NodeState::Removed);
+    c.wait_exit(1, DEFAULT_DEADLINE).await;
+    let map = wait_for("every shard on 3 regions without node 1", STEP_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let (load, settled) = layout(&map);
+        (settled && !load.contains_key(&1)).then_some(map)
+    })
+    .await;
+    report.push(("drain and remove node 1", start, start.elapsed(), map.shards.len()));
+
+    // 4. A node joins us-east again; then eu-west is lost, and its replicas
+    //    are re-created on the others.
+    let five = c.join("us-east");
+    wait_for("the new us-east node up and holding replicas", STEP_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let (load, settled) = layout(&map);
+        (settled && map.node(five)?.state == NodeState::Up && load.get(&five).copied().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    let start = Instant::now();
+    c.kill(3);
+    let map = wait_for("eu-west's replicas re-created elsewhere", STEP_DEADLINE, || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        let (load, _) = layout(&map);
+        let full = map.shards.iter().all(|s| s.replicas.len() == 3 && !s.is_changing());
+        (map.node(3)?.state == NodeState::Down && full && !load.contains_key(&3)).then_some(map)
+    })
+    .await;
+    report.push(("lose eu-west, re-replicate", start, start.elapsed(), map.shards.len()));
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client");
+    }
+    for (step, since, took, n) in &report {
+        let (count, errors, p99) = step_stats(&ops, *since, *took).await;
+        eprintln!("{step}: {took:?} ({n}); meanwhile {count} client ops, {:.1}% failed, p99 {p99:?}", errors * 100.0);
+    }
+    let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
+    eprintln!("{acked} of {total} writes acknowledged, every one found by a full scan");
+    c.kill_all();
+}
