@@ -42,6 +42,19 @@ async fn start_writers(
     writers
 }
 
+/// Stops the writers, waits for them, then for every replica of the
+/// absorbed shard (3) to retire.
+async fn stop_writers_and_await_retired(c: &TestCluster, writers: Vec<tokio::task::JoinHandle<()>>, stop: &AtomicBool) {
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    wait_for("shard 3's replicas retired", DEFAULT_DEADLINE, || async {
+        c.group_statuses(SHARD_N_U).await.is_empty().then_some(())
+    })
+    .await;
+}
+
 async fn written(outcomes: &Outcomes, n: usize) -> Option<()> {
     (outcomes.lock().await.len() >= n).then_some(())
 }
@@ -88,16 +101,8 @@ async fn a_merge_under_writes_loses_nothing_and_survives_a_restart() {
     // Writers go on through the merge and after it.
     let now = outcomes.lock().await.len();
     wait_for("writes after the merge", DEFAULT_DEADLINE, || written(&outcomes, now + 150)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.expect("writer");
-    }
-
     // The absorbed shard's replicas retire; the merged shard runs everywhere.
-    wait_for("shard 3's replicas retired", DEFAULT_DEADLINE, || async {
-        c.group_statuses(SHARD_N_U).await.is_empty().then_some(())
-    })
-    .await;
+    stop_writers_and_await_retired(&c, writers, &stop).await;
     wait_for("shard 2 on every node", DEFAULT_DEADLINE, || async {
         let groups = c.group_statuses(SHARD_G_N).await;
         (groups.len() == 3 && groups.values().all(|g| g.end == b"u")).then_some(())
@@ -160,14 +165,7 @@ async fn a_merge_moves_the_right_shards_replicas_first() {
     assert_eq!(merged.end, b"u");
     assert!(admin.refresh_shard_map().await.unwrap().shard(SHARD_N_U).is_none());
 
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.expect("writer");
-    }
-    wait_for("shard 3's replicas retired", DEFAULT_DEADLINE, || async {
-        c.group_statuses(SHARD_N_U).await.is_empty().then_some(())
-    })
-    .await;
+    stop_writers_and_await_retired(&c, writers, &stop).await;
     let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!("{acked} of {total} writes acknowledged, every one found after the merge");
     let mut c = c;

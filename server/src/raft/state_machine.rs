@@ -855,12 +855,14 @@ impl ShardStateMachine {
             return reject(format!("merge to epoch {} but the shard is at epoch {epoch}", cmd.epoch));
         }
         let right = cmd.right_shard;
-        let (frozen_at, into, _) = self.await_frozen(right).await?;
-        if frozen_at != cmd.right_frozen_index || into != self.shard {
-            return reject(format!(
-                "shard {right} is frozen at index {frozen_at} into shard {into}, not at {} into this one",
-                cmd.right_frozen_index
-            ));
+        match self.await_applied(right, cmd.right_frozen_index).await? {
+            Some((at, into, _)) if at == cmd.right_frozen_index && into == self.shard => {}
+            other => {
+                return reject(format!(
+                    "shard {right}'s freeze is {other:?}, not at index {} into this shard",
+                    cmd.right_frozen_index
+                ));
+            }
         }
         match stored_range(&self.storage, right)? {
             Some((r_start, r_end)) if Some(&r_start) == end.as_ref() && r_end == cmd.right_end => {}
@@ -928,22 +930,22 @@ impl ShardStateMachine {
         Ok(CommandResult::Merged { epoch: cmd.epoch })
     }
 
-    /// The freeze record of `shard`'s replica here, once that replica has
-    /// applied its freeze (waits for it, warning while it lags).
-    async fn await_frozen(&self, shard: u64) -> io::Result<FrozenRecord> {
+    /// The freeze record of `shard`'s replica here once that replica has
+    /// applied its log up to `index` (waits for it, warning while it lags).
+    /// A merge is proposed only after the freeze at `index` was sealed, so
+    /// from that entry on every replica's record is the same: the answer
+    /// does not depend on how far this one has got.
+    async fn await_applied(&self, shard: u64, index: u64) -> io::Result<Option<FrozenRecord>> {
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
-            let frozen = frozen_record(&self.storage, shard)?;
             let applied: Option<LogId> = self
                 .storage
                 .get_meta(MetaFamily::Apply, shard, apply_meta_tag::APPLIED)?
                 .map(|b| decode(&b))
                 .transpose()?;
-            if let Some(record) = frozen
-                && applied.is_some_and(|a| a.index >= record.0)
-            {
-                return Ok(record);
+            if applied.is_some_and(|a| a.index >= index) {
+                return frozen_record(&self.storage, shard);
             }
             if warned.elapsed() >= std::time::Duration::from_secs(10) {
                 warned = std::time::Instant::now();
