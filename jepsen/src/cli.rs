@@ -138,6 +138,10 @@ enum NemesisArg {
     /// partition or a kill. Not part of `all`: merges are permanent; pair it with `split` so
     /// that there are shards to merge.
     Merge,
+    /// Add a node (`geokv --join`), or drain and remove one the run added (`kvctl node remove
+    /// --force`), alone or during a partition or a kill. Not part of `all`. With `--rebalance`
+    /// the added node takes replicas, so its removal moves them off again.
+    AddRemoveNode,
     All,
     None,
 }
@@ -355,6 +359,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::TransferLeader => kinds.insert(NemesisKind::TransferLeader),
             NemesisArg::MoveReplica => kinds.insert(NemesisKind::MoveReplica),
             NemesisArg::Merge => kinds.insert(NemesisKind::Merge),
+            NemesisArg::AddRemoveNode => kinds.insert(NemesisKind::AddRemoveNode),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true

@@ -123,6 +123,10 @@ pub enum NemesisKind {
     /// (replicas aligned first, then the freeze and the absorb), alone or
     /// while a partition or a kill holds. Permanent.
     Merge,
+    /// Add a node (`geokv --join`) when the lab has no joined node that is
+    /// up, else drain and remove that one (`kvctl node remove --force`),
+    /// alone or while a partition or a kill holds. Permanent.
+    AddRemoveNode,
 }
 
 impl NemesisKind {
@@ -195,6 +199,10 @@ pub enum Fault {
     /// one before it when `with_previous`, or when it is the last), through
     /// `Admin.MergeShard`, and wait for the merge to end. Permanent.
     Merge { key: String, with_previous: bool },
+    /// Add a node in the `region`-th region (modulo their number), or, when
+    /// a node the lab added is up, drain and remove it for good; waits for
+    /// the admission or the removal.
+    AddRemoveNode { region: u64 },
 }
 
 /// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
@@ -354,7 +362,11 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             };
             Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
         }
-        NemesisKind::Split | NemesisKind::TransferLeader | NemesisKind::MoveReplica | NemesisKind::Merge => {
+        NemesisKind::Split
+        | NemesisKind::TransferLeader
+        | NemesisKind::MoveReplica
+        | NemesisKind::Merge
+        | NemesisKind::AddRemoveNode => {
             // Register keys are r<group>-<epoch>, set elements set/<e>.
             let prefix = ["r", "set/"][rng.below(2)];
             let change = match kind {
@@ -362,6 +374,7 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
                 NemesisKind::Merge => {
                     Fault::Merge { key: format!("{prefix}{}", rng.between(1, 9)), with_previous: rng.below(2) == 0 }
                 }
+                NemesisKind::AddRemoveNode => Fault::AddRemoveNode { region: rng.between(0, 5) },
                 NemesisKind::MoveReplica => Fault::MoveReplica {
                     key: format!("{prefix}{}", rng.between(1, 9)),
                     from: rng.between(0, 2),
@@ -576,6 +589,28 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
                 replicas,
             ))
         }
+        Fault::AddRemoveNode { region } => {
+            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
+            let mut config = geokv_client::ClientConfig::new(endpoints);
+            config.deadline = APPLY_TIMEOUT;
+            let client = config.connect().await.map_err(|e| e.to_string())?;
+            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+            let is_up = |id: u64| map.node(id).is_some_and(|n| n.state == geokv_client::NodeState::Up);
+            let added = lab.nodes().iter().find(|n| n.joined && is_up(n.id)).map(|n| n.id);
+            match added {
+                Some(id) => {
+                    client.remove_node(id, true).await.map_err(|e| e.to_string())?;
+                    let state = client.wait_for_drain(id, MOVE_TIMEOUT).await.map_err(|e| e.to_string())?;
+                    Ok(applied(format!("drained and removed node {id} ({})", state.as_str()), vec![id]))
+                }
+                None => {
+                    let regions = lab.regions();
+                    let region = regions[*region as usize % regions.len()].clone();
+                    let id = lab.add_node(&region).await.map_err(|e| e.to_string())?;
+                    Ok(applied(format!("added node {id} in {region} (geokv --join)"), vec![id]))
+                }
+            }
+        }
         Fault::TransferLeader { shard, to } => {
             let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
             let ids: Vec<u64> = lab.nodes().iter().map(|n| n.id).collect();
@@ -762,7 +797,13 @@ mod tests {
     fn topology_changes_come_alone_or_during_a_cut_or_kill() {
         let (mut alone, mut during) = (0, 0);
         for seed in 0..30 {
-            let kinds = [NemesisKind::Split, NemesisKind::TransferLeader, NemesisKind::MoveReplica, NemesisKind::Merge];
+            let kinds = [
+                NemesisKind::Split,
+                NemesisKind::TransferLeader,
+                NemesisKind::MoveReplica,
+                NemesisKind::Merge,
+                NemesisKind::AddRemoveNode,
+            ];
             let s = Schedule::generate(seed, &kinds, 60_000, 3, 2);
             s.validate().unwrap();
             for w in &s.windows {
@@ -785,6 +826,7 @@ mod tests {
                         assert!(*from <= 2 && *to <= 2, "indexes into the replicas and the spare nodes: {w:?}");
                     }
                     Fault::Merge { key, .. } => assert!(key.starts_with('r') || key.starts_with("set/"), "{key}"),
+                    Fault::AddRemoveNode { region } => assert!(*region <= 5, "{w:?}"),
                     other => panic!("{other:?}"),
                 }
             }
