@@ -26,6 +26,7 @@
 //! | `geokv_ec_catchup_seconds` | shard | eventual: from a peer link's recovery to the peer holding everything (convergence after heal) |
 //! | `geokv_ec_resyncs_total` | shard, peer | eventual: full-range resyncs (peer behind the outbox bound) |
 //! | `geokv_ec_tombstones`, `geokv_ec_tombstones_collected_total` | shard / - | eventual: tombstones held and collected |
+//! | `geokv_topology_decisions_total` | kind | meta leader only: decisions its member loop carried out (`drain_move`, `rebalance_move`, `leader_transfer`, `split`, `merge`, `merge_align`, `merge_given_up`, `node_down`, `node_up`); each is also logged |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -110,6 +111,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<BTreeMap<(&'static str, &'static str), LatencyHistogram>>,
     ec: Mutex<EcMetrics>,
+    decisions: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -122,6 +124,12 @@ impl Metrics {
             .entry((op, consistency))
             .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_S))
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one decision of the meta leader's member loop (see the
+    /// module's table for the kinds).
+    pub fn topology_decision(&self, kind: &'static str) {
+        *self.decisions.lock().expect("metrics lock").entry(kind).or_default() += 1;
     }
 
     pub fn ec_conflict(&self, shard: u64) {
@@ -179,6 +187,10 @@ impl Metrics {
         for ((op, consistency), h) in self.latency.lock().expect("metrics lock").iter() {
             let labels = format!("op=\"{op}\",consistency=\"{consistency}\"");
             h.render(&mut out, "geokv_request_duration_seconds", &labels);
+        }
+        out.push_str("# TYPE geokv_topology_decisions_total counter\n");
+        for (kind, n) in self.decisions.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "geokv_topology_decisions_total{{kind=\"{kind}\"}} {n}");
         }
         out.push_str("# TYPE geokv_leader_changes_total counter\n");
         for (shard, n) in self.leader_changes.lock().expect("metrics lock").iter() {

@@ -464,11 +464,13 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         let silent = now.duration_since(seen.answered[&n.id]);
         if n.state == NodeState::Up && silent >= dead_after {
             record_state(node, n.id, NodeState::Down).await?;
+            node.metrics.topology_decision("node_down");
             tracing::warn!(node = n.id, silent = ?silent, "node marked down: its replicas are re-created elsewhere");
             return Ok(());
         }
         if n.state == NodeState::Down && live.contains(&n.id) {
             record_state(node, n.id, NodeState::Up).await?;
+            node.metrics.topology_decision("node_up");
             tracing::info!(node = n.id, "a down node answers again: marked up");
             return Ok(());
         }
@@ -558,6 +560,7 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         let cmd = Command::Meta(MetaCommand::BeginReplicaChange { shard, change });
         match node.propose_internal(META_SHARD_ID, &cmd).await? {
             CommandResult::Meta { .. } => {
+                node.metrics.topology_decision(if why == "drain" { "drain_move" } else { "rebalance_move" });
                 tracing::info!(shard, change = %describe(&change), "{why}: replica move recorded")
             }
             CommandResult::Rejected(r) => {
@@ -591,12 +594,16 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
             && let Some(leader) = leaders.get(&shard).and_then(|(_, l)| map.node(*l))
         {
             seen.split.insert(shard, Instant::now());
+            node.metrics.topology_decision("split");
             split_at_middle(node, &map, shard, &leader.addr, &why).await;
         } else if let Some((left, why)) = placement::plan_merge(&map, &loads, merge_limits) {
             let expected_epoch = map.shard(left).map_or(0, |d| d.epoch);
             let cmd = Command::Meta(MetaCommand::BeginMerge { left, expected_epoch });
             match node.propose_internal(META_SHARD_ID, &cmd).await? {
-                CommandResult::Meta { .. } => tracing::info!(shard = left, %why, "automatic merge recorded"),
+                CommandResult::Meta { .. } => {
+                    node.metrics.topology_decision("merge");
+                    tracing::info!(shard = left, %why, "automatic merge recorded")
+                }
                 other => tracing::warn!(shard = left, %why, result = ?other, "automatic merge refused"),
             }
         }
@@ -618,7 +625,10 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         let mut client = geokv_proto::admin::admin_client::AdminClient::new(node.peers.channel(&addr));
         let request = geokv_proto::admin::TransferLeaderRequest { shard_id: shard, to_node: to };
         match client.transfer_leader(request).await {
-            Ok(_) => tracing::info!(shard, from, to, "leader balance: leadership handed on"),
+            Ok(_) => {
+                node.metrics.topology_decision("leader_transfer");
+                tracing::info!(shard, from, to, "leader balance: leadership handed on")
+            }
             Err(status) => tracing::debug!(shard, from, to, cause = %status.message(), "leader balance: not now"),
         }
     }
@@ -665,11 +675,13 @@ async fn merge_step(
         placement::MergeStep::None | placement::MergeStep::Wait => Ok(()),
         placement::MergeStep::Cancel(why) => {
             meta(MetaCommand::CancelMerge { left, unfrozen: false }).await?;
+            node.metrics.topology_decision("merge_given_up");
             tracing::warn!(shard = left, %why, "merge given up");
             Ok(())
         }
         placement::MergeStep::Align { right, change } => {
             meta(MetaCommand::BeginReplicaChange { shard: right, change }).await?;
+            node.metrics.topology_decision("merge_align");
             tracing::info!(shard = left, right, change = %describe(&change), "merge: replica move recorded to align");
             Ok(())
         }
@@ -713,6 +725,7 @@ async fn merge_step(
                     CommandResult::Unfrozen => {
                         seen.frozen_at.remove(&right);
                         meta(MetaCommand::CancelMerge { left, unfrozen: true }).await?;
+                        node.metrics.topology_decision("merge_given_up");
                         tracing::warn!(
                             shard = left,
                             right,

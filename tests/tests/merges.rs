@@ -55,6 +55,19 @@ async fn stop_writers_and_await_retired(c: &TestCluster, writers: Vec<tokio::tas
     .await;
 }
 
+/// `geokv_topology_decisions_total{kind}` summed over the nodes that answer
+/// (only the meta leader counts; leadership may have moved).
+async fn decisions(c: &TestCluster, kind: &str) -> f64 {
+    let series = format!("geokv_topology_decisions_total{{kind=\"{kind}\"}}");
+    let mut total = 0.0;
+    for id in 1..=3 {
+        if c.node(id).is_answering() {
+            total += c.metrics(id).await.get(&series).copied().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
 async fn written(outcomes: &Outcomes, n: usize) -> Option<()> {
     (outcomes.lock().await.len() >= n).then_some(())
 }
@@ -182,6 +195,7 @@ async fn a_merge_moves_the_right_shards_replicas_first() {
 async fn a_freeze_a_replica_cannot_apply_is_taken_back() {
     let options = ClusterOptions {
         env: vec![("GEOKV_TEST_HOLD_MERGE_FREEZE_MS".into(), "3000".into())],
+        metrics: true,
         ..ClusterOptions::default()
     };
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
@@ -208,6 +222,7 @@ async fn a_freeze_a_replica_cannot_apply_is_taken_back() {
     let map = admin.refresh_shard_map().await.unwrap();
     assert!(map.shard(SHARD_N_U).is_some_and(|r| r.start == b"n" && r.end == b"u"), "{map:?}");
     eprintln!("merge given up {given_up:?} after node {victim} was paused");
+    assert!(decisions(&c, "merge_given_up").await >= 1.0, "the give-up is counted");
     // The right shard serves again with one replica still paused.
     let put =
         wait_for("a write to the right shard", DEFAULT_DEADLINE, || async { admin.put("q-unfrozen", "v").await.ok() })
@@ -238,6 +253,7 @@ async fn a_freeze_a_replica_cannot_apply_is_taken_back() {
 async fn the_cold_halves_of_a_load_split_merge_back_on_their_own() {
     let options = ClusterOptions {
         extra_args: vec!["--split-load-entries-per-s=15".into(), "--split-size-bytes=0".into()],
+        metrics: true,
         ..ClusterOptions::default()
     };
     let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
@@ -268,6 +284,11 @@ async fn the_cold_halves_of_a_load_split_merge_back_on_their_own() {
     eprintln!("split off shard {right}; merged back {:?} after the load stopped", start.elapsed());
     let starts: Vec<&[u8]> = merged.shards.iter().map(|s| s.start.as_slice()).collect();
     assert_eq!(starts, [&b""[..], b"g", b"n", b"u"], "the initial split points stay");
+    // Both decisions were counted where they were made (the meta leader).
+    for kind in ["split", "merge"] {
+        let counted = decisions(&c, kind).await;
+        assert!(counted >= 1.0, "geokv_topology_decisions_total{{kind=\"{kind}\"}} is {counted}");
+    }
     let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!("{acked} of {total} writes acknowledged, every one found");
     c.kill_all();
