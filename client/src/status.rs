@@ -121,6 +121,11 @@ pub struct NodeStatus {
     pub ready: bool,
     pub groups: Vec<GroupStatus>,
     pub uptime_ms: u64,
+    /// What this node's member loop decided while it led the meta shard,
+    /// since it started: `(kind, count)` (drain_move, rebalance_move,
+    /// leader_transfer, split, merge, merge_align, merge_given_up,
+    /// node_down, node_up).
+    pub topology_decisions: Vec<(String, u64)>,
 }
 
 impl NodeStatus {
@@ -170,6 +175,7 @@ impl NodeStatus {
                 })
                 .collect(),
             uptime_ms: status.uptime_ms,
+            topology_decisions: status.topology_decisions.into_iter().map(|d| (d.kind, d.count)).collect(),
         })
     }
 
@@ -370,7 +376,7 @@ mod tests {
     }
 
     fn status(node_id: u64, groups: Vec<GroupStatus>) -> NodeStatus {
-        NodeStatus { node: node(node_id), ready: true, groups, uptime_ms: 1 }
+        NodeStatus { node: node(node_id), ready: true, groups, uptime_ms: 1, topology_decisions: Vec::new() }
     }
 
     #[test]

@@ -304,9 +304,14 @@ accepted (LAST-SEQ), entries its outbox still keeps (OUTBOX), tombstones not yet
 collected, and how far each peer lags (node:entries/ms, * while resyncing).
 They are flagged (exit code 3) only when no replica answers.
 
+Last, what the meta shard's leader decided (moves for drains and rebalancing,
+leader transfers, automatic splits and merges, merges given up, nodes marked
+down or up), counted per node since it started; its log says why.
+
 Examples:
   kvctl status
-  kvctl --json status | jq '.shards[] | select(.degraded)'")]
+  kvctl --json status | jq '.shards[] | select(.degraded)'
+  kvctl --json status | jq '.nodes[].topology_decisions'")]
     Status,
 
     /// Show the shard map: nodes, and each shard's range, epoch, mode and replicas.
@@ -1551,6 +1556,9 @@ fn status_json(cluster: &ClusterStatus) -> Value {
                 Ok(status) => {
                     node["ready"] = json!(status.ready);
                     node["uptime_ms"] = json!(status.uptime_ms);
+                    let decisions: serde_json::Map<String, Value> =
+                        status.topology_decisions.iter().map(|(kind, n)| (kind.clone(), json!(n))).collect();
+                    node["topology_decisions"] = Value::Object(decisions);
                 }
                 Err(err) => node["error"] = json!(err.to_string()),
             }
@@ -1721,6 +1729,24 @@ fn print_status(cluster: &ClusterStatus, style: Style) {
         println!();
         println!("Eventual replication (PEER-LAG: node:entries/ms behind this replica, * resyncing):");
         style.print(&["SHARD", "REPLICA", "ROLE", "LAST-SEQ", "OUTBOX", "TOMBSTONES", "PEER-LAG"], &eventual_rows);
+    }
+    let decided: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|report| {
+            let status = report.status.as_ref().ok()?;
+            let counts: Vec<String> = status.topology_decisions.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            (!counts.is_empty()).then(|| format!("  node {}: {}", report.node.node_id, counts.join(", ")))
+        })
+        .collect();
+    if !decided.is_empty() {
+        println!();
+        println!(
+            "Topology decisions (by the meta shard's leader, counted since each node started; logged with reasons):"
+        );
+        for line in decided {
+            println!("{line}");
+        }
     }
     for report in cluster.unreachable() {
         if let Err(err) = &report.status {

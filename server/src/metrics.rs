@@ -132,6 +132,11 @@ impl Metrics {
         *self.decisions.lock().expect("metrics lock").entry(kind).or_default() += 1;
     }
 
+    /// The decisions counted so far, by kind.
+    pub fn topology_decisions(&self) -> Vec<(&'static str, u64)> {
+        self.decisions.lock().expect("metrics lock").iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
     pub fn ec_conflict(&self, shard: u64) {
         *self.ec.lock().expect("metrics lock").conflicts.entry(shard).or_default() += 1;
     }

@@ -289,6 +289,17 @@ async fn the_cold_halves_of_a_load_split_merge_back_on_their_own() {
         let counted = decisions(&c, kind).await;
         assert!(counted >= 1.0, "geokv_topology_decisions_total{{kind=\"{kind}\"}} is {counted}");
     }
+    // ... and `kvctl status` shows them (NodeStatus.topology_decisions).
+    let status = admin.cluster_status().await.expect("cluster status");
+    let shown: u64 = status
+        .nodes
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .flat_map(|s| s.topology_decisions.iter())
+        .filter(|(kind, _)| kind == "merge")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(shown >= 1, "{status:?}");
     let (acked, total) = check_outcomes(&c.client().await, &outcomes).await;
     eprintln!("{acked} of {total} writes acknowledged, every one found");
     c.kill_all();

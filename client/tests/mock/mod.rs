@@ -566,7 +566,13 @@ impl Admin for Node {
                 }
             })
             .collect();
-        Ok(Response::new(NodeStatusResponse { node, ready: true, groups, uptime_ms: 1234 }))
+        Ok(Response::new(NodeStatusResponse {
+            node,
+            ready: true,
+            groups,
+            uptime_ms: 1234,
+            topology_decisions: Vec::new(),
+        }))
     }
 
     async fn transfer_leader(

@@ -157,6 +157,13 @@ impl Admin for AdminService {
             ready: self.node.is_ready(),
             groups,
             uptime_ms: self.node.uptime().as_millis() as u64,
+            topology_decisions: self
+                .node
+                .metrics
+                .topology_decisions()
+                .into_iter()
+                .map(|(kind, count)| geokv_proto::admin::TopologyDecisions { kind: kind.into(), count })
+                .collect(),
         }))
     }
 
