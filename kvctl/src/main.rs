@@ -613,8 +613,10 @@ Examples:
             Writes retried across the merge still apply once.\n\n\
             kvctl waits until the map shows the merge over (at most --wait, default 5m; the merge \
             goes on if kvctl stops waiting); --no-wait returns once it is recorded. Before the \
-            freeze a merge can be cancelled (--cancel), and the cluster gives it up by itself if a \
-            replica of either shard is on a node that stops being up; after it, it finishes.",
+            freeze a merge can be cancelled (--cancel). The cluster gives it up by itself if a \
+            replica of either shard is on a node that stops being up, or if a replica has not \
+            applied the freeze within 5 s (the right shard then serves again); once every replica \
+            has, the freeze is sealed and the merge finishes.",
         after_help = "\
 Refused, changing nothing: an unknown shard, the last shard (nothing follows it), an eventual
 shard on either side, a replica change or another merge of either under way, a replica on a node
