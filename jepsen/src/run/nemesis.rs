@@ -508,19 +508,8 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             Ok(applied(format!("latency {delay_ms} ms ±{jitter_ms} ms one-way between all nodes"), Vec::new()))
         }
         Fault::Split { key } => {
-            // Through every node's endpoint: the node cut off or killed may
-            // be the first one.
-            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
-            let mut config = geokv_client::ClientConfig::new(endpoints);
-            config.deadline = APPLY_TIMEOUT;
-            let client = config.connect().await.map_err(|e| e.to_string())?;
-            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
-            let shard = map
-                .shards
-                .iter()
-                .rfind(|s| s.start.as_slice() <= key.as_bytes())
-                .map(|s| s.shard_id)
-                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let (client, map) = admin_view(lab).await?;
+            let shard = map.shards[shard_at(&map, key)?].shard_id;
             let split = client.split_shard(shard, key.as_bytes()).await.map_err(|e| e.to_string())?;
             Ok(applied(
                 format!(
@@ -531,16 +520,8 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             ))
         }
         Fault::MoveReplica { key, from, to } => {
-            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
-            let mut config = geokv_client::ClientConfig::new(endpoints);
-            config.deadline = APPLY_TIMEOUT;
-            let client = config.connect().await.map_err(|e| e.to_string())?;
-            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
-            let shard = map
-                .shards
-                .iter()
-                .rfind(|s| s.start.as_slice() <= key.as_bytes())
-                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let (client, map) = admin_view(lab).await?;
+            let shard = &map.shards[shard_at(&map, key)?];
             let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
             let spare: Vec<u64> = lab.nodes().iter().map(|n| n.id).filter(|id| !replicas.contains(id)).collect();
             if spare.is_empty() || replicas.is_empty() {
@@ -557,16 +538,8 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             ))
         }
         Fault::Merge { key, with_previous } => {
-            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
-            let mut config = geokv_client::ClientConfig::new(endpoints);
-            config.deadline = APPLY_TIMEOUT;
-            let client = config.connect().await.map_err(|e| e.to_string())?;
-            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
-            let at = map
-                .shards
-                .iter()
-                .rposition(|s| s.start.as_slice() <= key.as_bytes())
-                .ok_or_else(|| format!("no shard holds {key:?}"))?;
+            let (client, map) = admin_view(lab).await?;
+            let at = shard_at(&map, key)?;
             let left = if (*with_previous || at + 1 == map.shards.len()) && at > 0 { at - 1 } else { at };
             let (l, r) = match (map.shards.get(left), map.shards.get(left + 1)) {
                 (Some(l), Some(r)) => (l.shard_id, r.shard_id),
@@ -590,11 +563,7 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             ))
         }
         Fault::AddRemoveNode { region } => {
-            let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
-            let mut config = geokv_client::ClientConfig::new(endpoints);
-            config.deadline = APPLY_TIMEOUT;
-            let client = config.connect().await.map_err(|e| e.to_string())?;
-            let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+            let (client, map) = admin_view(lab).await?;
             let is_up = |id: u64| map.node(id).is_some_and(|n| n.state == geokv_client::NodeState::Up);
             let added = lab.nodes().iter().find(|n| n.joined && is_up(n.id)).map(|n| n.id);
             match added {
@@ -623,6 +592,26 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             Ok(applied(format!("leadership of shard {shard} moved from node {leader} to node {to}"), vec![leader, to]))
         }
     }
+}
+
+/// A client for the topology faults, through every node's own listener (the
+/// node cut off or killed may be the first one), and the shard map it
+/// fetched fresh.
+async fn admin_view(lab: &Lab) -> Result<(geokv_client::Client, geokv_client::ShardMap), String> {
+    let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
+    let mut config = geokv_client::ClientConfig::new(endpoints);
+    config.deadline = APPLY_TIMEOUT;
+    let client = config.connect().await.map_err(|e| e.to_string())?;
+    let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;
+    Ok((client, map))
+}
+
+/// Where in `map` the shard holding `key` is.
+fn shard_at(map: &geokv_client::ShardMap, key: &str) -> Result<usize, String> {
+    map.shards
+        .iter()
+        .rposition(|s| s.start.as_slice() <= key.as_bytes())
+        .ok_or_else(|| format!("no shard holds {key:?}"))
 }
 
 /// `fault` with every shard 0 replaced by `workload_shard`.
