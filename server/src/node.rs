@@ -370,7 +370,13 @@ impl Node {
     /// Whether data shard `shard`'s replica here is frozen for a merge (it
     /// serves no more reads: its keys are the left shard's from its end on).
     pub fn is_frozen(&self, shard: u64) -> bool {
-        self.frozen.read().expect("frozen shards").contains(&shard)
+        self.frozen.read().expect("frozen shards").contains_key(&shard)
+    }
+
+    /// The freeze record of data shard `shard`'s replica here, if frozen
+    /// (as its state machine last published it).
+    pub fn frozen_record(&self, shard: u64) -> Option<crate::raft::state_machine::FrozenRecord> {
+        self.frozen.read().expect("frozen shards").get(&shard).copied()
     }
 
     /// Starts `shard`'s data group unless it runs already; false if it did.

@@ -116,9 +116,10 @@ pub struct ShardStateMachine {
     frozen_shards: Option<FrozenShards>,
 }
 
-/// The data shards frozen for a merge on this node: reads of them are
-/// refused (their keys belong to the merge's left shard from its end on).
-pub type FrozenShards = Arc<std::sync::RwLock<std::collections::HashSet<u64>>>;
+/// The data shards frozen for a merge on this node, with their freeze
+/// records: reads of them are refused (their keys belong to the merge's
+/// left shard from its end on), and the node's status reports them.
+pub type FrozenShards = Arc<std::sync::RwLock<HashMap<u64, FrozenRecord>>>;
 
 /// A frozen shard's stored freeze record: `(freeze index, the shard it
 /// merges into, sealed)`. A sealed freeze is never taken back.
@@ -273,13 +274,12 @@ impl ShardStateMachine {
     }
 
     fn publish_frozen(&self) {
-        if let Some(set) = &self.frozen_shards {
-            let mut set = set.write().expect("frozen shards");
-            if self.frozen.is_some() {
-                set.insert(self.shard);
-            } else {
-                set.remove(&self.shard);
-            }
+        if let Some(shards) = &self.frozen_shards {
+            let mut shards = shards.write().expect("frozen shards");
+            match self.frozen {
+                Some(record) => shards.insert(self.shard, record),
+                None => shards.remove(&self.shard),
+            };
         }
     }
 
@@ -1836,7 +1836,7 @@ mod tests {
         assert_eq!(r[0], CommandResult::Frozen { index: 3 });
         assert_eq!(r[1], CommandResult::Rejected(Rejection::Frozen { shard: 3, into: 2 }));
         assert!(storage.get_data(b"p3").unwrap().is_none(), "a frozen shard writes nothing");
-        assert!(frozen.read().unwrap().contains(&3), "the read path is told");
+        assert!(frozen.read().unwrap().contains_key(&3), "the read path is told");
         assert_eq!(right.apply_run(&[freeze(5)]).await.unwrap()[0], CommandResult::Frozen { index: 3 });
         // Taken back (the merge given up): it writes again; frozen anew at
         // 8, an unfreeze of the old freeze is refused; once sealed, none is.
@@ -1848,7 +1848,7 @@ mod tests {
             right.apply_run(&[entry(6, Command::Unfreeze { index: 3 })]).await.unwrap()[0],
             CommandResult::Unfrozen
         );
-        assert!(!frozen.read().unwrap().contains(&3));
+        assert!(!frozen.read().unwrap().contains_key(&3));
         assert!(
             outcome(
                 &right.apply_run(&[write(7, Session::default(), 1000, vec![], vec![put("p5", "d")])]).await.unwrap()[0]
@@ -1867,7 +1867,7 @@ mod tests {
         assert_eq!(r[0], CommandResult::Frozen { index: 8 });
         assert!(matches!(r[1], CommandResult::Rejected(_)), "{:?}", r[1]);
         assert_eq!((&r[2], &r[3]), (&CommandResult::Sealed { index: 8 }, &CommandResult::Sealed { index: 8 }));
-        assert!(frozen.read().unwrap().contains(&3));
+        assert!(frozen.read().unwrap().contains_key(&3));
 
         let merge = |index, frozen_at| Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
@@ -1910,7 +1910,7 @@ mod tests {
         let _right = ShardStateMachine::new(3, right_kind(), left.storage.clone(), limits())
             .unwrap()
             .with_frozen_shards(restarted.clone());
-        assert!(restarted.read().unwrap().contains(&3));
+        assert!(restarted.read().unwrap().contains_key(&3));
     }
 
     /// The map records a split once: a new id past every other, both halves

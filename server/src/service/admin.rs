@@ -93,7 +93,7 @@ impl Admin for AdminService {
         for (shard, raft) in self.node.groups().await {
             let m = raft.metrics().borrow_watched().clone();
             let desc = map.shard(shard);
-            let frozen = crate::raft::state_machine::frozen_record(&self.node.storage, shard).ok().flatten();
+            let frozen = self.node.frozen_record(shard);
             groups.push(GroupStatus {
                 shard_id: shard,
                 role: role(m.state).into(),
