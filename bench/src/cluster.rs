@@ -162,6 +162,7 @@ impl LocalCluster {
                 format!("--election-timeout-max-ms={ELECTION_MAX_MS}"),
                 // The eventual targets' range (the Raft targets' shard is untouched).
                 format!("--eventual-ranges={}", crate::load::EVENTUAL_RANGE),
+                "--plaintext".into(),
             ]);
             let log = dir.path().join(format!("node-{id}.log"));
             members.push(Member { id, client_addr: *addr, command, log, process: None });

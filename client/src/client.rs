@@ -37,6 +37,7 @@ use geokv_proto::kv as pb;
 use geokv_proto::kv::kv_client::KvClient;
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
@@ -127,7 +128,7 @@ pub(crate) trait KvCall: Clone + Send + 'static {
 
     fn send(
         self,
-        client: KvClient<Channel>,
+        client: KvClient<Transport>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Self::Reply, Status>> + Send;
 }
@@ -159,7 +160,7 @@ macro_rules! kv_call {
 
             fn send(
                 self,
-                mut client: KvClient<Channel>,
+                mut client: KvClient<Transport>,
                 timeout: Duration,
             ) -> impl Future<Output = Result<Self::Reply, Status>> + Send {
                 async move {
@@ -605,7 +606,7 @@ impl Client {
                 }
                 Failure::Rejected { code, message } => {
                     return Err(final_error(is_write && may_have_applied, shard.shard_id, last_cause, || {
-                        Error::Server { code, message }
+                        Error::refused(code, message)
                     }));
                 }
                 Failure::NotSent(_) => {
@@ -707,14 +708,23 @@ impl Client {
     }
 
     /// The channel to `addr`, created on first use.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Failure> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Transport, Failure> {
+        let config = &self.inner.config;
+        let credentials = Credentials(
+            config.token.as_ref().and_then(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).ok()),
+        );
         let mut channels = self.inner.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+            return Ok(InterceptedService::new(channel.clone(), credentials));
         }
-        let config = &self.inner.config;
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
-            .map_err(|err| Failure::NotSent(format!("bad node address {addr:?}: {err}")))?
+        let mut endpoint = Endpoint::from_shared(endpoint_uri(addr, config.tls.is_some()))
+            .map_err(|err| Failure::NotSent(format!("bad node address {addr:?}: {err}")))?;
+        if let Some(tls) = &config.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic())
+                .map_err(|err| Failure::NotSent(format!("TLS settings for {addr}: {err}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(config.connect_timeout.min(config.rpc_timeout))
             .tcp_nodelay(true)
             .local_address(config.local_address)
@@ -722,7 +732,7 @@ impl Client {
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        Ok(InterceptedService::new(channel, credentials))
     }
 
     /// One attempt: one RPC to one node.
@@ -748,6 +758,8 @@ impl Client {
         loop {
             let failure = match self.refresh_map(None, 0, deadline).await {
                 Ok(_) => return Ok(()),
+                // Asking again with the same credentials cannot help.
+                Err(MapUnavailable(_, Some((code, message)))) => return Err(Error::refused(code, message)),
                 Err(failure) => failure,
             };
             attempts = attempts.saturating_add(rpcs_per_round);
@@ -789,6 +801,7 @@ impl Client {
         }
         let mut newest: Option<ShardMap> = None;
         let mut errors = CauseList::default();
+        let mut denied = None;
         for addr in &addrs {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -806,11 +819,18 @@ impl Client {
                         break;
                     }
                 }
+                Err(Failure::Rejected {
+                    code: code @ (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied),
+                    message,
+                }) => {
+                    errors.add(addr, message.clone());
+                    denied = Some((code, message));
+                }
                 Err(failure) => errors.add(addr, failure.describe()),
             }
         }
         let Some(map) = newest else {
-            return Err(MapUnavailable(errors));
+            return Err(MapUnavailable(errors, denied));
         };
         let mut routing = self.write_routing();
         if map.version >= routing.map.version {
@@ -836,7 +856,9 @@ impl Client {
 
 /// No node answered a shard map request; the causes, by node.
 #[derive(Debug)]
-pub(crate) struct MapUnavailable(CauseList);
+/// What went wrong on every node asked; the refusal if one refused the
+/// client's credentials.
+pub(crate) struct MapUnavailable(CauseList, Option<(tonic::Code, String)>);
 
 impl From<MapUnavailable> for Failure {
     fn from(unavailable: MapUnavailable) -> Failure {
@@ -872,7 +894,23 @@ impl std::fmt::Display for CauseList {
     }
 }
 
-pub(crate) fn admin_client(channel: Channel) -> AdminClient<Channel> {
+/// Adds the configured bearer token to every request.
+#[derive(Clone)]
+pub(crate) struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A node's channel with the client's credentials on every request.
+pub(crate) type Transport = InterceptedService<Channel, Credentials>;
+
+pub(crate) fn admin_client(channel: Transport) -> AdminClient<Transport> {
     AdminClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)

@@ -54,6 +54,78 @@ pub struct ClientConfig {
     /// go to the leader (follower, bounded, stale) go to a replica in this
     /// region first, then to the leader, then to the other replicas.
     pub region: Option<String>,
+    /// TLS to every node (default: none, plaintext). With it, `host:port`
+    /// endpoints and the addresses learned from the shard map are dialled
+    /// over TLS.
+    pub tls: Option<ClientTls>,
+    /// A bearer token sent with every request (default: none); see
+    /// `kvctl user add`.
+    pub token: Option<Token>,
+}
+
+/// How a client speaks TLS to the nodes.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientTls {
+    /// PEM of the CA the nodes' certificates chain to.
+    pub ca_certificate_pem: Vec<u8>,
+    /// PEM of a client certificate and its key, to authenticate as the
+    /// certificate's user (common name); `None`: no client certificate.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Trust nodes whose certificates chain to this CA.
+    pub fn new(ca_certificate_pem: impl Into<Vec<u8>>) -> ClientTls {
+        ClientTls { ca_certificate_pem: ca_certificate_pem.into(), identity: None }
+    }
+
+    /// Reads the CA (and, if given, a client certificate and key) from PEM
+    /// files, naming the file that cannot be read.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientTls, Error> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut tls = ClientTls::new(read(ca)?);
+        if let Some((cert, key)) = identity {
+            tls.identity = Some((read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+
+    /// Presents this client certificate (PEM) and key (PEM).
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> ClientTls {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    pub(crate) fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_certificate_pem));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("identity", &self.identity.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// A bearer token; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -80,7 +152,21 @@ impl ClientConfig {
             scan_page_limit: 0,
             local_address: None,
             region: None,
+            tls: None,
+            token: None,
         }
+    }
+
+    /// Sets [`ClientConfig::tls`].
+    pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Sets [`ClientConfig::token`].
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Token);
+        self
     }
 
     /// Sets [`ClientConfig::max_attempts`].
@@ -142,8 +228,24 @@ impl ClientConfig {
             if endpoint.trim().is_empty() {
                 return fail("empty endpoint: give nodes as host:port".into());
             }
-            tonic::transport::Endpoint::from_shared(endpoint_uri(endpoint))
+            tonic::transport::Endpoint::from_shared(endpoint_uri(endpoint, self.tls.is_some()))
                 .map_err(|err| Error::Config(format!("endpoint {endpoint:?} is not host:port: {err}")))?;
+            if endpoint.trim().starts_with("https://") && self.tls.is_none() {
+                return fail(format!(
+                    "endpoint {endpoint:?} is https but no CA is given: set the CA the nodes' certificates \
+                     chain to (kvctl --cacert, ClientConfig::tls)"
+                ));
+            }
+            if endpoint.trim().starts_with("http://") && self.tls.is_some() {
+                return fail(format!("endpoint {endpoint:?} is http:// but TLS is configured: use https:// or host:port"));
+            }
+        }
+        if let Some(token) = &self.token
+            && (token.0.is_empty()
+                || tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(format!("Bearer {}", token.0))
+                    .is_err())
+        {
+            return fail("the token is empty or not printable ASCII".into());
         }
         if self.max_attempts == 0 {
             return fail("max_attempts must be at least 1".into());
@@ -173,10 +275,16 @@ impl ClientConfig {
     }
 }
 
-/// The URI tonic needs for a `host:port` address.
-pub(crate) fn endpoint_uri(addr: &str) -> String {
+/// The URI tonic needs for a `host:port` address (`https` with TLS).
+pub(crate) fn endpoint_uri(addr: &str, tls: bool) -> String {
     let addr = addr.trim();
-    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+    if addr.contains("://") {
+        addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 #[cfg(test)]
@@ -202,8 +310,22 @@ mod tests {
 
     #[test]
     fn endpoint_uris() {
-        assert_eq!(endpoint_uri("127.0.0.1:7001"), "http://127.0.0.1:7001");
-        assert_eq!(endpoint_uri(" node1:7001 "), "http://node1:7001");
-        assert_eq!(endpoint_uri("https://node1:7001"), "https://node1:7001");
+        assert_eq!(endpoint_uri("127.0.0.1:7001", false), "http://127.0.0.1:7001");
+        assert_eq!(endpoint_uri(" node1:7001 ", false), "http://node1:7001");
+        assert_eq!(endpoint_uri("https://node1:7001", false), "https://node1:7001");
+        assert_eq!(endpoint_uri("node1:7001", true), "https://node1:7001");
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_tokens_stay_out_of_debug() {
+        let https = ClientConfig::new(["https://127.0.0.1:7001"]);
+        assert!(https.clone().validate().unwrap_err().to_string().contains("no CA"));
+        https.clone().tls(Some(ClientTls::new(b"pem".to_vec()))).validate().unwrap();
+        let plain_with_tls = ClientConfig::new(["http://127.0.0.1:7001"]).tls(Some(ClientTls::new(b"pem".to_vec())));
+        assert!(plain_with_tls.validate().is_err());
+        let with_token = ClientConfig::new(["127.0.0.1:7001"]).token(Some("gk_secret".into()));
+        with_token.validate().unwrap();
+        assert!(!format!("{with_token:?}").contains("gk_secret"));
+        assert!(ClientConfig::new(["127.0.0.1:7001"]).token(Some("bad\ntoken".into())).validate().is_err());
     }
 }

@@ -177,7 +177,7 @@ impl Client {
         limit: u32,
     ) -> Result<(ConflictLogInfo, Vec<Conflict>), Error> {
         let failed = |failure: Failure| match failure {
-            Failure::Rejected { code, message } => Error::Server { code, message: format!("{addr}: {message}") },
+            Failure::Rejected { code, message } => Error::refused(code, format!("{addr}: {message}")),
             Failure::InvalidArgument(message) => Error::InvalidArgument(format!("{addr}: {message}")),
             failure => Error::Unavailable { attempts: 1, cause: format!("{addr}: {}", failure.describe()) },
         };

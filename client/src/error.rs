@@ -54,8 +54,20 @@ pub enum Error {
         cause: String,
     },
 
+    /// The cluster does not know the caller (`Unauthenticated`: no, a wrong
+    /// or a revoked credential) or does not allow it this
+    /// (`PermissionDenied`; the message names the missing permission).
+    /// Nothing was done.
+    #[error("not allowed ({code:?}): {message}")]
+    Denied {
+        /// `Unauthenticated` or `PermissionDenied`.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+
     /// The server refused the request with a status this client does not
-    /// retry (e.g. `Unimplemented`, `ResourceExhausted`, `PermissionDenied`).
+    /// retry (e.g. `Unimplemented`, `ResourceExhausted`).
     #[error("server refused the request ({code:?}): {message}; check the server logs")]
     Server {
         /// The gRPC status code.
@@ -210,6 +222,16 @@ impl Failure {
 ///
 /// Structured details win over the code: a decodable `ErrorDetail` decides the
 /// class whatever code it came with.
+impl Error {
+    /// The error for a status the client does not retry.
+    pub(crate) fn refused(code: Code, message: String) -> Error {
+        match code {
+            Code::Unauthenticated | Code::PermissionDenied => Error::Denied { code, message },
+            code => Error::Server { code, message },
+        }
+    }
+}
+
 pub(crate) fn classify(status: &Status) -> Failure {
     let message = with_root_cause(status);
     if !status.details().is_empty() {

@@ -123,10 +123,11 @@ mod shard_admin;
 mod shard_map;
 mod status;
 mod types;
+mod users;
 
 pub use batch::Batch;
 pub use client::Client;
-pub use config::{ClientConfig, DEV_ENDPOINTS};
+pub use config::{ClientConfig, ClientTls, DEV_ENDPOINTS, Token};
 pub use conflicts::{Conflict, ConflictLogInfo, ConflictReport, DEFAULT_CONFLICT_LIMIT, NodeConflicts};
 pub use error::Error;
 pub use scan::{KeyRange, Scan, ScanBounds};
@@ -135,6 +136,7 @@ pub use shard_map::{NodeInfo, NodeState, Replica, Shard, ShardMap};
 pub use status::{
     ClusterStatus, EcPeer, GroupStatus, NodeReport, NodeStatus, ReplicaStatus, Role, ShardHealth, ShardLeader,
 };
+pub use users::{Grant, User};
 pub use types::{
     BatchResult, CasResult, Consistency, DeleteResult, Expect, Hlc, KeyState, KeyValue, ReadInfo, ReadResult, Served,
     ShardMode, Versioned, WriteResult,

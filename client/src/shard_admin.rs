@@ -479,7 +479,7 @@ impl Client {
     /// backoff, until one answers or a refusal is final; returns the address
     /// that answered and its reply. `unknown` says what the caller cannot
     /// know when the retries run out.
-    async fn retry_admin<'a, T, Fut>(
+    pub(crate) async fn retry_admin<'a, T, Fut>(
         &'a self,
         unknown: &str,
         deadline: Instant,
@@ -518,7 +518,7 @@ impl Client {
                     return Err(Error::FailedPrecondition(message));
                 }
                 Failure::Rejected { code: tonic::Code::NotFound, message } => return Err(Error::NotFound(message)),
-                Failure::Rejected { code, message } => return Err(Error::Server { code, message }),
+                Failure::Rejected { code, message } => return Err(Error::refused(code, message)),
                 // Nothing listens there: the next node at once, unless every
                 // node was just tried.
                 Failure::NotSent(_) if !next.is_multiple_of(addrs.len()) => {}
@@ -565,7 +565,7 @@ impl Client {
     /// Refreshes the cached map until it is at least `version` (first from
     /// `prefer`, which answered with that version). Gives up quietly: a
     /// request that meets an older map is told so and refreshes it then.
-    async fn await_map_version(&self, prefer: &str, version: u64, deadline: Instant) {
+    pub(crate) async fn await_map_version(&self, prefer: &str, version: u64, deadline: Instant) {
         let config = self.config();
         // The shard exists already; allow the refresh a little time even when
         // creating it used up the deadline.

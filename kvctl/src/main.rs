@@ -85,8 +85,14 @@ Output (-w/--write-out, or GEOKV_WRITE_OUT):
   json     one JSON document on stdout (--json is the same)
   table    bordered tables
 
+TLS and authentication (docs/security.md):
+  kvctl --cacert certs/ca.pem --cert certs/client.root.pem --key certs/client.root-key.pem \
+        --endpoints https://127.0.0.1:7001 put greeting hello
+  GEOKV_CACERT=certs/ca.pem GEOKV_TOKEN=gk_... kvctl get greeting
+
 Environment: GEOKV_ENDPOINTS, GEOKV_SOURCE_IP, GEOKV_REGION, GEOKV_WRITE_OUT,
-GEOKV_TIMEOUT stand for the flags of the same names.
+GEOKV_TIMEOUT, GEOKV_CACERT, GEOKV_CERT, GEOKV_KEY and GEOKV_TOKEN stand for the
+flags of the same names.
 
 Exit codes:
   0   success
@@ -139,6 +145,25 @@ struct Cli {
     /// Read KEY, VALUE, START, END and --expect-value as 0x-prefixed hex.
     #[arg(long, global = true)]
     hex: bool,
+
+    /// PEM file of the CA the nodes' certificates chain to: speak TLS
+    /// (host:port endpoints become https://).
+    #[arg(long, global = true, env = "GEOKV_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+
+    /// PEM file of a client certificate (with --key): authenticate as the
+    /// user it names (common name; `geokv certs client --user NAME`).
+    #[arg(long, global = true, env = "GEOKV_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the client certificate's private key.
+    #[arg(long, global = true, env = "GEOKV_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+
+    /// Bearer token to authenticate with (`kvctl user add` prints one).
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, global = true, env = "GEOKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -339,6 +364,17 @@ Examples:
     )]
     Shard(ShardCommand),
 
+    /// Users, their tokens and their roles (needs the admin role).
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  kvctl user add alice --role write --prefix app/     prints alice's token once
+  kvctl user grant alice read --prefix shared/
+  kvctl user list"
+    )]
+    User(UserCommand),
+
     /// The cluster's members (node list).
     #[command(
         subcommand,
@@ -425,6 +461,64 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         return Err("a timeout of zero would fail every request: give e.g. 500ms, 3s or 1m".into());
     }
     Ok(duration)
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; prints its bearer token, which is shown this once.
+    #[command(
+        long_about = "Add user NAME, optionally with one grant (--role, --prefix), and print its bearer \
+            token: the cluster keeps only the token's SHA-256, so it is shown this once. Clients \
+            send it with --token or GEOKV_TOKEN. With --certificate-only the user has no token and \
+            authenticates with a client certificate whose common name is NAME (geokv certs client \
+            --user NAME). Roles: read < write < admin, each on the keys under a prefix (none: every \
+            key); admin is cluster-wide and takes no prefix. root is built in (its certificate is \
+            the administrator) and node is reserved for cluster members.",
+        after_help = "\
+Examples:
+  kvctl user add alice --role write --prefix app/
+  kvctl user add ops --role admin
+  kvctl user add reporting --role read --certificate-only"
+    )]
+    Add {
+        name: String,
+        /// The user's first grant: read, write or admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// The keys --role applies to (default: every key).
+        #[arg(long, requires = "role")]
+        prefix: Option<String>,
+        /// No token: authenticate with a client certificate only.
+        #[arg(long)]
+        certificate_only: bool,
+    },
+    /// Remove a user: its token and certificate stop working at once.
+    #[command(after_help = "\
+Examples:
+  kvctl user remove alice")]
+    Remove { name: String },
+    /// Give a user a role on a key prefix, or take it back with --revoke.
+    #[command(after_help = "\
+Examples:
+  kvctl user grant alice read --prefix shared/
+  kvctl user grant alice write --prefix app/ --revoke")]
+    Grant {
+        name: String,
+        /// read, write or admin.
+        role: String,
+        /// The keys the role applies to (default: every key).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Take the grant back instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// List the users and their grants (never tokens).
+    #[command(after_help = "\
+Examples:
+  kvctl user list
+  kvctl --json user list")]
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -771,6 +865,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         | Command::Status
         | Command::Shards
         | Command::Shard(_)
+        | Command::User(_)
         | Command::Node(_)
         | Command::Conflicts { .. }
         | Command::Completion { .. } => None,
@@ -947,6 +1042,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::User(command) => user(&client, command, out, cli.hex).await,
         Command::Node(NodeCommand::Drain { id, cancel: true, .. }) => {
             let change = client.cancel_drain(id).await.map_err(say)?;
             let fields = json!({
@@ -1180,16 +1276,100 @@ async fn delete_prefix(client: &Client, prefix: Vec<u8>, out: WriteOut) -> Resul
 
 async fn connect(cli: &Cli) -> Result<Client, String> {
     let deadline = cli.deadline();
+    let tls = match &cli.cacert {
+        Some(ca) => Some(
+            geokv_client::ClientTls::from_files(ca, cli.cert.as_deref().zip(cli.key.as_deref()))
+                .map_err(|e| e.to_string())?,
+        ),
+        None if cli.cert.is_some() => return Err("--cert needs --cacert (the CA the nodes' certificates chain to)".into()),
+        None => None,
+    };
     let config = ClientConfig::new(cli.endpoints.iter().map(|e| e.trim().to_string()))
         .deadline(deadline)
         .rpc_timeout(deadline.min(RPC_TIMEOUT_MAX))
         .local_address(cli.source_ip)
-        .region(cli.region.clone());
+        .region(cli.region.clone())
+        .tls(tls)
+        .token(cli.token.clone());
     match config.connect().await {
         Ok(client) => Ok(client),
         Err(Error::Unavailable { cause, .. }) => Err(format!("{cause}; {START_CLUSTER_HINT}")),
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// `kvctl user ...`.
+async fn user(client: &Client, command: UserCommand, out: WriteOut, hex: bool) -> Result<ExitCode, String> {
+    let prefix_of = |prefix: Option<String>| prefix.map(|p| parse_arg(&p, hex)).transpose().map(Option::unwrap_or_default);
+    let show_prefix = |p: &[u8]| if p.is_empty() { "(every key)".to_string() } else { String::from_utf8_lossy(p).into_owned() };
+    match command {
+        UserCommand::Add { name, role, prefix, certificate_only } => {
+            let grants = match role {
+                Some(role) => vec![geokv_client::Grant::new(role, prefix_of(prefix)?)],
+                None => Vec::new(),
+            };
+            let token = client.add_user(&name, &grants, certificate_only).await.map_err(say)?;
+            match out {
+                WriteOut::Json => print_json(&json!({ "user": name, "token": token })),
+                WriteOut::Table => print_record(&json!({ "user": name, "token": token })),
+                WriteOut::Simple => match token {
+                    Some(token) => {
+                        println!("{token}");
+                        eprintln!("user {name} added; the token above is shown this once (GEOKV_TOKEN=...)");
+                    }
+                    None => eprintln!("user {name} added; it authenticates with a client certificate for {name}"),
+                },
+            }
+        }
+        UserCommand::Remove { name } => {
+            client.remove_user(&name).await.map_err(say)?;
+            match out {
+                WriteOut::Json => print_json(&json!({ "user": name, "removed": true })),
+                _ => println!("user {name} removed"),
+            }
+        }
+        UserCommand::Grant { name, role, prefix, revoke } => {
+            let grant = geokv_client::Grant::new(role, prefix_of(prefix)?);
+            let changed = client.grant(&name, &grant, revoke).await.map_err(say)?;
+            let verb = if revoke { "revoked" } else { "granted" };
+            match out {
+                WriteOut::Json => print_json(&json!({ "user": name, "role": grant.role, "revoke": revoke, "changed": changed })),
+                _ if changed => println!("{verb} {} on {} to {name}", grant.role, show_prefix(&grant.prefix)),
+                _ => println!("nothing to change: {name} {} {} on {}", if revoke { "has no" } else { "already has" }, grant.role, show_prefix(&grant.prefix)),
+            }
+        }
+        UserCommand::List => {
+            let users = client.list_users().await.map_err(say)?;
+            match out {
+                WriteOut::Json => {
+                    let rows: Vec<Value> = users
+                        .iter()
+                        .map(|u| {
+                            let grants: Vec<Value> = u
+                                .grants
+                                .iter()
+                                .map(|g| json!({ "role": g.role, "prefix": String::from_utf8_lossy(&g.prefix) }))
+                                .collect();
+                            json!({ "name": u.name, "grants": grants, "has_token": u.has_token })
+                        })
+                        .collect();
+                    print_json(&Value::Array(rows));
+                }
+                _ => {
+                    let rows: Vec<Vec<String>> = users
+                        .iter()
+                        .map(|u| {
+                            let grants: Vec<String> =
+                                u.grants.iter().map(|g| format!("{}:{}", g.role, show_prefix(&g.prefix))).collect();
+                            vec![u.name.clone(), if u.has_token { "token" } else { "certificate" }.into(), grants.join(", ")]
+                        })
+                        .collect();
+                    Style::of(out).print(&["USER", "AUTH", "GRANTS"], &rows);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The one-line message for a client error.

@@ -436,6 +436,7 @@ impl Lab {
             }
         }
         command.arg(format!("--rebalance={}", self.config.rebalance));
+        command.arg("--plaintext");
         command.args(&self.config.node_args);
         let filter = self
             .config

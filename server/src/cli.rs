@@ -47,7 +47,77 @@ enum Command {
         /// First Prometheus metrics port (0: no metrics endpoint).
         #[arg(long, default_value_t = 9101)]
         metrics_port: u16,
+        /// Serve TLS with authentication, from DIR/ca.pem, DIR/node.pem and
+        /// DIR/node-key.pem (`geokv certs dev --dir DIR` makes them); without
+        /// it the dev cluster is plaintext and says so.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
+    /// Make a development CA and certificates for a TLS cluster (rcgen;
+    /// ECDSA P-256). Node certificates have common name `node`; client
+    /// certificates the user's name (`root` is the built-in administrator).
+    #[command(
+        after_help = "EXAMPLES:\n  \
+        geokv certs dev --dir certs                     # CA, a node certificate for 127.0.0.1/localhost, root's\n  \
+        geokv certs ca --dir certs\n  \
+        geokv certs node --dir certs --san 10.0.0.1,node1.example.com --name node1\n  \
+        geokv certs client --dir certs --user alice     # certs/client.alice.pem and -key.pem"
+    )]
+    Certs {
+        #[command(subcommand)]
+        what: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A new CA: DIR/ca.pem and DIR/ca-key.pem (refuses to overwrite one).
+    Ca {
+        #[command(flatten)]
+        common: CertArgs,
+    },
+    /// A node certificate signed by DIR's CA: DIR/NAME.pem, DIR/NAME-key.pem.
+    Node {
+        #[command(flatten)]
+        common: CertArgs,
+        /// Every IP address and DNS name peers and clients dial the node on,
+        /// comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        san: Vec<String>,
+        /// File name stem of the certificate and key.
+        #[arg(long, default_value = "node")]
+        name: String,
+    },
+    /// A client certificate for USER signed by DIR's CA:
+    /// DIR/client.USER.pem and DIR/client.USER-key.pem.
+    Client {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The user it authenticates as (`root`: the built-in administrator;
+        /// others must be added with `kvctl user add USER`).
+        #[arg(long)]
+        user: String,
+    },
+    /// All a local cluster needs: a CA (unless DIR has one), a node
+    /// certificate for 127.0.0.1, ::1 and localhost (plus --san), and root's
+    /// client certificate.
+    Dev {
+        #[command(flatten)]
+        common: CertArgs,
+        /// More addresses the node certificate must name, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct CertArgs {
+    /// Directory the CA is in and the files are written to.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// How long the certificate is valid, in days.
+    #[arg(long, default_value_t = crate::certs::DEFAULT_VALID_DAYS)]
+    days: u32,
 }
 
 #[derive(Args)]
@@ -177,6 +247,27 @@ struct NodeArgs {
     /// Raft (default: 1048576).
     #[arg(long, env = "GEOKV_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
+    /// PEM file of the cluster CA ([tls] ca_file). With --tls-cert and
+    /// --tls-key every connection is TLS and peers need a node certificate
+    /// from this CA.
+    #[arg(long, env = "GEOKV_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate, common name `node`, naming every
+    /// address it is dialled on ([tls] cert_file; `geokv certs node`).
+    #[arg(long, env = "GEOKV_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key ([tls] key_file).
+    #[arg(long, env = "GEOKV_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve and dial without TLS or authentication: anyone who reaches the
+    /// port may call anything. Only for development and tests.
+    #[arg(long, env = "GEOKV_PLAINTEXT")]
+    plaintext: bool,
+    /// With TLS, whether clients must authenticate and are held to their
+    /// roles (true|false; default: true). Peers-only RPCs stay closed to
+    /// clients either way.
+    #[arg(long, env = "GEOKV_AUTH")]
+    auth: Option<bool>,
 }
 
 impl NodeArgs {
@@ -220,6 +311,21 @@ impl NodeArgs {
             c.split_size_bytes => self.split_size_bytes,
             c.split_load_entries_per_s => self.split_load_entries_per_s,
             c.merge_size_bytes => self.merge_size_bytes,
+        }
+        if self.tls_ca.is_some() {
+            c.tls.ca_file = self.tls_ca;
+        }
+        if self.tls_cert.is_some() {
+            c.tls.cert_file = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls.key_file = self.tls_key;
+        }
+        if self.plaintext {
+            c.tls.plaintext = true;
+        }
+        if self.auth.is_some() {
+            c.tls.auth = self.auth;
         }
         if !self.initial_cluster.is_empty() {
             c.initial_cluster = self.initial_cluster.iter().map(|s| Member::parse(s)).collect::<Result<_, _>>()?;
@@ -269,7 +375,7 @@ async fn run_node(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Re
     .await
 }
 
-fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16) -> Vec<Config> {
+fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16, tls_dir: Option<&std::path::Path>) -> Vec<Config> {
     let regions = ["us-east", "us-west", "eu-west"];
     let members: Vec<Member> = (0..3u16)
         .map(|i| Member {
@@ -292,6 +398,14 @@ fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16) -> Vec<Config> {
             if metrics_port != 0 {
                 c.metrics_listen = format!("127.0.0.1:{}", metrics_port + (m.id as u16) - 1);
             }
+            match tls_dir {
+                Some(dir) => {
+                    c.tls.ca_file = Some(dir.join("ca.pem"));
+                    c.tls.cert_file = Some(dir.join("node.pem"));
+                    c.tls.key_file = Some(dir.join("node-key.pem"));
+                }
+                None => c.tls.plaintext = true,
+            }
             // No WAN on loopback: react faster than the WAN-tuned defaults.
             c.raft.heartbeat_interval_ms = 150;
             c.raft.election_timeout_min_ms = 1000;
@@ -299,6 +413,32 @@ fn dev_configs(data_dir: PathBuf, port: u16, metrics_port: u16) -> Vec<Config> {
             c
         })
         .collect()
+}
+
+/// Runs `geokv certs ...`, printing what it wrote.
+fn certs(what: CertsCommand) -> anyhow::Result<()> {
+    use crate::certs::{Validity, create_ca, create_client, create_node};
+    let show = |w: crate::certs::Written| println!("wrote {} and {}", w.cert.display(), w.key.display());
+    match what {
+        CertsCommand::Ca { common } => show(create_ca(&common.dir, Validity::days(common.days))?),
+        CertsCommand::Node { common, san, name } => {
+            show(create_node(&common.dir, &name, &san, Validity::days(common.days))?)
+        }
+        CertsCommand::Client { common, user } => show(create_client(&common.dir, &user, Validity::days(common.days))?),
+        CertsCommand::Dev { common, san } => {
+            let validity = Validity::days(common.days);
+            if crate::certs::ca_files(&common.dir).cert.exists() {
+                println!("using the CA in {}", common.dir.display());
+            } else {
+                show(create_ca(&common.dir, validity)?);
+            }
+            let mut hosts: Vec<String> = ["127.0.0.1", "::1", "localhost"].map(String::from).to_vec();
+            hosts.extend(san);
+            show(create_node(&common.dir, "node", &hosts, validity)?);
+            show(create_client(&common.dir, crate::auth::ROOT_USER, validity)?);
+        }
+    }
+    Ok(())
 }
 
 /// Entry point of the `geokv` binary.
@@ -331,8 +471,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match cli.command {
         None => run_node(cli.node.into_config()?, stop_rx).await,
-        Some(Command::Dev { data_dir, port, metrics_port }) => {
-            let configs = dev_configs(data_dir.clone(), port, metrics_port);
+        Some(Command::Certs { what }) => certs(what),
+        Some(Command::Dev { data_dir, port, metrics_port, tls_dir }) => {
+            let configs = dev_configs(data_dir.clone(), port, metrics_port, tls_dir.as_deref());
             for c in &configs {
                 c.validate()?;
             }
@@ -341,8 +482,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for c in configs {
                 nodes.spawn(run_node(c, stop_rx.clone()));
             }
+            let security = match &tls_dir {
+                Some(dir) => format!(
+                    "TLS with authentication (certificates in {d}); as root:\n      \
+                     export GEOKV_ENDPOINTS=https://{e} GEOKV_CACERT={d}/ca.pem \
+                     GEOKV_CERT={d}/client.root.pem GEOKV_KEY={d}/client.root-key.pem",
+                    d = dir.display(),
+                    e = endpoints[0]
+                ),
+                None => "PLAINTEXT: no encryption or authentication (--tls-dir DIR for TLS)".to_string(),
+            };
             println!(
                 "geokv dev: 3 nodes (us-east, us-west, eu-west) on {}; data in {}\n\
+                 security: {security}\n\
                  try:  cargo run --bin kvctl -- put hello world && cargo run --bin kvctl -- get hello\n\
                  Ctrl-C stops the cluster.",
                 endpoints.join(", "),

@@ -269,6 +269,42 @@ pub struct Config {
     pub raft: RaftConfig,
     pub limits: Limits,
     pub eventual: EventualConfig,
+    pub tls: TlsConfig,
+}
+
+/// Transport security (see docs/security.md). Either `plaintext = true`, or
+/// all three files: then every connection, client or peer, is TLS (rustls),
+/// peers must present a certificate from `ca_file` whose common name is
+/// `node` (mTLS), and clients authenticate with a certificate from the same
+/// CA (common name = user) or a bearer token when `auth` is on. The files
+/// are read again when they change or on SIGHUP, so certificates rotate
+/// without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve and dial without TLS or authentication: anyone who can reach
+    /// the port may call anything (development, the lab, tests). Never
+    /// together with the files.
+    pub plaintext: bool,
+    /// PEM file of the cluster CA: peers' certificates and client
+    /// certificates must chain to it, and peers' server certificates too.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate (chain), common name `node`, a
+    /// subject alternative name for every address it is dialled on.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Whether clients must authenticate (client certificate or bearer
+    /// token) and are held to their roles; `None`: on with TLS. Always off
+    /// in plaintext.
+    pub auth: Option<bool>,
+}
+
+impl TlsConfig {
+    /// Whether requests are authenticated and checked against roles.
+    pub fn auth_enabled(&self) -> bool {
+        !self.plaintext && self.auth.unwrap_or(true)
+    }
 }
 
 impl Default for Config {
@@ -296,6 +332,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             eventual: EventualConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -408,6 +445,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must be set"));
         }
+        self.validate_tls()?;
         if self.initial_cluster.is_empty() && !self.joins() {
             return Err(invalid("initial_cluster", "must list at least this node (or set join)"));
         }
@@ -531,6 +569,34 @@ impl Config {
 
     /// The rules of a joining node's configuration: seed addresses, a
     /// region, no initial cluster and no id of its own choosing.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        let files = [("tls.ca_file", &t.ca_file), ("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)];
+        let given: Vec<&str> = files.iter().filter(|(_, f)| f.is_some()).map(|(name, _)| *name).collect();
+        if t.plaintext {
+            if let Some(name) = given.first() {
+                return Err(invalid("tls.plaintext", format!("plaintext and {name} both set: choose one")));
+            }
+            if t.auth == Some(true) {
+                return Err(invalid("tls.auth", "authentication needs TLS (credentials would travel in the clear)"));
+            }
+            return Ok(());
+        }
+        if given.len() < files.len() {
+            let missing: Vec<&str> = files.iter().filter(|(_, f)| f.is_none()).map(|(name, _)| *name).collect();
+            let field = if given.is_empty() { "tls" } else { "tls.ca_file" };
+            return Err(invalid(
+                field,
+                format!(
+                    "{} not set: give the cluster CA, this node's certificate and its key (`geokv certs` makes \
+                     them; --tls-ca/--tls-cert/--tls-key), or run without TLS with --plaintext",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_join(&self) -> Result<(), ConfigError> {
         if !self.initial_cluster.is_empty() {
             return Err(invalid(
@@ -585,8 +651,30 @@ mod tests {
                 Member::parse("2=127.0.0.1:7002@us-west/b").unwrap(),
                 Member::parse("3=127.0.0.1:7003@eu-west").unwrap(),
             ],
+            tls: TlsConfig { plaintext: true, ..TlsConfig::default() },
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn tls_is_all_three_files_or_plaintext_said_out_loud() {
+        let mut c = three_nodes();
+        c.tls = TlsConfig::default();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--plaintext") && err.contains("tls.ca_file"), "{err}");
+        c.tls.ca_file = Some("ca.pem".into());
+        assert!(c.validate().unwrap_err().to_string().contains("tls.cert_file"));
+        c.tls.cert_file = Some("node.pem".into());
+        c.tls.key_file = Some("node-key.pem".into());
+        c.validate().unwrap();
+        assert!(c.tls.auth_enabled(), "auth is on by default with TLS");
+        c.tls.plaintext = true;
+        assert!(c.validate().unwrap_err().to_string().contains("choose one"));
+        let plain = three_nodes();
+        assert!(!plain.tls.auth_enabled());
+        let mut c = three_nodes();
+        c.tls.auth = Some(true);
+        assert!(c.validate().unwrap_err().to_string().contains("tls.auth"));
     }
 
     #[test]
@@ -596,6 +684,7 @@ mod tests {
             listen: "127.0.0.1:7004".into(),
             join: vec!["127.0.0.1:7001".into()],
             region: "ap-northeast".into(),
+            tls: TlsConfig { plaintext: true, ..TlsConfig::default() },
             ..Config::default()
         };
         joining.validate().unwrap();

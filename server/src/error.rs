@@ -33,6 +33,13 @@ pub enum Error {
     /// compare-and-swap on an eventual shard): not retryable.
     #[error("{0}")]
     NotSupported(String),
+    /// No credentials, or credentials the node does not accept.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this; the message names the
+    /// permission it lacks, never data.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bug or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,6 +63,8 @@ impl Error {
             }
             Error::Indeterminate { .. } => Code::Unknown,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -95,6 +104,8 @@ impl From<Error> for Status {
             | Error::Unavailable(_)
             | Error::SessionExpired(_)
             | Error::NotSupported(_)
+            | Error::Unauthenticated(_)
+            | Error::PermissionDenied(_)
             | Error::Internal(_) => Status::new(code, message),
         }
     }
@@ -110,6 +121,30 @@ impl From<crate::storage::StorageError> for Error {
     fn from(e: crate::storage::StorageError) -> Self {
         Error::Internal(e.to_string())
     }
+}
+
+/// A status's message followed by its transport error's causes (tonic
+/// keeps the TLS or connection error as the status's source).
+pub fn status_chain(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a connection failed because a TLS certificate was refused, by
+/// this side (`invalid peer certificate`) or by the peer (an alert).
+pub fn is_certificate_failure(cause: &str) -> bool {
+    ["invalid peer certificate", "received fatal alert", "UnknownIssuer", "BadCertificate", "UnknownCA"]
+        .iter()
+        .any(|sign| cause.contains(sign))
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ use geokv_proto::admin::JoinClusterRequest;
 use geokv_proto::admin::admin_client::AdminClient;
 use tonic::Code;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::tls::{Tls, TlsFiles};
 
 /// How long a first start keeps asking the seeds before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -49,7 +52,8 @@ pub async fn resolve_node_id(config: &mut Config) -> anyhow::Result<()> {
     }
     let me = config.me();
     let request = JoinClusterRequest { addr: me.addr.clone(), region: me.region.clone(), zone: me.zone.clone() };
-    let id = ask_seeds(&config.join, request).await?;
+    let tls = TlsFiles::from_config(&config.tls).map(Tls::load).transpose()?;
+    let id = ask_seeds(&config.join, request, tls.as_ref()).await?;
     store_id(&path, id)?;
     tracing::info!(node = id, addr = %me.addr, region = %me.region, "joined the cluster");
     config.node_id = id;
@@ -91,33 +95,52 @@ fn store_id(path: &Path, id: u64) -> anyhow::Result<()> {
 /// cluster said no, for a reason that asking again does not change) ends
 /// it at once, an unreachable or not-ready seed is tried again until
 /// [`JOIN_DEADLINE`].
-async fn ask_seeds(seeds: &[String], request: JoinClusterRequest) -> anyhow::Result<u64> {
+async fn ask_seeds(seeds: &[String], request: JoinClusterRequest, tls: Option<&Arc<Tls>>) -> anyhow::Result<u64> {
     let started = Instant::now();
     let mut last = String::from("no seed was tried");
     while started.elapsed() < JOIN_DEADLINE {
+        let mut refused_certificates = 0;
         for seed in seeds {
-            match ask(seed, request.clone()).await {
+            match ask(seed, request.clone(), tls).await {
                 Ok(id) => return Ok(id),
-                Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::FailedPrecondition
+                            | Code::InvalidArgument
+                            | Code::PermissionDenied
+                            | Code::Unauthenticated
+                    ) =>
+                {
                     anyhow::bail!("the cluster refused to admit this node (asked {seed}): {}", status.message())
                 }
                 Err(status) => {
-                    last = format!("{seed}: {}", status.message());
-                    tracing::info!(%seed, cause = %status.message(), "seed did not admit this node yet");
+                    let cause = crate::error::status_chain(&status);
+                    if crate::error::is_certificate_failure(&cause) {
+                        refused_certificates += 1;
+                    }
+                    tracing::info!(%seed, %cause, "seed did not admit this node yet");
+                    last = format!("{seed}: {cause}");
                 }
             }
+        }
+        if refused_certificates == seeds.len() {
+            anyhow::bail!(
+                "every seed refused the TLS handshake (last: {last}): this node's certificate must come from \
+                 the cluster's CA, and the seeds' from the CA in tls.ca_file"
+            );
         }
         tokio::time::sleep(JOIN_RETRY).await;
     }
     anyhow::bail!("no seed admitted this node within {JOIN_DEADLINE:?} (last: {last})")
 }
 
-async fn ask(seed: &str, request: JoinClusterRequest) -> Result<u64, tonic::Status> {
+async fn ask(seed: &str, request: JoinClusterRequest, tls: Option<&Arc<Tls>>) -> Result<u64, tonic::Status> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{seed}"))
         .map_err(|e| tonic::Status::invalid_argument(format!("seed {seed:?}: {e}")))?
         .connect_timeout(JOIN_RPC_TIMEOUT)
         .timeout(JOIN_RPC_TIMEOUT);
-    let channel = endpoint.connect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = crate::raft::network::dial_lazy(endpoint, tls, None);
     let reply = AdminClient::new(channel).join_cluster(request).await?;
     Ok(reply.into_inner().node_id)
 }

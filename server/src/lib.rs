@@ -13,6 +13,9 @@
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`, plus the standard
 //!   health service and reflection) and [`metrics`] (`/metrics`, `/healthz`,
 //!   `/readyz`);
+//! - [`tls`] (certificates, the TLS accept loop and peer dialling),
+//!   [`auth`] (who may call what: peers, users, roles) and [`certs`]
+//!   (`geokv certs`, a development CA);
 //! - [`node`] and [`config`]: wiring, start-up, shutdown, validated settings;
 //!   [`join`]: a new node asking to be admitted (`geokv --join`);
 //! - [`placement`]: where replicas and leaders go (drains, dead-node
@@ -30,6 +33,8 @@
 //! What a node does not do yet is listed in docs/architecture.md ("What is
 //! not built yet").
 
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -42,6 +47,7 @@ pub mod raft;
 pub mod service;
 pub mod shards;
 pub mod storage;
+pub mod tls;
 pub mod topology;
 
 pub use config::Config;

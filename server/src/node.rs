@@ -28,8 +28,6 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, watch};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::eventual::{EcNode, EcShard};
@@ -137,13 +135,14 @@ impl Node {
         });
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
+        let tls = crate::tls::TlsFiles::from_config(&config.tls).map(crate::tls::Tls::load).transpose()?;
         let peers = Peers::new(PeerTimeouts {
             connect: Duration::from_millis(r.election_timeout_min_ms),
             keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
             keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
             snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
             local_ip: config.outgoing_ip.parse().ok(),
-        });
+        }, tls);
         let metrics = Arc::new(Metrics::default());
         let (split_tx, split_rx) = tokio::sync::mpsc::unbounded_channel();
         let ec = EcNode::open(
@@ -1084,18 +1083,26 @@ pub async fn serve(
         }
         let _ = stopping_tx.send(());
     };
-    tracing::info!(node = node.config.node_id, addr = %local, "serving gRPC");
+    match node.peers.tls() {
+        Some(tls) => {
+            tls.watch();
+            tracing::info!(
+                node = node.config.node_id,
+                addr = %local,
+                auth = node.config.tls.auth_enabled(),
+                cert_not_after_unix_s = tls.not_after_unix_s(),
+                "serving gRPC over TLS (peers need a node certificate from the cluster CA)"
+            );
+        }
+        None => tracing::warn!(
+            node = node.config.node_id,
+            addr = %local,
+            "serving gRPC in PLAINTEXT: no encryption, no authentication; anyone who can reach this port may \
+             call anything (configure [tls] for anything but development)"
+        ),
+    }
     let router = service::router(node.clone());
-    // The builder's tcp_nodelay does not reach sockets handed in as an
-    // incoming stream: set it here, or Nagle + delayed ACKs add ~40 ms to
-    // small replies.
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|socket| {
-            if let Err(e) = socket.set_nodelay(true) {
-                tracing::warn!(cause = %e, "cannot set TCP_NODELAY on an accepted connection");
-            }
-        })
-    });
+    let incoming = crate::tls::incoming(listener, node.peers.tls().cloned());
     let server = router.serve_with_incoming_shutdown(incoming, stop);
     // Graceful shutdown waits for every connection to close, but peers keep
     // theirs open (replication streams, keep-alive): after a grace period

@@ -418,7 +418,7 @@ mod tests {
                 auto_split: false,
             })
             .collect();
-        let map = ShardMap { version: 1, nodes, shards };
+        let map = ShardMap { version: 1, nodes, shards, users: Vec::new() };
         map.validate().unwrap();
         map
     }

@@ -101,6 +101,11 @@ pub struct ClusterOptions {
     /// Whether the meta leader rebalances replicas (`--rebalance`). Off by
     /// default here: most tests need the layout they started with.
     pub rebalance: bool,
+    /// Serve TLS with authentication: the harness makes a CA, a node
+    /// certificate for 127.0.0.1 and root's client certificate in
+    /// [`TestCluster::certs_dir`], and [`TestCluster::client`] connects as
+    /// root. Off: `--plaintext`.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -117,6 +122,7 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             rebalance: false,
+            tls: false,
         }
     }
 }
@@ -153,6 +159,7 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    tls: bool,
 }
 
 /// A port that is free now, picked below Linux's ephemeral range (32768+).
@@ -217,6 +224,20 @@ impl TestCluster {
             "--request-timeout-ms=5000".into(),
             format!("--rebalance={}", opts.rebalance),
         ];
+        if opts.tls {
+            let certs = dir.path().join("certs");
+            let validity = geokv_server::certs::Validity::days(1);
+            geokv_server::certs::create_ca(&certs, validity).expect("test CA");
+            geokv_server::certs::create_node(&certs, "node", &["127.0.0.1".into()], validity).expect("node certificate");
+            geokv_server::certs::create_client(&certs, "root", validity).expect("root certificate");
+            args.extend([
+                format!("--tls-ca={}", certs.join("ca.pem").display()),
+                format!("--tls-cert={}", certs.join("node.pem").display()),
+                format!("--tls-key={}", certs.join("node-key.pem").display()),
+            ]);
+        } else {
+            args.push("--plaintext".into());
+        }
         args.extend(opts.extra_args);
         let env = opts.env;
         let nodes = ids
@@ -233,7 +254,7 @@ impl TestCluster {
                 joins_in: None,
             })
             .collect();
-        let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env };
+        let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env, tls: opts.tls };
         for id in ids {
             cluster.restart(id);
         }
@@ -253,7 +274,33 @@ impl TestCluster {
     pub async fn client(&self) -> geokv_client::Client {
         let mut config = geokv_client::ClientConfig::new(self.endpoints());
         config.deadline = Duration::from_secs(20);
+        if self.tls {
+            config = config.tls(Some(self.client_tls(Some("root"))));
+        }
         config.connect().await.expect("connect")
+    }
+
+    /// Where a TLS cluster's CA, node and client certificates are.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// TLS settings trusting the cluster's CA, presenting `user`'s client
+    /// certificate (made on first use) if given.
+    pub fn client_tls(&self, user: Option<&str>) -> geokv_client::ClientTls {
+        let certs = self.certs_dir();
+        let ca = std::fs::read(certs.join("ca.pem")).expect("the cluster's CA (ClusterOptions::tls)");
+        let mut tls = geokv_client::ClientTls::new(ca);
+        if let Some(user) = user {
+            let cert = certs.join(format!("client.{user}.pem"));
+            if !cert.exists() {
+                let validity = geokv_server::certs::Validity::days(1);
+                geokv_server::certs::create_client(&certs, user, validity).expect("client certificate");
+            }
+            let key = certs.join(format!("client.{user}-key.pem"));
+            tls = tls.identity(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
+        }
+        tls
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -636,6 +636,31 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster merges no shards"))
     }
 
+    async fn add_user(&self, _request: Request<admin_pb::AddUserRequest>) -> Result<Response<admin_pb::AddUserResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster has no users"))
+    }
+
+    async fn remove_user(
+        &self,
+        _request: Request<admin_pb::RemoveUserRequest>,
+    ) -> Result<Response<admin_pb::RemoveUserResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster has no users"))
+    }
+
+    async fn grant_user(
+        &self,
+        _request: Request<admin_pb::GrantUserRequest>,
+    ) -> Result<Response<admin_pb::GrantUserResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster has no users"))
+    }
+
+    async fn list_users(
+        &self,
+        _request: Request<admin_pb::ListUsersRequest>,
+    ) -> Result<Response<admin_pb::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("the mock cluster has no users"))
+    }
+
     async fn join_cluster(
         &self,
         _request: Request<admin_pb::JoinClusterRequest>,

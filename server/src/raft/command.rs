@@ -205,6 +205,13 @@ pub enum MetaCommand {
     /// The merge's end: the left shard's log absorbed the right shard; see
     /// [`crate::shards::ShardMap::finish_merge`].
     FinishMerge { left: u64, right: u64, epoch: u64 },
+    /// Adds a user (the token's digest, never the token); see
+    /// [`crate::shards::ShardMap::add_user`].
+    AddUser { name: String, token_sha256: Option<String>, grants: Vec<crate::auth::Grant> },
+    /// See [`crate::shards::ShardMap::remove_user`].
+    RemoveUser { name: String },
+    /// See [`crate::shards::ShardMap::grant_user`].
+    GrantUser { name: String, grant: crate::auth::Grant, revoke: bool },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -320,6 +327,14 @@ impl std::fmt::Display for Command {
             Command::Meta(MetaCommand::Bootstrap(map)) => write!(f, "bootstrap-map(shards={})", map.shards.len()),
             Command::Meta(MetaCommand::SetLeaderRegion { shard, region }) => {
                 write!(f, "set-leader-region(shard={shard}, region={region:?})")
+            }
+            Command::Meta(MetaCommand::AddUser { name, grants, .. }) => {
+                write!(f, "add-user(name={name:?}, grants={})", grants.len())
+            }
+            Command::Meta(MetaCommand::RemoveUser { name }) => write!(f, "remove-user(name={name:?})"),
+            Command::Meta(MetaCommand::GrantUser { name, grant, revoke }) => {
+                let verb = if *revoke { "revoke" } else { "grant" };
+                write!(f, "{verb}-user(name={name:?}, role={})", grant.role.as_str())
             }
             Command::Meta(MetaCommand::CarveShard { parent, parent_epoch, shard, .. }) => {
                 write!(f, "carve-shard(parent={parent}@{parent_epoch}, mode={:?})", shard.mode)

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Snapshot, SnapshotBlob, TypeConfig, Vote, decode, encode};
+use crate::tls::{PeerConnector, Tls};
 
 type RpcError = RPCError<TypeConfig>;
 
@@ -56,11 +57,19 @@ pub struct PeerTimeouts {
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     timeouts: PeerTimeouts,
+    /// `None`: plaintext. Each new connection takes the current (possibly
+    /// rotated) certificates.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Peers {
-    pub fn new(timeouts: PeerTimeouts) -> Arc<Self> {
-        Arc::new(Self { channels: Mutex::new(HashMap::new()), timeouts })
+    pub fn new(timeouts: PeerTimeouts, tls: Option<Arc<Tls>>) -> Arc<Self> {
+        Arc::new(Self { channels: Mutex::new(HashMap::new()), timeouts, tls })
+    }
+
+    /// The node's TLS material (`None` in plaintext).
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// The channel to `addr`, created (lazily connecting) on first use.
@@ -70,17 +79,24 @@ impl Peers {
             return c.clone();
         }
         let t = self.timeouts;
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .expect("peer address was validated as host:port")
             .connect_timeout(t.connect)
             .http2_keep_alive_interval(t.keepalive_interval)
             .keep_alive_timeout(t.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .local_address(t.local_ip)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = dial_lazy(endpoint, self.tls.as_ref(), t.local_ip);
         channels.insert(addr.to_string(), channel.clone());
         channel
+    }
+}
+
+/// A lazily connecting channel for `endpoint` (an `http://` URI: with
+/// `tls`, the connector itself speaks TLS), from `local_ip` if given.
+pub fn dial_lazy(endpoint: Endpoint, tls: Option<&Arc<Tls>>, local_ip: Option<std::net::IpAddr>) -> Channel {
+    match tls {
+        None => endpoint.tcp_nodelay(true).local_address(local_ip).connect_lazy(),
+        Some(tls) => endpoint.connect_with_connector_lazy(PeerConnector { tls: tls.clone(), local_ip }),
     }
 }
 

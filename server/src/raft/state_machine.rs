@@ -546,7 +546,10 @@ impl ShardStateMachine {
                     | MetaCommand::CancelMerge { .. }
                     | MetaCommand::CommitMerge { .. }
                     | MetaCommand::FreezeMerge { .. }
-                    | MetaCommand::FinishMerge { .. }),
+                    | MetaCommand::FinishMerge { .. }
+                    | MetaCommand::AddUser { .. }
+                    | MetaCommand::RemoveUser { .. }
+                    | MetaCommand::GrantUser { .. }),
                 )) => {
                     let current = self.current_map(&new_map)?;
                     let mut joined = None;
@@ -579,6 +582,13 @@ impl ShardStateMachine {
                                 MetaCommand::FreezeMerge { left } => map.freeze_merge(*left),
                                 MetaCommand::FinishMerge { left, right, epoch } => {
                                     map.finish_merge(*left, *right, *epoch)
+                                }
+                                MetaCommand::AddUser { name, token_sha256, grants } => {
+                                    map.add_user(name, token_sha256.as_deref(), grants)
+                                }
+                                MetaCommand::RemoveUser { name } => map.remove_user(name),
+                                MetaCommand::GrantUser { name, grant, revoke } => {
+                                    map.grant_user(name, grant, *revoke)
                                 }
                                 _ => unreachable!("matched above"),
                             };

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
+    AddUserRequest, AddUserResponse, GrantUserRequest, GrantUserResponse, ListUsersRequest, ListUsersResponse,
+    RemoveUserRequest, RemoveUserResponse, UserGrant, UserInfo,
     Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
     GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
     ListConflictsResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo,
@@ -17,6 +19,7 @@ use openraft::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use super::kv::shard_info;
+use crate::auth::{Grant, Role};
 use crate::node::Node;
 use crate::placement;
 use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand, SplitCommand};
@@ -43,6 +46,25 @@ impl AdminService {
         Ok(map)
     }
 
+    /// Proposes a user command to the meta shard: the map version and
+    /// whether it changed anything.
+    async fn change_users(&self, cmd: MetaCommand) -> Result<(u64, bool), Status> {
+        let before = self.bootstrapped_map()?.version;
+        let record = Command::Meta(cmd);
+        match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
+            CommandResult::Meta { map_version } => Ok((map_version, map_version > before)),
+            CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.contains("exists") => {
+                Err(Status::already_exists(reason))
+            }
+            CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.starts_with("no user") => {
+                Err(Status::not_found(reason))
+            }
+            CommandResult::Rejected(Rejection::WrongKind { reason, .. }) => Err(Status::invalid_argument(reason)),
+            CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused it: {r}"))),
+            other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
+        }
+    }
+
     /// Records `node`'s new state through the meta shard; the map version
     /// that holds it.
     async fn set_node_state(&self, node: u64, state: NodeState) -> Result<u64, Status> {
@@ -53,6 +75,18 @@ impl AdminService {
             other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
         }
     }
+}
+
+fn grant_from_pb(g: Option<UserGrant>) -> Result<Grant, Status> {
+    let g = g.ok_or_else(|| Status::invalid_argument("no grant given"))?;
+    let role = Role::parse(&g.role).map_err(Status::invalid_argument)?;
+    let grant = Grant { role, prefix: g.prefix };
+    crate::auth::check_grant(&grant, crate::auth::MAX_GRANT_PREFIX_BYTES).map_err(Status::invalid_argument)?;
+    Ok(grant)
+}
+
+fn grant_to_pb(g: &Grant) -> UserGrant {
+    UserGrant { role: g.role.as_str().into(), prefix: g.prefix.clone() }
 }
 
 fn role(state: ServerState) -> &'static str {
@@ -67,6 +101,59 @@ fn role(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<AddUserResponse>, Status> {
+        let AddUserRequest { name, grants, certificate_only, token } = req.into_inner();
+        crate::auth::check_user_name(&name).map_err(Status::invalid_argument)?;
+        let grants = grants.into_iter().map(|g| grant_from_pb(Some(g))).collect::<Result<Vec<_>, _>>()?;
+        if !token.is_empty() && (token.len() < 32 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(Status::invalid_argument("a token has 32 to 256 printable ASCII characters"));
+        }
+        let token = match (certificate_only, token.is_empty()) {
+            (true, true) => None,
+            (true, false) => return Err(Status::invalid_argument("certificate_only and a token: choose one")),
+            (false, true) => Some(crate::auth::new_token()),
+            (false, false) => Some(token),
+        };
+        let token_sha256 = token.as_deref().map(crate::auth::token_digest);
+        let (map_version, _) = self.change_users(MetaCommand::AddUser { name: name.clone(), token_sha256, grants }).await?;
+        tracing::info!(user = %name, certificate_only, "user added");
+        Ok(Response::new(AddUserResponse { token: token.unwrap_or_default(), map_version }))
+    }
+
+    async fn remove_user(&self, req: Request<RemoveUserRequest>) -> Result<Response<RemoveUserResponse>, Status> {
+        let RemoveUserRequest { name } = req.into_inner();
+        let map = self.bootstrapped_map()?;
+        if name != crate::auth::ROOT_USER && !map.users.iter().any(|u| u.name == name) {
+            return Err(Status::not_found(format!("no user {name:?}")));
+        }
+        let (map_version, _) = self.change_users(MetaCommand::RemoveUser { name: name.clone() }).await?;
+        tracing::info!(user = %name, "user removed");
+        Ok(Response::new(RemoveUserResponse { map_version }))
+    }
+
+    async fn grant_user(&self, req: Request<GrantUserRequest>) -> Result<Response<GrantUserResponse>, Status> {
+        let GrantUserRequest { name, grant, revoke } = req.into_inner();
+        let grant = grant_from_pb(grant)?;
+        let (map_version, changed) =
+            self.change_users(MetaCommand::GrantUser { name: name.clone(), grant: grant.clone(), revoke }).await?;
+        tracing::info!(user = %name, role = grant.role.as_str(), revoke, changed, "user grant changed");
+        Ok(Response::new(GrantUserResponse { map_version, changed }))
+    }
+
+    async fn list_users(&self, _req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+        let map = self.bootstrapped_map()?;
+        let users = map
+            .users
+            .iter()
+            .map(|u| UserInfo {
+                name: u.name.clone(),
+                grants: u.grants.iter().map(grant_to_pb).collect(),
+                has_token: u.token_sha256.is_some(),
+            })
+            .collect();
+        Ok(Response::new(ListUsersResponse { users, map_version: map.version }))
+    }
+
     async fn get_shard_map(&self, _req: Request<GetShardMapRequest>) -> Result<Response<PbShardMap>, Status> {
         let map = self.node.shard_map();
         Ok(Response::new(PbShardMap {

@@ -22,6 +22,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Role};
 use crate::error::Error;
 use crate::eventual::{EcRecord, EcShard};
 use crate::node::Node;
@@ -447,10 +448,12 @@ fn raft_write_response(routed: &Routed, out: &WriteOutcome) -> WriteResponse {
 impl Kv for KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
         self.observed("get", consistency_name(consistency), async {
             self.check_key(&req.key, "key")?;
+            caller.check_key(Role::Read, &req.key)?;
             let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
                 Target::Raft(routed) => routed,
                 Target::Eventual(replica) => {
@@ -467,9 +470,11 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("put", "-", async {
             self.check_key(&req.key, "key")?;
+            caller.check_key(Role::Write, &req.key)?;
             self.check_value(&req.value)?;
             let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
                 Target::Raft(routed) => routed,
@@ -484,9 +489,11 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("delete", "-", async {
             self.check_key(&req.key, "key")?;
+            caller.check_key(Role::Write, &req.key)?;
             let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
                 Target::Raft(routed) => routed,
                 Target::Eventual(replica) => return self.eventual_write(&replica, req.key, None).await,
@@ -500,9 +507,11 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn compare_and_swap(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("cas", "-", async {
             self.check_key(&req.key, "key")?;
+            caller.check_key(Role::Write, &req.key)?;
             if let Some(v) = &req.new_value {
                 self.check_value(v)?;
             }
@@ -528,6 +537,7 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
         self.observed("scan", consistency_name(consistency), async {
@@ -543,6 +553,7 @@ impl Kv for KvService {
                     String::from_utf8_lossy(&req.end)
                 )));
             }
+            caller.check_range(Role::Read, &req.start, &req.end)?;
             let (default, max) = (self.limits().default_scan_limit, self.limits().max_scan_limit);
             let limit = match req.limit {
                 0 => default,
@@ -598,6 +609,7 @@ impl Kv for KvService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
     async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("batch", "-", async {
             let l = self.limits();
@@ -618,10 +630,12 @@ impl Kv for KvService {
                     Some(pb::batch_op::Op::Put(p)) => {
                         self.check_key(&p.key, &format!("key of op {i}"))?;
                         self.check_value(&p.value)?;
+                        caller.check_key(Role::Write, &p.key)?;
                         Op::Put { key: p.key, value: p.value }
                     }
                     Some(pb::batch_op::Op::Delete(d)) => {
                         self.check_key(&d.key, &format!("key of op {i}"))?;
+                        caller.check_key(Role::Write, &d.key)?;
                         Op::Delete { key: d.key }
                     }
                     None => return Err(Error::invalid(format!("batch op {i} is neither put nor delete"))),
@@ -632,6 +646,7 @@ impl Kv for KvService {
             let mut conditions = Vec::with_capacity(req.conditions.len());
             for (i, c) in req.conditions.into_iter().enumerate() {
                 self.check_key(&c.key, &format!("key of condition {i}"))?;
+                caller.check_key(Role::Read, &c.key)?;
                 bytes += c.key.len();
                 conditions.push(Condition { key: c.key, expect: expectation(c.expected, &format!("condition {i}"))? });
             }

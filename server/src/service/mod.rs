@@ -17,11 +17,12 @@ use geokv_proto::admin::admin_server::AdminServer;
 use geokv_proto::kv::kv_server::KvServer;
 use geokv_proto::raft::raft_server::RaftServer;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 
 use crate::node::Node;
 
 /// All services of `node`, with message size and concurrency bounds.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>) -> Router<Stack<crate::auth::AuthLayer, Identity>> {
     let max = geokv_proto::MAX_GRPC_MESSAGE_BYTES;
     let kv =
         KvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
@@ -41,12 +42,26 @@ pub fn router(node: Arc<Node>) -> Router {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(node.config.limits.max_concurrent_requests)
         .tcp_nodelay(true)
+        .layer(crate::auth::AuthLayer::new(Arc::new(NodeAuth(node.clone()))))
         .add_service(kv)
         .add_service(raft)
         .add_service(admin)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+}
+
+/// What [`crate::auth::AuthLayer`] reads of the node.
+struct NodeAuth(Arc<Node>);
+
+impl crate::auth::AuthSource for NodeAuth {
+    fn auth_enabled(&self) -> bool {
+        self.0.config.tls.auth_enabled()
+    }
+
+    fn current_map(&self) -> Arc<crate::shards::ShardMap> {
+        self.0.shard_map()
+    }
 }
 
 /// How often the health service's status is brought up to date.

@@ -14,11 +14,17 @@
 //! carried out by the shard's own log; replica changes (moves) likewise are
 //! recorded as an intent ([`ReplicaChange`]) that the shard's leader carries
 //! out (learner, catch-up, joint consensus) before the map records the new
-//! replica set (docs/architecture.md). Merges are not built yet.
+//! replica set (docs/architecture.md). Merges are recorded as an intent on
+//! the left shard ([`MergeIntent`]) that the meta shard's leader carries out.
+//! The map also holds the cluster's users and their grants ([`crate::auth`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::auth::{
+    Grant, MAX_GRANT_PREFIX_BYTES, MAX_GRANTS_PER_USER, MAX_USERS, ROOT_USER, UserDesc, check_grant, check_user_name,
+};
 
 /// The id of the meta shard, which replicates the shard map itself.
 pub const META_SHARD_ID: u64 = 0;
@@ -214,6 +220,20 @@ pub struct ShardMap {
     pub version: u64,
     pub nodes: Vec<NodeDesc>,
     pub shards: Vec<ShardDesc>,
+    /// Users and their grants ([`crate::auth`]); never served by
+    /// `GetShardMap` (tokens are kept as digests, but still).
+    pub users: Vec<UserDesc>,
+}
+
+fn add_grant(user: &mut UserDesc, grant: &Grant) -> Result<(), String> {
+    check_grant(grant, MAX_GRANT_PREFIX_BYTES)?;
+    if user.grants.len() >= MAX_GRANTS_PER_USER {
+        return Err(format!("user {:?} holds {MAX_GRANTS_PER_USER} grants, the most one may", user.name));
+    }
+    if !user.grants.contains(grant) {
+        user.grants.push(grant.clone());
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -291,7 +311,7 @@ impl ShardMap {
             .collect();
         let mut nodes = nodes.to_vec();
         nodes.sort_by_key(|n| n.id);
-        let map = ShardMap { version: 0, nodes, shards };
+        let map = ShardMap { version: 0, nodes, shards, users: Vec::new() };
         map.validate()?;
         Ok(map)
     }
@@ -632,6 +652,55 @@ impl ShardMap {
             state: NodeState::Joining,
         });
         Ok((id, true))
+    }
+
+    /// Adds user `name` with a token digest (`None`: certificate only) and
+    /// `grants`. `Ok(false)`: a retry (the user exists with this digest).
+    /// Refused: a bad or reserved name, bad grants, a name taken, more than
+    /// [`MAX_USERS`].
+    pub fn add_user(&mut self, name: &str, token_sha256: Option<&str>, grants: &[Grant]) -> Result<bool, String> {
+        check_user_name(name)?;
+        if let Some(u) = self.users.iter().find(|u| u.name == name) {
+            if u.token_sha256.as_deref() == token_sha256 && u.grants == grants {
+                return Ok(false);
+            }
+            return Err(format!("user {name:?} exists (remove it first, or grant it more)"));
+        }
+        if self.users.len() >= MAX_USERS {
+            return Err(format!("the cluster holds {MAX_USERS} users, the most it may"));
+        }
+        let mut user = UserDesc { name: name.into(), token_sha256: token_sha256.map(str::to_string), grants: Vec::new() };
+        for g in grants {
+            add_grant(&mut user, g)?;
+        }
+        self.users.push(user);
+        Ok(true)
+    }
+
+    /// Removes user `name`. `Ok(false)`: there is none (a retry).
+    pub fn remove_user(&mut self, name: &str) -> Result<bool, String> {
+        if name == ROOT_USER {
+            return Err("root is built in: it cannot be removed (rotate the CA to revoke its certificate)".into());
+        }
+        let before = self.users.len();
+        self.users.retain(|u| u.name != name);
+        Ok(self.users.len() < before)
+    }
+
+    /// Gives user `name` `grant`, or takes it back (`revoke`). `Ok(false)`:
+    /// nothing changed (a retry).
+    pub fn grant_user(&mut self, name: &str, grant: &Grant, revoke: bool) -> Result<bool, String> {
+        let user = self.users.iter_mut().find(|u| u.name == name).ok_or_else(|| format!("no user {name:?}"))?;
+        if revoke {
+            let before = user.grants.len();
+            user.grants.retain(|g| g != grant);
+            return Ok(user.grants.len() < before);
+        }
+        if user.grants.contains(grant) {
+            return Ok(false);
+        }
+        add_grant(user, grant)?;
+        Ok(true)
     }
 
     /// Moves `node` to `state`, or says why not. `Ok(false)`: it is there
