@@ -101,6 +101,9 @@ impl Member {
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Geokv,
+    /// geokv with TLS and authentication (clients present root's
+    /// certificate): what TLS costs, next to plaintext geokv in one run.
+    GeokvTls,
     Etcd,
 }
 
@@ -108,15 +111,21 @@ impl System {
     pub fn as_str(self) -> &'static str {
         match self {
             System::Geokv => "geokv",
+            System::GeokvTls => "geokv-tls",
             System::Etcd => "etcd",
         }
+    }
+
+    /// geokv, with or without TLS.
+    pub fn is_geokv(self) -> bool {
+        matches!(self, System::Geokv | System::GeokvTls)
     }
 }
 
 impl LocalCluster {
     /// Starts `members` (not yet running) with data under `dir`.
     pub fn from_members(system: System, members: Vec<Member>, dir: tempfile::TempDir) -> Result<LocalCluster> {
-        let mut cluster = LocalCluster { system, members, _dir: dir };
+        let mut cluster = LocalCluster { system, members, _dir: dir, client_tls: None };
         for m in &mut cluster.members {
             m.start()?;
         }
@@ -130,12 +139,21 @@ pub struct LocalCluster {
     pub members: Vec<Member>,
     /// Keeps the data directories until the cluster is dropped.
     _dir: tempfile::TempDir,
+    /// geokv with TLS: the CA and root's client certificate.
+    pub client_tls: Option<geokv_client::ClientTls>,
 }
 
 impl LocalCluster {
     /// Starts three `geokv` nodes from `bin` and waits for every shard to
     /// have a leader.
     pub async fn start_geokv(program: &NodeProgram, nodes: usize) -> Result<LocalCluster> {
+        LocalCluster::start_geokv_with(program, nodes, false).await
+    }
+
+    /// [`LocalCluster::start_geokv`], with TLS and authentication when
+    /// `tls` (a fresh CA, a node certificate for 127.0.0.1, root's client
+    /// certificate; system [`System::GeokvTls`]).
+    pub async fn start_geokv_with(program: &NodeProgram, nodes: usize, tls: bool) -> Result<LocalCluster> {
         let prefix: Vec<String> = match program {
             NodeProgram::Lab(path) => vec![path.display().to_string(), "node".into()],
             NodeProgram::Geokv(path) => vec![path.display().to_string()],
@@ -144,6 +162,23 @@ impl LocalCluster {
             bail!("no geokv node binary at {}", prefix[0]);
         }
         let dir = tempfile::Builder::new().prefix("geokv-bench-geokv-").tempdir()?;
+        let certs = dir.path().join("certs");
+        let (security, client_tls) = if tls {
+            use geokv_server::certs::{Validity, create_ca, create_client, create_node};
+            let validity = Validity::days(1);
+            create_ca(&certs, validity)?;
+            create_node(&certs, "node", &["127.0.0.1".into()], validity)?;
+            let root = create_client(&certs, "root", validity)?;
+            let flags = vec![
+                format!("--tls-ca={}", certs.join("ca.pem").display()),
+                format!("--tls-cert={}", certs.join("node.pem").display()),
+                format!("--tls-key={}", certs.join("node-key.pem").display()),
+            ];
+            let client = geokv_client::ClientTls::from_files(&certs.join("ca.pem"), Some((&root.cert, &root.key)))?;
+            (flags, Some(client))
+        } else {
+            (vec!["--plaintext".to_string()], None)
+        };
         let addrs: Vec<SocketAddr> =
             (0..nodes).map(|_| Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))).collect::<Result<_>>()?;
         let initial =
@@ -162,12 +197,13 @@ impl LocalCluster {
                 format!("--election-timeout-max-ms={ELECTION_MAX_MS}"),
                 // The eventual targets' range (the Raft targets' shard is untouched).
                 format!("--eventual-ranges={}", crate::load::EVENTUAL_RANGE),
-                "--plaintext".into(),
             ]);
+            command.extend(security.iter().cloned());
             let log = dir.path().join(format!("node-{id}.log"));
             members.push(Member { id, client_addr: *addr, command, log, process: None });
         }
-        let mut cluster = LocalCluster { system: System::Geokv, members, _dir: dir };
+        let system = if tls { System::GeokvTls } else { System::Geokv };
+        let mut cluster = LocalCluster { system, members, _dir: dir, client_tls };
         for m in &mut cluster.members {
             m.start()?;
         }
@@ -212,7 +248,7 @@ impl LocalCluster {
                 process: None,
             });
         }
-        let mut cluster = LocalCluster { system: System::Etcd, members: list, _dir: dir };
+        let mut cluster = LocalCluster { system: System::Etcd, members: list, _dir: dir, client_tls: None };
         for m in &mut cluster.members {
             m.start()?;
         }
@@ -274,13 +310,16 @@ impl LocalCluster {
     /// agrees on one and (geokv) every Raft shard has a leader.
     pub async fn leader(&self) -> Result<Option<u64>> {
         match self.system {
-            System::Geokv => self.geokv_leader().await,
+            System::Geokv | System::GeokvTls => self.geokv_leader().await,
             System::Etcd => self.etcd_leader().await,
         }
     }
 
     async fn geokv_leader(&self) -> Result<Option<u64>> {
-        let config = ClientConfig::new(self.endpoints()).max_attempts(1).rpc_timeout(STATUS_RPC_TIMEOUT);
+        let config = ClientConfig::new(self.endpoints())
+            .max_attempts(1)
+            .rpc_timeout(STATUS_RPC_TIMEOUT)
+            .tls(self.client_tls.clone());
         let client: Client = tokio::time::timeout(STATUS_RPC_TIMEOUT * 2, config.connect()).await??;
         let map = client.shard_map().await?;
         let shard = map

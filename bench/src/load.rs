@@ -144,7 +144,7 @@ fn level_name(system: System, level: ReadLevel) -> String {
     match (system, level) {
         (_, ReadLevel::Linearizable) => "linearizable".into(),
         (_, ReadLevel::Lease) => "lease".into(),
-        (System::Geokv, ReadLevel::Local) => "stale".into(),
+        (System::Geokv | System::GeokvTls, ReadLevel::Local) => "stale".into(),
         (System::Etcd, ReadLevel::Local) => "serializable".into(),
         (_, ReadLevel::Follower) => "follower".into(),
         (_, ReadLevel::Bounded { max_staleness_ms }) => format!("bounded:{max_staleness_ms}ms"),
@@ -196,12 +196,12 @@ pub struct Workload {
 
 /// Every workload the `local` scenario runs, in order.
 pub const WORKLOADS: &[Workload] = &[
-    Workload { name: "put", op: Op::Put, systems: &[System::Geokv, System::Etcd] },
+    Workload { name: "put", op: Op::Put, systems: &[System::Geokv, System::GeokvTls, System::Etcd] },
     Workload { name: "put eventual", op: Op::PutEventual, systems: &[System::Geokv] },
     Workload {
         name: "get linearizable",
         op: Op::Get(ReadLevel::Linearizable),
-        systems: &[System::Geokv, System::Etcd],
+        systems: &[System::Geokv, System::GeokvTls, System::Etcd],
     },
     Workload {
         name: "get local (geokv stale / etcd serializable)",
@@ -274,8 +274,9 @@ impl Conn {
         endpoints: &[String],
         source_ip: Option<std::net::IpAddr>,
         count: usize,
+        tls: Option<geokv_client::ClientTls>,
     ) -> Result<Vec<Conn>> {
-        Conn::open_with_timeout(system, endpoints, source_ip, None, count, RPC_TIMEOUT).await
+        Conn::open_with_timeout(system, endpoints, source_ip, None, count, RPC_TIMEOUT, tls).await
     }
 
     /// [`Conn::open`] for clients in `region`: geokv's client then serves
@@ -287,7 +288,7 @@ impl Conn {
         region: &str,
         count: usize,
     ) -> Result<Vec<Conn>> {
-        Conn::open_with_timeout(system, endpoints, source_ip, Some(region.to_string()), count, RPC_TIMEOUT).await
+        Conn::open_with_timeout(system, endpoints, source_ip, Some(region.to_string()), count, RPC_TIMEOUT, None).await
     }
 
     /// [`Conn::open`] with the client's region (geokv) and a per-RPC timeout.
@@ -298,12 +299,14 @@ impl Conn {
         region: Option<String>,
         count: usize,
         rpc_timeout: Duration,
+        tls: Option<geokv_client::ClientTls>,
     ) -> Result<Vec<Conn>> {
         let mut conns = Vec::new();
         for _ in 0..count.max(1) {
             conns.push(match system {
-                System::Geokv => Conn::Geokv(
+                System::Geokv | System::GeokvTls => Conn::Geokv(
                     ClientConfig::new(endpoints.to_vec())
+                        .tls(tls.clone())
                         .local_address(source_ip)
                         .region(region.clone())
                         .rpc_timeout(rpc_timeout)

@@ -44,7 +44,9 @@ struct Args {
     /// Seconds-long run that only checks the tool works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Systems to run (comma-separated).
+    /// Systems to run (comma-separated): geokv, etcd, and geokv-tls (geokv
+    /// with TLS and authentication, clients presenting root's certificate;
+    /// `local` scenario only), e.g. geokv,geokv-tls for what TLS costs.
     #[arg(long, value_delimiter = ',', default_value = "geokv,etcd")]
     systems: Vec<String>,
     /// Rounds (each runs every target once, alternating which system goes first).
@@ -98,11 +100,15 @@ fn settings(args: &Args) -> Result<Settings> {
     for s in &args.systems {
         systems.push(match s.as_str() {
             "geokv" => System::Geokv,
+            "geokv-tls" => System::GeokvTls,
             "etcd" => System::Etcd,
-            other => bail!("unknown system {other:?} (geokv, etcd)"),
+            other => bail!("unknown system {other:?} (geokv, geokv-tls, etcd)"),
         });
     }
     let wan = matches!(args.scenario, Scenario::ThreeRegion | Scenario::FiveRegion);
+    if systems.contains(&System::GeokvTls) && args.scenario != Scenario::Local {
+        bail!("geokv-tls runs in the local scenario only (the lab and the failover runs are plaintext)");
+    }
     // (rounds, clients, warmup ms, measure ms, keys, wan clients, kills)
     let (rounds, clients, warmup, measure, keys, wan_clients, kills) = if args.smoke {
         // A 1 s window: one put on a loaded debug build can take 300 ms.

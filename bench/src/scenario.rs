@@ -155,6 +155,7 @@ pub async fn local(settings: &Settings) -> Result<(serde_json::Value, String, Ve
         eprintln!("starting a 3-member {} cluster ...", system.as_str());
         clusters.push(match system {
             System::Geokv => LocalCluster::start_geokv(&settings.geokv, 3).await?,
+            System::GeokvTls => LocalCluster::start_geokv_with(&settings.geokv, 3, true).await?,
             System::Etcd => LocalCluster::start_etcd(&settings.etcd_bin, 3).await?,
         });
     }
@@ -168,10 +169,12 @@ pub async fn local(settings: &Settings) -> Result<(serde_json::Value, String, Ve
         // followers would forward, adding a hop).
         let mut endpoints = cluster.endpoints();
         endpoints.rotate_left(leader as usize - 1);
-        let conns = Conn::open(cluster.system, &endpoints, None, load::connections_for(max_clients)).await?;
+        let conns =
+            Conn::open(cluster.system, &endpoints, None, load::connections_for(max_clients), cluster.client_tls.clone())
+                .await?;
         eprintln!("preloading {} keys into {} ...", settings.keys, cluster.system.as_str());
         load::preload(&conns, settings.keys, &value, 32).await.context("preload")?;
-        if cluster.system == System::Geokv && WORKLOADS.iter().any(|w| w.op.is_eventual()) {
+        if cluster.system.is_geokv() && WORKLOADS.iter().any(|w| w.op.is_eventual()) {
             load::preload_with(&conns, Op::PutEventual, settings.keys, &value, 32).await.context("eventual preload")?;
         }
         pools.push(conns);
@@ -252,7 +255,7 @@ fn floor_ms(
     match (system, op) {
         // Eventual: acknowledged / served by the client's region's replica
         // (`replicas` are then the eventual shard's), nothing crosses the WAN.
-        (System::Geokv, Op::PutEventual | Op::Get(ReadLevel::Eventual)) => {
+        (System::Geokv | System::GeokvTls, Op::PutEventual | Op::Get(ReadLevel::Eventual)) => {
             let nearest = replicas.iter().map(|&j| matrix.rtt_ms(client, j)).min().unwrap_or(to_leader);
             ("local replica (eventual: no WAN)", nearest)
         }
@@ -260,12 +263,12 @@ fn floor_ms(
         (_, Op::Put | Op::Get(ReadLevel::Linearizable)) => ("RTT to leader + leader's quorum RTT", to_leader + quorum),
         (_, Op::Get(ReadLevel::Lease)) => ("RTT to leader", to_leader),
         // The client (region set) reads its own region's replica first.
-        (System::Geokv, Op::Get(ReadLevel::Local | ReadLevel::Bounded { .. })) => {
+        (System::Geokv | System::GeokvTls, Op::Get(ReadLevel::Local | ReadLevel::Bounded { .. })) => {
             let nearest = replicas.iter().map(|&j| matrix.rtt_ms(client, j)).min().unwrap_or(to_leader);
             ("nearest replica", nearest)
         }
         // The leader's read index, then the nearest replica (local if any).
-        (System::Geokv, Op::Get(ReadLevel::Follower)) => {
+        (System::Geokv | System::GeokvTls, Op::Get(ReadLevel::Follower)) => {
             let via = |j: usize| matrix.rtt_ms(client, j) + matrix.rtt_ms(j, leader);
             let nearest = replicas.iter().min_by_key(|&&j| matrix.rtt_ms(client, j)).map_or(to_leader, |&j| via(j));
             ("nearest replica + its RTT to leader", nearest)
@@ -424,7 +427,7 @@ pub async fn wan(
             let mut mine = endpoints.clone();
             mine.rotate_left(r);
             let conns =
-                Conn::open(System::Etcd, &mine, Some(wan.client_ip(r)), load::connections_for(settings.wan_clients))
+                Conn::open(System::Etcd, &mine, Some(wan.client_ip(r)), load::connections_for(settings.wan_clients), None)
                     .await?;
             pools.push((System::Etcd, r, conns));
         }
@@ -498,7 +501,7 @@ pub async fn wan(
                 for (system, _, conns) in order {
                     let target = Target { system: *system, op };
                     let (mine, idle) = match system {
-                        System::Geokv => (&geokv_pids, &etcd_pids),
+                        System::Geokv | System::GeokvTls => (&geokv_pids, &etcd_pids),
                         System::Etcd => (&etcd_pids, &geokv_pids),
                     };
                     let (cell, histogram) = measure_cell(
@@ -563,8 +566,8 @@ pub async fn wan(
         let op =
             all_ops.iter().copied().find(|op| Target { system: s.system, op: *op }.name() == s.target).expect("op");
         let replicas = match s.system {
-            System::Geokv if op.is_eventual() => &eventual_replicas,
-            System::Geokv => &geokv_replicas,
+            System::Geokv | System::GeokvTls if op.is_eventual() => &eventual_replicas,
+            System::Geokv | System::GeokvTls => &geokv_replicas,
             System::Etcd => &all_regions,
         };
         let (what, floor) = floor_ms(&matrix, s.system, replicas, r, leader_index, op);
@@ -634,6 +637,7 @@ async fn failover_once(cluster: &mut LocalCluster, settings: &Settings, value: &
         None,
         load::connections_for(writers),
         load::FAILOVER_RPC_TIMEOUT,
+        cluster.client_tls.clone(),
     )
     .await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -709,7 +713,7 @@ pub async fn failover(settings: &Settings) -> Result<(serde_json::Value, String,
     for system in &settings.systems {
         eprintln!("starting a 3-member {} cluster ...", system.as_str());
         clusters.push(match system {
-            System::Geokv => LocalCluster::start_geokv(&settings.geokv, 3).await?,
+            System::Geokv | System::GeokvTls => LocalCluster::start_geokv(&settings.geokv, 3).await?,
             System::Etcd => LocalCluster::start_etcd(&settings.etcd_bin, 3).await?,
         });
     }

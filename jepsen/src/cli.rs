@@ -211,6 +211,10 @@ struct RunArgs {
     /// not ask for, racing its faults.
     #[arg(long)]
     rebalance: bool,
+    /// Run the nodes with TLS and authentication (certificates made by the
+    /// lab; the clients connect with root's certificate).
+    #[arg(long)]
+    tls: bool,
     /// The nodes' --node-dead-after-ms (default: theirs, 300000). Below a
     /// kill window (with --nemesis kill and more nodes than replicas, e.g.
     /// --nodes 6), the killed node is marked down and its replicas are
@@ -377,6 +381,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.client_retries = args.client_retries;
     config.max_clock_offset_ms = args.max_clock_offset_ms;
     config.rebalance = args.rebalance;
+    config.tls = args.tls;
     config.node_dead_after_ms = args.node_dead_after_ms;
     config.split_load_entries_per_s = args.split_load_entries_per_s;
     config.liveness_timeout = Duration::from_secs(args.liveness_timeout_s);

@@ -153,12 +153,12 @@ struct Cli {
 
     /// PEM file of a client certificate (with --key): authenticate as the
     /// user it names (common name; `geokv certs client --user NAME`).
-    #[arg(long, global = true, env = "GEOKV_CERT", requires = "key")]
+    #[arg(long, global = true, env = "GEOKV_CERT", requires = "key_file")]
     cert: Option<std::path::PathBuf>,
 
     /// PEM file of the client certificate's private key.
-    #[arg(long, global = true, env = "GEOKV_KEY", requires = "cert")]
-    key: Option<std::path::PathBuf>,
+    #[arg(long = "key", global = true, env = "GEOKV_KEY", requires = "cert", value_name = "KEY_FILE")]
+    key_file: Option<std::path::PathBuf>,
 
     /// Bearer token to authenticate with (`kvctl user add` prints one).
     /// Prefer the environment variable: a flag shows in `ps`.
@@ -1278,7 +1278,7 @@ async fn connect(cli: &Cli) -> Result<Client, String> {
     let deadline = cli.deadline();
     let tls = match &cli.cacert {
         Some(ca) => Some(
-            geokv_client::ClientTls::from_files(ca, cli.cert.as_deref().zip(cli.key.as_deref()))
+            geokv_client::ClientTls::from_files(ca, cli.cert.as_deref().zip(cli.key_file.as_deref()))
                 .map_err(|e| e.to_string())?,
         ),
         None if cli.cert.is_some() => return Err("--cert needs --cacert (the CA the nodes' certificates chain to)".into()),

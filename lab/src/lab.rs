@@ -117,6 +117,11 @@ pub struct LabConfig {
     /// Off by default for programs (the harness, the bench and tests place
     /// leaders themselves and need them to stay); `geokv-lab up` turns it on.
     pub rebalance: bool,
+    /// Run the nodes with TLS and authentication: the lab makes a CA, one
+    /// node certificate for every lab address and root's client certificate
+    /// under `DATA_DIR/certs` (kept across restarts), and its own clients
+    /// connect as root. Off: `--plaintext`, which the nodes log.
+    pub tls: bool,
 }
 
 impl LabConfig {
@@ -138,6 +143,7 @@ impl LabConfig {
             node_log_filter: None,
             metrics: false,
             rebalance: false,
+            tls: false,
         }
     }
 
@@ -332,6 +338,38 @@ pub struct Lab {
     proxies: Mutex<BTreeMap<u64, JoinHandle<()>>>,
     initial_cluster: String,
     control_addr: Mutex<Option<SocketAddr>>,
+    /// With [`LabConfig::tls`]: the CA and root's certificate.
+    client_tls: Option<geokv_client::ClientTls>,
+}
+
+/// Where a TLS lab keeps its certificates.
+pub fn certs_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
+/// Makes (once) the CA, a node certificate naming every address a lab node
+/// can have (front proxy and real listener of nodes 1..=MAX_NODES, and
+/// 127.0.0.1) and root's client certificate; returns root's TLS settings.
+fn lab_certs(data_dir: &std::path::Path) -> Result<geokv_client::ClientTls> {
+    use geokv_server::certs::{Validity, ca_files, create_ca, create_client, create_node};
+    let dir = certs_dir(data_dir);
+    let failed = |e: anyhow::Error| Error::Config(format!("lab certificates in {}: {e:#}", dir.display()));
+    let validity = Validity::days(365);
+    if !ca_files(&dir).cert.exists() {
+        create_ca(&dir, validity).map_err(failed)?;
+        let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        for id in 1..=MAX_NODES as u64 {
+            hosts.push(advertised_ip(id).to_string());
+            hosts.push(node_ip(id).to_string());
+        }
+        create_node(&dir, "node", &hosts, validity).map_err(failed)?;
+        create_client(&dir, "root", validity).map_err(failed)?;
+    }
+    geokv_client::ClientTls::from_files(
+        &dir.join("ca.pem"),
+        Some((&dir.join("client.root.pem"), &dir.join("client.root-key.pem"))),
+    )
+    .map_err(|e| Error::Config(e.to_string()))
 }
 
 impl Lab {
@@ -386,7 +424,8 @@ impl Lab {
         check_data_dir(&config.data_dir, &initial_cluster, &nodes)?;
         let proxies = Mutex::new(proxies);
         let nodes = RwLock::new(nodes.into_iter().map(Arc::new).collect());
-        let lab = Lab { config, nodes, links, proxies, initial_cluster, control_addr: Mutex::new(None) };
+        let client_tls = if config.tls { Some(lab_certs(&config.data_dir)?) } else { None };
+        let lab = Lab { config, nodes, links, proxies, initial_cluster, control_addr: Mutex::new(None), client_tls };
         for node in lab.nodes() {
             lab.spawn(&node)?;
         }
@@ -436,7 +475,15 @@ impl Lab {
             }
         }
         command.arg(format!("--rebalance={}", self.config.rebalance));
-        command.arg("--plaintext");
+        if self.config.tls {
+            let dir = certs_dir(&self.config.data_dir);
+            command
+                .arg(format!("--tls-ca={}", dir.join("ca.pem").display()))
+                .arg(format!("--tls-cert={}", dir.join("node.pem").display()))
+                .arg(format!("--tls-key={}", dir.join("node-key.pem").display()));
+        } else {
+            command.arg("--plaintext");
+        }
         command.args(&self.config.node_args);
         let filter = self
             .config
@@ -535,7 +582,39 @@ impl Lab {
     pub fn client_config_for_region(&self, region: &str) -> Result<ClientConfig> {
         Ok(ClientConfig::new([self.endpoint_for_region(region)?])
             .local_address(Some(self.client_ip_for_region(region)?))
-            .region(Some(region.to_string())))
+            .region(Some(region.to_string()))
+            .tls(self.client_tls()))
+    }
+
+    /// With TLS: the CA and root's client certificate, for clients of this
+    /// lab.
+    pub fn client_tls(&self) -> Option<geokv_client::ClientTls> {
+        self.client_tls.clone()
+    }
+
+    /// A channel to `addr` (a node's own listener), over TLS as root when
+    /// the lab runs TLS; connects at once.
+    pub async fn channel(&self, addr: SocketAddr, connect_timeout: Duration) -> std::result::Result<tonic::transport::Channel, String> {
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(connect_timeout);
+        if let Some(tls) = self.tonic_tls() {
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        }
+        endpoint.connect().await.map_err(|e| format!("connect: {e}"))
+    }
+
+    /// With TLS: tonic's settings for a raw channel to a node as root (dial
+    /// it as `https://`).
+    pub fn tonic_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        let tls = self.client_tls.as_ref()?;
+        let (cert, key) = tls.identity.clone().expect("the lab's clients are root");
+        Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_certificate_pem))
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )
     }
 
     /// A connected client in `region`.
@@ -785,12 +864,7 @@ impl Lab {
         let node = self.node(id)?;
         let fail = |cause: String| Error::Node { node: id, cause };
         let call = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.listen))
-                .map_err(|e| fail(e.to_string()))?
-                .connect_timeout(ADMIN_RPC_TIMEOUT)
-                .connect()
-                .await
-                .map_err(|e| fail(format!("connect: {e}")))?;
+            let channel = self.channel(node.listen, ADMIN_RPC_TIMEOUT).await.map_err(fail)?;
             AdminClient::new(channel)
                 .node_status(NodeStatusRequest {})
                 .await
@@ -959,7 +1033,7 @@ impl Lab {
             }
             let node = self.node(leader)?;
             let ask = async {
-                let mut admin = AdminClient::connect(format!("http://{}", node.listen)).await.ok()?;
+                let mut admin = AdminClient::new(self.channel(node.listen, ADMIN_RPC_TIMEOUT).await.ok()?);
                 admin.transfer_leader(TransferLeaderRequest { shard_id: shard, to_node: to }).await.ok()
             };
             let _ = tokio::time::timeout(ADMIN_RPC_TIMEOUT, ask).await;
@@ -981,7 +1055,7 @@ impl Lab {
     /// the lab's own admin requests.
     async fn admin_client(&self) -> Result<Client> {
         let endpoints: Vec<String> = self.nodes().iter().map(|n| n.listen.to_string()).collect();
-        let mut config = ClientConfig::new(endpoints);
+        let mut config = ClientConfig::new(endpoints).tls(self.client_tls());
         config.deadline = MEMBER_CHANGE_TIMEOUT;
         Ok(config.connect().await?)
     }

@@ -174,6 +174,11 @@ struct UpArgs {
     /// elections and `transfer-leader` put them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     rebalance: bool,
+    /// Run the nodes with TLS and authentication: a CA, a node certificate
+    /// and root's client certificate under DATA_DIR/certs (the banner says
+    /// how to use them). Without it the nodes run plaintext and log so.
+    #[arg(long)]
+    tls: bool,
     /// Every node's --node-dead-after-ms: how long a node may answer nothing
     /// before it is marked down and its replicas re-created elsewhere
     /// (default: the node's, 300000).
@@ -401,6 +406,7 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
     }
     config.metrics = args.metrics;
     config.rebalance = args.rebalance;
+    config.tls = args.tls;
     if let Some(ms) = args.node_dead_after_ms {
         config.node_args.push(format!("--node-dead-after-ms={ms}"));
     }
@@ -472,6 +478,17 @@ fn print_banner(lab: &Lab, control_addr: SocketAddr) {
             node.pid().map_or("-".into(), |p| p.to_string()),
             node.log_path.display()
         );
+    }
+    match lab.client_tls() {
+        Some(_) => {
+            let certs = geokv_lab::lab::certs_dir(&config.data_dir);
+            println!(
+                "\nTLS with authentication; a client is root with:\n  export GEOKV_CACERT={c}/ca.pem \
+                 GEOKV_CERT={c}/client.root.pem GEOKV_KEY={c}/client.root-key.pem",
+                c = certs.display()
+            );
+        }
+        None => println!("\nPLAINTEXT: no encryption or authentication (--tls turns both on)"),
     }
     println!("\nA client in each region (the source IP tells the lab which region a client is in):");
     for view in lab.region_views() {

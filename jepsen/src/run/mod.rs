@@ -142,6 +142,8 @@ pub struct RunConfig {
     /// The cluster rebalances replicas and leaders (`geokv --rebalance`)
     /// while the run goes on; off, they stay where the nemesis puts them.
     pub rebalance: bool,
+    /// The nodes run TLS with authentication; the clients connect as root.
+    pub tls: bool,
     /// The nodes' `--node-dead-after-ms`, when not their default (5 min):
     /// shorter than a kill window, a killed node is marked down and its
     /// replicas re-created elsewhere during the window (with enough nodes).
@@ -179,6 +181,7 @@ impl RunConfig {
             client_retries: false,
             max_clock_offset_ms: None,
             rebalance: false,
+            tls: false,
             node_dead_after_ms: None,
             split_load_entries_per_s: None,
         }
@@ -293,6 +296,9 @@ pub struct RunParameters {
     pub max_clock_offset_ms: Option<u64>,
     /// The cluster rebalanced replicas and leaders during the run.
     pub rebalance: bool,
+    /// The nodes ran TLS with authentication.
+    #[serde(default)]
+    pub tls: bool,
     /// The nodes' node_dead_after_ms when not their default.
     pub node_dead_after_ms: Option<u64>,
     /// The nodes' split_load_entries_per_s when set.
@@ -439,6 +445,7 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
         lab_config.node_args.push(format!("--max-clock-offset-ms={ms}"));
     }
     lab_config.rebalance = config.rebalance;
+    lab_config.tls = config.tls;
     if let Some(ms) = config.node_dead_after_ms {
         lab_config.node_args.push(format!("--node-dead-after-ms={ms}"));
     }
@@ -518,7 +525,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         let client = client_config.clone().connect().await?;
         let home_addr = lab.endpoint_for_region(&region)?;
         let source = lab.client_ip_for_region(&region)?;
-        let home = workload::home_channel(&home_addr, source, config.op_timeout).map_err(RunError::Config)?;
+        let home = workload::home_channel(&home_addr, source, config.op_timeout, lab.tonic_tls()).map_err(RunError::Config)?;
         clients.push((ProcessClient { client, home, region }, client_config));
     }
 
@@ -615,7 +622,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
 /// retried until it is accepted (the node may still be opening its shards).
 async fn eventual_warmup(lab: &Lab, region: &str, key: &str) -> Result<(), RunError> {
     let source = lab.client_ip_for_region(region)?;
-    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, SETUP_RPC_TIMEOUT)
+    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, SETUP_RPC_TIMEOUT, lab.tonic_tls())
         .map_err(RunError::Config)?;
     let started = Instant::now();
     loop {
@@ -651,10 +658,15 @@ async fn convergence_check(lab: &Lab, range: (&str, &str), healed_at: Instant, b
         .nodes()
         .iter()
         .map(|n| {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", n.listen))
+            let scheme = if lab.tonic_tls().is_some() { "https" } else { "http" };
+            let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", n.listen))
+                .map_err(|e| e.to_string())
+                .and_then(|e| match lab.tonic_tls() {
+                    Some(tls) => e.tls_config(tls).map_err(|e| e.to_string()),
+                    None => Ok(e),
+                })
                 .map(|e| e.connect_timeout(SETUP_RPC_TIMEOUT).tcp_nodelay(true).connect_lazy())
-                .map(geokv_proto::kv::kv_client::KvClient::new)
-                .map_err(|e| e.to_string());
+                .map(geokv_proto::kv::kv_client::KvClient::new);
             (n.id, channel)
         })
         .collect();
@@ -838,7 +850,7 @@ async fn liveness_phase(
         _ => None,
     };
     let source = lab.client_ip_for_region(region)?;
-    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound).map_err(RunError::Config)?;
+    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound, lab.tonic_tls()).map_err(RunError::Config)?;
     let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound, eventual: config.eventual };
     let events = recorder.events();
     let mut keys: Vec<(String, Op, Op)> = Vec::new();
@@ -1106,6 +1118,7 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             client_retries: config.client_retries,
             max_clock_offset_ms: config.max_clock_offset_ms,
             rebalance: config.rebalance,
+            tls: config.tls,
             node_dead_after_ms: config.node_dead_after_ms,
             split_load_entries_per_s: config.split_load_entries_per_s,
             liveness_timeout_ms: config.liveness_timeout.as_millis() as u64,

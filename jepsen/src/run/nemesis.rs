@@ -599,7 +599,7 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
 /// fetched fresh.
 async fn admin_view(lab: &Lab) -> Result<(geokv_client::Client, geokv_client::ShardMap), String> {
     let endpoints: Vec<String> = lab.nodes().iter().map(|n| n.listen.to_string()).collect();
-    let mut config = geokv_client::ClientConfig::new(endpoints);
+    let mut config = geokv_client::ClientConfig::new(endpoints).tls(lab.client_tls());
     config.deadline = APPLY_TIMEOUT;
     let client = config.connect().await.map_err(|e| e.to_string())?;
     let map = client.refresh_shard_map().await.map_err(|e| e.to_string())?;

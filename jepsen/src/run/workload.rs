@@ -255,13 +255,22 @@ pub struct ProcessClient {
     pub region: String,
 }
 
-/// A channel to `addr` from `source`, connected lazily.
-pub fn home_channel(addr: &str, source: IpAddr, timeout: Duration) -> Result<KvClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// A channel to `addr` from `source`, connected lazily (TLS with `tls`).
+pub fn home_channel(
+    addr: &str,
+    source: IpAddr,
+    timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<KvClient<Channel>, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(timeout)
         .local_address(Some(source))
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS to {addr}: {e}"))?;
+    }
     Ok(KvClient::new(endpoint.connect_lazy()))
 }
 
