@@ -169,9 +169,14 @@ pub async fn local(settings: &Settings) -> Result<(serde_json::Value, String, Ve
         // followers would forward, adding a hop).
         let mut endpoints = cluster.endpoints();
         endpoints.rotate_left(leader as usize - 1);
-        let conns =
-            Conn::open(cluster.system, &endpoints, None, load::connections_for(max_clients), cluster.client_tls.clone())
-                .await?;
+        let conns = Conn::open(
+            cluster.system,
+            &endpoints,
+            None,
+            load::connections_for(max_clients),
+            cluster.client_tls.clone(),
+        )
+        .await?;
         eprintln!("preloading {} keys into {} ...", settings.keys, cluster.system.as_str());
         load::preload(&conns, settings.keys, &value, 32).await.context("preload")?;
         if cluster.system.is_geokv() && WORKLOADS.iter().any(|w| w.op.is_eventual()) {
@@ -426,9 +431,14 @@ pub async fn wan(
             // Prefer the region's own member, as a geo-aware client would.
             let mut mine = endpoints.clone();
             mine.rotate_left(r);
-            let conns =
-                Conn::open(System::Etcd, &mine, Some(wan.client_ip(r)), load::connections_for(settings.wan_clients), None)
-                    .await?;
+            let conns = Conn::open(
+                System::Etcd,
+                &mine,
+                Some(wan.client_ip(r)),
+                load::connections_for(settings.wan_clients),
+                None,
+            )
+            .await?;
             pools.push((System::Etcd, r, conns));
         }
         etcd = Some(wan);

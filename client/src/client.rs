@@ -711,7 +711,10 @@ impl Client {
     pub(crate) fn channel(&self, addr: &str) -> Result<Transport, Failure> {
         let config = &self.inner.config;
         let credentials = Credentials(
-            config.token.as_ref().and_then(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).ok()),
+            config
+                .token
+                .as_ref()
+                .and_then(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).ok()),
         );
         let mut channels = self.inner.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(addr) {

@@ -237,7 +237,9 @@ impl ClientConfig {
                 ));
             }
             if endpoint.trim().starts_with("http://") && self.tls.is_some() {
-                return fail(format!("endpoint {endpoint:?} is http:// but TLS is configured: use https:// or host:port"));
+                return fail(format!(
+                    "endpoint {endpoint:?} is http:// but TLS is configured: use https:// or host:port"
+                ));
             }
         }
         if let Some(token) = &self.token

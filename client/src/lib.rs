@@ -136,8 +136,8 @@ pub use shard_map::{NodeInfo, NodeState, Replica, Shard, ShardMap};
 pub use status::{
     ClusterStatus, EcPeer, GroupStatus, NodeReport, NodeStatus, ReplicaStatus, Role, ShardHealth, ShardLeader,
 };
-pub use users::{Grant, User};
 pub use types::{
     BatchResult, CasResult, Consistency, DeleteResult, Expect, Hlc, KeyState, KeyValue, ReadInfo, ReadResult, Served,
     ShardMode, Versioned, WriteResult,
 };
+pub use users::{Grant, User};

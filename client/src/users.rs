@@ -75,7 +75,12 @@ impl Client {
     /// this once; the cluster keeps only its SHA-256), or `None` with
     /// `certificate_only` (the user then authenticates with a client
     /// certificate whose common name is `name`).
-    pub async fn add_user(&self, name: &str, grants: &[Grant], certificate_only: bool) -> Result<Option<String>, Error> {
+    pub async fn add_user(
+        &self,
+        name: &str,
+        grants: &[Grant],
+        certificate_only: bool,
+    ) -> Result<Option<String>, Error> {
         // Made here, so that a retry after an unknown outcome is the same
         // request (the cluster recognises it) rather than a second user.
         let token = if certificate_only {
@@ -90,8 +95,8 @@ impl Client {
             certificate_only,
             token,
         };
-        let (addr, reply) = self
-            .user_rpc("the user may or may not exist now", request, |mut admin, r| async move {
+        let (addr, reply) =
+            self.user_rpc("the user may or may not exist now", request, |mut admin, r| async move {
                 admin.add_user(r).await
             })
             .await?;

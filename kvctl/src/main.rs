@@ -1281,7 +1281,9 @@ async fn connect(cli: &Cli) -> Result<Client, String> {
             geokv_client::ClientTls::from_files(ca, cli.cert.as_deref().zip(cli.key_file.as_deref()))
                 .map_err(|e| e.to_string())?,
         ),
-        None if cli.cert.is_some() => return Err("--cert needs --cacert (the CA the nodes' certificates chain to)".into()),
+        None if cli.cert.is_some() => {
+            return Err("--cert needs --cacert (the CA the nodes' certificates chain to)".into());
+        }
         None => None,
     };
     let config = ClientConfig::new(cli.endpoints.iter().map(|e| e.trim().to_string()))
@@ -1300,8 +1302,10 @@ async fn connect(cli: &Cli) -> Result<Client, String> {
 
 /// `kvctl user ...`.
 async fn user(client: &Client, command: UserCommand, out: WriteOut, hex: bool) -> Result<ExitCode, String> {
-    let prefix_of = |prefix: Option<String>| prefix.map(|p| parse_arg(&p, hex)).transpose().map(Option::unwrap_or_default);
-    let show_prefix = |p: &[u8]| if p.is_empty() { "(every key)".to_string() } else { String::from_utf8_lossy(p).into_owned() };
+    let prefix_of =
+        |prefix: Option<String>| prefix.map(|p| parse_arg(&p, hex)).transpose().map(Option::unwrap_or_default);
+    let show_prefix =
+        |p: &[u8]| if p.is_empty() { "(every key)".to_string() } else { String::from_utf8_lossy(p).into_owned() };
     match command {
         UserCommand::Add { name, role, prefix, certificate_only } => {
             let grants = match role {
@@ -1333,9 +1337,16 @@ async fn user(client: &Client, command: UserCommand, out: WriteOut, hex: bool) -
             let changed = client.grant(&name, &grant, revoke).await.map_err(say)?;
             let verb = if revoke { "revoked" } else { "granted" };
             match out {
-                WriteOut::Json => print_json(&json!({ "user": name, "role": grant.role, "revoke": revoke, "changed": changed })),
+                WriteOut::Json => {
+                    print_json(&json!({ "user": name, "role": grant.role, "revoke": revoke, "changed": changed }))
+                }
                 _ if changed => println!("{verb} {} on {} to {name}", grant.role, show_prefix(&grant.prefix)),
-                _ => println!("nothing to change: {name} {} {} on {}", if revoke { "has no" } else { "already has" }, grant.role, show_prefix(&grant.prefix)),
+                _ => println!(
+                    "nothing to change: {name} {} {} on {}",
+                    if revoke { "has no" } else { "already has" },
+                    grant.role,
+                    show_prefix(&grant.prefix)
+                ),
             }
         }
         UserCommand::List => {
@@ -1361,7 +1372,11 @@ async fn user(client: &Client, command: UserCommand, out: WriteOut, hex: bool) -
                         .map(|u| {
                             let grants: Vec<String> =
                                 u.grants.iter().map(|g| format!("{}:{}", g.role, show_prefix(&g.prefix))).collect();
-                            vec![u.name.clone(), if u.has_token { "token" } else { "certificate" }.into(), grants.join(", ")]
+                            vec![
+                                u.name.clone(),
+                                if u.has_token { "token" } else { "certificate" }.into(),
+                                grants.join(", "),
+                            ]
                         })
                         .collect();
                     Style::of(out).print(&["USER", "AUTH", "GRANTS"], &rows);

@@ -594,7 +594,11 @@ impl Lab {
 
     /// A channel to `addr` (a node's own listener), over TLS as root when
     /// the lab runs TLS; connects at once.
-    pub async fn channel(&self, addr: SocketAddr, connect_timeout: Duration) -> std::result::Result<tonic::transport::Channel, String> {
+    pub async fn channel(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> std::result::Result<tonic::transport::Channel, String> {
         let scheme = if self.client_tls.is_some() { "https" } else { "http" };
         let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| e.to_string())?

@@ -311,7 +311,13 @@ pub struct Credentials<'a> {
 
 /// Names the caller and applies `access`: `tls` is whether the connection
 /// is TLS, `auth` whether authentication is on.
-pub fn identify(access: Access, tls: bool, auth: bool, credentials: Credentials<'_>, map: &ShardMap) -> Result<Caller, Error> {
+pub fn identify(
+    access: Access,
+    tls: bool,
+    auth: bool,
+    credentials: Credentials<'_>,
+    map: &ShardMap,
+) -> Result<Caller, Error> {
     let is_peer = credentials.certificate_name == Some(crate::tls::PEER_COMMON_NAME);
     if access == Access::Peer {
         if !tls || is_peer {

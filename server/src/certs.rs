@@ -182,7 +182,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         create_ca(dir.path(), Validity::days(1)).unwrap();
         assert!(create_ca(dir.path(), Validity::days(1)).unwrap_err().to_string().contains("exists"));
-        let node = create_node(dir.path(), "node", &["127.0.0.1".into(), "localhost".into()], Validity::days(1)).unwrap();
+        let node =
+            create_node(dir.path(), "node", &["127.0.0.1".into(), "localhost".into()], Validity::days(1)).unwrap();
         let client = create_client(dir.path(), "alice", Validity::days(1)).unwrap();
         let der = |path: &Path| {
             use rustls_pki_types::pem::PemObject;
@@ -193,7 +194,9 @@ mod tests {
         // The node's files load as a node's TLS material; a client's do not.
         let ca = ca_files(dir.path()).cert;
         crate::tls::Tls::load(crate::tls::TlsFiles { ca: ca.clone(), cert: node.cert, key: node.key }).unwrap();
-        let err = crate::tls::Tls::load(crate::tls::TlsFiles { ca, cert: client.cert.clone(), key: client.key.clone() }).unwrap_err();
+        let err =
+            crate::tls::Tls::load(crate::tls::TlsFiles { ca, cert: client.cert.clone(), key: client.key.clone() })
+                .unwrap_err();
         assert!(format!("{err:#}").contains("not \"node\""), "{err:#}");
         assert!(create_client(dir.path(), "bad name", Validity::days(1)).is_err());
         #[cfg(unix)]

@@ -56,13 +56,11 @@ enum Command {
     /// Make a development CA and certificates for a TLS cluster (rcgen;
     /// ECDSA P-256). Node certificates have common name `node`; client
     /// certificates the user's name (`root` is the built-in administrator).
-    #[command(
-        after_help = "EXAMPLES:\n  \
+    #[command(after_help = "EXAMPLES:\n  \
         geokv certs dev --dir certs                     # CA, a node certificate for 127.0.0.1/localhost, root's\n  \
         geokv certs ca --dir certs\n  \
         geokv certs node --dir certs --san 10.0.0.1,node1.example.com --name node1\n  \
-        geokv certs client --dir certs --user alice     # certs/client.alice.pem and -key.pem"
-    )]
+        geokv certs client --dir certs --user alice     # certs/client.alice.pem and -key.pem")]
     Certs {
         #[command(subcommand)]
         what: CertsCommand,

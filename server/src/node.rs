@@ -136,13 +136,16 @@ impl Node {
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
         let tls = crate::tls::TlsFiles::from_config(&config.tls).map(crate::tls::Tls::load).transpose()?;
-        let peers = Peers::new(PeerTimeouts {
-            connect: Duration::from_millis(r.election_timeout_min_ms),
-            keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
-            keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
-            snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
-            local_ip: config.outgoing_ip.parse().ok(),
-        }, tls);
+        let peers = Peers::new(
+            PeerTimeouts {
+                connect: Duration::from_millis(r.election_timeout_min_ms),
+                keepalive_interval: Duration::from_millis(r.heartbeat_interval_ms.max(500)),
+                keepalive_timeout: Duration::from_millis(r.election_timeout_min_ms),
+                snapshot: Duration::from_millis(r.snapshot_send_timeout_ms),
+                local_ip: config.outgoing_ip.parse().ok(),
+            },
+            tls,
+        );
         let metrics = Arc::new(Metrics::default());
         let (split_tx, split_rx) = tokio::sync::mpsc::unbounded_channel();
         let ec = EcNode::open(

@@ -150,7 +150,10 @@ impl Tls {
                 true
             }
             Err(e) => {
-                tracing::warn!(cause = format!("{e:#}"), "TLS certificates not reloaded; the previous ones stay in use");
+                tracing::warn!(
+                    cause = format!("{e:#}"),
+                    "TLS certificates not reloaded; the previous ones stay in use"
+                );
                 false
             }
         }
@@ -203,7 +206,9 @@ fn load_material(files: &TlsFiles) -> anyhow::Result<Material> {
         .with_context(|| format!("cannot read a private key from {}", files.key.display()))?;
     let mut roots = RootCertStore::empty();
     for cert in ca {
-        roots.add(cert).with_context(|| format!("{} holds a certificate rustls cannot use as a CA", files.ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{} holds a certificate rustls cannot use as a CA", files.ca.display()))?;
     }
     let roots = Arc::new(roots);
     let (name, not_after_unix_s) = describe(&chain[0])

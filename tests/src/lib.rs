@@ -228,7 +228,8 @@ impl TestCluster {
             let certs = dir.path().join("certs");
             let validity = geokv_server::certs::Validity::days(1);
             geokv_server::certs::create_ca(&certs, validity).expect("test CA");
-            geokv_server::certs::create_node(&certs, "node", &["127.0.0.1".into()], validity).expect("node certificate");
+            geokv_server::certs::create_node(&certs, "node", &["127.0.0.1".into()], validity)
+                .expect("node certificate");
             geokv_server::certs::create_client(&certs, "root", validity).expect("root certificate");
             args.extend([
                 format!("--tls-ca={}", certs.join("ca.pem").display()),

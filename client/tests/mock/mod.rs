@@ -636,7 +636,10 @@ impl Admin for Node {
         Err(Status::unimplemented("the mock cluster merges no shards"))
     }
 
-    async fn add_user(&self, _request: Request<admin_pb::AddUserRequest>) -> Result<Response<admin_pb::AddUserResponse>, Status> {
+    async fn add_user(
+        &self,
+        _request: Request<admin_pb::AddUserRequest>,
+    ) -> Result<Response<admin_pb::AddUserResponse>, Status> {
         Err(Status::unimplemented("the mock cluster has no users"))
     }
 

@@ -525,7 +525,8 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         let client = client_config.clone().connect().await?;
         let home_addr = lab.endpoint_for_region(&region)?;
         let source = lab.client_ip_for_region(&region)?;
-        let home = workload::home_channel(&home_addr, source, config.op_timeout, lab.tonic_tls()).map_err(RunError::Config)?;
+        let home =
+            workload::home_channel(&home_addr, source, config.op_timeout, lab.tonic_tls()).map_err(RunError::Config)?;
         clients.push((ProcessClient { client, home, region }, client_config));
     }
 
@@ -850,7 +851,8 @@ async fn liveness_phase(
         _ => None,
     };
     let source = lab.client_ip_for_region(region)?;
-    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound, lab.tonic_tls()).map_err(RunError::Config)?;
+    let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound, lab.tonic_tls())
+        .map_err(RunError::Config)?;
     let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound, eventual: config.eventual };
     let events = recorder.events();
     let mut keys: Vec<(String, Op, Op)> = Vec::new();

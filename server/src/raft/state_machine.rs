@@ -587,9 +587,7 @@ impl ShardStateMachine {
                                     map.add_user(name, token_sha256.as_deref(), grants)
                                 }
                                 MetaCommand::RemoveUser { name } => map.remove_user(name),
-                                MetaCommand::GrantUser { name, grant, revoke } => {
-                                    map.grant_user(name, grant, *revoke)
-                                }
+                                MetaCommand::GrantUser { name, grant, revoke } => map.grant_user(name, grant, *revoke),
                                 _ => unreachable!("matched above"),
                             };
                             changed.and_then(|changed| {

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
-    AddUserRequest, AddUserResponse, GrantUserRequest, GrantUserResponse, ListUsersRequest, ListUsersResponse,
-    RemoveUserRequest, RemoveUserResponse, UserGrant, UserInfo,
-    Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest, DrainNodeResponse, EcPeer,
-    GetShardMapRequest, GroupStatus, JoinClusterRequest, JoinClusterResponse, ListConflictsRequest,
-    ListConflictsResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo,
+    AddUserRequest, AddUserResponse, Conflict as PbConflict, CreateShardRequest, CreateShardResponse, DrainNodeRequest,
+    DrainNodeResponse, EcPeer, GetShardMapRequest, GrantUserRequest, GrantUserResponse, GroupStatus,
+    JoinClusterRequest, JoinClusterResponse, ListConflictsRequest, ListConflictsResponse, ListUsersRequest,
+    ListUsersResponse, MergeShardRequest, MergeShardResponse, MoveReplicaRequest, MoveReplicaResponse, NodeInfo,
     NodeState as ProtoNodeState, NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest, RemoveNodeResponse,
-    SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap, SplitKeyRequest, SplitKeyResponse,
-    SplitShardRequest, SplitShardResponse, TransferLeaderRequest, TransferLeaderResponse,
+    RemoveUserRequest, RemoveUserResponse, SetLeaderRegionRequest, SetLeaderRegionResponse, ShardMap as PbShardMap,
+    SplitKeyRequest, SplitKeyResponse, SplitShardRequest, SplitShardResponse, TransferLeaderRequest,
+    TransferLeaderResponse, UserGrant, UserInfo,
 };
 use geokv_proto::kv::ShardMode;
 use openraft::ServerState;
@@ -105,7 +105,8 @@ impl Admin for AdminService {
         let AddUserRequest { name, grants, certificate_only, token } = req.into_inner();
         crate::auth::check_user_name(&name).map_err(Status::invalid_argument)?;
         let grants = grants.into_iter().map(|g| grant_from_pb(Some(g))).collect::<Result<Vec<_>, _>>()?;
-        if !token.is_empty() && (token.len() < 32 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic())) {
+        if !token.is_empty() && (token.len() < 32 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
             return Err(Status::invalid_argument("a token has 32 to 256 printable ASCII characters"));
         }
         let token = match (certificate_only, token.is_empty()) {
@@ -115,7 +116,8 @@ impl Admin for AdminService {
             (false, false) => Some(token),
         };
         let token_sha256 = token.as_deref().map(crate::auth::token_digest);
-        let (map_version, _) = self.change_users(MetaCommand::AddUser { name: name.clone(), token_sha256, grants }).await?;
+        let (map_version, _) =
+            self.change_users(MetaCommand::AddUser { name: name.clone(), token_sha256, grants }).await?;
         tracing::info!(user = %name, certificate_only, "user added");
         Ok(Response::new(AddUserResponse { token: token.unwrap_or_default(), map_version }))
     }

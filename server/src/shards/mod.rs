@@ -669,7 +669,8 @@ impl ShardMap {
         if self.users.len() >= MAX_USERS {
             return Err(format!("the cluster holds {MAX_USERS} users, the most it may"));
         }
-        let mut user = UserDesc { name: name.into(), token_sha256: token_sha256.map(str::to_string), grants: Vec::new() };
+        let mut user =
+            UserDesc { name: name.into(), token_sha256: token_sha256.map(str::to_string), grants: Vec::new() };
         for g in grants {
             add_grant(&mut user, g)?;
         }
