@@ -73,6 +73,8 @@ struct Inner {
     sessions: Mutex<SessionTracker>,
     /// One lazily connected channel per node address.
     channels: Mutex<HashMap<String, Channel>>,
+    /// The `authorization` header every request carries, made once.
+    credentials: Credentials,
     routing: RwLock<Routing>,
     /// Serialises shard map refreshes so a burst of `WrongShard` answers
     /// fetches the map once.
@@ -225,6 +227,7 @@ impl Client {
                 client_id: rand::random::<u64>().max(1),
                 sessions: Mutex::new(SessionTracker::new()),
                 channels: Mutex::new(HashMap::new()),
+                credentials: Credentials::of(&config),
                 routing: RwLock::new(Routing::default()),
                 refresh_lock: tokio::sync::Mutex::new(()),
                 config,
@@ -710,12 +713,7 @@ impl Client {
     /// The channel to `addr`, created on first use.
     pub(crate) fn channel(&self, addr: &str) -> Result<Transport, Failure> {
         let config = &self.inner.config;
-        let credentials = Credentials(
-            config
-                .token
-                .as_ref()
-                .and_then(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).ok()),
-        );
+        let credentials = self.inner.credentials.clone();
         let mut channels = self.inner.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(InterceptedService::new(channel.clone(), credentials));
@@ -900,6 +898,15 @@ impl std::fmt::Display for CauseList {
 /// Adds the configured bearer token to every request.
 #[derive(Clone)]
 pub(crate) struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Credentials {
+    /// The header for `config`'s token (validated printable ASCII).
+    fn of(config: &ClientConfig) -> Credentials {
+        let header =
+            |t: &crate::config::Token| tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).ok();
+        Credentials(config.token.as_ref().and_then(header))
+    }
+}
 
 impl tonic::service::Interceptor for Credentials {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
@@ -1122,6 +1129,7 @@ mod tests {
     fn test_client(config: ClientConfig) -> Client {
         Client {
             inner: Arc::new(Inner {
+                credentials: Credentials::of(&config),
                 config,
                 client_id: 42,
                 sessions: Mutex::new(SessionTracker::new()),

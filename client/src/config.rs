@@ -242,6 +242,13 @@ impl ClientConfig {
                 ));
             }
         }
+        if self.token.is_some() && self.tls.is_none() {
+            return fail(
+                "a token needs TLS (a CA: kvctl --cacert, ClientConfig::tls): without it the token would travel \
+                 in the clear, and a plaintext node checks no credentials"
+                    .into(),
+            );
+        }
         if let Some(token) = &self.token
             && (token.0.is_empty()
                 || tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(format!("Bearer {}", token.0))
@@ -326,8 +333,11 @@ mod tests {
         let plain_with_tls = ClientConfig::new(["http://127.0.0.1:7001"]).tls(Some(ClientTls::new(b"pem".to_vec())));
         assert!(plain_with_tls.validate().is_err());
         let with_token = ClientConfig::new(["127.0.0.1:7001"]).token(Some("gk_secret".into()));
+        assert!(with_token.clone().validate().unwrap_err().to_string().contains("needs TLS"));
+        let with_token = with_token.tls(Some(ClientTls::new(b"pem".to_vec())));
         with_token.validate().unwrap();
         assert!(!format!("{with_token:?}").contains("gk_secret"));
-        assert!(ClientConfig::new(["127.0.0.1:7001"]).token(Some("bad\ntoken".into())).validate().is_err());
+        let tls = ClientConfig::new(["127.0.0.1:7001"]).tls(Some(ClientTls::new(b"pem".to_vec())));
+        assert!(tls.token(Some("bad\ntoken".into())).validate().is_err());
     }
 }

@@ -186,3 +186,31 @@ async fn a_node_added_to_a_lost_region_takes_its_shards() {
     assert_eq!(read.value, b"the loss");
     assert!(lab.status().await.unreachable.keys().eq([&3]), "only the killed node is away");
 }
+
+/// `geokv-lab up --tls`: the nodes serve and replicate over TLS with
+/// authentication, the lab's own clients (status, leader moves) and its
+/// region clients connect as root, and a client without the CA cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_lab_serves_its_own_clients_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir);
+    config.tls = true;
+    let lab = Lab::start(config).await.expect("the TLS lab starts");
+    assert!(dir.path().join("certs/ca.pem").exists());
+    let shard = lab.shard_of(b"greeting").await.unwrap();
+    let east = lab.nodes().iter().find(|n| n.region == "us-east").unwrap().id;
+    lab.transfer_leader(shard, east, DEADLINE).await.expect("leadership moves over TLS");
+    let client = lab.client_for_region("eu-west").await.unwrap();
+    client.put("greeting", "hello").await.unwrap();
+    assert_eq!(client.get("greeting").await.unwrap().unwrap().value, b"hello");
+    let plaintext = lab.client_config_for_region("eu-west").unwrap().tls(None).deadline(Duration::from_secs(2));
+    match plaintext.connect().await {
+        Err(_) => {}
+        Ok(c) => assert!(c.get("greeting").await.is_err(), "a plaintext client was served by the TLS lab"),
+    }
+    assert!(lab.status().await.unreachable.is_empty(), "the lab's status reaches every node over TLS");
+    let pids: Vec<u32> = lab.nodes().iter().filter_map(|n| n.pid()).collect();
+    drop(lab);
+    let alive: Vec<u32> = pids.into_iter().filter(|pid| pid_exists(*pid)).collect();
+    assert!(alive.is_empty(), "node processes {alive:?} outlived the lab");
+}

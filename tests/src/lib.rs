@@ -139,6 +139,9 @@ pub struct TestNode {
     /// Set for a node started with `--join` ([`TestCluster::join`]): its
     /// region; it gets no `--node-id` or `--initial-cluster`.
     joins_in: Option<String>,
+    /// A certificate and key this node starts with instead of the
+    /// cluster's ([`TestCluster::set_node_certificate`]).
+    certificate: Option<(PathBuf, PathBuf)>,
 }
 
 impl TestNode {
@@ -253,6 +256,7 @@ impl TestCluster {
                 child: None,
                 paused: false,
                 joins_in: None,
+                certificate: None,
             })
             .collect();
         let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env, tls: opts.tls };
@@ -279,6 +283,40 @@ impl TestCluster {
             config = config.tls(Some(self.client_tls(Some("root"))));
         }
         config.connect().await.expect("connect")
+    }
+
+    /// A raw TLS channel to node `id`, connected, presenting `identity`'s
+    /// certificate: a user's client certificate (made on first use),
+    /// `"node"` for the cluster's node certificate (a member), or none.
+    pub async fn tls_channel(&self, id: u64, identity: Option<&str>) -> Channel {
+        let certs = self.certs_dir();
+        let read = |name: &str| std::fs::read(certs.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")));
+        let files = match identity {
+            None => None,
+            Some("node") => Some(("node.pem".to_string(), "node-key.pem".to_string())),
+            Some(user) => {
+                self.client_tls(Some(user));
+                Some((format!("client.{user}.pem"), format!("client.{user}-key.pem")))
+            }
+        };
+        if let Some((cert, key)) = files {
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(&cert), read(&key)));
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", self.node(id).addr))
+            .expect("a node address")
+            .tls_config(tls)
+            .expect("TLS settings")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("a TLS connection to node {id}: {e}"))
+    }
+
+    /// Node `id` starts (at its next restart) with this certificate and key
+    /// instead of the cluster's node certificate.
+    pub fn set_node_certificate(&mut self, id: u64, cert: PathBuf, key: PathBuf) {
+        self.node_mut(id).certificate = Some((cert, key));
     }
 
     /// Where a TLS cluster's CA, node and client certificates are.
@@ -323,6 +361,7 @@ impl TestCluster {
             child: None,
             paused: false,
             joins_in: Some(region.to_string()),
+            certificate: None,
         });
         self.restart(id);
         id
@@ -342,8 +381,17 @@ impl TestCluster {
             None => vec![format!("--node-id={id}")],
             Some(region) => vec![format!("--join={}", seeds.join(",")), format!("--region={region}")],
         };
-        let args: Vec<&String> =
-            args.iter().filter(|a| node.joins_in.is_none() || !a.starts_with("--initial-cluster=")).collect();
+        let own_certificate: Vec<String> = node
+            .certificate
+            .iter()
+            .flat_map(|(cert, key)| [format!("--tls-cert={}", cert.display()), format!("--tls-key={}", key.display())])
+            .collect();
+        let args: Vec<&String> = args
+            .iter()
+            .filter(|a| node.joins_in.is_none() || !a.starts_with("--initial-cluster="))
+            .filter(|a| own_certificate.is_empty() || !(a.starts_with("--tls-cert=") || a.starts_with("--tls-key=")))
+            .chain(&own_certificate)
+            .collect();
         let child = Command::new(&binary)
             .args(&identity)
             .arg(format!("--listen={}", node.addr))

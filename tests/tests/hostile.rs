@@ -5,8 +5,9 @@
 //! status (never crash, never hang past the RPC timeout), and still serve
 //! reads and writes afterwards with every acknowledged write in place.
 //!
-//! The cases are random but seeded (printed), so a failure is replayed with
-//! `GEOKV_HOSTILE_SEED=N`.
+//! The kept regression inputs in `tests/testdata/hostile/` go first; the
+//! random cases are seeded (printed), so a failure is replayed with
+//! `GEOKV_HOSTILE_SEED=N` (and its input belongs in the corpus).
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,20 @@ fn case(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
     bytes
 }
 
+/// The kept regression inputs (`tests/testdata/hostile/*.bin`).
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/hostile");
+    let mut inputs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("tests/testdata/hostile")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    inputs.sort();
+    assert!(inputs.len() >= 10, "the corpus is in tests/testdata/hostile");
+    inputs
+}
+
 async fn call(channel: tonic::transport::Channel, path: &'static str, body: Vec<u8>) -> Result<(), String> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| format!("not ready: {e}"))?;
@@ -139,11 +154,15 @@ async fn arbitrary_bytes_on_every_rpc_get_a_status_and_harm_nothing() {
     let started = Instant::now();
     let mut sent = 0usize;
     for identity in ["root", "node"] {
-        let channel = tls_channel(&c, identity).await;
+        let channel = c.tls_channel(1, Some(identity)).await;
         // As a member, random bytes on the peer RPCs only: a real member's
         // messages are trusted, and these rarely decode (see below).
         let paths = UNARY.iter().filter(|p| identity == "root" || p.starts_with("/geokv.raft."));
         for path in paths {
+            for (name, body) in corpus() {
+                call(channel.clone(), path, body).await.unwrap_or_else(|e| panic!("{path} as {identity}, {name}: {e}"));
+                sent += 1;
+            }
             for _ in 0..cases {
                 let body = case(&mut rng);
                 call(channel.clone(), path, body).await.unwrap_or_else(|e| panic!("{path} as {identity}: {e}"));
@@ -181,28 +200,4 @@ async fn arbitrary_bytes_on_every_rpc_get_a_status_and_harm_nothing() {
     for id in 1..=3 {
         assert!(!c.log(id).contains("panicked"), "node {id} panicked: {}", c.log(id));
     }
-}
-
-/// A TLS channel to node 1 presenting `identity`'s certificate (`node`: the
-/// cluster's node certificate).
-async fn tls_channel(c: &TestCluster, identity: &str) -> tonic::transport::Channel {
-    let certs = c.certs_dir();
-    if identity != "node" {
-        c.client_tls(Some(identity));
-    }
-    let (cert, key) = match identity {
-        "node" => ("node.pem".to_string(), "node-key.pem".to_string()),
-        user => (format!("client.{user}.pem"), format!("client.{user}-key.pem")),
-    };
-    let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
-        .identity(tonic::transport::Identity::from_pem(read(&cert), read(&key)));
-    tonic::transport::Endpoint::from_shared(format!("https://{}", c.nodes[0].addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("a TLS connection to node 1")
 }

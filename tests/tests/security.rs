@@ -11,7 +11,7 @@
 //! - Raft.Propose, Raft.InstallSnapshot and Admin.JoinCluster refuse a
 //!   client, even root, with PERMISSION_DENIED.
 //! - A node whose certificate comes from another CA, or has expired, cannot
-//!   join.
+//!   join; a member restarted with one cannot replicate.
 //! - Certificates rotate (a new CA, new node certificates) without a
 //!   restart.
 
@@ -121,33 +121,13 @@ async fn a_tls_cluster_serves_authenticated_clients_and_holds_them_to_their_role
     assert_eq!(code, Code::Unauthenticated);
 }
 
-/// A raw client of node 1 over TLS, presenting `user`'s certificate.
-async fn raw_channel(c: &TestCluster, user: Option<&str>) -> tonic::transport::Channel {
-    let certs = c.certs_dir();
-    let mut tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(certs.join("ca.pem")).unwrap()));
-    if let Some(user) = user {
-        c.client_tls(Some(user)); // makes the certificate
-        let cert = std::fs::read(certs.join(format!("client.{user}.pem"))).unwrap();
-        let key = std::fs::read(certs.join(format!("client.{user}-key.pem"))).unwrap();
-        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-    }
-    tonic::transport::Endpoint::from_shared(format!("https://{}", c.nodes[0].addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("a TLS connection to node 1")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_rpcs_refuse_clients_even_root() {
     let c = tls_cluster();
     let root = c.client().await;
     wait_writable(&root).await;
     for user in [Some("root"), None] {
-        let channel = raw_channel(&c, user).await;
+        let channel = c.tls_channel(1, user).await;
         let mut raft = geokv_proto::raft::raft_client::RaftClient::new(channel.clone());
         let message = geokv_proto::raft::RaftMessage { shard_id: 1, payload: vec![0; 16], ..Default::default() };
         let status = raft.propose(message.clone()).await.unwrap_err();
@@ -239,6 +219,47 @@ async fn a_node_with_a_foreign_or_expired_certificate_cannot_join() {
     let map = root.refresh_shard_map().await.unwrap();
     assert_eq!(map.nodes.len(), 3, "a refused node was admitted: {:?}", map.nodes);
     root.put("still", "writable").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_with_a_foreign_certificate_cannot_replicate() {
+    let mut c = tls_cluster();
+    let root = c.client().await;
+    wait_writable(&root).await;
+    // Node 3 comes back with a node certificate from another CA (it still
+    // trusts the cluster's CA, so it can verify the others).
+    let foreign = tempfile::tempdir().unwrap();
+    certs::create_ca(foreign.path(), Validity::days(1)).unwrap();
+    let node = certs::create_node(foreign.path(), "node", &["127.0.0.1".into()], Validity::days(1)).unwrap();
+    c.kill(3);
+    c.set_node_certificate(3, node.cert.clone(), node.key.clone());
+    c.restart(3);
+    let mut last = 0;
+    for i in 0..30 {
+        last = root.put(format!("while-foreign/{i}"), "v").await.unwrap().version;
+    }
+    // Ask node 3 itself: a client that trusts the foreign CA (node 3's
+    // server certificate) and presents the cluster's root certificate
+    // (node 3 trusts the cluster CA for clients).
+    let root_files = c.client_tls(Some("root"));
+    let (cert, key) = root_files.identity.clone().unwrap();
+    let to_node_3 = ClientTls::new(std::fs::read(foreign.path().join("ca.pem")).unwrap()).identity(cert, key);
+    let view = ClientConfig::new([c.node(3).addr.clone()]).deadline(Duration::from_secs(20)).tls(Some(to_node_3));
+    let view = wait_for("node 3 to answer", DEFAULT_DEADLINE, || async { view.clone().connect().await.ok() }).await;
+    let shard = root.refresh_shard_map().await.unwrap().shard_for_key(b"while-foreign/0").unwrap().shard_id;
+    // Give it every chance: several heartbeats' worth of time.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        let status = view.node_status(&c.node(3).addr).await.unwrap();
+        let group = status.groups.iter().find(|g| g.shard_id == shard).expect("node 3 hosts the shard");
+        assert!(group.applied_index < last, "node 3 applied index {} >= {last}: it replicated", group.applied_index);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for id in [1, 2] {
+        let log = c.log(id);
+        assert!(log.contains("invalid peer certificate") || log.contains("TLS handshake refused"), "node {id}: {log}");
+    }
+    root.put("still", "writable on two").await.unwrap();
 }
 
 /// Copies `from` over `to` atomically (a poller never sees half a file).

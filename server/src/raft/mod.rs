@@ -94,8 +94,18 @@ mod tests {
         let seed: u64 = rand::random();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let valid = encode(&command::Command::Meta(command::MetaCommand::RemoveUser { name: "alice".into() }));
-        for case in 0..20_000 {
-            let mut bytes: Vec<u8> = if case % 2 == 0 {
+        let corpus_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/testdata/hostile");
+        let corpus: Vec<Vec<u8>> = std::fs::read_dir(&corpus_dir)
+            .expect("tests/testdata/hostile")
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert!(corpus.len() >= 10, "the kept regression inputs");
+        for case in 0..20_000 + corpus.len() {
+            let mut bytes: Vec<u8> = if let Some(kept) = corpus.get(case.wrapping_sub(20_000)) {
+                kept.clone()
+            } else if case % 2 == 0 {
                 (0..rng.random_range(0..512)).map(|_| rng.random()).collect()
             } else {
                 let mut b = valid.clone();
@@ -103,7 +113,7 @@ mod tests {
                 b[i] = rng.random();
                 b
             };
-            if case % 7 == 0 && bytes.len() >= 8 {
+            if case < 20_000 && case % 7 == 0 && bytes.len() >= 8 {
                 bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
             }
             let _ = decode::<AppendEntriesRequest<TypeConfig>>(&bytes);
