@@ -17,14 +17,20 @@ use tracing_subscriber::EnvFilter;
     about = "geokv: a strongly consistent, geo-replicated key-value store",
     long_about = "Runs one geokv node. Settings come from built-in defaults, then the TOML file \
                   given with --config, then GEOKV_* environment variables, then flags.\n\n\
+                  A node speaks TLS (--tls-ca, --tls-cert, --tls-key, or [tls] in the file) unless it is \
+                  started with --plaintext (no encryption, no authentication); with neither it refuses to \
+                  start. `geokv certs` makes a development CA and certificates (docs/security.md).\n\n\
                   `geokv dev` instead starts a three-node cluster on this machine.",
     after_help = "EXAMPLES:\n  \
-        geokv dev                                   # three local nodes on 127.0.0.1:7001-7003\n  \
-        geokv --config config/geokv.toml            # one node from a config file\n  \
-        geokv --node-id 2 --listen 127.0.0.1:7002 --data-dir /var/lib/geokv \\\n        \
-        --initial-cluster 1=10.0.0.1:7001@us-east,2=10.0.0.2:7002@us-west,3=10.0.0.3:7003@eu-west\n  \
+        geokv dev                                   # three local nodes on 127.0.0.1:7001-7003 (plaintext)\n  \
+        geokv certs dev --dir certs && geokv dev --tls-dir certs    # the same with TLS and authentication\n  \
+        geokv --config config/geokv.toml            # one node from a config file ([tls] in it)\n  \
+        geokv --node-id 2 --listen 10.0.0.2:7002 --data-dir /var/lib/geokv \\\n        \
+        --initial-cluster 1=10.0.0.1:7001@us-east,2=10.0.0.2:7002@us-west,3=10.0.0.3:7003@eu-west \\\n        \
+        --tls-ca certs/ca.pem --tls-cert certs/node2.pem --tls-key certs/node2-key.pem\n  \
         geokv --join 10.0.0.1:7001,10.0.0.2:7002 --region ap-northeast \\\n        \
-        --listen 10.0.0.4:7004 --data-dir /var/lib/geokv   # a new member; the cluster gives it an id"
+        --listen 10.0.0.4:7004 --data-dir /var/lib/geokv --tls-ca certs/ca.pem \\\n        \
+        --tls-cert certs/node4.pem --tls-key certs/node4-key.pem   # a new member; the cluster gives it an id"
 )]
 struct Cli {
     #[command(subcommand)]

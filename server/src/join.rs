@@ -4,14 +4,13 @@
 //! same member. Only the first start asks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use geokv_proto::admin::JoinClusterRequest;
 use geokv_proto::admin::admin_client::AdminClient;
 use tonic::Code;
-
-use std::sync::Arc;
 
 use crate::config::Config;
 use crate::tls::{Tls, TlsFiles};
