@@ -90,7 +90,7 @@ struct Material {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// When this node's certificate stops being valid (seconds since the
-    /// Unix epoch), for the log and `NodeStatus`.
+    /// Unix epoch), for the start and reload log lines.
     not_after_unix_s: i64,
 }
 
@@ -136,9 +136,9 @@ impl Tls {
         self.material().not_after_unix_s
     }
 
-    /// Reads the files again. `Ok(false)` when they failed to load (the old
-    /// material stays; the cause is logged), `Ok(true)` when the new
-    /// material is in use.
+    /// Reads the files again. `false` when they failed to load (the old
+    /// material stays; the cause is logged), `true` when the new material is
+    /// in use.
     pub fn reload(&self) -> bool {
         let stamps = self.files.stamps();
         *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
@@ -256,13 +256,6 @@ pub struct ConnInfo {
     /// The common name of the client certificate the handshake verified
     /// against the cluster CA; `None` without one.
     pub peer_name: Option<String>,
-}
-
-impl ConnInfo {
-    /// Whether the caller proved it is a cluster member.
-    pub fn is_peer(&self) -> bool {
-        self.peer_name.as_deref() == Some(PEER_COMMON_NAME)
-    }
 }
 
 enum ConnIo {

@@ -53,10 +53,14 @@ impl AdminService {
         let record = Command::Meta(cmd);
         match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
             CommandResult::Meta { map_version } => Ok((map_version, map_version > before)),
-            CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.contains("exists") => {
+            CommandResult::Rejected(Rejection::WrongKind { reason, .. })
+                if reason.starts_with("user ") && reason.ends_with(crate::shards::USER_EXISTS) =>
+            {
                 Err(Status::already_exists(reason))
             }
-            CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.starts_with("no user") => {
+            CommandResult::Rejected(Rejection::WrongKind { reason, .. })
+                if reason.starts_with(crate::shards::NO_USER) =>
+            {
                 Err(Status::not_found(reason))
             }
             CommandResult::Rejected(Rejection::WrongKind { reason, .. }) => Err(Status::invalid_argument(reason)),

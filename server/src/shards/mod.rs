@@ -29,6 +29,13 @@ use crate::auth::{
 /// The id of the meta shard, which replicates the shard map itself.
 pub const META_SHARD_ID: u64 = 0;
 
+/// How a refused `add_user` of a taken name ends; the admin service maps
+/// it to `ALREADY_EXISTS`.
+pub const USER_EXISTS: &str = " exists (remove it first, or grant it more)";
+/// How a refused `grant_user` of an unknown name begins; the admin service
+/// maps it to `NOT_FOUND`.
+pub const NO_USER: &str = "no user ";
+
 /// A node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDesc {
@@ -664,7 +671,7 @@ impl ShardMap {
             if u.token_sha256.as_deref() == token_sha256 && u.grants == grants {
                 return Ok(false);
             }
-            return Err(format!("user {name:?} exists (remove it first, or grant it more)"));
+            return Err(format!("user {name:?}{USER_EXISTS}"));
         }
         if self.users.len() >= MAX_USERS {
             return Err(format!("the cluster holds {MAX_USERS} users, the most it may"));
@@ -691,7 +698,7 @@ impl ShardMap {
     /// Gives user `name` `grant`, or takes it back (`revoke`). `Ok(false)`:
     /// nothing changed (a retry).
     pub fn grant_user(&mut self, name: &str, grant: &Grant, revoke: bool) -> Result<bool, String> {
-        let user = self.users.iter_mut().find(|u| u.name == name).ok_or_else(|| format!("no user {name:?}"))?;
+        let user = self.users.iter_mut().find(|u| u.name == name).ok_or_else(|| format!("{NO_USER}{name:?}"))?;
         if revoke {
             let before = user.grants.len();
             user.grants.retain(|g| g != grant);
