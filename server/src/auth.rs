@@ -506,7 +506,9 @@ mod tests {
         let member = Credentials { certificate_name: Some("node"), authorization: None };
         let root = Credentials { certificate_name: Some("root"), authorization: None };
         let m = map();
-        for path in ["/geokv.raft.Raft/Propose", "/geokv.raft.Raft/InstallSnapshot", "/geokv.admin.Admin/JoinCluster"] {
+        for path in
+            ["/geokv.raft.Raft/Propose", "/geokv.raft.Raft/InstallSnapshotStream", "/geokv.admin.Admin/JoinCluster"]
+        {
             let access = access_for(path);
             assert_eq!(access, Access::Peer, "{path}");
             assert_eq!(identify(access, true, true, member, &m).unwrap(), Caller::Peer);

@@ -8,7 +8,7 @@
 //!   write; a token limited to `app/` cannot read `other/` nor scan past its
 //!   prefix; a removed user's token stops working; none of these refusals
 //!   leak data.
-//! - Raft.Propose, Raft.InstallSnapshot and Admin.JoinCluster refuse a
+//! - Raft.Propose, Raft.InstallSnapshotStream, Raft.SnapshotProgress and Admin.JoinCluster refuse a
 //!   client, even root, with PERMISSION_DENIED.
 //! - A node whose certificate comes from another CA, or has expired, cannot
 //!   join; a member restarted with one cannot replicate.
@@ -133,7 +133,13 @@ async fn internal_rpcs_refuse_clients_even_root() {
         let status = raft.propose(message.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{user:?}: {status:?}");
         assert!(status.message().contains("node-to-node"), "{}", status.message());
-        let status = raft.install_snapshot(message).await.unwrap_err();
+        let chunk = geokv_proto::raft::SnapshotChunk { shard_id: 1, header: vec![0; 16], ..Default::default() };
+        let mut stream = tonic::Request::new(tokio_stream::iter([chunk]));
+        stream.metadata_mut().insert("geokv-shard", 1.into());
+        let status = raft.install_snapshot_stream(stream).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{user:?}: {status:?}");
+        let progress = geokv_proto::raft::SnapshotProgressRequest { shard_id: 1, transfer: 1 };
+        let status = raft.snapshot_progress(progress).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{user:?}: {status:?}");
         let mut admin = geokv_proto::admin::admin_client::AdminClient::new(channel.clone());
         let join = geokv_proto::admin::JoinClusterRequest {

@@ -21,6 +21,7 @@ pub mod command;
 pub mod log_store;
 pub mod network;
 pub mod read_index;
+pub mod snapshot;
 pub mod state_machine;
 
 use std::io;
@@ -47,10 +48,7 @@ pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotBlob>;
-
-/// A whole shard snapshot, encoded (see `state_machine::SnapshotPayload`).
-pub type SnapshotBlob = Vec<u8>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, snapshot::SnapshotData>;
 
 /// The index of an optional log id (0 for none), as metrics and status show it.
 pub fn index_of(id: &Option<LogId>) -> u64 {
@@ -118,7 +116,7 @@ mod tests {
             }
             let _ = decode::<AppendEntriesRequest<TypeConfig>>(&bytes);
             let _ = decode::<VoteRequest<TypeConfig>>(&bytes);
-            let _ = decode::<(Vote, SnapshotMeta, SnapshotBlob)>(&bytes);
+            let _ = decode::<(Vote, SnapshotMeta, snapshot::SnapshotHeader)>(&bytes);
             let _ = decode::<TransferLeaderRequest<TypeConfig>>(&bytes);
             let _ = decode::<command::Command>(&bytes);
             let _ = decode::<crate::shards::ShardMap>(&bytes);

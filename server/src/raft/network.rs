@@ -10,6 +10,12 @@
 //! Dead or stalled peers are detected by HTTP/2 keep-alive pings (a stalled
 //! link stops answering pings and the connection is torn down), so a stream
 //! never hangs forever. Unary calls are bounded by openraft's per-RPC TTL.
+//!
+//! Snapshots stream in chunks (`raft::snapshot`), produced from the pinned
+//! view on a blocking thread into a channel of two chunks, so a sender holds
+//! a few MiB whatever the shard's size. A transfer that makes no progress for
+//! the configured snapshot timeout is abandoned; one whose stream breaks is
+//! resumed where the receiver got to, a few times, before openraft is told.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use geokv_proto::raft::RaftMessage;
 use geokv_proto::raft::raft_client::RaftClient;
+use geokv_proto::raft::{RaftMessage, SnapshotChunk, SnapshotProgressRequest};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -30,7 +36,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Snapshot, SnapshotBlob, TypeConfig, Vote, decode, encode};
+use super::snapshot::{LocalSnapshot, SnapshotData, produce};
+use super::{Snapshot, TypeConfig, Vote, decode, encode};
 use crate::tls::{PeerConnector, Tls};
 
 type RpcError = RPCError<TypeConfig>;
@@ -47,7 +54,8 @@ pub struct PeerTimeouts {
     /// `keepalive_timeout` is considered gone and its streams fail.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// Bound on sending a whole snapshot.
+    /// A snapshot transfer that sends nothing (and gets no answer) for this
+    /// long is abandoned.
     pub snapshot: Duration,
     /// Local IP to connect from (`None`: the OS chooses).
     pub local_ip: Option<std::net::IpAddr>,
@@ -136,7 +144,6 @@ enum Unary {
     Vote,
     PreVote,
     Append,
-    Snapshot,
     TransferLeader,
 }
 
@@ -180,7 +187,6 @@ impl PeerLink {
                 Unary::Vote => client.vote(request).await,
                 Unary::PreVote => client.pre_vote(request).await,
                 Unary::Append => client.append_entries(request).await,
-                Unary::Snapshot => client.install_snapshot(request).await,
                 Unary::TransferLeader => client.transfer_leader(request).await,
             }
         };
@@ -193,7 +199,7 @@ impl PeerLink {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerLink {
-    type SnapshotData = SnapshotBlob;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -260,16 +266,18 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let body = (vote, snapshot.meta, snapshot.snapshot);
-        let ttl = self.snapshot_timeout;
-        let send = self.unary::<_, SnapshotResponse<TypeConfig>>(Unary::Snapshot, &body, ttl);
+        let SnapshotData::Local(local) = snapshot.snapshot else {
+            return Err(StreamingError::Network(NetworkError::from_string("only a snapshot taken here can be sent")));
+        };
+        let transfer = SnapshotTransfer {
+            client: self.client.clone(),
+            shard: self.shard,
+            target: self.target,
+            stall: self.snapshot_timeout,
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            res = send => res.map_err(|e| match e {
-                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                RPCError::Timeout(t) => StreamingError::Timeout(t),
-                other => StreamingError::Network(NetworkError::from_string(other)),
-            }),
+            res = transfer.send(local, vote) => res,
         }
     }
 
@@ -279,5 +287,132 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
         self.unary(Unary::TransferLeader, &req, option.hard_ttl()).await
+    }
+}
+
+/// Resumed attempts per snapshot send, after the first.
+const SNAPSHOT_RESUMES: u32 = 4;
+
+/// One snapshot send to one peer.
+struct SnapshotTransfer {
+    client: RaftClient<Channel>,
+    shard: u64,
+    target: u64,
+    /// No progress for this long abandons an attempt.
+    stall: Duration,
+}
+
+/// How one attempt ended, when not with the peer's answer.
+enum Failed {
+    /// The stream broke or stalled: resume.
+    Retry(String),
+    /// The peer refused the snapshot, or this node could not read it.
+    Fatal(String),
+}
+
+impl SnapshotTransfer {
+    async fn send(
+        mut self,
+        local: Arc<LocalSnapshot>,
+        vote: Vote,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let (shard, target) = (self.shard, self.target);
+        let mut from = 0;
+        let mut why = String::new();
+        for attempt in 0..=SNAPSHOT_RESUMES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                from = match self.progress(local.id).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        why = e;
+                        continue;
+                    }
+                };
+                tracing::info!(shard, target, attempt, from, %why, "resuming a snapshot transfer");
+            }
+            match self.attempt(&local, &vote, from).await {
+                Ok(response) => return Ok(response),
+                Err(Failed::Retry(e)) => why = e,
+                Err(Failed::Fatal(e)) => {
+                    return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "snapshot of shard {shard} to node {target}: {e}"
+                    ))));
+                }
+            }
+        }
+        Err(StreamingError::Unreachable(Unreachable::from_string(format!(
+            "snapshot of shard {shard} to node {target} failed {} times, last: {why}",
+            SNAPSHOT_RESUMES + 1
+        ))))
+    }
+
+    /// The next chunk the peer expects of transfer `id` (0: it has none).
+    async fn progress(&mut self, id: u64) -> Result<u64, String> {
+        let mut request = tonic::Request::new(SnapshotProgressRequest { shard_id: self.shard, transfer: id });
+        request.set_timeout(self.stall);
+        match tokio::time::timeout(self.stall, self.client.snapshot_progress(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().next_seq),
+            Ok(Err(status)) => Err(format!("progress: {status}")),
+            Err(_) => Err(format!("no progress answer within {:?}", self.stall)),
+        }
+    }
+
+    /// Streams the chunks from `from` on and waits for the peer's answer.
+    async fn attempt(
+        &mut self,
+        local: &Arc<LocalSnapshot>,
+        vote: &Vote,
+        from: u64,
+    ) -> Result<SnapshotResponse<TypeConfig>, Failed> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let (snapshot, v) = (local.clone(), vote.clone());
+        // Set before the channel closes, so the answer to a stream cut
+        // short by a read error is read as that error.
+        let read_error = Arc::new(Mutex::new(None::<String>));
+        let slot = read_error.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = produce(&snapshot, &v, from, &mut |chunk| tx.blocking_send(chunk).is_ok()) {
+                *slot.lock().expect("read error slot") = Some(e.to_string());
+            }
+        });
+        let pulled = Arc::new(Mutex::new(std::time::Instant::now()));
+        let stamp = pulled.clone();
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx).inspect(move |_| {
+            *stamp.lock().expect("progress stamp") = std::time::Instant::now();
+        });
+        let mut request = tonic::Request::new(outbound);
+        request.metadata_mut().insert(SHARD_METADATA_KEY, self.shard.into());
+        let mut client = self.client.clone();
+        let call = client.install_snapshot_stream(request);
+        tokio::pin!(call);
+        let stall = self.stall;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer,
+                _ = tokio::time::sleep(stall / 4) => {
+                    let idle = pulled.lock().expect("progress stamp").elapsed();
+                    if idle > stall {
+                        return Err(Failed::Retry(format!("no progress for {idle:?}")));
+                    }
+                }
+            }
+        };
+        if let Some(e) = read_error.lock().expect("read error slot").take() {
+            return Err(Failed::Fatal(format!("reading the snapshot: {e}")));
+        }
+        let reply = match answer {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Internal => {
+                        Failed::Fatal(status.to_string())
+                    }
+                    _ => Failed::Retry(status.to_string()),
+                });
+            }
+        };
+        let payload = reply_payload(reply).map_err(|e| Failed::Retry(e.to_string()))?;
+        decode(&payload).map_err(|e| Failed::Fatal(format!("bad snapshot reply: {e}")))
     }
 }

@@ -47,7 +47,8 @@ use super::command::{
     Command, CommandResult, MergeCommand, MetaCommand, Record, Rejection, ShrinkCommand, SplitCommand, WriteCommand,
     WriteOutcome,
 };
-use super::{Entry, LogId, Snapshot, SnapshotBlob, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
+use super::snapshot::{LocalSnapshot, SnapshotData, SnapshotHeader};
+use super::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, decode, encode};
 use crate::shards::{ShardDesc, ShardMap};
 use crate::storage::{Batch, MetaFamily, Storage, apply_meta_tag};
 
@@ -153,21 +154,6 @@ pub struct SplitNotice {
     pub end: Option<Vec<u8>>,
     pub epoch: u64,
     pub members: Vec<u64>,
-}
-
-/// The encoded body of a shard snapshot.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SnapshotPayload {
-    /// `(user key, encoded Record)` in key order.
-    data: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `(session key without shard prefix, value)`.
-    sessions: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The encoded shard map (meta shard only).
-    shard_map: Option<Vec<u8>>,
-    /// The data shard's range record when it changed since creation.
-    range: Option<Vec<u8>>,
-    /// The data shard's freeze record, when it is frozen for a merge.
-    frozen: Option<Vec<u8>>,
 }
 
 /// The most results one client session keeps (its writes in flight). When
@@ -1215,8 +1201,58 @@ impl ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    /// The range a snapshot's data replaces here, and the kind this replica
+    /// becomes once it is installed: the snapshot's range record when it has
+    /// one (its range shrank since creation), else this replica's range,
+    /// which must then be the snapshot's. A snapshot of another range is
+    /// refused, an error naming the shard, before anything is written.
+    fn kind_after(&self, meta: &SnapshotMeta, header: &SnapshotHeader) -> io::Result<ShardKind> {
+        let kind = match (&self.kind, &header.range_record) {
+            (ShardKind::Data { .. }, Some(bytes)) => {
+                let (start, end, epoch) = decode::<RangeRecord>(bytes)?;
+                ShardKind::Data { start, end, epoch }
+            }
+            _ => self.kind.clone(),
+        };
+        let ours = kind.range().map(|(s, e)| (s.to_vec(), e.map(<[u8]>::to_vec)));
+        if ours != header.range {
+            let message = format!(
+                "shard {}: refusing snapshot {:?}: its range {:?} is outside the shard's range {:?}",
+                self.shard, meta.last_log_id, header.range, ours
+            );
+            tracing::error!(shard = self.shard, "{message}");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+        }
+        Ok(kind)
+    }
+}
+
+/// Takes a snapshot of `shard` as it is now: O(1), a pinned view and the
+/// few records that describe it (see `raft::snapshot`). Returns once the
+/// WAL holding what the pin shows is fsynced: openraft purges the log
+/// behind a snapshot's log id, so the applied state it names must survive a
+/// crash first (apply batches are not synced on their own).
+async fn take_snapshot(storage: &Storage, shard: u64, kind: &ShardKind) -> io::Result<Arc<LocalSnapshot>> {
+    let pin = storage.pin();
+    let get = |tag| pin.get_meta(MetaFamily::Apply, shard, tag);
+    let last_log_id: Option<LogId> = get(apply_meta_tag::APPLIED)?.as_deref().map(decode).transpose()?;
+    let last_membership: StoredMembership =
+        get(apply_meta_tag::MEMBERSHIP)?.as_deref().map(decode).transpose()?.unwrap_or_default();
+    let range_record = get(apply_meta_tag::RANGE)?;
+    let header = SnapshotHeader {
+        range: kind.snapshot_range(range_record.as_deref()),
+        range_record,
+        frozen: get(apply_meta_tag::FROZEN)?,
+        shard_map: get(apply_meta_tag::SHARD_MAP)?,
+        session_gc: get(apply_meta_tag::SESSION_GC_MS)?,
+    };
+    storage.sync().await?;
+    Ok(Arc::new(LocalSnapshot::new(shard, SnapshotMeta { last_log_id, last_membership }, header, pin)))
+}
+
 impl RaftStateMachine<TypeConfig> for ShardStateMachine {
-    type SnapshotData = SnapshotBlob;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = ShardSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -1248,60 +1284,46 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         ShardSnapshotBuilder { shard: self.shard, kind: self.kind.clone(), storage: self.storage.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotBlob) -> Result<(), io::Error> {
-        let payload: SnapshotPayload = decode(&snapshot)?;
-        let mut batch = self.storage.batch();
-        // The snapshot's range (when it shrank since creation) becomes ours,
-        // once the snapshot is installed.
-        let kind = match (&self.kind, &payload.range) {
-            (ShardKind::Data { .. }, Some(bytes)) => {
-                let (start, end, epoch) = decode::<RangeRecord>(bytes)?;
-                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::RANGE, bytes);
-                ShardKind::Data { start, end, epoch }
-            }
-            _ => self.kind.clone(),
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let header = match &snapshot {
+            SnapshotData::Local(local) => local.header.clone(),
+            SnapshotData::Received { header, .. } => header.clone(),
         };
-        // Only the snapshot's own range is replaced: when it is narrower than
-        // ours (this replica missed a split), the rest is another group's.
-        if let Some((start, end)) = kind.range() {
-            batch.clear_data_range(start, end)?;
-        }
-        // The snapshot came from a peer: a key outside the range is refused
-        // (the group stops on the error, nothing is written), not a panic.
-        for (key, record) in &payload.data {
-            if !kind.contains(key) {
-                let message = format!(
-                    "shard {}: refusing snapshot {:?}: it holds key {key:?} outside the shard's range",
-                    self.shard, meta.last_log_id
-                );
-                tracing::error!(shard = self.shard, "{message}");
-                return Err(io::Error::new(io::ErrorKind::InvalidData, message));
-            }
-            batch.put_data(key, record);
-        }
-        batch.clear_sessions(self.shard);
-        for (key, value) in &payload.sessions {
-            batch.put_session(self.shard, key, value);
-        }
-        let frozen = payload.frozen.as_deref().map(decode::<FrozenRecord>).transpose()?;
-        match &payload.frozen {
-            Some(bytes) => batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN, bytes),
-            None => batch.delete_meta(MetaFamily::Apply, self.shard, apply_meta_tag::FROZEN),
-        }
-        let new_map = match (&payload.shard_map, &self.kind) {
-            (Some(bytes), ShardKind::Meta { .. }) => {
-                batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, bytes);
-                Some(decode::<ShardMap>(bytes)?)
-            }
+        let kind = self.kind_after(meta, &header)?;
+        let frozen = header.frozen.as_deref().map(decode::<FrozenRecord>).transpose()?;
+        let new_map = match (&header.shard_map, &self.kind) {
+            (Some(bytes), ShardKind::Meta { .. }) => Some(decode::<ShardMap>(bytes)?),
             _ => None,
         };
-        match &meta.last_log_id {
-            Some(id) => batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED, &encode(id)),
-            None => batch.delete_meta(MetaFamily::Apply, self.shard, apply_meta_tag::APPLIED),
+        let storage = self.storage.clone();
+        let (staged, pairs) = match snapshot {
+            SnapshotData::Received { staged, pairs, .. } => (staged, pairs),
+            // Taken on this node (tests, a restore): staged through the
+            // same path a peer's chunks take.
+            SnapshotData::Local(local) => {
+                let storage = storage.clone();
+                tokio::task::spawn_blocking(move || super::snapshot::stage_local(&storage, &local))
+                    .await
+                    .map_err(io::Error::other)??
+            }
+        };
+        let bytes = staged.bytes;
+        // The records the snapshot carries replace this replica's (the
+        // range record only on a data shard, the map only on the meta shard).
+        let mut records = Vec::new();
+        if let (ShardKind::Data { .. }, Some(range)) = (&self.kind, &header.range_record) {
+            records.push((apply_meta_tag::RANGE, Some(range.clone())));
         }
-        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::MEMBERSHIP, &encode(&meta.last_membership));
-        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(meta, &snapshot)));
-        self.storage.write_durable(batch)?.await?;
+        if new_map.is_some() {
+            records.push((apply_meta_tag::SHARD_MAP, header.shard_map.clone()));
+        }
+        records.push((apply_meta_tag::FROZEN, header.frozen.clone()));
+        records.push((apply_meta_tag::SESSION_GC_MS, header.session_gc.clone()));
+        records.push((apply_meta_tag::APPLIED, meta.last_log_id.as_ref().map(encode)));
+        records.push((apply_meta_tag::MEMBERSHIP, Some(encode(&meta.last_membership))));
+        tokio::task::spawn_blocking(move || storage.install_staged(staged, records))
+            .await
+            .map_err(io::Error::other)??;
         self.kind = kind;
         self.frozen = frozen;
         self.publish_frozen();
@@ -1309,17 +1331,23 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
         }
-        tracing::info!(shard = self.shard, last = ?meta.last_log_id, keys = payload.data.len(), "installed snapshot");
+        tracing::info!(shard = self.shard, last = ?meta.last_log_id, pairs, bytes, "installed snapshot");
         Ok(())
     }
 
+    /// A snapshot of the shard as it is now (taking one is O(1)): the
+    /// replica's applied state is itself the latest snapshot, so there is
+    /// nothing stored to return and nothing older to keep.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let stored: Option<(SnapshotMeta, SnapshotBlob)> = self.apply_meta(apply_meta_tag::SNAPSHOT)?;
-        Ok(stored.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        let local = take_snapshot(&self.storage, self.shard, &self.kind).await?;
+        if local.meta.last_log_id.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Snapshot { meta: local.meta.clone(), snapshot: SnapshotData::Local(local) }))
     }
 }
 
-/// Builds a snapshot from one consistent RocksDB view of the shard.
+/// Builds a snapshot: takes one (O(1)); openraft keeps its log id.
 pub struct ShardSnapshotBuilder {
     shard: u64,
     kind: ShardKind,
@@ -1327,29 +1355,12 @@ pub struct ShardSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
-    type SnapshotData = SnapshotBlob;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let kind = self.kind.clone();
-        let image = self.storage.shard_image(self.shard, |stored| kind.snapshot_range(stored))?;
-        let last_log_id: Option<LogId> = image.applied.as_deref().map(decode).transpose()?;
-        let last_membership: StoredMembership =
-            image.membership.as_deref().map(decode).transpose()?.unwrap_or_default();
-        let keys = image.data.len();
-        let payload = SnapshotPayload {
-            data: image.data,
-            sessions: image.sessions,
-            shard_map: image.shard_map,
-            range: image.range_record,
-            frozen: image.frozen,
-        };
-        let blob = encode(&payload);
-        let meta = SnapshotMeta { last_log_id, last_membership };
-        let mut batch = self.storage.batch();
-        batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SNAPSHOT, &encode(&(&meta, &blob)));
-        self.storage.write_durable(batch)?.await?;
-        tracing::info!(shard = self.shard, last = ?meta.last_log_id, keys, bytes = blob.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: blob })
+        let local = take_snapshot(&self.storage, self.shard, &self.kind).await?;
+        tracing::debug!(shard = self.shard, last = ?local.meta.last_log_id, "took snapshot");
+        Ok(Snapshot { meta: local.meta.clone(), snapshot: SnapshotData::Local(local) })
     }
 }
 

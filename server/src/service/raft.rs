@@ -5,13 +5,19 @@
 //! `NotFound`; the sender treats that as unreachable and backs off. A
 //! message from a node the map records as removed is answered
 //! `PermissionDenied`.
+//!
+//! Snapshot transfers in progress are kept here, one per shard, between the
+//! streams that carry them (see [`Inbox`]): a sender whose stream broke asks
+//! how far it got and resumes from there.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use geokv_proto::raft::RaftMessage;
 use geokv_proto::raft::raft_server::Raft;
+use geokv_proto::raft::{RaftMessage, SnapshotChunk, SnapshotProgressReply, SnapshotProgressRequest};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,18 +28,174 @@ use crate::node::{Node, SafeTime};
 use crate::raft::command::Command;
 use crate::raft::network::SHARD_METADATA_KEY;
 use crate::raft::read_index::RoundError;
-use crate::raft::{ShardRaft, Snapshot, SnapshotBlob, SnapshotMeta, TypeConfig, Vote, decode, encode};
+use crate::raft::snapshot::{Receiving, Refused};
+use crate::raft::{ShardRaft, Snapshot, TypeConfig, Vote, decode, encode};
 use crate::shards::NodeState;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::vote::RaftLeaderId;
 
 pub struct RaftService {
     node: Arc<Node>,
+    inbox: Arc<Inbox>,
+}
+
+/// A transfer left unfinished this long is dropped (its files deleted).
+const ABANDONED_TRANSFER: Duration = Duration::from_secs(600);
+
+/// Snapshot transfers being received, one per shard: the latest transfer's
+/// progress, and its state while no stream carries it.
+#[derive(Default)]
+struct Inbox {
+    transfers: Mutex<HashMap<u64, Inbound>>,
+}
+
+struct Inbound {
+    transfer: u64,
+    next_seq: u64,
+    /// `None` while a stream is carrying the transfer.
+    parked: Option<Receiving>,
+    touched: Instant,
+}
+
+impl Inbox {
+    /// Starts transfer `r` of its shard, replacing any other.
+    fn begin(&self, r: &Receiving) {
+        let mut t = self.transfers.lock().expect("snapshot inbox");
+        t.retain(|_, i| i.parked.is_none() || i.touched.elapsed() < ABANDONED_TRANSFER);
+        let entry = Inbound { transfer: r.transfer, next_seq: r.next_seq, parked: None, touched: Instant::now() };
+        t.insert(r.shard, entry);
+    }
+
+    /// Takes parked transfer `transfer` of `shard` to carry it on from chunk
+    /// `seq`.
+    fn resume(&self, shard: u64, transfer: u64, seq: u64) -> Result<Receiving, Status> {
+        let mut t = self.transfers.lock().expect("snapshot inbox");
+        let Some(i) = t.get_mut(&shard).filter(|i| i.transfer == transfer) else {
+            return Err(Status::failed_precondition(format!(
+                "no snapshot transfer {transfer:x} of shard {shard} here: start from chunk 0"
+            )));
+        };
+        if i.next_seq != seq {
+            return Err(Status::failed_precondition(format!("expected chunk {}, not {seq}", i.next_seq)));
+        }
+        i.touched = Instant::now();
+        i.parked.take().ok_or_else(|| Status::unavailable("another stream is carrying this snapshot transfer"))
+    }
+
+    fn progressed(&self, r: &Receiving) {
+        if let Some(i) = self.transfers.lock().expect("snapshot inbox").get_mut(&r.shard)
+            && i.transfer == r.transfer
+        {
+            i.next_seq = r.next_seq;
+            i.touched = Instant::now();
+        }
+    }
+
+    /// Keeps `r` for a resumed stream, unless a newer transfer replaced it.
+    fn park(&self, r: Receiving) {
+        if let Some(i) = self.transfers.lock().expect("snapshot inbox").get_mut(&r.shard)
+            && i.transfer == r.transfer
+        {
+            i.next_seq = r.next_seq;
+            i.touched = Instant::now();
+            i.parked = Some(r);
+        }
+    }
+
+    fn done(&self, shard: u64, transfer: u64) {
+        let mut t = self.transfers.lock().expect("snapshot inbox");
+        if t.get(&shard).is_some_and(|i| i.transfer == transfer) {
+            t.remove(&shard);
+        }
+    }
+
+    fn next_seq(&self, shard: u64, transfer: u64) -> u64 {
+        let t = self.transfers.lock().expect("snapshot inbox");
+        t.get(&shard).filter(|i| i.transfer == transfer).map_or(0, |i| i.next_seq)
+    }
+}
+
+/// Runs blocking snapshot work (file writes) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("snapshot staging task: {e}")))
 }
 
 impl RaftService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, inbox: Arc::default() }
+    }
+
+    /// Carries one stream of a snapshot transfer: stages its chunks and,
+    /// after the last, installs the snapshot and answers openraft's
+    /// response. A stream that breaks parks the transfer for a resume.
+    async fn receive_snapshot(
+        &self,
+        shard: u64,
+        raft: ShardRaft,
+        mut inbound: Streaming<SnapshotChunk>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut current: Option<Receiving> = None;
+        loop {
+            let next = inbound.message().await;
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) | Err(_) => {
+                    let got = current.as_ref().map_or(0, |r| r.next_seq);
+                    if let Some(r) = current {
+                        self.inbox.park(r);
+                    }
+                    return Err(match next {
+                        Err(status) => status,
+                        _ => Status::aborted(format!("the snapshot stream ended before its last chunk (at {got})")),
+                    });
+                }
+            };
+            if chunk.shard_id != shard {
+                return Err(Status::invalid_argument(format!(
+                    "a chunk of shard {} on shard {shard}'s stream",
+                    chunk.shard_id
+                )));
+            }
+            let mut r = match current.take() {
+                Some(r) => r,
+                None if chunk.seq == 0 => {
+                    let storage = self.node.storage.clone();
+                    let r = blocking(move || Receiving::start(&storage, &chunk))
+                        .await?
+                        .map_err(Status::invalid_argument)?;
+                    self.refuse_removed(&r.vote)?;
+                    self.inbox.begin(&r);
+                    current = Some(r);
+                    continue;
+                }
+                None => self.inbox.resume(shard, chunk.transfer, chunk.seq)?,
+            };
+            let (r, taken) = blocking(move || {
+                let taken = r.push(&chunk);
+                (r, taken)
+            })
+            .await?;
+            match taken {
+                Ok(false) => {
+                    self.inbox.progressed(&r);
+                    current = Some(r);
+                }
+                Ok(true) => {
+                    self.inbox.done(shard, r.transfer);
+                    let (vote, meta, snapshot) = blocking(move || r.finish()).await?.map_err(Status::internal)?;
+                    return reply(shard, raft.install_full_snapshot(vote, Snapshot { meta, snapshot }).await);
+                }
+                Err(Refused::OutOfOrder { expected }) => {
+                    self.inbox.park(r);
+                    return Err(Status::failed_precondition(format!("expected chunk {expected}")));
+                }
+                Err(Refused::Invalid(e)) => {
+                    self.inbox.done(shard, r.transfer);
+                    tracing::warn!(shard, "refused a snapshot: {e}");
+                    return Err(Status::invalid_argument(e));
+                }
+            }
+        }
     }
 
     async fn group(&self, shard: u64) -> Result<ShardRaft, Status> {
@@ -229,10 +391,21 @@ impl Raft for RaftService {
         reply(shard, result)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let (raft, shard, (vote, meta, snapshot)) = self.open::<(Vote, SnapshotMeta, SnapshotBlob)>(req).await?;
-        self.refuse_removed(&vote)?;
-        reply(shard, raft.install_full_snapshot(vote, Snapshot { meta, snapshot }).await)
+    async fn install_snapshot_stream(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let shard = shard_of_stream(&req)?;
+        let raft = self.group(shard).await?;
+        self.receive_snapshot(shard, raft, req.into_inner()).await
+    }
+
+    async fn snapshot_progress(
+        &self,
+        req: Request<SnapshotProgressRequest>,
+    ) -> Result<Response<SnapshotProgressReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(SnapshotProgressReply { next_seq: self.inbox.next_seq(r.shard_id, r.transfer) }))
     }
 
     async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

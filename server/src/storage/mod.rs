@@ -11,7 +11,7 @@
 //! | `raft_log`   | shard id (BE u64) ++ log index (BE u64) | encoded Raft entry           |
 //! | `raft_meta`  | shard id ++ tag byte                  | vote, committed, last purged   |
 //! | `data`       | user key, unprefixed                  | encoded value record           |
-//! | `apply_meta` | shard id ++ tag byte                  | applied log id, membership, shard map, snapshot |
+//! | `apply_meta` | shard id ++ tag byte                  | applied log id, membership, shard map, range, install marker |
 //! | `sessions`   | shard id ++ client id ++ [sequence]   | exactly-once session state     |
 //! | `ec_data`    | user key, unprefixed                   | eventual shards' records (value or tombstone, timestamp) |
 //! | `ec_outbox`  | shard id ++ sequence (BE u64)          | eventual writes to ship to peers |
@@ -31,6 +31,7 @@
 //! What this module deliberately does not do: interpret records, enforce key
 //! limits, or know about Raft's rules. Those live in `raft/` and `service/`.
 
+mod snapshot;
 mod syncer;
 
 use std::path::Path;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch};
 
+pub use snapshot::{Pin, Section, Staged, Stager};
 pub use syncer::Syncer;
 
 /// Column family names, in the order they are created.
@@ -87,6 +89,8 @@ pub mod apply_meta_tag {
     pub const APPLIED: u8 = 1;
     pub const MEMBERSHIP: u8 = 2;
     pub const SHARD_MAP: u8 = 3;
+    /// The whole-shard snapshot blob of earlier versions (deleted at open:
+    /// snapshots are now taken from a pinned view when needed).
     pub const SNAPSHOT: u8 = 4;
     pub const SESSION_GC_MS: u8 = 5;
     /// A data shard's range and epoch once it changed after creation.
@@ -94,6 +98,8 @@ pub mod apply_meta_tag {
     /// A data shard frozen for a merge: `(freeze index, the shard it merges
     /// into)`.
     pub const FROZEN: u8 = 7;
+    /// A snapshot install in progress (see `storage::snapshot`).
+    pub const INSTALLING: u8 = 8;
 }
 
 /// Which per-shard metadata family a record lives in.
@@ -120,6 +126,8 @@ impl MetaFamily {
 pub enum StorageError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error("snapshot staging: {0}")]
+    Staging(String),
     #[error("fsync thread is gone")]
     SyncerGone,
     /// A WAL fsync failed on this node (maybe long ago): nothing written
@@ -165,7 +173,27 @@ impl Storage {
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
         let syncer = Syncer::start(db.clone());
-        Ok(Arc::new(Storage { db, syncer }))
+        let storage = Storage { db, syncer };
+        storage.recover_installs()?;
+        storage.drop_legacy_snapshots()?;
+        Ok(Arc::new(storage))
+    }
+
+    /// Deletes the whole-shard snapshot blobs earlier versions stored (one
+    /// per shard, as big as the shard): nothing reads them any more.
+    fn drop_legacy_snapshots(&self) -> Result<(), StorageError> {
+        let cf = self.cf(CF_APPLY_META);
+        let mut wb = WriteBatch::default();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() == 9 && k[8] == apply_meta_tag::SNAPSHOT {
+                wb.delete_cf(cf, k);
+            }
+        }
+        if !wb.is_empty() {
+            self.db.write(wb)?;
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -198,6 +226,12 @@ impl Storage {
     /// write completed so far.
     pub fn on_durable(&self, done: impl FnOnce(Result<(), StorageError>) + Send + 'static) {
         self.syncer.on_sync(Box::new(done));
+    }
+
+    /// Resolves after a WAL fsync that started after this call: every write
+    /// completed before it is then durable.
+    pub fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
+        self.syncer.sync()
     }
 
     /// How many fsyncs the syncer has issued and how many waiters they served.
@@ -349,50 +383,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Everything a snapshot of one shard needs, read from one consistent
-    /// RocksDB snapshot (so the applied id matches the data exactly).
-    /// `range_of` gets the stored range record as of the same snapshot
-    /// (see [`apply_meta_tag::RANGE`]) and returns the shard's key range,
-    /// `None` for a shard without user data (the meta shard).
-    pub fn shard_image(
-        &self,
-        shard: u64,
-        range_of: impl FnOnce(Option<&[u8]>) -> Option<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<ShardImage, StorageError> {
-        let snap = self.db.snapshot();
-        let apply_meta = |tag| snap.get_cf(self.cf(CF_APPLY_META), meta_key(shard, tag));
-        let applied = apply_meta(apply_meta_tag::APPLIED)?;
-        let membership = apply_meta(apply_meta_tag::MEMBERSHIP)?;
-        let shard_map = apply_meta(apply_meta_tag::SHARD_MAP)?;
-        let range_record = apply_meta(apply_meta_tag::RANGE)?;
-        let frozen = apply_meta(apply_meta_tag::FROZEN)?;
-
-        let mut data = Vec::new();
-        if let Some((start, end)) = range_of(range_record.as_deref()) {
-            let mut ro = ReadOptions::default();
-            if let Some(end) = end {
-                ro.set_iterate_upper_bound(end.to_vec());
-            }
-            ro.set_snapshot(&snap);
-            let mode = IteratorMode::From(&start, Direction::Forward);
-            for item in self.db.iterator_cf_opt(self.cf(CF_DATA), ro, mode) {
-                let (k, v) = item?;
-                data.push((k.to_vec(), v.to_vec()));
-            }
-        }
-
-        let prefix = shard.to_be_bytes();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound((shard + 1).to_be_bytes().to_vec());
-        ro.set_snapshot(&snap);
-        let mut sessions = Vec::new();
-        for item in self.db.iterator_cf_opt(self.cf(CF_SESSIONS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
-            let (k, v) = item?;
-            sessions.push((k[8..].to_vec(), v.to_vec()));
-        }
-        Ok(ShardImage { applied, membership, shard_map, range_record, frozen, data, sessions })
-    }
-
     // ---- eventual mode ---------------------------------------------------
 
     pub fn get_ec(&self, family: EcFamily, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -449,21 +439,6 @@ impl Storage {
 
 /// A raw `(key, value)` pair read from a column family.
 pub type Pair = (Vec<u8>, Vec<u8>);
-
-/// Everything needed to rebuild one shard's state machine elsewhere.
-#[derive(Debug, Default)]
-pub struct ShardImage {
-    pub applied: Option<Vec<u8>>,
-    pub membership: Option<Vec<u8>>,
-    pub shard_map: Option<Vec<u8>>,
-    pub range_record: Option<Vec<u8>>,
-    /// The freeze record of a data shard frozen for a merge.
-    pub frozen: Option<Vec<u8>>,
-    /// `(user key, encoded record)` in key order.
-    pub data: Vec<Pair>,
-    /// `(session key without shard prefix, record)`.
-    pub sessions: Vec<Pair>,
-}
 
 /// A set of writes applied atomically by [`Storage::write_durable`] or
 /// [`Storage::write_relaxed`].
