@@ -122,10 +122,12 @@ async fn lagging_replica_is_restored_by_snapshot_after_log_purge() {
     let lagging_last = c.group_statuses(SHARD_H).await[&lagging].last_log_index;
     c.kill(lagging);
 
+    // 120 values of 64 KiB: the snapshot travels in several ~1 MiB chunks.
+    let value = |i: usize| format!("value-{i:03}-").repeat(64 * 1024 / 10);
     let mut written = Vec::new();
     for i in 0..120 {
         let key = format!("h-snap-{i:03}");
-        put_via_leader(&c, SHARD_H, &key, &format!("value-{i}")).await;
+        put_via_leader(&c, SHARD_H, &key, &value(i)).await;
         written.push(key);
     }
     // The log the lagging node would need is gone from the leader.
@@ -145,7 +147,7 @@ async fn lagging_replica_is_restored_by_snapshot_after_log_purge() {
         status.snapshot_index
     );
     for (i, key) in written.iter().enumerate() {
-        let expected = format!("value-{i}");
+        let expected = value(i);
         assert_eq!(stale_get(&c, lagging, key).await.as_deref(), Some(expected.as_bytes()), "key {key}");
     }
 }
