@@ -77,7 +77,9 @@ pub struct RaftConfig {
     pub logs_kept_after_snapshot: u64,
     /// The most entries one append message carries.
     pub max_append_entries: u64,
-    /// Time allowed to send one whole snapshot to a peer.
+    /// A snapshot transfer to a peer that makes no progress (no chunk taken,
+    /// no answer) for this long is abandoned, then resumed where the peer got
+    /// to (a few times). A whole transfer may take longer.
     pub snapshot_send_timeout_ms: u64,
     /// The most two nodes' wall clocks may differ. Lease reads are served
     /// only within `election_timeout_max_ms - max_clock_offset_ms` of the last

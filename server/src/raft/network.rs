@@ -366,7 +366,7 @@ impl SnapshotTransfer {
         from: u64,
     ) -> Result<SnapshotResponse<TypeConfig>, Failed> {
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
-        let (snapshot, v) = (local.clone(), vote.clone());
+        let (snapshot, v) = (local.clone(), *vote);
         // Set before the channel closes, so the answer to a stream cut
         // short by a read error is read as that error.
         let read_error = Arc::new(Mutex::new(None::<String>));
