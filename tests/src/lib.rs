@@ -153,6 +153,11 @@ impl TestNode {
     pub fn is_answering(&self) -> bool {
         self.child.is_some() && !self.paused
     }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// A cluster of real `geokv` processes; killed on drop.
