@@ -290,7 +290,8 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
     }
 }
 
-/// Resumed attempts per snapshot send, after the first.
+/// Attempts in a row that move a snapshot transfer no further before the
+/// sender gives up (openraft then sends a fresh snapshot later).
 const SNAPSHOT_RESUMES: u32 = 4;
 
 /// One snapshot send to one peer.
@@ -311,6 +312,9 @@ enum Failed {
 }
 
 impl SnapshotTransfer {
+    /// Sends `local`, resuming after a break for as long as attempts make
+    /// progress: it gives up after [`SNAPSHOT_RESUMES`] attempts in a row
+    /// that moved the receiver no further.
     async fn send(
         mut self,
         local: Arc<LocalSnapshot>,
@@ -318,33 +322,42 @@ impl SnapshotTransfer {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let (shard, target) = (self.shard, self.target);
         let mut from = 0;
-        let mut why = String::new();
-        for attempt in 0..=SNAPSHOT_RESUMES {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                from = match self.progress(local.id).await {
-                    Ok(next) => next,
-                    Err(e) => {
-                        why = e;
-                        continue;
-                    }
-                };
-                tracing::info!(shard, target, attempt, from, %why, "resuming a snapshot transfer");
-            }
-            match self.attempt(&local, &vote, from).await {
+        let mut fruitless = 0;
+        loop {
+            let mut why = match self.attempt(&local, &vote, from).await {
                 Ok(response) => return Ok(response),
-                Err(Failed::Retry(e)) => why = e,
                 Err(Failed::Fatal(e)) => {
                     return Err(StreamingError::Network(NetworkError::from_string(format!(
                         "snapshot of shard {shard} to node {target}: {e}"
                     ))));
                 }
+                Err(Failed::Retry(e)) => {
+                    tracing::info!(shard, target, from, error = %e, "a snapshot transfer broke off");
+                    e
+                }
+            };
+            loop {
+                fruitless += 1;
+                if fruitless > SNAPSHOT_RESUMES {
+                    return Err(StreamingError::Unreachable(Unreachable::from_string(format!(
+                        "snapshot of shard {shard} to node {target}: {SNAPSHOT_RESUMES} attempts in a row \
+                         made no progress, last: {why}"
+                    ))));
+                }
+                tokio::time::sleep(Duration::from_millis(100 << fruitless)).await;
+                match self.progress(local.id).await {
+                    Ok(next) => {
+                        if next > from {
+                            fruitless = 0;
+                        }
+                        from = next;
+                        tracing::info!(shard, target, from, "resuming a snapshot transfer");
+                        break;
+                    }
+                    Err(e) => why = e,
+                }
             }
         }
-        Err(StreamingError::Unreachable(Unreachable::from_string(format!(
-            "snapshot of shard {shard} to node {target} failed {} times, last: {why}",
-            SNAPSHOT_RESUMES + 1
-        ))))
     }
 
     /// The next chunk the peer expects of transfer `id` (0: it has none).
