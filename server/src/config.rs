@@ -562,6 +562,10 @@ impl Config {
         if l.default_scan_limit > l.max_scan_limit {
             return Err(invalid("limits.default_scan_limit", "must not exceed max_scan_limit"));
         }
+        let ceiling = crate::storage::KEY_BYTES_CEILING;
+        if l.max_key_bytes >= ceiling {
+            return Err(invalid("limits.max_key_bytes", format!("must be below {ceiling}")));
+        }
         let max_message = geokv_proto::MAX_GRPC_MESSAGE_BYTES;
         if l.max_value_bytes + l.max_key_bytes >= max_message || l.max_batch_bytes >= max_message {
             return Err(invalid("limits", format!("values and batches must fit a {max_message}-byte gRPC message")));
@@ -725,6 +729,10 @@ mod tests {
         let mut c = three_nodes();
         c.limits.max_value_bytes = 0;
         assert!(c.validate().unwrap_err().to_string().contains("limits.max_value_bytes"));
+
+        let mut c = three_nodes();
+        c.limits.max_key_bytes = crate::storage::KEY_BYTES_CEILING;
+        assert!(c.validate().unwrap_err().to_string().contains("limits.max_key_bytes"));
 
         let mut c = three_nodes();
         c.node_id = 9;

@@ -42,6 +42,14 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Read
 pub use snapshot::{Pin, Section, Staged, Stager};
 pub use syncer::Syncer;
 
+/// Past every user key: longer than any key the limits admit, all `0xff`.
+/// The end of a range that has none (RocksDB's range calls need one).
+const PAST_EVERY_KEY: [u8; KEY_BYTES_CEILING] = [0xff; KEY_BYTES_CEILING];
+
+/// User keys must be shorter than this for [`PAST_EVERY_KEY`] to be past
+/// them all (the configuration refuses a larger `limits.max_key_bytes`).
+pub const KEY_BYTES_CEILING: usize = 8192;
+
 /// Column family names, in the order they are created.
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_META: &str = "raft_meta";
@@ -313,9 +321,7 @@ impl Storage {
     /// (RocksDB's estimate from its files, compressed: what the memtable
     /// holds, up to a write buffer's worth, is not counted).
     pub fn approximate_data_bytes(&self, start: &[u8], end: Option<&[u8]>) -> u64 {
-        // Past every key: a key of 0xff bytes longer than max_key_bytes.
-        let last = [0xffu8; 8192];
-        let range = rocksdb::Range::new(start, end.unwrap_or(&last));
+        let range = rocksdb::Range::new(start, end.unwrap_or(&PAST_EVERY_KEY));
         self.db.get_approximate_sizes_cf(self.cf(CF_DATA), &[range]).first().copied().unwrap_or(0)
     }
 
@@ -484,18 +490,8 @@ impl Batch<'_> {
 
     /// Deletes every user key in `[start, end)` (`end = None`: unbounded).
     pub fn clear_data_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<(), StorageError> {
-        let cf = self.storage.cf(CF_DATA);
-        match end {
-            Some(end) => self.wb.delete_range_cf(cf, start, end),
-            None => {
-                // No finite upper bound to hand to delete_range: delete the
-                // keys one by one (snapshot installs only).
-                for item in self.storage.db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
-                    let (k, _) = item?;
-                    self.wb.delete_cf(cf, k);
-                }
-            }
-        }
+        // One range tombstone, bounded or not: never a delete per key.
+        self.wb.delete_range_cf(self.storage.cf(CF_DATA), start, end.unwrap_or(&PAST_EVERY_KEY));
         Ok(())
     }
 

@@ -25,15 +25,12 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CF_APPLY_META, CF_DATA, CF_SESSIONS, MetaFamily, Storage, StorageError, apply_meta_tag, meta_key, prefixed,
+    CF_APPLY_META, CF_DATA, CF_SESSIONS, MetaFamily, PAST_EVERY_KEY, Storage, StorageError, apply_meta_tag, meta_key,
+    prefixed,
 };
 
 /// The staging directory's name, inside the database directory.
 const STAGING_DIR: &str = "incoming-snapshots";
-
-/// Past every user key: longer than any key the limits admit, all `0xff`.
-/// The end of an unbounded range's tombstone.
-const PAST_EVERY_KEY: [u8; 8192] = [0xff; 8192];
 
 /// Options for the SST files a receiver writes: the column families' own
 /// (defaults), which ingestion requires to match.
