@@ -98,7 +98,11 @@ OUT/report.json, OUT/timeline.html and the node logs in OUT/lab.
 WORKLOADS: register (read/write/CAS per key, checked for linearizability),
 set (adds, then a final read: lost/unexpected elements, stale reads), bank
 (transfers by conditional batch within one shard; reads must conserve the
-total and show no negative balance).
+total and show no negative balance), append (exactly-once: unique elements
+appended to lists by read-then-conditional-swap; an element twice, a failed
+append present, an acknowledged one lost, or lists that disagree is an
+anomaly; run it with --client-retries, and with --unsafe-redo-unknown as its
+negative control).
 
 Stale register reads go to the process's own region's node (as a geo client
 would read locally); linearizable and lease reads go through the client
@@ -156,6 +160,7 @@ enum WorkloadArg {
     Register,
     Set,
     Bank,
+    Append,
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,6 +206,19 @@ struct RunArgs {
     /// too (a write applied twice brings an overwritten value back).
     #[arg(long)]
     client_retries: bool,
+    /// UNSAFE, a negative control for --workload append: an append whose
+    /// outcome is unknown is run again from its read as a new write (up to 8
+    /// times within --op-timeout-ms), as a client without exactly-once
+    /// sessions would, and the last attempt's answer is recorded. A run
+    /// whose faults lose answers (kill, latency, restart) must be INVALID.
+    #[arg(long)]
+    unsafe_redo_unknown: bool,
+    /// UNSAFE, a negative control for clock skew: the nodes run with
+    /// --unsafe-trust-clocks (they believe every peer's clock, so skew
+    /// beyond --max-clock-offset-ms goes undetected). With the clock
+    /// nemesis, lease or bounded reads must then be found INVALID.
+    #[arg(long)]
+    unsafe_trust_clocks: bool,
     /// The nodes' --max-clock-offset-ms (default: theirs, 50; it must stay
     /// below their election timeout). With the clock nemesis: how much skew
     /// the nodes are told to tolerate.
@@ -339,6 +357,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
         WorkloadArg::Register => Workload::Register,
         WorkloadArg::Set => Workload::Set,
         WorkloadArg::Bank => Workload::Bank,
+        WorkloadArg::Append => Workload::Append,
     };
     let mut config = RunConfig::new(workload, &args.out, program);
     config.nodes = args.nodes;
@@ -379,6 +398,8 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.read_consistency = args.read_consistency;
     config.op_timeout = Duration::from_millis(args.op_timeout_ms);
     config.client_retries = args.client_retries;
+    config.unsafe_redo_unknown = args.unsafe_redo_unknown;
+    config.unsafe_trust_clocks = args.unsafe_trust_clocks;
     config.max_clock_offset_ms = args.max_clock_offset_ms;
     config.rebalance = args.rebalance;
     config.tls = args.tls;

@@ -21,12 +21,14 @@ pub const WITNESS_PREFIX_SHOWN_OPS: usize = 20;
 
 /// The verdict of a whole report: the checker's, or INCONCLUSIVE when the
 /// checker found nothing but the history holds too little evidence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportVerdict {
     Valid,
     Invalid,
     Unknown,
+    /// Also the default: nothing checked yet is no pass.
+    #[default]
     Inconclusive,
 }
 

@@ -226,6 +226,12 @@ struct NodeArgs {
     /// node refuse lease and bounded reads for a while (default: 50).
     #[arg(long, env = "GEOKV_MAX_CLOCK_OFFSET_MS")]
     max_clock_offset_ms: Option<u64>,
+    /// UNSAFE, for the test harness's negative control only: believe every
+    /// peer's clock however far off it is, so skew beyond
+    /// --max-clock-offset-ms goes undetected and lease and bounded reads can
+    /// return stale data without saying so. Never in production.
+    #[arg(long, env = "GEOKV_UNSAFE_TRUST_CLOCKS")]
+    unsafe_trust_clocks: bool,
     /// Build a shard snapshot after this many log entries since the last one
     /// (default: 10000).
     #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
@@ -327,6 +333,9 @@ impl NodeArgs {
         }
         if self.plaintext {
             c.tls.plaintext = true;
+        }
+        if self.unsafe_trust_clocks {
+            c.raft.unsafe_trust_clocks = true;
         }
         if self.auth.is_some() {
             c.tls.auth = self.auth;

@@ -89,6 +89,11 @@ pub struct RaftConfig {
     /// How often a leader confirms its leadership and pushes a safe time
     /// (commit index as of a leader clock reading) to its followers.
     pub safe_time_interval_ms: u64,
+    /// UNSAFE, for the test harness's negative control only: believe every
+    /// peer's clock however far off it is (no refusal of lease and bounded
+    /// reads on skew beyond `max_clock_offset_ms`). Lease and bounded reads
+    /// can then return stale data without saying so.
+    pub unsafe_trust_clocks: bool,
 }
 
 impl Default for RaftConfig {
@@ -104,6 +109,7 @@ impl Default for RaftConfig {
             snapshot_send_timeout_ms: 60_000,
             max_clock_offset_ms: 50,
             safe_time_interval_ms: 50,
+            unsafe_trust_clocks: false,
         }
     }
 }

@@ -135,6 +135,12 @@ impl Node {
         });
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
+        if r.unsafe_trust_clocks {
+            tracing::warn!(
+                "UNSAFE: unsafe_trust_clocks is on: peers' clocks are believed however far off they are; lease and \
+                 bounded reads may return stale data without saying so (a test harness setting, never for production)"
+            );
+        }
         let tls = crate::tls::TlsFiles::from_config(&config.tls).map(crate::tls::Tls::load).transpose()?;
         let peers = Peers::new(
             PeerTimeouts {
@@ -679,7 +685,7 @@ impl Node {
         let bound = self.config.raft.max_clock_offset_ms;
         let mut times = self.safe_times.lock().expect("safe times");
         for t in entries {
-            if t.leader_wall_ms > now + bound {
+            if t.leader_wall_ms > now + bound && !self.config.raft.unsafe_trust_clocks {
                 tracing::error!(
                     peer = from,
                     ahead_ms = t.leader_wall_ms - now,

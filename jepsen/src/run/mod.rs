@@ -151,6 +151,15 @@ pub struct RunConfig {
     /// The nodes' `--split-load-entries-per-s`: shards under the workload's
     /// load split on their own during the run.
     pub split_load_entries_per_s: Option<u64>,
+    /// Unsafe (a negative control): an append whose outcome is unknown is
+    /// run again as a new write, as by a client without exactly-once
+    /// sessions ([`workload::OpSettings::unsafe_redo_unknown`]). Append
+    /// workload only.
+    pub unsafe_redo_unknown: bool,
+    /// Unsafe (a negative control): the nodes run with
+    /// `--unsafe-trust-clocks`, believing every peer's clock however far off
+    /// it is, so skew beyond the offset bound goes undetected.
+    pub unsafe_trust_clocks: bool,
 }
 
 /// With client retries on, how many attempts fit in one operation's timeout.
@@ -184,6 +193,8 @@ impl RunConfig {
             tls: false,
             node_dead_after_ms: None,
             split_load_entries_per_s: None,
+            unsafe_redo_unknown: false,
+            unsafe_trust_clocks: false,
         }
     }
 
@@ -211,6 +222,9 @@ impl RunConfig {
                 "--eventual: the {} workload needs conditional batches, which eventual shards refuse",
                 self.workload.as_str()
             ));
+        }
+        if self.unsafe_redo_unknown && self.workload != Workload::Append {
+            return bad("--unsafe-redo-unknown redoes appends: it needs --workload append".into());
         }
         if self.eventual && self.convergence_timeout.is_zero() {
             return bad("the convergence timeout must be above zero".into());
@@ -292,6 +306,12 @@ pub struct RunParameters {
     pub op_timeout_ms: u64,
     /// The clients retried within each operation's timeout.
     pub client_retries: bool,
+    /// Appends of unknown outcome were redone as new writes (a negative control).
+    #[serde(default)]
+    pub unsafe_redo_unknown: bool,
+    /// The nodes believed every peer's clock (a negative control).
+    #[serde(default)]
+    pub unsafe_trust_clocks: bool,
     /// The nodes' clock offset bound when not their default.
     pub max_clock_offset_ms: Option<u64>,
     /// The cluster rebalanced replicas and leaders during the run.
@@ -441,6 +461,9 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     if let Some(range) = eventual_range(&config) {
         lab_config.node_args.push(format!("--eventual-ranges={range}"));
     }
+    if config.unsafe_trust_clocks {
+        lab_config.node_args.push("--unsafe-trust-clocks".into());
+    }
     if let Some(ms) = config.max_clock_offset_ms {
         lab_config.node_args.push(format!("--max-clock-offset-ms={ms}"));
     }
@@ -519,6 +542,10 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         let client_config = lab.client_config_for_region(&region)?.deadline(config.op_timeout);
         let client_config = if config.client_retries {
             client_config.rpc_timeout(config.op_timeout / RETRY_ATTEMPTS_PER_OP)
+        } else if config.unsafe_redo_unknown {
+            // The harness redoes an unknown append itself: one RPC per
+            // attempt, short enough that redos fit in the op timeout.
+            client_config.max_attempts(1).rpc_timeout(config.op_timeout / RETRY_ATTEMPTS_PER_OP)
         } else {
             client_config.max_attempts(1).rpc_timeout(config.op_timeout)
         };
@@ -534,8 +561,12 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let budget = Arc::new(AtomicU64::new(config.ops));
-    let settings =
-        OpSettings { consistency: config.read_consistency, op_timeout: config.op_timeout, eventual: config.eventual };
+    let settings = OpSettings {
+        consistency: config.read_consistency,
+        op_timeout: config.op_timeout,
+        eventual: config.eventual,
+        unsafe_redo_unknown: config.unsafe_redo_unknown,
+    };
     let first_processes: Vec<u64> = (0..config.clients).map(|_| recorder.fresh_process()).collect();
     let deadline = started + config.time_limit;
 
@@ -853,7 +884,12 @@ async fn liveness_phase(
     let source = lab.client_ip_for_region(region)?;
     let home = workload::home_channel(&lab.endpoint_for_region(region)?, source, bound, lab.tonic_tls())
         .map_err(RunError::Config)?;
-    let settings = OpSettings { consistency: Consistency::Linearizable, op_timeout: bound, eventual: config.eventual };
+    let settings = OpSettings {
+        consistency: Consistency::Linearizable,
+        op_timeout: bound,
+        eventual: config.eventual,
+        unsafe_redo_unknown: false,
+    };
     let events = recorder.events();
     let mut keys: Vec<(String, Op, Op)> = Vec::new();
     // Values nobody else writes: above every slot's range.
@@ -874,6 +910,16 @@ async fn liveness_phase(
         }
         Workload::Bank => {
             keys.push(("bank".into(), Op::BankTransfer { from: 0, to: 1, amount: 1 }, Op::BankRead));
+        }
+        Workload::Append => {
+            let mut seen = BTreeSet::new();
+            for e in events.iter().filter(|e| e.kind == EventType::Invoke) {
+                seen.insert(e.key.clone());
+            }
+            for (i, key) in seen.into_iter().enumerate() {
+                let append = Op::Append { key: key.clone(), element: liveness_value(i) };
+                keys.push((key.clone(), append, Op::ListRead { key }));
+            }
         }
     }
     let Some(client) = client else {
@@ -904,7 +950,7 @@ async fn liveness_phase(
                     None => {
                         workload::execute(recorder, &settings, &pc, reader, read).await;
                     }
-                    Some(f) => final_read(recorder, &settings, &pc, reader, f, config.workload).await,
+                    Some(f) => final_read(recorder, &settings, &pc, reader, f, config.workload, key).await,
                 }
             }
             KeyLiveness { key: key.clone(), ok, elapsed_ms, error }
@@ -914,7 +960,8 @@ async fn liveness_phase(
     Ok(liveness_result(bound, results))
 }
 
-/// A set/bank read recorded as `final-read`.
+/// A set, bank or list read recorded as `final-read` (of `key` for a list;
+/// the set and the bank record no key).
 async fn final_read(
     recorder: &Recorder,
     settings: &OpSettings,
@@ -922,10 +969,15 @@ async fn final_read(
     process: u64,
     f: &str,
     w: Workload,
+    key: &str,
 ) {
-    recorder.invoke(process, f, "", Value::Null);
+    let key = if w == Workload::Append { key } else { "" };
+    recorder.invoke(process, f, key, Value::Null);
     let read = async {
         match w {
+            Workload::Append => workload::read_list(pc, key, settings.consistency, settings.op_timeout)
+                .await
+                .map(|(list, meta)| (list.as_array().cloned().unwrap_or_default(), meta)),
             Workload::Set if settings.eventual => {
                 workload::read_set_local(&pc.home, settings.consistency, settings.op_timeout).await
             }
@@ -934,14 +986,14 @@ async fn final_read(
         }
     };
     match tokio::time::timeout(settings.op_timeout, read).await {
-        Ok(Ok((values, meta))) => recorder.complete(process, EventType::Ok, f, "", json!(values), meta),
+        Ok(Ok((values, meta))) => recorder.complete(process, EventType::Ok, f, key, json!(values), meta),
         Ok(Err(e)) => {
             let meta = recorder::CompletionMeta { error: Some(e.message), ..Default::default() };
-            recorder.complete(process, EventType::Fail, f, "", Value::Null, meta);
+            recorder.complete(process, EventType::Fail, f, key, Value::Null, meta);
         }
         Err(_) => {
             let meta = recorder::CompletionMeta { error: Some("timed out".into()), ..Default::default() };
-            recorder.complete(process, EventType::Fail, f, "", Value::Null, meta);
+            recorder.complete(process, EventType::Fail, f, key, Value::Null, meta);
         }
     }
 }
@@ -1037,6 +1089,16 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             checkers.insert("set".into(), serde_json::to_value(&result).expect("results serialise"));
             CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }
         }
+        Workload::Append => {
+            let fresh = matches!(
+                config.read_consistency,
+                Consistency::Linearizable | Consistency::Lease | Consistency::Follower
+            );
+            let result = checks::check_append(&history, fresh);
+            let verdict = result.verdict;
+            checkers.insert("append".into(), serde_json::to_value(&result).expect("results serialise"));
+            CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }
+        }
         Workload::Bank => {
             let total = (workload::ACCOUNTS as u64 * workload::INITIAL_BALANCE) as i64;
             let result = checks::check_bank(&history, workload::ACCOUNTS, total);
@@ -1118,6 +1180,8 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             schedule_replayed: config.schedule.is_some(),
             op_timeout_ms: config.op_timeout.as_millis() as u64,
             client_retries: config.client_retries,
+            unsafe_redo_unknown: config.unsafe_redo_unknown,
+            unsafe_trust_clocks: config.unsafe_trust_clocks,
             max_clock_offset_ms: config.max_clock_offset_ms,
             rebalance: config.rebalance,
             tls: config.tls,

@@ -21,6 +21,15 @@
 //!   [`INITIAL_BALANCE`]. A transfer reads both balances and sends one batch
 //!   that writes both, conditioned on the versions it read; `read` is one
 //!   scan of the accounts.
+//! - **append** (exactly-once): lists on per-group keys `l<group>-<epoch>`
+//!   (at most [`MAX_APPENDERS_PER_LIST`] processes per key, rotating after
+//!   about [`OPS_PER_LIST`] operations). `append e` reads the list
+//!   (linearizable) and swaps in the list with `e` at its end, conditioned on
+//!   the version it read; `read` reads the list at the run's level. Every
+//!   element is unique, so a write applied twice shows as an element twice,
+//!   and a retry answered by re-running the swap instead of by the session
+//!   table shows as a `fail` (its condition no longer holds) whose element is
+//!   in the list.
 //!
 //! # Outcomes
 //!
@@ -68,6 +77,10 @@ pub const SET_END: &str = "set0";
 /// Key prefix and scan range of the bank workload.
 pub const BANK_PREFIX: &str = "bank/";
 pub const BANK_END: &str = "bank0";
+/// At most this many processes append to one list.
+pub const MAX_APPENDERS_PER_LIST: usize = 3;
+/// An append group moves to a new list after about this many operations.
+pub const OPS_PER_LIST: u64 = 90;
 
 /// Which workload a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +89,7 @@ pub enum Workload {
     Register,
     Set,
     Bank,
+    Append,
 }
 
 impl Workload {
@@ -84,6 +98,7 @@ impl Workload {
             Workload::Register => "register",
             Workload::Set => "set",
             Workload::Bank => "bank",
+            Workload::Append => "append",
         }
     }
 
@@ -95,20 +110,22 @@ impl Workload {
             Workload::Register => "r-warmup",
             Workload::Set => "sd-warmup",
             Workload::Bank => "ba-warmup",
+            Workload::Append => "l-warmup",
         }
     }
 
     /// The key range `[start, end)` given to the nodes as an eventual range
     /// in eventual mode: every key the workload touches, and its warm-up key.
     /// `None`: the workload cannot run on an eventual shard (bank transfers
-    /// are conditional batches, which eventual shards refuse).
+    /// are conditional batches and appends compare-and-swaps, which eventual
+    /// shards refuse).
     pub fn eventual_range(self) -> Option<(&'static str, &'static str)> {
         match self {
             // "r-warmup" and "r<group>-<epoch>" ('-' < '0'..'9' < ':').
             Workload::Register => Some(("r-", "r:")),
             // "sd-warmup" and "set/<e>".
             Workload::Set => Some(("sd-", SET_END)),
-            Workload::Bank => None,
+            Workload::Bank | Workload::Append => None,
         }
     }
 
@@ -118,6 +135,7 @@ impl Workload {
             Workload::Register => "r0-0",
             Workload::Set => "set/0",
             Workload::Bank => "bank/0",
+            Workload::Append => "l0-0",
         }
     }
 }
@@ -148,6 +166,14 @@ pub enum Op {
         amount: u64,
     },
     BankRead,
+    /// Append `element` to the list at `key` (read, then a conditional swap).
+    Append {
+        key: String,
+        element: u64,
+    },
+    ListRead {
+        key: String,
+    },
 }
 
 /// The bank account key of account `i`.
@@ -182,7 +208,11 @@ pub struct Generator {
 impl Generator {
     pub fn new(workload: Workload, seed: u64, slot: usize, clients: usize) -> Generator {
         assert!(slot < clients, "slot {slot} of {clients} clients");
-        let groups = clients.div_ceil(MAX_PROCESSES_PER_KEY);
+        let (per_key, ops_per_key) = match workload {
+            Workload::Append => (MAX_APPENDERS_PER_LIST, OPS_PER_LIST),
+            _ => (MAX_PROCESSES_PER_KEY, OPS_PER_KEY),
+        };
+        let groups = clients.div_ceil(per_key);
         let group_size = clients.div_ceil(groups);
         Generator {
             workload,
@@ -190,7 +220,7 @@ impl Generator {
             rng: SeededRng::derived(seed, slot as u64 + 1),
             generated: 0,
             group: slot / group_size,
-            ops_per_slot_per_key: (OPS_PER_KEY / group_size as u64).max(1),
+            ops_per_slot_per_key: (ops_per_key / group_size as u64).max(1),
             last_written: HashMap::new(),
             cas: true,
         }
@@ -238,6 +268,11 @@ impl Generator {
                 Op::BankTransfer { from, to, amount: self.rng.between(1, MAX_TRANSFER) }
             }
             Workload::Bank => Op::BankRead,
+            Workload::Append => {
+                let epoch = (self.generated - 1) / self.ops_per_slot_per_key;
+                let key = format!("l{}-{epoch}", self.group);
+                if roll < 70 { Op::Append { key, element: self.unique() } } else { Op::ListRead { key } }
+            }
         };
         Some(op)
     }
@@ -285,7 +320,15 @@ pub struct OpSettings {
     /// region's node over the raw Kv API (that replica accepts the write and
     /// serves the read locally), not through the client library's routing.
     pub eventual: bool,
+    /// Unsafe, for the append workload's negative control: an append whose
+    /// outcome is unknown is run again from its read (up to
+    /// [`MAX_REDOS`] times within the op timeout), as a client without
+    /// exactly-once sessions would; the last attempt's answer is recorded.
+    pub unsafe_redo_unknown: bool,
 }
+
+/// Most extra attempts of one append with `unsafe_redo_unknown`.
+pub const MAX_REDOS: u32 = 8;
 
 /// Why an operation did not succeed.
 #[derive(Debug)]
@@ -648,6 +691,29 @@ pub async fn execute(
             )
             .await
         }
+        Op::Append { key, element } => {
+            let call = async {
+                let mut redos = 0;
+                loop {
+                    match append_once(client, key, *element).await {
+                        Err(e) if !e.definite && settings.unsafe_redo_unknown && redos < MAX_REDOS => redos += 1,
+                        done => return done.map(|()| (json!(element), CompletionMeta::default())),
+                    }
+                }
+            };
+            record(
+                recorder,
+                settings,
+                Invocation { process, f: "append", key, value: json!(element), is_read: false },
+                call,
+            )
+            .await
+        }
+        Op::ListRead { key } => {
+            let call = read_list(pc, key, consistency, settings.op_timeout);
+            record(recorder, settings, Invocation { process, f: "read", key, value: Value::Null, is_read: true }, call)
+                .await
+        }
         Op::BankRead => {
             let call = async {
                 let (balances, meta) = read_bank(client, consistency).await?;
@@ -662,6 +728,54 @@ pub async fn execute(
             .await
         }
     }
+}
+
+/// A list value as the history shows it: its elements, numbers where they
+/// parse (the checker reports anything else as unexpected).
+pub fn list_elements(bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    if text.is_empty() {
+        return json!([]);
+    }
+    Value::Array(
+        text.split(',').map(|e| e.parse::<u64>().map_or_else(|_| Value::String(e.to_string()), Value::from)).collect(),
+    )
+}
+
+/// One attempt of an append: a linearizable read of the list, then a swap
+/// to the list with `element` at its end, conditioned on the version read
+/// (or on the key being absent). A failed condition is definite.
+async fn append_once(client: &Client, key: &str, element: u64) -> Result<(), OpError> {
+    let read = client.get_with(key, Consistency::Linearizable).await;
+    let read = read.map_err(|e| OpError::definite(format!("reading {key}: {e}")))?;
+    let (mut list, expect) = match read.kv {
+        None => (Vec::new(), Expect::Absent),
+        Some(kv) => (kv.value, Expect::Version(kv.version)),
+    };
+    if !list.is_empty() {
+        list.push(b',');
+    }
+    list.extend_from_slice(element.to_string().as_bytes());
+    let swapped = client.cas(key, expect, Some(list)).await.map_err(|e| classify(&e))?;
+    if swapped.swapped { Ok(()) } else { Err(OpError::definite("conflict: the list changed since it was read")) }
+}
+
+/// The list at `key`, read at `consistency` (stale reads from the process's
+/// own region's node, like register reads).
+pub async fn read_list(
+    pc: &ProcessClient,
+    key: &str,
+    consistency: Consistency,
+    timeout: Duration,
+) -> Result<(Value, CompletionMeta), OpError> {
+    if consistency == Consistency::Stale {
+        let reply = raw_get(&pc.home, key, consistency, timeout).await.map_err(|s| OpError::definite(s.to_string()))?;
+        let list = reply.kv.map_or_else(|| json!([]), |kv| list_elements(&kv.value));
+        return Ok((list, proto_read_meta(reply.read.as_ref())));
+    }
+    let read = pc.client.get_with(key, consistency).await.map_err(|e| classify(&e))?;
+    let list = read.kv.map_or_else(|| json!([]), |kv| list_elements(&kv.value));
+    Ok((list, read_meta(&read.info)))
 }
 
 /// The set's elements named by these keys (numbers where they parse).
