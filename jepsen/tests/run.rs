@@ -218,3 +218,36 @@ async fn appends_redone_without_sessions_are_caught() {
     let doubled = append["duplicated_count"].as_u64().unwrap() + append["failed_but_present_count"].as_u64().unwrap();
     assert!(doubled > 0, "caught as a write applied twice or a failed append present: {append}");
 }
+
+/// Negative control of the clock nemesis: a follower's wall clock set 3 s
+/// behind (60x the offset bound), then the follower cut off from the other
+/// nodes while its region's clients keep reading it at bounded:250ms, on
+/// nodes started with `--unsafe-trust-clocks`. Believing the leader's
+/// pushed times, it takes them to be 3 s younger than they are and, for
+/// about 3 s, serves reads far staler than the bound it reports: INVALID.
+/// (Without the flag the same schedule is VALID: it sees the leader's clock
+/// ahead and refuses; docs/jepsen.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_reads_that_believe_a_skewed_clock_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::Composed {
+        faults: vec![
+            Fault::ClockSkew { target: Target::Follower { shard: 0 }, offset_ms: -3_000, rate_percent: None },
+            // Once the restarted follower holds a safe time again.
+            Fault::IsolateFollower { shard: 0 },
+        ],
+        gap_ms: 3_000,
+    };
+    let windows = vec![Window { start_ms: 1_000, end_ms: 9_000, fault }];
+    let mut config = config(&dir, Workload::Register, windows);
+    config.time_limit = Duration::from_secs(11);
+    config.read_consistency = Consistency::Bounded { max_staleness_ms: 250 };
+    config.unsafe_trust_clocks = true;
+    let outcome = run(config).await.expect("the run completes");
+    let report = &outcome.report;
+    println!("{}", report.render_text());
+    let starts = nemesis_starts(&outcome.history);
+    assert!(starts.len() == 1 && starts[0].contains("clock -3000 ms") && starts[0].contains("isolate"), "{starts:?}");
+    assert_eq!(report.verdict, ReportVerdict::Invalid, "the negative control must be caught: {}", report.summary);
+    assert_eq!(report.checkers["staleness_bounds"]["verdict"], "invalid", "a reported bound was shown false");
+}

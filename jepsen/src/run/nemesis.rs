@@ -149,6 +149,9 @@ pub enum Target {
     Nodes { ids: Vec<u64> },
     /// Whichever node leads `shard` when the window starts.
     Leader { shard: u64 },
+    /// The lowest-numbered node not leading `shard` when the window starts
+    /// (the node [`Fault::IsolateFollower`] picks while the leader stays).
+    Follower { shard: u64 },
     /// Every node.
     All,
 }
@@ -402,6 +405,11 @@ pub struct Applied {
     pub nodes: Vec<u64>,
 }
 
+/// The lowest-numbered node that is not `leader`.
+fn first_follower(lab: &Lab, leader: u64) -> Result<u64, String> {
+    lab.nodes().iter().map(|n| n.id).find(|&id| id != leader).ok_or_else(|| "no follower".to_string())
+}
+
 async fn resolve(lab: &Lab, target: &Target) -> Result<Vec<u64>, String> {
     match target {
         Target::Nodes { ids } => Ok(ids.clone()),
@@ -411,6 +419,10 @@ async fn resolve(lab: &Lab, target: &Target) -> Result<Vec<u64>, String> {
             Ok(id) => Ok(vec![id]),
             Err(e) => Err(format!("leader of shard {shard}: {e}")),
         },
+        Target::Follower { shard } => {
+            let leader = Box::pin(resolve(lab, &Target::Leader { shard: *shard })).await?[0];
+            first_follower(lab, leader).map(|id| vec![id])
+        }
     }
 }
 
@@ -451,12 +463,7 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
         }
         Fault::IsolateFollower { shard } => {
             let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
-            let follower = lab
-                .nodes()
-                .iter()
-                .map(|n| n.id)
-                .find(|&id| id != leader)
-                .ok_or_else(|| "no follower to isolate".to_string())?;
+            let follower = first_follower(lab, leader)?;
             let links = lab.isolate_node(follower).await.map_err(|e| e.to_string())?;
             Ok(applied(
                 format!(
@@ -619,6 +626,7 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
     let fix = |shard: u64| if shard == 0 { workload_shard } else { shard };
     let target = |t: &Target| match t {
         Target::Leader { shard } => Target::Leader { shard: fix(*shard) },
+        Target::Follower { shard } => Target::Follower { shard: fix(*shard) },
         other => other.clone(),
     };
     match fault {
@@ -665,6 +673,7 @@ fn target_text(target: &Target) -> String {
         Target::Nodes { ids } if ids.len() == 1 => "one node".into(),
         Target::Nodes { .. } => "a minority".into(),
         Target::Leader { shard } => format!("the leader of shard {shard}"),
+        Target::Follower { shard } => format!("a follower of shard {shard}"),
         Target::All => "all nodes".into(),
     }
 }
