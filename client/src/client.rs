@@ -16,6 +16,11 @@
 //! 4. **Stop** on success, on a final answer, or when `max_attempts` or the
 //!    deadline runs out. A write that any attempt may have applied ends as
 //!    [`Error::Indeterminate`]; otherwise exhaustion is [`Error::Unavailable`].
+//!    A write is resent for at most [`MAX_WRITE_RETRY_WINDOW`] whatever the
+//!    deadline, so every resend reaches the server while the session that
+//!    deduplicates it lives, and no attempt starts with less than
+//!    [`MIN_ATTEMPT_TIME`] left (it could only time out, turning a refusal
+//!    into an unknown outcome).
 //!
 //! Eventual shards ([`ShardMode::Eventual`]) have no leader: every request
 //! for them, read or write, goes to a replica in the client's region first,
@@ -27,6 +32,19 @@
 //! [`Error::Indeterminate`].
 
 use std::collections::{HashMap, HashSet};
+
+/// The longest a write is resent for, whatever [`ClientConfig::deadline`]
+/// says: half the shortest session TTL a node accepts
+/// (`limits.session_ttl_ms` ≥ 60 s), so every resend of a write reaches the
+/// server while its exactly-once session lives, with a margin for leaders
+/// whose clocks differ. (A resend that still came later would be refused as
+/// indeterminate by the session's marker, never applied twice.)
+///
+/// [`ClientConfig::deadline`]: crate::ClientConfig::deadline
+pub const MAX_WRITE_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// No attempt starts with less than this left of the deadline.
+pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(5);
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -460,7 +478,8 @@ impl Client {
     ) -> Result<C::Reply, Error> {
         let config = &self.inner.config;
         let is_write = call.session_mut().is_some();
-        let deadline = Instant::now() + config.deadline;
+        let window = if is_write { config.deadline.min(MAX_WRITE_RETRY_WINDOW) } else { config.deadline };
+        let deadline = Instant::now() + window;
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let mut attempts: u32 = 0;
         let mut may_have_applied = false;
@@ -512,6 +531,9 @@ impl Client {
                 }
             }
 
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT_TIME {
+                return Err(exhausted(is_write && may_have_applied, shard_id, attempts, last_cause));
+            }
             attempts += 1;
             tried.insert(target.addr.clone());
             call.set_header(pb::RequestHeader { shard_id: shard.shard_id, epoch: shard.epoch });

@@ -30,7 +30,9 @@ pub struct ClientConfig {
     /// the bound that normally ends a retry loop).
     pub max_attempts: u32,
     /// Total time one operation may take, retries and backoff included
-    /// (default 10 s).
+    /// (default 10 s). Writes are resent for at most
+    /// [`MAX_WRITE_RETRY_WINDOW`](crate::MAX_WRITE_RETRY_WINDOW) (30 s, half
+    /// the shortest session TTL a node accepts) even when this is longer.
     pub deadline: Duration,
     /// Time one RPC may take before it is abandoned (default 5 s). A write
     /// whose RPC times out has an unknown outcome and is retried with the same

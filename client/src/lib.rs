@@ -126,7 +126,7 @@ mod types;
 mod users;
 
 pub use batch::Batch;
-pub use client::Client;
+pub use client::{Client, MAX_WRITE_RETRY_WINDOW, MIN_ATTEMPT_TIME};
 pub use config::{ClientConfig, ClientTls, DEV_ENDPOINTS, Token};
 pub use conflicts::{Conflict, ConflictLogInfo, ConflictReport, DEFAULT_CONFLICT_LIMIT, NodeConflicts};
 pub use error::Error;

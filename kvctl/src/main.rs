@@ -134,7 +134,8 @@ struct Cli {
     json: bool,
 
     /// Give up on an operation, retries included, after this long: a number
-    /// with a unit, e.g. 500ms, 3s, 1m.
+    /// with a unit, e.g. 500ms, 3s, 1m. A write is resent for at most 30 s
+    /// (half the shortest session TTL), then reported as of unknown outcome.
     #[arg(long, global = true, env = "GEOKV_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     timeout: Duration,
 

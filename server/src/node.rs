@@ -65,6 +65,9 @@ const SAFE_TIME_POLL: Duration = Duration::from_millis(20);
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct Node {
+    /// The times this node, as a leader, writes into write entries (see
+    /// [`crate::raft::log_clock`]).
+    pub log_clock: Arc<crate::raft::log_clock::LogClock>,
     pub config: Arc<Config>,
     /// This node as a member (id, address, region, zone).
     pub me: crate::config::Member,
@@ -135,6 +138,7 @@ impl Node {
         });
         let (map_tx, map_rx) = watch::channel(initial_map.clone());
         let r = &config.raft;
+        let log_clock = Arc::new(crate::raft::log_clock::LogClock::new(r.max_clock_offset_ms));
         if r.unsafe_trust_clocks {
             tracing::warn!(
                 "UNSAFE: unsafe_trust_clocks is on: peers' clocks are believed however far off they are; lease and \
@@ -185,6 +189,7 @@ impl Node {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             meta_leader_heard: Mutex::new(None),
+            log_clock,
         }))
     }
 
@@ -370,9 +375,10 @@ impl Node {
         kind: ShardKind,
         limits: SessionLimits,
     ) -> std::io::Result<ShardStateMachine> {
-        Ok(ShardStateMachine::new(shard, kind, self.storage.clone(), limits)?
+        ShardStateMachine::new(shard, kind, self.storage.clone(), limits)?
             .with_split_notices(self.split_tx.clone())
-            .with_frozen_shards(self.frozen.clone()))
+            .with_frozen_shards(self.frozen.clone())
+            .with_log_clock(self.log_clock.clone())
     }
 
     /// Whether data shard `shard`'s replica here is frozen for a merge (it
@@ -479,6 +485,7 @@ impl Node {
     pub(crate) async fn retire_group(&self, shard: u64, range: Option<&crate::shards::KeyRange>) -> anyhow::Result<()> {
         let _one_at_a_time = self.starting.lock().await;
         let Some(raft) = self.groups.write().await.remove(&shard) else { return Ok(()) };
+        self.log_clock.forget(shard);
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(shard, cause = %e, "raft group did not shut down cleanly");
         }

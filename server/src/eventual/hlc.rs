@@ -92,6 +92,23 @@ impl Clock {
         Hlc { physical_ms: last.0, logical: last.1, node: self.node }
     }
 
+    /// A new timestamp for a local write, refused while this clock runs
+    /// further ahead of the wall clock than the offset bound (after the wall
+    /// clock stepped back past it: the floor from before a restart, or a
+    /// clock set back). Every write's timestamp is then at most the bound
+    /// ahead of its node's wall clock, which the staleness bound of eventual
+    /// reads counts on.
+    pub fn now_for_write(&self) -> Result<Hlc, ClockAhead> {
+        let wall = (self.wall)();
+        let mut last = self.last.lock().expect("hlc lock");
+        if last.0 > wall + self.max_offset_ms {
+            let own = Hlc { physical_ms: last.0, logical: last.1, node: self.node };
+            return Err(ClockAhead { remote: own, ahead_ms: last.0 - wall, bound_ms: self.max_offset_ms });
+        }
+        *last = if wall > last.0 { (wall, 0) } else { (last.0, last.1 + 1) };
+        Ok(Hlc { physical_ms: last.0, logical: last.1, node: self.node })
+    }
+
     /// The newest timestamp issued or observed, without ticking.
     pub fn peek(&self) -> Hlc {
         let last = self.last.lock().expect("hlc lock");
@@ -131,6 +148,18 @@ mod tests {
         // A floor ahead of the wall clock (restart after a clock step back).
         let c = Clock::with_wall(1, Hlc { physical_ms: 2_000, logical: 7, node: 1 }, 50, frozen);
         assert_eq!(c.now(), Hlc { physical_ms: 2_000, logical: 8, node: 1 });
+    }
+
+    #[test]
+    fn a_write_is_refused_while_the_clock_runs_beyond_the_bound_ahead_of_the_wall() {
+        // Within the bound ahead (a timestamp observed from a faster peer): fine.
+        let c = Clock::with_wall(1, Hlc { physical_ms: 1_050, logical: 0, node: 2 }, 50, frozen);
+        assert_eq!(c.now_for_write().unwrap(), Hlc { physical_ms: 1_050, logical: 1, node: 1 });
+        // A floor 1 s ahead of the wall clock (it was set back): refused, not stamped.
+        let c = Clock::with_wall(1, Hlc { physical_ms: 2_000, logical: 7, node: 1 }, 50, frozen);
+        let err = c.now_for_write().unwrap_err();
+        assert_eq!((err.ahead_ms, err.bound_ms), (1_000, 50));
+        assert_eq!(c.peek(), Hlc { physical_ms: 2_000, logical: 7, node: 1 }, "nothing was issued");
     }
 
     #[test]

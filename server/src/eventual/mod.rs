@@ -68,6 +68,18 @@ mod tag {
 
 const NODE_WIDE: u64 = u64::MAX;
 
+/// How stale a replica whose stable time is `stable_physical_ms` may be,
+/// read at `wall_ms` on its own clock: every write missing here was stamped
+/// after the stable time, and a write's stamp is at most `offset` ahead of
+/// its node's wall clock (writes are refused beyond: [`Clock::now_for_write`]),
+/// whose wall clock is at most `offset` ahead of this one. So a missing
+/// write was accepted less than `wall - stable + 2 × offset` ago.
+///
+/// [`Clock::now_for_write`]: crate::eventual::hlc::Clock::now_for_write
+pub fn staleness_bound_ms(wall_ms: u64, stable_physical_ms: u64, offset_ms: u64) -> u64 {
+    wall_ms.saturating_sub(stable_physical_ms) + 2 * offset_ms
+}
+
 fn meta_key(shard: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + rest.len());
     k.extend_from_slice(&shard.to_be_bytes());
@@ -402,7 +414,13 @@ impl EcShard {
         let (seq, receipt, durable) = {
             let mut st = self.state.lock().expect("ec state");
             let existing = self.get(&key)?;
-            let hlc = self.node.clock.now();
+            let hlc = self.node.clock.now_for_write().map_err(|e| {
+                Error::Unavailable(format!(
+                    "eventual shard {}: this node's clock runs behind its hybrid clock: {e}; writes wait until the \
+                     wall clock catches up (was it set back?)",
+                    self.id()
+                ))
+            })?;
             let record = EcRecord { value, hlc, pred: existing.as_ref().map_or(Hlc::default(), |e| e.hlc) };
             let mut batch = self.node.storage.batch();
             self.put_record(&mut batch, &key, &record, existing.as_ref());
@@ -581,10 +599,10 @@ impl EcShard {
 
     /// An upper bound on how far behind this replica may be, in ms: every
     /// write accepted anywhere before that long ago is here. `None` until
-    /// every peer has been heard from.
+    /// every peer has been heard from. See [`staleness_bound_ms`].
     pub fn staleness_bound_ms(&self, max_clock_offset_ms: u64) -> Option<u64> {
         let stable = self.stable();
-        (stable.physical_ms > 0).then(|| wall_ms().saturating_sub(stable.physical_ms) + max_clock_offset_ms)
+        (stable.physical_ms > 0).then(|| staleness_bound_ms(wall_ms(), stable.physical_ms, max_clock_offset_ms))
     }
 
     /// `(last sequence, first kept, durable)`.
@@ -736,6 +754,25 @@ impl EcShard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worst case the bound must cover: the origin's wall clock `offset`
+    /// ahead of the reader's, and its hybrid clock `offset` ahead of its wall
+    /// (observed from a faster peer, the most a write may be stamped). A
+    /// write accepted at reader time `t_w` is stamped `t_w + 2 × offset`;
+    /// everything up to just before it is stable here. Read `d` later, the
+    /// bound must be at least `d`. (With one offset, as before, it said
+    /// `d - offset`.)
+    #[test]
+    fn the_eventual_staleness_bound_covers_a_stamp_ahead_of_two_clocks() {
+        let offset = 50;
+        for d in [0u64, 1, 40, 120, 5_000] {
+            let t_w = 1_000_000;
+            let stamp = t_w + 2 * offset;
+            let stable = stamp - 1;
+            let bound = staleness_bound_ms(t_w + d, stable, offset);
+            assert!(bound >= d, "reported {bound} ms for a write missing for {d} ms");
+        }
+    }
     use crate::shards::ShardMode;
 
     struct Replica {

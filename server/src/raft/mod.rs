@@ -18,6 +18,7 @@
 //! `service/` and `node.rs` do.
 
 pub mod command;
+pub mod log_clock;
 pub mod log_store;
 pub mod network;
 pub mod read_index;

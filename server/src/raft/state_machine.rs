@@ -115,6 +115,9 @@ pub struct ShardStateMachine {
     frozen: Option<FrozenRecord>,
     /// Where frozen shards are published to the read path.
     frozen_shards: Option<FrozenShards>,
+    /// Told the newest write-entry time applied, so that this node, as
+    /// leader, proposes times that follow the log's clock.
+    log_clock: Option<Arc<crate::raft::log_clock::LogClock>>,
 }
 
 /// The data shards frozen for a merge on this node, with their freeze
@@ -228,6 +231,7 @@ impl ShardStateMachine {
             splits: None,
             frozen: None,
             frozen_shards: None,
+            log_clock: None,
         };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
         sm.frozen = sm.apply_meta::<FrozenRecord>(apply_meta_tag::FROZEN)?;
@@ -243,6 +247,16 @@ impl ShardStateMachine {
             map_tx.send_replace(Arc::new(map));
         }
         Ok(sm)
+    }
+
+    /// Tells `clock` the newest write-entry time applied (from the last
+    /// session collection's time until a write applies here).
+    pub fn with_log_clock(mut self, clock: Arc<crate::raft::log_clock::LogClock>) -> io::Result<Self> {
+        if let Some(gc_ms) = self.apply_meta::<u64>(apply_meta_tag::SESSION_GC_MS)? {
+            clock.applied(self.shard, gc_ms);
+        }
+        self.log_clock = Some(clock);
+        Ok(self)
     }
 
     /// Reports the right halves of splits this data shard applies to `tx`.
@@ -463,6 +477,7 @@ impl ShardStateMachine {
         // A freeze or a merge is fsynced before it is answered: the merge's
         // coordinator moves on from what it hears, for good.
         let mut durable = false;
+        let mut newest_entry_ms = 0;
 
         for entry in run {
             let index = entry.log_id.index;
@@ -484,6 +499,7 @@ impl ShardStateMachine {
                     CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
                 }
                 EntryPayload::Normal(Command::Write(cmd)) => {
+                    newest_entry_ms = newest_entry_ms.max(cmd.proposed_at_ms);
                     self.collect_sessions(cmd.proposed_at_ms, &mut batch, &mut overlay)?;
                     self.apply_write(index, cmd, &mut batch, &mut overlay)?
                 }
@@ -696,6 +712,9 @@ impl ShardStateMachine {
         }
         if durable {
             self.publish_frozen();
+        }
+        if let Some(clock) = self.log_clock.as_ref().filter(|_| newest_entry_ms > 0) {
+            clock.applied(self.shard, newest_entry_ms);
         }
         for notice in splits {
             if let Some(tx) = &self.splits {

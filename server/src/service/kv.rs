@@ -383,7 +383,7 @@ impl KvService {
         let shard = routed.shard.id;
         let cmd = Command::Write(WriteCommand {
             session,
-            proposed_at_ms: crate::node::wall_ms(),
+            proposed_at_ms: self.node.log_clock.entry_time_ms(shard, crate::node::wall_ms()),
             epoch: routed.shard.epoch,
             conditions,
             ops,
