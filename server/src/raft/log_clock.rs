@@ -13,6 +13,11 @@
 //! commit round on top of real time; a clock behind holds it where the log
 //! was (collection comes later, which is safe). The replicated entry is
 //! what every replica applies, so GC stays deterministic.
+//!
+//! Only entries that reach a replica after it opened its log count as
+//! anchors (replays after a restart were written before the downtime). So a
+//! node that leads before it has applied any new write of a shard since it
+//! started proposes its own wall clock, unclamped: that case is not covered.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
