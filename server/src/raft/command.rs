@@ -231,8 +231,12 @@ pub enum CommandResult {
     /// The command was not applied, for a reason the proposer must report.
     Rejected(Rejection),
     /// A meta command was applied; the map is now at this version.
+    /// `changed`: this entry changed the map (false for a repeat, which
+    /// the meta shard recognises from the map itself: the proposer's own
+    /// copy of the map may lag, so only this answer tells the two apart).
     Meta {
         map_version: u64,
+        changed: bool,
     },
     /// A shrink was applied: the shard is now at this epoch.
     Shrunk {

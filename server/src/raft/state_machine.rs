@@ -514,13 +514,13 @@ impl ShardStateMachine {
                     ShardKind::Meta { .. } => {
                         let current = self.current_map(&new_map)?;
                         match current {
-                            Some(existing) => CommandResult::Meta { map_version: existing.version },
+                            Some(existing) => CommandResult::Meta { map_version: existing.version, changed: false },
                             None => {
                                 let mut map = map.clone();
                                 map.version = index;
                                 batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
                                 new_map = Some(map);
-                                CommandResult::Meta { map_version: index }
+                                CommandResult::Meta { map_version: index, changed: true }
                             }
                         }
                     }
@@ -619,7 +619,7 @@ impl ShardStateMachine {
                             }
                             match joined {
                                 Some(node_id) => CommandResult::Joined { node_id, map_version },
-                                None => CommandResult::Meta { map_version },
+                                None => CommandResult::Meta { map_version, changed },
                             }
                         }
                         Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
@@ -644,7 +644,7 @@ impl ShardStateMachine {
                         Ok(map) => {
                             batch.put_meta(MetaFamily::Apply, self.shard, apply_meta_tag::SHARD_MAP, &encode(&map));
                             new_map = Some(map);
-                            CommandResult::Meta { map_version: index }
+                            CommandResult::Meta { map_version: index, changed: true }
                         }
                         Err(reason) => CommandResult::Rejected(Rejection::WrongKind { shard: self.shard, reason }),
                     }
@@ -1730,6 +1730,31 @@ mod tests {
             matches!(&r[0], CommandResult::Rejected(Rejection::WrongKind { reason, .. }) if reason.contains("epoch")),
             "{r:?}"
         );
+    }
+
+    /// A repeated meta command says it changed nothing, whatever map the
+    /// proposer holds: the admin service used to compare the answer's map
+    /// version with its own, possibly lagging, copy and called a repeated
+    /// drain cancel "created" when it asked a node that had not yet applied
+    /// the first one.
+    #[tokio::test]
+    async fn a_repeated_meta_command_answers_unchanged() {
+        use crate::shards::NodeState;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut meta, _map_rx) = meta_sm(dir.path());
+        let initial = ShardMap::initial(&three_nodes(), &[b"m".to_vec()], &[], 3).unwrap();
+        meta.apply_run(&[meta_entry(1, MetaCommand::Bootstrap(initial))]).await.unwrap();
+        let drain = MetaCommand::SetNodeState { node: 2, state: NodeState::Draining };
+        let up = MetaCommand::SetNodeState { node: 2, state: NodeState::Up };
+        let r = meta
+            .apply_run(&[meta_entry(2, drain.clone()), meta_entry(3, up.clone()), meta_entry(4, up)])
+            .await
+            .unwrap();
+        assert_eq!(r[0], CommandResult::Meta { map_version: 2, changed: true });
+        assert_eq!(r[1], CommandResult::Meta { map_version: 3, changed: true });
+        assert_eq!(r[2], CommandResult::Meta { map_version: 3, changed: false }, "a repeat");
+        let r = meta.apply_run(&[meta_entry(5, MetaCommand::Bootstrap(ShardMap::default()))]).await.unwrap();
+        assert_eq!(r[0], CommandResult::Meta { map_version: 3, changed: false }, "bootstrapped already");
     }
 
     fn shrink(index: u64, start: &str, end: &str, epoch: u64) -> Entry {

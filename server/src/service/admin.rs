@@ -49,10 +49,10 @@ impl AdminService {
     /// Proposes a user command to the meta shard: the map version and
     /// whether it changed anything.
     async fn change_users(&self, cmd: MetaCommand) -> Result<(u64, bool), Status> {
-        let before = self.bootstrapped_map()?.version;
+        self.bootstrapped_map()?;
         let record = Command::Meta(cmd);
         match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
-            CommandResult::Meta { map_version } => Ok((map_version, map_version > before)),
+            CommandResult::Meta { map_version, changed } => Ok((map_version, changed)),
             CommandResult::Rejected(Rejection::WrongKind { reason, .. })
                 if reason.starts_with("user ") && reason.ends_with(crate::shards::USER_EXISTS) =>
             {
@@ -70,11 +70,11 @@ impl AdminService {
     }
 
     /// Records `node`'s new state through the meta shard; the map version
-    /// that holds it.
-    async fn set_node_state(&self, node: u64, state: NodeState) -> Result<u64, Status> {
+    /// that holds it, and whether this call changed it (not a repeat).
+    async fn set_node_state(&self, node: u64, state: NodeState) -> Result<(u64, bool), Status> {
         let record = Command::Meta(MetaCommand::SetNodeState { node, state });
         match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
-            CommandResult::Meta { map_version } => Ok(map_version),
+            CommandResult::Meta { map_version, changed } => Ok((map_version, changed)),
             CommandResult::Rejected(r) => Err(Status::failed_precondition(format!("the shard map refused it: {r}"))),
             other => Err(Status::internal(format!("unexpected answer from the meta shard: {other:?}"))),
         }
@@ -577,14 +577,14 @@ impl Admin for AdminService {
         }
         let record = Command::Meta(MetaCommand::BeginReplicaChange { shard: shard_id, change });
         match self.node.propose_internal(META_SHARD_ID, &record).await.map_err(Status::unavailable)? {
-            CommandResult::Meta { map_version } => {
+            CommandResult::Meta { map_version, changed } => {
                 tracing::info!(
                     shard = shard_id,
                     from = from_node,
                     to = to_node,
                     "replica move recorded in the shard map"
                 );
-                Ok(Response::new(MoveReplicaResponse { map_version, created: map_version > map.version }))
+                Ok(Response::new(MoveReplicaResponse { map_version, created: changed }))
             }
             CommandResult::Rejected(r) => {
                 Err(Status::failed_precondition(format!("the shard map refused the move: {r}")))
@@ -601,9 +601,9 @@ impl Admin for AdminService {
             return match state {
                 NodeState::Up => Ok(Response::new(DrainNodeResponse { map_version: map.version, created: false })),
                 NodeState::Draining => {
-                    let map_version = self.set_node_state(node_id, NodeState::Up).await?;
+                    let (map_version, created) = self.set_node_state(node_id, NodeState::Up).await?;
                     tracing::info!(node = node_id, "node drain cancelled: up again");
-                    Ok(Response::new(DrainNodeResponse { map_version, created: map_version > map.version }))
+                    Ok(Response::new(DrainNodeResponse { map_version, created }))
                 }
                 other => Err(Status::failed_precondition(format!(
                     "node {node_id} is {}, not draining: there is no drain to cancel",
@@ -618,9 +618,9 @@ impl Admin for AdminService {
             return Err(Status::failed_precondition(format!("node {node_id} was removed from the cluster")));
         }
         refuse_blocked_drain(&map, node_id)?;
-        let map_version = self.set_node_state(node_id, NodeState::Draining).await?;
+        let (map_version, created) = self.set_node_state(node_id, NodeState::Draining).await?;
         tracing::info!(node = node_id, "node drain recorded in the shard map");
-        Ok(Response::new(DrainNodeResponse { map_version, created: map_version > map.version }))
+        Ok(Response::new(DrainNodeResponse { map_version, created }))
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
@@ -654,9 +654,9 @@ impl Admin for AdminService {
                  {node_id}), or remove it with --force, which moves them first"
             )));
         };
-        let map_version = self.set_node_state(node_id, target).await?;
+        let (map_version, created) = self.set_node_state(node_id, target).await?;
         tracing::info!(node = node_id, state = target.as_str(), "node removal recorded in the shard map");
-        answer(map_version, target, map_version > map.version)
+        answer(map_version, target, created)
     }
 
     async fn split_key(&self, req: Request<SplitKeyRequest>) -> Result<Response<SplitKeyResponse>, Status> {
@@ -695,8 +695,7 @@ impl Admin for AdminService {
             MetaCommand::BeginMerge { left: shard_id, expected_epoch }
         });
         match self.node.propose_internal(META_SHARD_ID, &cmd).await.map_err(Status::unavailable)? {
-            CommandResult::Meta { map_version } => {
-                let created = map_version > map.version;
+            CommandResult::Meta { map_version, changed: created } => {
                 tracing::info!(shard = shard_id, right, cancel, created, "merge recorded in the shard map");
                 Ok(Response::new(MergeShardResponse { right_shard_id: right, map_version, created }))
             }
@@ -751,7 +750,7 @@ impl Admin for AdminService {
         let cmd = Command::Meta(MetaCommand::SetLeaderRegion { shard: shard_id, region });
         match meta.client_write(cmd).await {
             Ok(resp) => match resp.data {
-                CommandResult::Meta { map_version } => Ok(Response::new(SetLeaderRegionResponse { map_version })),
+                CommandResult::Meta { map_version, .. } => Ok(Response::new(SetLeaderRegionResponse { map_version })),
                 other => Err(Status::failed_precondition(format!("not applied: {other:?}"))),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
