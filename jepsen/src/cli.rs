@@ -81,7 +81,7 @@ enum Command {
     #[command(about = "Check a history file offline", long_about = CHECK_ABOUT)]
     Check(CheckArgs),
     #[command(about = "Run a test against a lab cluster under faults, then check it", long_about = RUN_ABOUT)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 const RUN_ABOUT: &str = "\
@@ -146,6 +146,11 @@ enum NemesisArg {
     /// --force`), alone or during a partition or a kill. Not part of `all`. With `--rebalance`
     /// the added node takes replicas, so its removal moves them off again.
     AddRemoveNode,
+    /// Cut the leader from one follower until that follower's lease promise lapses, then cut
+    /// the leader's region off and restart the other follower at once (3 nodes). Not part of
+    /// `all`. With lease reads and --unsafe-no-vote-quarantine it must be INVALID; widen the
+    /// race with --election-timeout-max-ms 6000 and run it with --client-retries.
+    LeaseRace,
     All,
     None,
 }
@@ -219,6 +224,20 @@ struct RunArgs {
     /// nemesis, lease or bounded reads must then be found INVALID.
     #[arg(long)]
     unsafe_trust_clocks: bool,
+    /// UNSAFE, a negative control for the vote quarantine: the nodes run
+    /// with --unsafe-no-vote-quarantine (a restarted node votes and
+    /// campaigns at once, forgetting the lease it promised). With the
+    /// lease-race nemesis and lease reads the run must be INVALID.
+    #[arg(long)]
+    unsafe_no_vote_quarantine: bool,
+    /// The nodes' --election-timeout-min-ms (default: theirs, 500).
+    #[arg(long)]
+    election_timeout_min_ms: Option<u64>,
+    /// The nodes' --election-timeout-max-ms (default: theirs, 1000): the
+    /// lease a follower promises, and what a lease-race window waits out.
+    /// A larger one (6000) widens the race the lease-race nemesis sets up.
+    #[arg(long)]
+    election_timeout_max_ms: Option<u64>,
     /// The nodes' --max-clock-offset-ms (default: theirs, 50; it must stay
     /// below their election timeout). With the clock nemesis: how much skew
     /// the nodes are told to tolerate.
@@ -342,7 +361,7 @@ pub fn run(args: Vec<OsString>, stdout: &mut dyn Write, stderr: &mut dyn Write) 
     };
     match cli.command {
         Command::Check(args) => check(args, stdout, stderr),
-        Command::Run(args) => run_test(args, stdout, stderr),
+        Command::Run(args) => run_test(*args, stdout, stderr),
     }
 }
 
@@ -383,6 +402,7 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
             NemesisArg::MoveReplica => kinds.insert(NemesisKind::MoveReplica),
             NemesisArg::Merge => kinds.insert(NemesisKind::Merge),
             NemesisArg::AddRemoveNode => kinds.insert(NemesisKind::AddRemoveNode),
+            NemesisArg::LeaseRace => kinds.insert(NemesisKind::LeaseRace),
             NemesisArg::All => {
                 kinds.extend(NemesisKind::ALL);
                 true
@@ -400,6 +420,9 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, String> {
     config.client_retries = args.client_retries;
     config.unsafe_redo_unknown = args.unsafe_redo_unknown;
     config.unsafe_trust_clocks = args.unsafe_trust_clocks;
+    config.unsafe_no_vote_quarantine = args.unsafe_no_vote_quarantine;
+    config.election_timeout_min_ms = args.election_timeout_min_ms;
+    config.election_timeout_max_ms = args.election_timeout_max_ms;
     config.max_clock_offset_ms = args.max_clock_offset_ms;
     config.rebalance = args.rebalance;
     config.tls = args.tls;

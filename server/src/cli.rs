@@ -232,6 +232,12 @@ struct NodeArgs {
     /// return stale data without saying so. Never in production.
     #[arg(long, env = "GEOKV_UNSAFE_TRUST_CLOCKS")]
     unsafe_trust_clocks: bool,
+    /// UNSAFE, for the test harness's negative control only: no vote
+    /// quarantine after a start, so a restarted node may vote and campaign
+    /// while the leader it promised a lease to still serves lease reads
+    /// (which can then be stale). Never in production.
+    #[arg(long, env = "GEOKV_UNSAFE_NO_VOTE_QUARANTINE")]
+    unsafe_no_vote_quarantine: bool,
     /// Build a shard snapshot after this many log entries since the last one
     /// (default: 10000).
     #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
@@ -336,6 +342,9 @@ impl NodeArgs {
         }
         if self.unsafe_trust_clocks {
             c.raft.unsafe_trust_clocks = true;
+        }
+        if self.unsafe_no_vote_quarantine {
+            c.raft.unsafe_no_vote_quarantine = true;
         }
         if self.auth.is_some() {
             c.tls.auth = self.auth;

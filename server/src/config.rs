@@ -94,6 +94,11 @@ pub struct RaftConfig {
     /// reads on skew beyond `max_clock_offset_ms`). Lease and bounded reads
     /// can then return stale data without saying so.
     pub unsafe_trust_clocks: bool,
+    /// UNSAFE, for the test harness's negative control only: no vote
+    /// quarantine after a start (see [`Config::vote_quarantine`]). A
+    /// restarted node then forgets the lease it promised its old leader and
+    /// may vote, or campaign, while that leader still serves lease reads.
+    pub unsafe_no_vote_quarantine: bool,
 }
 
 impl Default for RaftConfig {
@@ -110,6 +115,7 @@ impl Default for RaftConfig {
             max_clock_offset_ms: 50,
             safe_time_interval_ms: 50,
             unsafe_trust_clocks: false,
+            unsafe_no_vote_quarantine: false,
         }
     }
 }
@@ -379,7 +385,11 @@ impl Config {
 
     /// How long a freshly started node refuses to vote: the leader lease it
     /// may have promised before it stopped (it does not survive a restart).
+    /// None with `unsafe_no_vote_quarantine` (a negative control).
     pub fn vote_quarantine(&self) -> std::time::Duration {
+        if self.raft.unsafe_no_vote_quarantine {
+            return std::time::Duration::ZERO;
+        }
         std::time::Duration::from_millis(self.raft.election_timeout_max_ms)
     }
 

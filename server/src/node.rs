@@ -145,6 +145,13 @@ impl Node {
                  bounded reads may return stale data without saying so (a test harness setting, never for production)"
             );
         }
+        if r.unsafe_no_vote_quarantine {
+            tracing::warn!(
+                "UNSAFE: unsafe_no_vote_quarantine is on: after a restart this node votes and campaigns at once, \
+                 breaking the lease it may have promised its old leader; lease reads may return stale data (a test \
+                 harness setting, never for production)"
+            );
+        }
         let tls = crate::tls::TlsFiles::from_config(&config.tls).map(crate::tls::Tls::load).transpose()?;
         let peers = Peers::new(
             PeerTimeouts {

@@ -160,6 +160,13 @@ pub struct RunConfig {
     /// `--unsafe-trust-clocks`, believing every peer's clock however far off
     /// it is, so skew beyond the offset bound goes undetected.
     pub unsafe_trust_clocks: bool,
+    /// Unsafe (a negative control): the nodes run with
+    /// `--unsafe-no-vote-quarantine`, so a restarted node votes and
+    /// campaigns at once.
+    pub unsafe_no_vote_quarantine: bool,
+    /// The nodes' election timeouts, when not their defaults.
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
 }
 
 /// With client retries on, how many attempts fit in one operation's timeout.
@@ -195,6 +202,9 @@ impl RunConfig {
             split_load_entries_per_s: None,
             unsafe_redo_unknown: false,
             unsafe_trust_clocks: false,
+            unsafe_no_vote_quarantine: false,
+            election_timeout_min_ms: None,
+            election_timeout_max_ms: None,
         }
     }
 
@@ -312,6 +322,14 @@ pub struct RunParameters {
     /// The nodes believed every peer's clock (a negative control).
     #[serde(default)]
     pub unsafe_trust_clocks: bool,
+    /// The nodes ran without a vote quarantine (a negative control).
+    #[serde(default)]
+    pub unsafe_no_vote_quarantine: bool,
+    /// The nodes' election timeouts when not their defaults.
+    #[serde(default)]
+    pub election_timeout_min_ms: Option<u64>,
+    #[serde(default)]
+    pub election_timeout_max_ms: Option<u64>,
     /// The nodes' clock offset bound when not their default.
     pub max_clock_offset_ms: Option<u64>,
     /// The cluster rebalanced replicas and leaders during the run.
@@ -464,6 +482,11 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     if config.unsafe_trust_clocks {
         lab_config.node_args.push("--unsafe-trust-clocks".into());
     }
+    if config.unsafe_no_vote_quarantine {
+        lab_config.node_args.push("--unsafe-no-vote-quarantine".into());
+    }
+    lab_config.election_timeout_min_ms = config.election_timeout_min_ms;
+    lab_config.election_timeout_max_ms = config.election_timeout_max_ms;
     if let Some(ms) = config.max_clock_offset_ms {
         lab_config.node_args.push(format!("--max-clock-offset-ms={ms}"));
     }
@@ -509,12 +532,13 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
     let shard = lab.shard_of(config.workload.sample_key().as_bytes()).await?;
     let schedule = match &config.schedule {
         Some(s) => s.clone(),
-        None => Schedule::generate(
+        None => Schedule::generate_timed(
             config.seed,
             &config.nemesis,
             config.time_limit.as_millis() as u64,
             lab.nodes().len(),
             shard,
+            config.election_timeout_max_ms.unwrap_or(nemesis::DEFAULT_ELECTION_TIMEOUT_MAX_MS),
         ),
     };
     let path = config.out_dir.join("schedule.json");
@@ -574,9 +598,20 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         let (recorder, stop, schedule) = (recorder.clone(), stop.clone(), schedule.clone());
         async move { run_schedule(lab, &recorder, &schedule, shard, started, &stop).await }
     };
+    // The slots of a key group count their operations together, so the
+    // group's keys rotate for all of them at once.
+    let generators: Vec<Generator> =
+        (0..config.clients).map(|slot| Generator::new(config.workload, config.seed, slot, config.clients)).collect();
+    let mut group_slots: BTreeMap<usize, usize> = BTreeMap::new();
+    for generator in &generators {
+        *group_slots.entry(generator.group()).or_default() += 1;
+    }
+    let group_counters: BTreeMap<usize, Arc<AtomicU64>> =
+        group_slots.keys().map(|&group| (group, Arc::new(AtomicU64::new(0)))).collect();
     let mut workers = Vec::new();
-    for (slot, (pc, client_config)) in clients.into_iter().enumerate() {
-        let mut generator = Generator::new(config.workload, config.seed, slot, config.clients);
+    for (slot, ((pc, client_config), generator)) in clients.into_iter().zip(generators).enumerate() {
+        let group = generator.group();
+        let mut generator = generator.with_group_counter(group_counters[&group].clone(), group_slots[&group]);
         if config.eventual {
             generator = generator.without_cas();
         }
@@ -1182,6 +1217,9 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             client_retries: config.client_retries,
             unsafe_redo_unknown: config.unsafe_redo_unknown,
             unsafe_trust_clocks: config.unsafe_trust_clocks,
+            unsafe_no_vote_quarantine: config.unsafe_no_vote_quarantine,
+            election_timeout_min_ms: config.election_timeout_min_ms,
+            election_timeout_max_ms: config.election_timeout_max_ms,
             max_clock_offset_ms: config.max_clock_offset_ms,
             rebalance: config.rebalance,
             tls: config.tls,

@@ -41,6 +41,13 @@ pub const PAUSE_MIN_MS: u64 = 3_500;
 pub const DEFAULT_CLOCK_OFFSET_BOUND_MS: i64 = 50;
 const CLOCK_SKEW_FACTORS_TENTHS: [i64; 4] = [5, 20, 50, 200];
 
+/// The nodes' default `raft.election_timeout_max_ms`: the lease a follower
+/// promises its leader.
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// A `lease-race` window holds this long after the new leader can have been
+/// elected, for writes to it and lease reads at the old one.
+pub const LEASE_RACE_AFTER_MS: u64 = 2_000;
+
 /// How long a quick restart keeps its node down (the window itself lasts
 /// [`FAULT_MIN_MS`]..[`FAULT_MAX_MS`], the node up again for most of it).
 pub const QUICK_RESTART_MIN_MS: u64 = 50;
@@ -127,6 +134,13 @@ pub enum NemesisKind {
     /// up, else drain and remove that one (`kvctl node remove --force`),
     /// alone or while a partition or a kill holds. Permanent.
     AddRemoveNode,
+    /// The restart race of a leader lease ([`Fault::LeaseRace`]): a
+    /// follower cut off from the leader until its promise lapses, then the
+    /// leader's region cut off and the other follower restarted at once. Needs 3
+    /// nodes. Not part of `all`: it is aimed at one hole (a restarted node
+    /// that votes or campaigns inside the lease it promised), caught with
+    /// lease reads when the nodes run `--unsafe-no-vote-quarantine`.
+    LeaseRace,
 }
 
 impl NemesisKind {
@@ -206,6 +220,17 @@ pub enum Fault {
     /// a node the lab added is up, drain and remove it for good; waits for
     /// the admission or the removal.
     AddRemoveNode { region: u64 },
+    /// With L the leader of `shard` when the window starts, B its
+    /// lowest-numbered follower and A the next one: cut L-B both ways;
+    /// `gap_ms` later (once B's promise not to vote against L has lapsed)
+    /// cut L's region (L, alone in it, and its clients) off from everything
+    /// else, kill A and start it again `down_ms` later. L's lease rests on
+    /// A's last acknowledgement; A and B are a majority that may elect a
+    /// leader only once that lease is over, which A, restarted, no longer
+    /// knows: only its vote quarantine keeps it from voting or campaigning
+    /// at once. L's region's clients reach only L and keep reading from it.
+    /// Issue 12's finding 1, in its strong form.
+    LeaseRace { shard: u64, gap_ms: u64, down_ms: u64 },
 }
 
 /// A fault held from `start_ms` to `end_ms` (run time, from the first operation).
@@ -231,18 +256,39 @@ impl Schedule {
     /// A seeded schedule of `kinds` faults within `time_limit_ms`, for a lab
     /// of `nodes` nodes whose workload lives on `shard`.
     pub fn generate(seed: u64, kinds: &[NemesisKind], time_limit_ms: u64, nodes: usize, shard: u64) -> Schedule {
+        Schedule::generate_timed(seed, kinds, time_limit_ms, nodes, shard, DEFAULT_ELECTION_TIMEOUT_MAX_MS)
+    }
+
+    /// As [`Schedule::generate`], for nodes whose `election_timeout_max_ms`
+    /// (their lease promise, and how long a `lease-race` waits) is this.
+    pub fn generate_timed(
+        seed: u64,
+        kinds: &[NemesisKind],
+        time_limit_ms: u64,
+        nodes: usize,
+        shard: u64,
+        election_timeout_max_ms: u64,
+    ) -> Schedule {
         let mut rng = SeededRng::derived(seed, 0x004E_454D_4553_4953);
         let mut windows = Vec::new();
         let mut t = LEAD_IN_MS;
         let ids: Vec<u64> = (1..=nodes as u64).collect();
         while !kinds.is_empty() && windows.len() < MAX_WINDOWS {
             let kind = kinds[rng.below(kinds.len())];
-            let fault = random_fault(&mut rng, kind, &ids, shard);
+            let fault = random_fault(&mut rng, kind, &ids, shard, election_timeout_max_ms);
             let pauses = match &fault {
                 Fault::Composed { faults, .. } => faults.iter().any(|f| matches!(f, Fault::Pause { .. })),
                 fault => matches!(fault, Fault::Pause { .. }),
             };
-            let min = if pauses { PAUSE_MIN_MS } else { FAULT_MIN_MS };
+            let min = match &fault {
+                // The cut, the restart, then up to two election timeouts for
+                // A and B to elect a leader, and time for writes to it.
+                Fault::LeaseRace { gap_ms, down_ms, .. } => {
+                    gap_ms + down_ms + 2 * election_timeout_max_ms + LEASE_RACE_AFTER_MS
+                }
+                _ if pauses => PAUSE_MIN_MS,
+                _ => FAULT_MIN_MS,
+            };
             let length = rng.between(min, FAULT_MAX_MS.max(min));
             // Leave healthy time at the end: the last window heals before the limit.
             if t + length + HEAL_MIN_MS > time_limit_ms {
@@ -283,7 +329,7 @@ fn pick_nodes(rng: &mut SeededRng, ids: &[u64], count: usize) -> Vec<u64> {
     picked
 }
 
-fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64) -> Fault {
+fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64, election_max_ms: u64) -> Fault {
     let n = ids.len();
     let minority = (n - 1) / 2;
     let one = |rng: &mut SeededRng| ids[rng.below(n)];
@@ -365,6 +411,13 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64)
             };
             Fault::Composed { faults: vec![partition, second], gap_ms: rng.between(200, 1_500) }
         }
+        NemesisKind::LeaseRace => Fault::LeaseRace {
+            shard,
+            // Past B's promise, but before B campaigns (the promise and at
+            // least one election timeout, half the maximum by default).
+            gap_ms: election_max_ms + rng.between(200, 400),
+            down_ms: rng.between(QUICK_RESTART_MIN_MS, QUICK_RESTART_MAX_MS),
+        },
         NemesisKind::Split
         | NemesisKind::TransferLeader
         | NemesisKind::MoveReplica
@@ -492,6 +545,34 @@ pub async fn apply(lab: &Lab, fault: &Fault, workload_shard: u64) -> Result<Appl
             Ok(applied(format!("restart {} after {down_ms} ms down ({})", target_text(target), nodes_text(&ids)), ids))
         }
         Fault::Composed { .. } => unreachable!("composed faults are applied part by part above"),
+        Fault::LeaseRace { shard, gap_ms, down_ms } => {
+            let leader = resolve(lab, &Target::Leader { shard: *shard }).await?[0];
+            let followers: Vec<u64> = lab.nodes().iter().map(|n| n.id).filter(|&id| id != leader).collect();
+            let (Some(&b), Some(&a)) = (followers.first(), followers.get(1)) else {
+                return Err("a lease race needs a leader and two followers".into());
+            };
+            let cut =
+                FaultShape::Links { from: vec![Endpoint::Node(leader)], to: vec![Endpoint::Node(b)], one_way: false };
+            // L's region (L and its clients) is cut off below: its clients
+            // keep L as their leader and read from it, the others move on.
+            let region = lab.node(leader).map_err(|e| e.to_string())?.region.clone();
+            if lab.nodes().iter().any(|n| n.region == region && n.id != leader) {
+                return Err(format!("a lease race needs the leader alone in its region ({region})"));
+            }
+            lab.partition(&cut, Partition::Stall).await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(*gap_ms)).await;
+            lab.isolate_region(&region).await.map_err(|e| e.to_string())?;
+            lab.kill(a).map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(*down_ms)).await;
+            lab.restart_after_kill(a).await.map_err(|e| e.to_string())?;
+            Ok(applied(
+                format!(
+                    "lease race on shard {shard}: cut leader node {leader} from node {b}; {gap_ms} ms later isolated \
+                     {region} (node {leader} and its clients) and restarted node {a} after {down_ms} ms down"
+                ),
+                vec![leader, b, a],
+            ))
+        }
         Fault::ClockSkew { target, offset_ms, rate_percent } => {
             let ids = resolve(lab, target).await?;
             let rate = rate_percent.map(|p| f64::from(p) / 100.0);
@@ -634,6 +715,9 @@ fn with_shard(fault: &Fault, workload_shard: u64) -> Fault {
             Fault::Partition { shape: FaultShape::IsolateLeader { shard: fix(*shard) }, mode: *mode }
         }
         Fault::IsolateFollower { shard } => Fault::IsolateFollower { shard: fix(*shard) },
+        Fault::LeaseRace { shard, gap_ms, down_ms } => {
+            Fault::LeaseRace { shard: fix(*shard), gap_ms: *gap_ms, down_ms: *down_ms }
+        }
         Fault::TransferLeader { shard, to } => Fault::TransferLeader { shard: fix(*shard), to: *to },
         Fault::Kill { target: t } => Fault::Kill { target: target(t) },
         Fault::Pause { target: t } => Fault::Pause { target: target(t) },
@@ -789,6 +873,23 @@ mod tests {
             }
         }
         assert!(composed > 20, "{composed} composed windows");
+    }
+
+    #[test]
+    fn lease_races_wait_out_the_promise_and_leave_time_for_an_election() {
+        for max in [1_000, 3_000] {
+            let s = Schedule::generate_timed(5, &[NemesisKind::LeaseRace], 120_000, 3, 2, max);
+            s.validate().unwrap();
+            assert!(s.windows.len() >= 3, "{s:?}");
+            for w in &s.windows {
+                let Fault::LeaseRace { shard, gap_ms, down_ms } = &w.fault else { panic!("{w:?}") };
+                assert_eq!(*shard, 2);
+                assert!(*gap_ms > max && *gap_ms < max + 500, "past the promise, before B campaigns: {w:?}");
+                assert!((QUICK_RESTART_MIN_MS..=QUICK_RESTART_MAX_MS).contains(down_ms), "{w:?}");
+                assert!(w.end_ms - w.start_ms >= gap_ms + down_ms + 2 * max + LEASE_RACE_AFTER_MS, "{w:?}");
+            }
+        }
+        assert!(!NemesisKind::ALL.contains(&NemesisKind::LeaseRace), "aimed at one hole: not in `all`");
     }
 
     #[test]
