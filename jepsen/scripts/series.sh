@@ -9,7 +9,8 @@
 # follows the seed (1 linearizable, 2 lease, 3 follower, 4 bounded:250ms,
 # 5 lease) unless EXTRA_FLAGS set --read-consistency. The append workload
 # always runs with --client-retries (it is the exactly-once workload).
-# Each run is bounded by its own --time-limit-s (20 by default here) and the
+# --clients (6) and --time-limit-s (20) may be given in EXTRA_FLAGS too.
+# Each run is bounded by its own --time-limit-s and the
 # harness's liveness and check limits; its processes die with it.
 set -euo pipefail
 out=$1 workloads=$2 nemeses=$3 seeds=$4
@@ -25,9 +26,11 @@ for w in ${workloads//,/ }; do
   for n in ${nemeses//,/ }; do
     for s in ${seeds//,/ }; do
       dir="$out/$w-$n-s$s"
-      flags=(--workload "$w" --nemesis "$n" --seed "$s" --ops 100000 --clients 6 --time-limit-s 20)
+      flags=(--workload "$w" --nemesis "$n" --seed "$s" --ops 100000)
+      [[ " $* " == *" --clients "* ]] || flags+=(--clients 6)
+      [[ " $* " == *" --time-limit-s "* ]] || flags+=(--time-limit-s 20)
       [[ " $* " == *" --read-consistency "* ]] || flags+=(--read-consistency "$(level_of "$s")")
-      [[ $w == append ]] && flags+=(--client-retries)
+      [[ $w == append && " $* " != *" --client-retries "* ]] && flags+=(--client-retries)
       start=$(date +%s)
       code=0
       timeout 600 "$bin" run "${flags[@]}" "$@" --out "$dir" >"$dir.log" 2>&1 || code=$?

@@ -92,3 +92,42 @@ async fn read_levels_from_every_region_with_the_leader_in_us_east() {
         println!("{line}");
     }
 }
+
+/// A linearizable read at the leader confirms its leadership in one quorum
+/// round trip, not two (openraft's own ReadIndex waits for the heartbeat in
+/// flight, then for its own; `raft::read_index`). Counted in round trips:
+/// every node-to-node link is set to 100 ms each way, so a round is 200 ms,
+/// two are 400; the client sits next to the leader. A read must pay at
+/// least one round (it proves leadership) and well under two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_at_the_leader_takes_one_quorum_round_trip() {
+    const ONE_WAY_MS: u64 = 100;
+    let round = Duration::from_millis(2 * ONE_WAY_MS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LabConfig::new(dir.path(), NodeProgram::Lab(env!("CARGO_BIN_EXE_geokv-lab").into()));
+    config.start_timeout = DEADLINE;
+    let lab = Lab::start(config).await.expect("the lab starts");
+    let key = "rounds:1";
+    let shard = lab.shard_of(key.as_bytes()).await.unwrap();
+    let east = lab.nodes().iter().find(|n| n.region == "us-east").unwrap().id;
+    lab.transfer_leader(shard, east, DEADLINE).await.expect("leadership moves to us-east");
+    let client = lab.client_for_region("us-east").await.unwrap();
+    client.put(key, "v0").await.expect("put");
+    let nodes: Vec<_> = lab.nodes().iter().map(|n| geokv_lab::Endpoint::Node(n.id)).collect();
+    lab.set_latency(&nodes, &nodes, false, Some(ONE_WAY_MS), None).unwrap();
+    for _ in 0..3 {
+        client.get_with(key, Consistency::Linearizable).await.expect("warm-up read");
+    }
+    let mut samples = Vec::new();
+    for _ in 0..SAMPLES {
+        let start = Instant::now();
+        let read = client.get_with(key, Consistency::Linearizable).await.expect("read");
+        samples.push(start.elapsed());
+        assert_eq!(read.info.served, Consistency::Linearizable, "{:?}", read.info);
+        assert_eq!(read.info.region, "us-east", "served by the leader: {:?}", read.info);
+    }
+    let typical = median(samples.clone());
+    println!("linearizable reads at the leader, quorum round trip {round:?}: median {typical:?} of {samples:?}");
+    assert!(typical >= round, "median {typical:?}: a read must wait for a quorum ({round:?})");
+    assert!(typical < round * 3 / 2, "median {typical:?}: more than one quorum round trip ({round:?}) per read");
+}

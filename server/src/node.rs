@@ -576,7 +576,8 @@ impl Node {
     /// leader (batched with every concurrent caller).
     pub async fn leader_read_index(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
         let batcher = self.leader_reads.lock().expect("read batchers").entry(shard).or_default().clone();
-        batcher.confirm(leader_round(raft.clone(), self.request_timeout()), self.metrics.clone()).await
+        let round = leader_round(raft.clone(), shard, self.peers.clone(), self.request_timeout());
+        batcher.confirm(round, self.metrics.clone()).await
     }
 
     /// The read index this node, as leader, gives a follower: from its lease

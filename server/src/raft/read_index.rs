@@ -11,20 +11,51 @@
 //! round for the current one to finish. Under load this turns N rounds into
 //! a handful per round trip.
 //!
-//! The same batcher serves two kinds of rounds: on the leader, an openraft
-//! ReadIndex ([`leader_round`]); on a follower, one RPC asking the leader for
-//! its read index (follower reads, `service::kv`).
+//! The same batcher serves two kinds of rounds: on the leader, a ReadIndex
+//! ([`leader_round`]); on a follower, one RPC asking the leader for its read
+//! index (follower reads, `service::kv`).
+//!
+//! # One quorum round trip at the leader
+//!
+//! openraft's own ReadIndex (`ensure_linearizable(ReadPolicy::ReadIndex)`)
+//! confirms leadership with a heartbeat sent after the read arrived, but its
+//! heartbeat worker keeps at most one heartbeat in flight per follower and
+//! sends the next only when the previous one is answered. A read arriving
+//! while one is in flight (always, here: the safe-time pusher triggers one
+//! every 50 ms, less than a WAN round trip) waits for it to come back, then
+//! for its own: two quorum round trips. So the leader runs its own round
+//! ([`probe_round`]): inside openraft's core, in order with every state
+//! change, it takes the read index (the local commit index, once an entry of
+//! this leader's term is committed, which covers its blank entry) and the
+//! voter configuration; then it sends every other voter an empty append
+//! (`prev_log_id` none, no entries, no commit index: it changes nothing on
+//! the follower but its vote, which it already holds) carrying this leader's
+//! vote, all at once. A follower answers `Success` only if it has not seen a
+//! higher vote; once such answers and the leader itself make a majority of
+//! every configuration, no other leader was elected before the read arrived
+//! (any election needs a vote from that majority), so the read index covers
+//! every write acknowledged before it. One quorum round trip, however many
+//! rounds are in flight. When the index cannot be taken that way (no entry
+//! of this term committed yet, say) or a follower answers with a higher
+//! vote, openraft's ReadIndex decides (it also steps a deposed leader down).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use openraft::error::{LinearizableReadError, RaftError};
-use openraft::{LinearizerOption, ReadPolicy};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use openraft::vote::RaftLeaderId;
+use openraft::{BasicNode, LinearizerOption, RaftNetworkV2, ReadPolicy, ServerState};
 use tokio::sync::oneshot;
 
+use super::network::{Peers, ShardNetwork};
 use super::{ShardRaft, TypeConfig};
 use crate::metrics::Metrics;
 
@@ -103,20 +134,116 @@ impl ReadIndexBatcher {
     }
 }
 
-/// The leader-side round: openraft's ReadIndex (a fresh quorum
-/// acknowledgement, then the local state machine catches up), bounded by
-/// `timeout`.
-pub fn leader_round(raft: ShardRaft, timeout: Duration) -> Round {
+/// The leader-side round: a [`probe_round`] (one quorum round trip), or
+/// openraft's ReadIndex when the probe cannot decide; bounded by `timeout`.
+pub fn leader_round(raft: ShardRaft, shard: u64, peers: Arc<Peers>, timeout: Duration) -> Round {
     Arc::new(move || {
-        let raft = raft.clone();
+        let (raft, peers) = (raft.clone(), peers.clone());
         Box::pin(async move {
-            match tokio::time::timeout(timeout, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match tokio::time::timeout_at(deadline, probe_round(&raft, shard, &peers)).await {
+                Ok(Probe::Confirmed(index)) => return Ok(index),
+                Err(_) => return Err(RoundError::TimedOut),
+                Ok(Probe::Undecided) => {}
+            }
+            match tokio::time::timeout_at(deadline, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
                 Ok(Ok(read_log_id)) => Ok(read_log_id.index()),
                 Ok(Err(e)) => Err(RoundError::Raft(e)),
                 Err(_) => Err(RoundError::TimedOut),
             }
         })
     })
+}
+
+/// What a [`probe_round`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A majority of every voter configuration confirmed this leader after
+    /// the read index was taken.
+    Confirmed(u64),
+    /// Not the leader, no entry of this term committed yet, a higher vote
+    /// seen, or openraft stopped: ask openraft's own ReadIndex.
+    Undecided,
+}
+
+/// What the leader's core says at the start of a probe round.
+struct ProbeStart {
+    vote: super::Vote,
+    read_index: u64,
+    configs: Vec<BTreeSet<u64>>,
+    peers: Vec<(u64, BasicNode)>,
+}
+
+/// One leadership confirmation round of its own (see the module comment):
+/// the read index taken inside openraft's core, then an empty append to
+/// every other voter, all at once, until a majority of every configuration
+/// has answered `Success`. Runs until decided: the caller bounds it.
+pub async fn probe_round(raft: &ShardRaft, shard: u64, peers: &Arc<Peers>) -> Probe {
+    let start = raft
+        .with_raft_state(|st| {
+            if st.server_state != ServerState::Leader {
+                return None;
+            }
+            let vote = *st.vote_ref();
+            let committed = st.local_committed()?;
+            // Committed in this leader's term: it covers the blank entry, so
+            // every entry an earlier leader committed.
+            if !vote.is_committed() || committed.leader_id.term() != vote.leader_id().term() {
+                return None;
+            }
+            let membership = st.membership_state.effective().membership();
+            let me = *vote.leader_id().node_id();
+            let configs = membership.get_joint_config().clone();
+            let peers = membership
+                .voter_ids()
+                .filter(|id| *id != me)
+                .map(|id| Some((id, membership.get_node(&id)?.clone())))
+                .collect::<Option<Vec<_>>>()?;
+            Some(ProbeStart { vote, read_index: committed.index, configs, peers })
+        })
+        .await;
+    let Ok(Some(start)) = start else { return Probe::Undecided };
+    let me = *start.vote.leader_id().node_id();
+    let mut acked = BTreeSet::from([me]);
+    if confirmed(&start.configs, &acked) {
+        return Probe::Confirmed(start.read_index);
+    }
+    let mut network = ShardNetwork::new(shard, peers.clone());
+    let mut probes = FuturesUnordered::new();
+    for (id, node) in start.peers {
+        let mut link = network.new_client(id, &node).await;
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: start.vote,
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        probes.push(async move { (id, link.append_entries(request, RPCOption::new(PROBE_RPC_TTL)).await) });
+    }
+    while let Some((id, answer)) = probes.next().await {
+        match answer {
+            Ok(AppendEntriesResponse::Success) => {
+                acked.insert(id);
+                if confirmed(&start.configs, &acked) {
+                    return Probe::Confirmed(start.read_index);
+                }
+            }
+            Ok(AppendEntriesResponse::HigherVote(_)) => return Probe::Undecided,
+            // Unreachable, or an answer an empty append cannot get: this
+            // voter does not count.
+            Ok(_) | Err(_) => {}
+        }
+    }
+    Probe::Undecided
+}
+
+/// A probe RPC's own bound (the round as a whole is bounded by its caller).
+const PROBE_RPC_TTL: Duration = Duration::from_secs(10);
+
+/// Whether `acked` holds a majority of every configuration (one, or the two
+/// of a joint consensus).
+fn confirmed(configs: &[BTreeSet<u64>], acked: &BTreeSet<u64>) -> bool {
+    configs.iter().all(|config| config.intersection(acked).count() * 2 > config.len())
 }
 
 /// A lease read: served if the leader holds a quorum acknowledgement younger
@@ -126,5 +253,32 @@ pub async fn lease_read(raft: &ShardRaft, lease: Duration) -> RoundResult {
     match raft.ensure_linearizable(option).await {
         Ok(read_log_id) => Ok(read_log_id.index()),
         Err(e) => Err(RoundError::Raft(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_probe_round_needs_a_majority_of_every_configuration() {
+        let one = vec![set(&[1, 2, 3])];
+        assert!(!confirmed(&one, &set(&[1])), "the leader alone is no majority of three");
+        assert!(confirmed(&one, &set(&[1, 3])));
+        assert!(confirmed(&[set(&[1])], &set(&[1])), "a single voter is its own majority");
+        // Joint consensus: {1,2,3} -> {1,4,5}; 1 leads.
+        let joint = vec![set(&[1, 2, 3]), set(&[1, 4, 5])];
+        assert!(!confirmed(&joint, &set(&[1, 2, 3])), "a majority of the old set only");
+        assert!(!confirmed(&joint, &set(&[1, 4])), "a majority of the new set only");
+        assert!(confirmed(&joint, &set(&[1, 2, 4])));
+        // Learners never count: an answer from a node in neither set adds nothing.
+        assert!(!confirmed(&one, &set(&[1, 9])));
+        // Even-sized sets need more than half.
+        assert!(!confirmed(&[set(&[1, 2, 3, 4])], &set(&[1, 2])));
+        assert!(confirmed(&[set(&[1, 2, 3, 4])], &set(&[1, 2, 3])));
     }
 }
