@@ -175,6 +175,11 @@ struct NodeArgs {
     /// default: true).
     #[arg(long, env = "GEOKV_REBALANCE")]
     rebalance: Option<bool>,
+    /// Replica moves (drains, dead-node replacement, rebalancing) under way
+    /// in the cluster at once, at most, 1 to 64; each ships a whole shard
+    /// (default: 2).
+    #[arg(long, env = "GEOKV_MAX_MOVES_IN_FLIGHT")]
+    max_moves_in_flight: Option<usize>,
     /// Split a Raft shard at its middle key once its data passes this many
     /// bytes on disk (0: never; default: 536870912, 512 MiB).
     #[arg(long, env = "GEOKV_SPLIT_SIZE_BYTES")]
@@ -324,6 +329,7 @@ impl NodeArgs {
             c.zone => self.zone,
             c.node_dead_after_ms => self.node_dead_after_ms,
             c.rebalance => self.rebalance,
+            c.max_moves_in_flight => self.max_moves_in_flight,
             c.split_size_bytes => self.split_size_bytes,
             c.split_load_entries_per_s => self.split_load_entries_per_s,
             c.merge_size_bytes => self.merge_size_bytes,
@@ -572,6 +578,7 @@ mod tests {
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
             ("node_dead_after_ms", c.node_dead_after_ms.to_string()),
             ("rebalance", c.rebalance.to_string()),
+            ("max_moves_in_flight", c.max_moves_in_flight.to_string()),
             ("split_size_bytes", c.split_size_bytes.to_string()),
             ("split_load_entries_per_s", c.split_load_entries_per_s.to_string()),
             ("merge_size_bytes", c.merge_size_bytes.to_string()),

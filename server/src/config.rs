@@ -151,6 +151,10 @@ pub struct Limits {
 /// (the collected session leaves a marker), never applied twice.
 pub const MIN_SESSION_TTL_MS: u64 = 60_000;
 
+/// The largest `max_moves_in_flight` accepted: each move ships a whole
+/// shard, and more at once only make every one of them slower.
+pub const MAX_MOVES_IN_FLIGHT_CEILING: usize = 64;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -250,6 +254,11 @@ pub struct Config {
     /// regions (joined nodes fill up this way). Drains and dead-node
     /// replacement run either way.
     pub rebalance: bool,
+    /// Replica changes (moves for drains, dead-node replacement and
+    /// rebalancing) the meta shard's leader keeps under way at once, at
+    /// most: each ships a whole shard as a snapshot, so this bounds the
+    /// bandwidth and disk topology changes take from serving.
+    pub max_moves_in_flight: usize,
     /// A Raft shard whose data passes this many bytes on disk (RocksDB's
     /// estimate, compressed, at its leader) is split in two at its middle
     /// key by the meta shard's leader; 0: never (CockroachDB's default
@@ -336,6 +345,7 @@ impl Default for Config {
             zone: String::new(),
             node_dead_after_ms: 300_000,
             rebalance: true,
+            max_moves_in_flight: crate::placement::DEFAULT_MAX_MOVES_IN_FLIGHT,
             split_size_bytes: 512 << 20,
             split_load_entries_per_s: 0,
             merge_size_bytes: 128 << 20,
@@ -446,6 +456,12 @@ impl Config {
         }
         if self.node_dead_after_ms < 1_000 {
             return Err(invalid("node_dead_after_ms", "must be at least 1000: a node is not dead after a hiccup"));
+        }
+        if !(1..=MAX_MOVES_IN_FLIGHT_CEILING).contains(&self.max_moves_in_flight) {
+            return Err(invalid(
+                "max_moves_in_flight",
+                format!("must be 1 to {MAX_MOVES_IN_FLIGHT_CEILING}: 0 would leave drains and dead nodes unhandled"),
+            ));
         }
         self.listen
             .parse::<SocketAddr>()
@@ -720,6 +736,8 @@ mod tests {
             (Config { join: vec!["127.0.0.1:7004".into()], ..joining.clone() }, "join"),
             (Config { advertise_addr: "nowhere".into(), ..joining.clone() }, "advertise_addr"),
             (Config { node_dead_after_ms: 10, ..joining.clone() }, "node_dead_after_ms"),
+            (Config { max_moves_in_flight: 0, ..joining.clone() }, "max_moves_in_flight"),
+            (Config { max_moves_in_flight: 65, ..joining.clone() }, "max_moves_in_flight"),
         ];
         for (config, field) in cases {
             match config.validate() {

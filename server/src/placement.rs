@@ -4,7 +4,8 @@
 //!
 //! It decides drains and replacements: every replica on a draining,
 //! removing or down node moves to another node, one replica change per shard, at most
-//! [`MAX_MOVES_IN_FLIGHT`] changes in the cluster at once. A target must be
+//! `max_moves_in_flight` changes in the cluster at once (config
+//! `max_moves_in_flight`, default [`DEFAULT_MAX_MOVES_IN_FLIGHT`]). A target must be
 //! up in the map (not draining or removed), answering, and hold no replica
 //! of the shard; among those, one in a region the shard's other replicas do
 //! not cover comes first (keeping replicas in distinct regions), then the
@@ -16,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::shards::{ReplicaChange, ShardDesc, ShardMap};
 
-/// Replica changes under way in the cluster at once, at most (each ships
-/// a whole shard as a snapshot).
-pub const MAX_MOVES_IN_FLIGHT: usize = 2;
+/// Replica changes under way in the cluster at once, at most, unless the
+/// config says otherwise (`max_moves_in_flight`; each ships a whole shard as
+/// a snapshot).
+pub const DEFAULT_MAX_MOVES_IN_FLIGHT: usize = 2;
 
 /// Why a node's replicas cannot all leave it: one line per shard that has
 /// nowhere to go. Empty: a drain can complete (if the targets answer).
@@ -45,10 +47,10 @@ pub fn drain_blockers(map: &ShardMap, node: u64) -> Vec<String> {
 /// The replica changes to record now so that leaving nodes empty: for each
 /// shard with a replica on a leaving node and no change under way, a move
 /// to the best target among `live` nodes, while fewer than
-/// [`MAX_MOVES_IN_FLIGHT`] changes are under way.
-pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaChange)> {
+/// `max_moves_in_flight` changes are under way.
+pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>, max_moves_in_flight: usize) -> Vec<(u64, ReplicaChange)> {
     let leaving: BTreeSet<u64> = map.nodes.iter().filter(|n| n.state.is_leaving()).map(|n| n.id).collect();
-    let mut budget = MAX_MOVES_IN_FLIGHT.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
+    let mut budget = max_moves_in_flight.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
     let mut load = replica_counts(map);
     let mut plan = Vec::new();
     for shard in map.shards.iter().filter(|s| s.change.is_none() && !s.is_eventual() && !map.in_merge(s.id)) {
@@ -71,12 +73,12 @@ pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaCha
 /// more than another, a replica moves from the fuller to the emptier one,
 /// never to fewer distinct regions for its shard. Both among `live` nodes
 /// that take replicas, one change per shard, within
-/// [`MAX_MOVES_IN_FLIGHT`]. A joined node fills up this way; a balanced
+/// `max_moves_in_flight`. A joined node fills up this way; a balanced
 /// cluster plans nothing (no move goes back and forth: a move narrows the
 /// gap it closes by two).
-pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<u64>) -> Vec<(u64, ReplicaChange)> {
+pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<u64>, max_moves_in_flight: usize) -> Vec<(u64, ReplicaChange)> {
     let leaving_with_replicas = map.nodes.iter().any(|n| n.state.is_leaving() && map.placed_on(n.id).next().is_some());
-    let mut budget = MAX_MOVES_IN_FLIGHT.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
+    let mut budget = max_moves_in_flight.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
     if leaving_with_replicas || budget == 0 {
         return Vec::new();
     }
@@ -390,6 +392,9 @@ mod tests {
     use super::*;
     use crate::shards::{NodeDesc, NodeState, ShardMode};
 
+    /// The default budget of moves under way.
+    const M: usize = DEFAULT_MAX_MOVES_IN_FLIGHT;
+
     fn map(nodes: &[(u64, &str)], shards: &[&[u64]]) -> ShardMap {
         let nodes = nodes
             .iter()
@@ -438,7 +443,7 @@ mod tests {
         assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Align { right: 3, change: first });
         m.begin_replica_change(3, first).unwrap();
         assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Wait);
-        assert!(plan_rebalance(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
+        assert!(plan_rebalance(&m, &all(&m), M).iter().all(|(s, _)| *s != 2 && *s != 3));
         m.finish_replica_change(3, first).unwrap();
         let second = ReplicaChange { add: Some(3), remove: Some(4) };
         assert_eq!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Align { right: 3, change: second });
@@ -450,7 +455,7 @@ mod tests {
         // and only then does the drain move it.
         set(&mut m, 1, NodeState::Draining);
         assert!(matches!(plan_merge_step(&m, 2, &all(&m)), MergeStep::Cancel(why) if why.contains("node 1")));
-        assert!(plan_drains(&m, &all(&m)).iter().all(|(s, _)| *s != 2 && *s != 3));
+        assert!(plan_drains(&m, &all(&m), M).iter().all(|(s, _)| *s != 2 && *s != 3));
         set(&mut m, 1, NodeState::Up);
 
         // A replica that does not answer holds the freeze off.
@@ -509,10 +514,10 @@ mod tests {
         let mut m =
             map(&[(1, "us-east"), (2, "us-west"), (3, "eu-west"), (4, "us-east"), (5, "eu-west")], &[&[1, 2, 3]]);
         set(&mut m, 3, NodeState::Draining);
-        assert_eq!(plan_drains(&m, &all(&m)), vec![(1, ReplicaChange { add: Some(5), remove: Some(3) })]);
+        assert_eq!(plan_drains(&m, &all(&m), M), vec![(1, ReplicaChange { add: Some(5), remove: Some(3) })]);
         // Node 5 does not answer: the next best, in a covered region.
         let live: BTreeSet<u64> = [1, 2, 3, 4].into();
-        assert_eq!(plan_drains(&m, &live), vec![(1, ReplicaChange { add: Some(4), remove: Some(3) })]);
+        assert_eq!(plan_drains(&m, &live, M), vec![(1, ReplicaChange { add: Some(4), remove: Some(3) })]);
     }
 
     #[test]
@@ -522,26 +527,29 @@ mod tests {
             &[&[1, 2, 3], &[1, 2, 3], &[1, 2, 3], &[1, 2, 3], &[4, 2, 3]],
         );
         set(&mut m, 1, NodeState::Draining);
-        let plan = plan_drains(&m, &all(&m));
-        assert_eq!(plan.len(), MAX_MOVES_IN_FLIGHT);
+        let plan = plan_drains(&m, &all(&m), M);
+        assert_eq!(plan.len(), M);
         // Node 5 holds nothing, node 4 one replica: the first move goes to 5,
         // the second to 4 or 5 by load (1 each), the lower id first.
         assert_eq!(plan[0], (1, ReplicaChange { add: Some(5), remove: Some(1) }));
         assert_eq!(plan[1], (2, ReplicaChange { add: Some(4), remove: Some(1) }));
         // Changes under way count against the budget.
         m.begin_replica_change(1, plan[0].1).unwrap();
-        let next = plan_drains(&m, &all(&m));
-        assert_eq!(next.len(), MAX_MOVES_IN_FLIGHT - 1);
+        let next = plan_drains(&m, &all(&m), M);
+        assert_eq!(next.len(), M - 1);
         assert_ne!(next[0].0, 1, "a shard already changing is left alone");
+        // The budget is the operator's: one at a time, or all four at once.
+        assert_eq!(plan_drains(&m, &all(&m), 1), Vec::new(), "one change is under way already");
+        assert_eq!(plan_drains(&m, &all(&m), 5).len(), 3, "every other shard on node 1 moves at once");
     }
 
     #[test]
     fn nothing_moves_onto_leaving_nodes_or_off_nodes_that_stay() {
         let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 3]]);
-        assert!(plan_drains(&m, &all(&m)).is_empty(), "no node is leaving");
+        assert!(plan_drains(&m, &all(&m), M).is_empty(), "no node is leaving");
         set(&mut m, 4, NodeState::Draining);
         set(&mut m, 1, NodeState::Draining);
-        assert!(plan_drains(&m, &all(&m)).is_empty(), "the only spare node is leaving too");
+        assert!(plan_drains(&m, &all(&m), M).is_empty(), "the only spare node is leaving too");
         assert_eq!(drain_blockers(&m, 1).len(), 1, "{:?}", drain_blockers(&m, 1));
     }
 
@@ -562,10 +570,10 @@ mod tests {
         set(&mut m, 3, NodeState::Down);
         // Node 3 answers nothing, which does not matter: it is the source.
         let live: BTreeSet<u64> = [1, 2, 4].into();
-        let plan = plan_drains(&m, &live);
+        let plan = plan_drains(&m, &live, M);
         assert_eq!(plan.len(), 2);
         assert!(plan.iter().all(|(_, c)| *c == ReplicaChange { add: Some(4), remove: Some(3) }), "{plan:?}");
-        assert!(plan_rebalance(&m, &live).is_empty(), "nothing rebalances while a node has replicas to leave");
+        assert!(plan_rebalance(&m, &live, M).is_empty(), "nothing rebalances while a node has replicas to leave");
     }
 
     #[test]
@@ -576,11 +584,11 @@ mod tests {
         let live = all(&m);
         let mut moved = 0;
         for _ in 0..10 {
-            let plan = plan_rebalance(&m, &live);
+            let plan = plan_rebalance(&m, &live, M);
             if plan.is_empty() {
                 break;
             }
-            assert!(plan.len() <= MAX_MOVES_IN_FLIGHT);
+            assert!(plan.len() <= M);
             for (shard, change) in plan {
                 assert_eq!(change, ReplicaChange { add: Some(4), remove: Some(3) });
                 m.begin_replica_change(shard, change).unwrap();
@@ -593,20 +601,20 @@ mod tests {
         assert_eq!((load[&3], load[&4]), (3, 3));
         // A joined node that does not answer gets nothing.
         let mut m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "c")], &[&[1, 2, 3][..]; 6]);
-        assert!(plan_rebalance(&m, &[1, 2, 3].into()).is_empty());
+        assert!(plan_rebalance(&m, &[1, 2, 3].into(), M).is_empty());
         m.nodes[3].state = NodeState::Joining;
-        assert!(plan_rebalance(&m, &all(&m)).is_empty(), "a joining node takes no replica yet");
+        assert!(plan_rebalance(&m, &all(&m), M).is_empty(), "a joining node takes no replica yet");
     }
 
     #[test]
     fn a_region_added_back_gets_the_shards_that_doubled_up() {
         // After region c was lost, shard 1 was re-replicated in region a.
         let m = map(&[(1, "a"), (2, "b"), (3, "c"), (4, "a")], &[&[1, 2, 4], &[2, 3, 4]]);
-        let plan = plan_rebalance(&m, &all(&m));
+        let plan = plan_rebalance(&m, &all(&m), M);
         assert_eq!(plan[0], (1, ReplicaChange { add: Some(3), remove: Some(4) }), "{plan:?}");
         // Balanced and spread: nothing to do.
         let m = map(&[(1, "a"), (2, "b"), (3, "c")], &[&[1, 2, 3], &[2, 3, 1]]);
-        assert!(plan_rebalance(&m, &all(&m)).is_empty());
+        assert!(plan_rebalance(&m, &all(&m), M).is_empty());
     }
 
     #[test]
@@ -657,7 +665,7 @@ mod tests {
         assert_eq!(m.shard(1).unwrap().replicas, vec![1, 2, 3], "nothing else changed");
         m.validate().unwrap();
         set(&mut m, 1, NodeState::Draining);
-        assert_eq!(plan_drains(&m, &all(&m)), vec![(1, ReplicaChange { add: Some(5), remove: Some(1) })]);
+        assert_eq!(plan_drains(&m, &all(&m), M), vec![(1, ReplicaChange { add: Some(5), remove: Some(1) })]);
     }
 
     #[test]

@@ -548,9 +548,10 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
         }
     }
 
-    let mut plan = placement::plan_drains(&map, &live);
+    let budget = node.config.max_moves_in_flight;
+    let mut plan = placement::plan_drains(&map, &live, budget);
     let why = if plan.is_empty() && node.config.rebalance {
-        plan = placement::plan_rebalance(&map, &live);
+        plan = placement::plan_rebalance(&map, &live, budget);
         "rebalance"
     } else {
         "drain"
