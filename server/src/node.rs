@@ -733,13 +733,16 @@ impl Node {
     }
 
     /// Whether this node should get traffic, or why not: its groups have
-    /// started, it holds the shard map, the map records it as a member that
+    /// started, no WAL fsync has failed, it holds the shard map, the map records it as a member that
     /// serves (up or draining: not joining, down or removed), and its meta
     /// shard replica knows a leader and has applied all it knows committed.
     /// The gRPC health service and `/readyz` report this.
     pub async fn readiness(&self) -> Result<(), String> {
         if !self.is_ready() {
             return Err("starting: its Raft groups are not all started".into());
+        }
+        if let Some(cause) = self.storage.sync_failure() {
+            return Err(format!("a WAL fsync failed ({cause}): this node acknowledges no write; restart it"));
         }
         let map = self.shard_map();
         if map.version == 0 {

@@ -465,8 +465,13 @@ impl ShardStateMachine {
         Ok(result)
     }
 
-    /// Applies a run of committed entries as one durable batch and returns
-    /// one result per entry. Nothing is answered before the batch is on disk.
+    /// Applies a run of committed entries as one atomic batch and returns one
+    /// result per entry. The batch is not fsynced on its own (the Raft log,
+    /// fsynced on a quorum before these entries committed, is the durable
+    /// record, and the applied id lands in the same batch, so a crash
+    /// re-applies what was lost), except for a run that splits, freezes,
+    /// seals, takes back a freeze or merges: that one is on disk before this
+    /// returns, since other groups on this node start or stop on it.
     pub async fn apply_run(&mut self, run: &[Entry]) -> io::Result<Vec<CommandResult>> {
         let storage = self.storage.clone();
         let mut batch = storage.batch();

@@ -381,6 +381,14 @@ impl KvService {
         ops: Vec<Op>,
     ) -> Result<WriteOutcome, Error> {
         let shard = routed.shard.id;
+        // After a failed fsync this node acknowledges nothing as durable:
+        // refuse before proposing, so the write is known not to be applied.
+        if let Some(cause) = self.node.storage.sync_failure() {
+            return Err(Error::Unavailable(format!(
+                "node {}: a WAL fsync failed ({cause}); it takes no writes until it is restarted",
+                self.node.config.node_id
+            )));
+        }
         let cmd = Command::Write(WriteCommand {
             session,
             proposed_at_ms: self.node.log_clock.entry_time_ms(shard, crate::node::wall_ms()),

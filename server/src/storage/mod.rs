@@ -168,6 +168,12 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
+    /// Why a WAL fsync failed, if one did (see [`Syncer`]): the node then
+    /// acknowledges nothing as durable until it is restarted.
+    pub fn sync_failure(&self) -> Option<&str> {
+        self.syncer.failure()
+    }
+
     /// Opens (or creates) the node's database under `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Storage>, StorageError> {
         let mut opts = Options::default();

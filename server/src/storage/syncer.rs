@@ -13,11 +13,13 @@
 //! and no fsync is tried again: nothing this node writes is acknowledged as
 //! durable until it is restarted and recovers from what is really on disk, as
 //! PostgreSQL and etcd do. openraft treats the failed log write as a fatal
-//! storage error and stops the group, so the node stops acknowledging.
+//! storage error and stops the group, so the node stops acknowledging; and
+//! [`Syncer::failure`] lets the node refuse client writes at once and report
+//! itself not ready (health `NOT_SERVING`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::DB;
 
@@ -39,6 +41,8 @@ pub struct Syncer {
     thread: Option<std::thread::JoinHandle<()>>,
     syncs: Arc<AtomicU64>,
     waiters: Arc<AtomicU64>,
+    /// The cause of the first failed fsync, once there was one (for ever).
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Syncer {
@@ -52,12 +56,19 @@ impl Syncer {
         let (tx, rx) = mpsc::channel::<Done>();
         let syncs = Arc::new(AtomicU64::new(0));
         let waiters = Arc::new(AtomicU64::new(0));
-        let (s, w) = (syncs.clone(), waiters.clone());
+        let failure = Arc::new(OnceLock::new());
+        let (s, w, f) = (syncs.clone(), waiters.clone(), failure.clone());
         let thread = std::thread::Builder::new()
             .name("geokv-fsync".into())
-            .spawn(move || run(sync, rx, s, w))
+            .spawn(move || run(sync, rx, s, w, f))
             .expect("spawn fsync thread");
-        Syncer { tx: Mutex::new(Some(tx)), thread: Some(thread), syncs, waiters }
+        Syncer { tx: Mutex::new(Some(tx)), thread: Some(thread), syncs, waiters, failure }
+    }
+
+    /// Why a WAL fsync failed, if one did: from then on nothing is
+    /// acknowledged as durable until the node is restarted.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Runs `done` after the next fsync.
@@ -99,7 +110,13 @@ impl Drop for Syncer {
     }
 }
 
-fn run(mut sync: SyncFn, rx: mpsc::Receiver<Done>, syncs: Arc<AtomicU64>, waiters: Arc<AtomicU64>) {
+fn run(
+    mut sync: SyncFn,
+    rx: mpsc::Receiver<Done>,
+    syncs: Arc<AtomicU64>,
+    waiters: Arc<AtomicU64>,
+    failure: Arc<OnceLock<String>>,
+) {
     let mut batch: Vec<Done> = Vec::new();
     // The first failure, kept for ever: see the module comment.
     let mut failed: Option<String> = None;
@@ -119,6 +136,7 @@ fn run(mut sync: SyncFn, rx: mpsc::Receiver<Done>, syncs: Arc<AtomicU64>, waiter
                     "WAL fsync failed; this node acknowledges nothing as durable any more: restart it \
                      (it recovers from what is on disk)"
                 );
+                let _ = failure.set(cause.clone());
                 failed = Some(cause);
             }
         }
@@ -150,7 +168,9 @@ mod tests {
         }));
         let wait = || tokio::time::timeout(Duration::from_secs(10), syncer.sync());
         assert!(wait().await.unwrap().is_ok(), "a good fsync acknowledges");
+        assert_eq!(syncer.failure(), None);
         let failed = wait().await.unwrap();
+        assert_eq!(syncer.failure(), Some("EIO"), "the failure is there for readiness and writes to see");
         assert!(matches!(&failed, Err(StorageError::SyncFailed(cause)) if cause == "EIO"), "{failed:?}");
         for _ in 0..3 {
             let later = wait().await.unwrap();
