@@ -7,17 +7,25 @@
 //! collect every session idle for less than the TTL. So a leader's wall
 //! clock is held within what the log has already said plus the time that
 //! has really passed since (monotonic): `anchor ≤ time ≤ anchor + elapsed +
-//! max_clock_offset_ms`, where the anchor is the newest entry time this
-//! node has applied for the shard, and when it applied it. A clock far
-//! ahead moves the log's clock forward by at most the offset bound per
-//! commit round on top of real time; a clock behind holds it where the log
-//! was (collection comes later, which is safe). The replicated entry is
-//! what every replica applies, so GC stays deterministic.
+//! min(elapsed, max_clock_offset_ms)`, where the anchor is the newest entry
+//! time this node has applied for the shard, and when it applied it. A
+//! clock behind holds the log's clock where the log was (collection comes
+//! later, which is safe). A clock ahead moves it at most twice as fast as
+//! real time while entries come quickly (each round gains at most its own
+//! length again), and by at most the offset bound past real time after a
+//! pause. So the log's clock never runs more than twice as fast as real
+//! time: a session is collected no sooner than half its TTL of real time
+//! after its last write, and its marker lives at least as long again, so
+//! every resend a client makes (within `MAX_WRITE_RETRY_WINDOW`, 30 s, of
+//! a TTL of at least 60 s) finds the session or its marker. The replicated
+//! entry is what every replica applies, so GC stays deterministic.
 //!
-//! Only entries that reach a replica after it opened its log count as
-//! anchors (replays after a restart were written before the downtime). So a
-//! node that leads before it has applied any new write of a shard since it
-//! started proposes its own wall clock, unclamped: that case is not covered.
+//! Every applied write entry anchors, replays after a restart included, and
+//! a replica that opens its log anchors on its last session collection's
+//! time: a node that leads a shard right after it started, before any new
+//! write, is held to the log's time too (its clock is not trusted on its
+//! own). That holds the log's clock back by the downtime until it catches
+//! up (at most twice real time), which only makes sessions live longer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,9 +38,11 @@ pub struct LogClock {
 }
 
 /// The entry time for a leader reading `wall_ms`, given the log's newest
-/// time `anchor_ms`, applied `elapsed_ms` ago.
+/// time `anchor_ms`, applied `elapsed_ms` ago: at most `elapsed_ms` plus as
+/// much again (up to `max_offset_ms`) past the anchor.
 pub fn entry_time_ms(wall_ms: u64, anchor_ms: u64, elapsed_ms: u64, max_offset_ms: u64) -> u64 {
-    wall_ms.clamp(anchor_ms, anchor_ms.saturating_add(elapsed_ms).saturating_add(max_offset_ms))
+    let ahead_ms = elapsed_ms.min(max_offset_ms);
+    wall_ms.clamp(anchor_ms, anchor_ms.saturating_add(elapsed_ms).saturating_add(ahead_ms))
 }
 
 impl LogClock {
@@ -41,8 +51,8 @@ impl LogClock {
     }
 
     /// The time to put into a write entry of `shard` proposed now, when
-    /// this node's wall clock reads `wall_ms`. With no anchor yet (a shard
-    /// this node never applied a write of, since it started), the wall clock.
+    /// this node's wall clock reads `wall_ms`. With no anchor (a shard whose
+    /// log holds no write and no session collection yet), the wall clock.
     pub fn entry_time_ms(&self, shard: u64, wall_ms: u64) -> u64 {
         match self.anchors.lock().expect("log clock").get(&shard) {
             Some(&(anchor, at)) => entry_time_ms(wall_ms, anchor, at.elapsed().as_millis() as u64, self.max_offset_ms),
@@ -108,6 +118,22 @@ mod tests {
         // 10 s real, at most 50 ms gained per round: far below the TTL.
         assert!(latest <= 10_000 + 100 * 50 + 100, "{latest}");
         assert!(latest < 60_000);
+        // Entries every millisecond from a leader an hour ahead: the log's
+        // clock runs at most twice as fast as real time.
+        clock.applied(9, 0);
+        let mut latest = 0;
+        for step in 1..=1_000u64 {
+            let anchor = {
+                let mut anchors = clock.anchors.lock().unwrap();
+                let (t, at) = anchors[&9];
+                anchors.insert(9, (t, at - std::time::Duration::from_millis(1)));
+                t
+            };
+            latest = clock.entry_time_ms(9, step + hour);
+            assert!(latest >= anchor);
+            clock.applied(9, latest);
+        }
+        assert!(latest <= 2 * 1_000 + 2, "1 s of 1 ms rounds moved the log's clock {latest} ms");
         // Without an anchor the wall clock is all there is.
         assert_eq!(clock.entry_time_ms(8, 123), 123);
         clock.forget(7);

@@ -118,9 +118,6 @@ pub struct ShardStateMachine {
     /// Told the newest write-entry time applied, so that this node, as
     /// leader, proposes times that follow the log's clock.
     log_clock: Option<Arc<crate::raft::log_clock::LogClock>>,
-    /// The last log index when this replica opened its log: entries up to
-    /// it are replays, not news for the log clock.
-    replay_until: u64,
 }
 
 /// The data shards frozen for a merge on this node, with their freeze
@@ -235,7 +232,6 @@ impl ShardStateMachine {
             frozen: None,
             frozen_shards: None,
             log_clock: None,
-            replay_until: 0,
         };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
         sm.frozen = sm.apply_meta::<FrozenRecord>(apply_meta_tag::FROZEN)?;
@@ -253,13 +249,14 @@ impl ShardStateMachine {
         Ok(sm)
     }
 
-    /// Tells `clock` the newest write-entry time applied, for entries past
-    /// the log's end when this node opened it: entries replayed after a
-    /// restart were proposed before it went down, and anchoring on them as
-    /// if they were just written would hold the log's clock back by the
-    /// whole downtime.
+    /// Tells `clock` the newest write-entry time applied, and now, the time
+    /// of the last session collection on disk (replays and that time were
+    /// proposed before any downtime, so they hold the log's clock back by
+    /// it: safe, sessions only live longer; see `raft::log_clock`).
     pub fn with_log_clock(mut self, clock: Arc<crate::raft::log_clock::LogClock>) -> io::Result<Self> {
-        self.replay_until = self.storage.last_log(self.shard).map_err(io::Error::other)?.map_or(0, |(index, _)| index);
+        if let Some(gc_ms) = self.apply_meta::<u64>(apply_meta_tag::SESSION_GC_MS)? {
+            clock.applied(self.shard, gc_ms);
+        }
         self.log_clock = Some(clock);
         Ok(self)
     }
@@ -509,9 +506,7 @@ impl ShardStateMachine {
                     CommandResult::Rejected(Rejection::Frozen { shard: self.shard, into })
                 }
                 EntryPayload::Normal(Command::Write(cmd)) => {
-                    if index > self.replay_until {
-                        newest_entry_ms = newest_entry_ms.max(cmd.proposed_at_ms);
-                    }
+                    newest_entry_ms = newest_entry_ms.max(cmd.proposed_at_ms);
                     self.collect_sessions(cmd.proposed_at_ms, &mut batch, &mut overlay)?;
                     self.apply_write(index, cmd, &mut batch, &mut overlay)?
                 }
