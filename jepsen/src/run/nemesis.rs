@@ -329,6 +329,18 @@ fn pick_nodes(rng: &mut SeededRng, ids: &[u64], count: usize) -> Vec<u64> {
     picked
 }
 
+/// How a generated partition cuts: mostly a stall (bytes held, the peers
+/// see silence), one in [`RESET_ONE_IN`] a reset (every connection on the
+/// cut links closed with an RST and new ones refused: the client sees its
+/// connection drop mid-request, the case that makes retried writes'
+/// outcomes unknown).
+fn partition_mode(rng: &mut SeededRng) -> Partition {
+    if rng.below(RESET_ONE_IN) == 0 { Partition::Reset } else { Partition::Stall }
+}
+
+/// One generated partition in this many resets its connections.
+pub const RESET_ONE_IN: usize = 3;
+
 fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64, election_max_ms: u64) -> Fault {
     let n = ids.len();
     let minority = (n - 1) / 2;
@@ -349,7 +361,7 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64,
                 4 => FaultShape::MajoritiesRing { seed: rng.next_u64() },
                 _ => FaultShape::Bridge { seed: rng.next_u64() },
             };
-            Fault::Partition { shape, mode: Partition::Stall }
+            Fault::Partition { shape, mode: partition_mode(rng) }
         }
         NemesisKind::Kill => {
             let target = match rng.below(4) {
@@ -402,7 +414,7 @@ fn random_fault(rng: &mut SeededRng, kind: NemesisKind, ids: &[u64], shard: u64,
                     one_way: false,
                 },
             };
-            let partition = Fault::Partition { shape, mode: Partition::Stall };
+            let partition = Fault::Partition { shape, mode: partition_mode(rng) };
             let target = Target::Nodes { ids: vec![hit] };
             let second = match rng.below(3) {
                 0 => Fault::Kill { target },
@@ -832,13 +844,21 @@ mod tests {
 
     #[test]
     fn three_nodes_never_get_ring_or_bridge_and_none_is_empty() {
+        let (mut stalls, mut resets) = (0, 0);
         for seed in 0..50 {
             let s = Schedule::generate(seed, &[NemesisKind::Partition], 30_000, 3, 2);
             for w in &s.windows {
-                let Fault::Partition { shape, .. } = &w.fault else { panic!("{w:?}") };
+                let Fault::Partition { shape, mode } = &w.fault else { panic!("{w:?}") };
                 assert!(!matches!(shape, FaultShape::MajoritiesRing { .. } | FaultShape::Bridge { .. }));
+                match mode {
+                    Partition::Stall => stalls += 1,
+                    Partition::Reset => resets += 1,
+                    Partition::None => panic!("a partition that cuts nothing: {w:?}"),
+                }
             }
         }
+        // Some partitions drop connections (RST) rather than stall them.
+        assert!(resets > 0 && stalls > resets, "{stalls} stalls, {resets} resets");
         assert!(Schedule::generate(1, &[], 30_000, 3, 2).windows.is_empty());
     }
 
