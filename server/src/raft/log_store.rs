@@ -38,11 +38,15 @@ impl ShardLogStore {
         Self { shard, storage }
     }
 
+    /// A stored Raft record (vote, committed, last purged: `tag`); one that
+    /// does not decode is an error naming the shard and the record.
     fn meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, io::Error> {
-        match self.storage.get_meta(MetaFamily::Raft, self.shard, tag)? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
+        let Some(bytes) = self.storage.get_meta(MetaFamily::Raft, self.shard, tag)? else { return Ok(None) };
+        decode(&bytes).map(Some).map_err(|e| {
+            let shard = self.shard;
+            tracing::error!(shard, tag, "corrupt Raft metadata: {e}");
+            io::Error::new(io::ErrorKind::InvalidData, format!("shard {shard}: corrupt Raft metadata (tag {tag}): {e}"))
+        })
     }
 
     fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry, io::Error> {
@@ -197,5 +201,13 @@ mod tests {
         assert!(garbage.to_string().contains("index 3 cannot be decoded"), "{garbage}");
         let state = log.get_log_state().await.unwrap_err();
         assert!(state.to_string().contains("shard 7"), "{state}");
+
+        // A corrupt vote: an error naming the shard and the record, no panic.
+        let mut batch = log.storage.batch();
+        batch.put_meta(MetaFamily::Raft, 7, crate::storage::raft_meta_tag::VOTE, b"\xff");
+        log.storage.write_relaxed(batch).unwrap();
+        let vote = log.read_vote().await.unwrap_err();
+        assert_eq!(vote.kind(), io::ErrorKind::InvalidData);
+        assert!(vote.to_string().contains("shard 7: corrupt Raft metadata"), "{vote}");
     }
 }

@@ -64,14 +64,19 @@ pub enum ShardKind {
 /// A data shard's stored range record: `(start, end, epoch)`.
 type RangeRecord = (Vec<u8>, Option<Vec<u8>>, u64);
 
+/// A key range `[start, end)` (`None`: to the end of the key space).
+type KeyRange = (Vec<u8>, Option<Vec<u8>>);
+
 impl ShardKind {
     /// The range to snapshot: the one stored as of the snapshot (a shrink
     /// may have applied after this kind was cloned), else this kind's.
-    fn snapshot_range(&self, stored: Option<&[u8]>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
-        let ShardKind::Data { start, end, .. } = self else { return None };
-        match stored.map(decode::<RangeRecord>) {
-            Some(Ok((start, end, _))) => Some((start, end)),
-            _ => Some((start.clone(), end.clone())),
+    /// A stored record that does not decode is an error, not a reason to
+    /// snapshot some other range.
+    fn snapshot_range(&self, stored: Option<&[u8]>) -> io::Result<Option<KeyRange>> {
+        let ShardKind::Data { start, end, .. } = self else { return Ok(None) };
+        match stored.map(decode::<RangeRecord>).transpose()? {
+            Some((start, end, _)) => Ok(Some((start, end))),
+            None => Ok(Some((start.clone(), end.clone()))),
         }
     }
 
@@ -1260,6 +1265,10 @@ impl ShardStateMachine {
 /// behind a snapshot's log id, so the applied state it names must survive a
 /// crash first (apply batches are not synced on their own).
 async fn take_snapshot(storage: &Storage, shard: u64, kind: &ShardKind) -> io::Result<Arc<LocalSnapshot>> {
+    take_snapshot_records(storage, shard, kind).await.map_err(|e| failed(shard, "taking a snapshot", e))
+}
+
+async fn take_snapshot_records(storage: &Storage, shard: u64, kind: &ShardKind) -> io::Result<Arc<LocalSnapshot>> {
     let pin = storage.pin();
     let get = |tag| pin.get_meta(MetaFamily::Apply, shard, tag);
     let last_log_id: Option<LogId> = get(apply_meta_tag::APPLIED)?.as_deref().map(decode).transpose()?;
@@ -1267,7 +1276,7 @@ async fn take_snapshot(storage: &Storage, shard: u64, kind: &ShardKind) -> io::R
         get(apply_meta_tag::MEMBERSHIP)?.as_deref().map(decode).transpose()?.unwrap_or_default();
     let range_record = get(apply_meta_tag::RANGE)?;
     let header = SnapshotHeader {
-        range: kind.snapshot_range(range_record.as_deref()),
+        range: kind.snapshot_range(range_record.as_deref())?,
         range_record,
         frozen: get(apply_meta_tag::FROZEN)?,
         shard_map: get(apply_meta_tag::SHARD_MAP)?,
@@ -1277,14 +1286,25 @@ async fn take_snapshot(storage: &Storage, shard: u64, kind: &ShardKind) -> io::R
     Ok(Arc::new(LocalSnapshot::new(shard, SnapshotMeta { last_log_id, last_membership }, header, pin)))
 }
 
+/// A state-machine error as openraft gets it: naming the shard and what it
+/// was doing (entries by index), and logged once, since openraft stops the
+/// shard's Raft group on it (the node and its other groups go on).
+fn failed(shard: u64, doing: &str, e: io::Error) -> io::Error {
+    tracing::error!(shard, doing, cause = %e, "state machine error: this shard's Raft group stops on this node");
+    io::Error::new(e.kind(), format!("shard {shard}: {doing}: {e}"))
+}
+
 impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = ShardSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let applied = self.applied_log_id()?;
-        let membership = self.apply_meta(apply_meta_tag::MEMBERSHIP)?.unwrap_or_default();
-        Ok((applied, membership))
+        let read = || -> io::Result<_> {
+            let applied = self.applied_log_id()?;
+            let membership = self.apply_meta(apply_meta_tag::MEMBERSHIP)?.unwrap_or_default();
+            Ok((applied, membership))
+        };
+        read().map_err(|e| failed(self.shard, "reading the applied state", e))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -1297,7 +1317,14 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             run.push(entry);
             responders.push(responder);
         }
-        let results = self.apply_run(&run).await?;
+        let (Some(first), Some(last)) = (run.first().map(|e| e.log_id.index), run.last().map(|e| e.log_id.index))
+        else {
+            return Ok(());
+        };
+        let results = self
+            .apply_run(&run)
+            .await
+            .map_err(|e| failed(self.shard, &format!("applying entries {first}..={last}"), e))?;
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(result);
@@ -1636,6 +1663,34 @@ mod tests {
         assert!(sm.storage.get_data(b"h-mine").unwrap().is_some(), "nothing of the refused snapshot was written");
         assert!(sm.storage.get_data(b"x1").unwrap().is_none());
         assert!(matches!(&sm.kind, ShardKind::Data { end: Some(e), .. } if e == b"n"), "the range is unchanged");
+    }
+
+    /// Corrupt records on disk are errors that name the shard and the
+    /// entries being applied (openraft then stops this shard's group), not
+    /// panics, and a corrupt range record is no reason to snapshot some
+    /// other range.
+    #[tokio::test]
+    async fn corrupt_stored_records_are_errors_naming_the_shard_and_the_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = data_sm(dir.path(), limits());
+        sm.apply_run(&[write(1, Session::default(), 1, vec![], vec![put("h1", "a")])]).await.unwrap();
+        let mut batch = sm.storage.batch();
+        batch.put_meta(MetaFamily::Apply, 2, apply_meta_tag::SESSION_GC_MS, b"\xff");
+        batch.put_meta(MetaFamily::Apply, 2, apply_meta_tag::RANGE, b"\xff\xff");
+        sm.storage.write_relaxed(batch).unwrap();
+
+        // Far enough on for a session collection, which reads the GC time.
+        let entries: Vec<_> = (2..=3)
+            .map(|i| write(i, Session::default(), 10 * DAY_MS, vec![], vec![put("h2", "b")]))
+            .map(|e| Ok((e, None)))
+            .collect();
+        let err = sm.apply(futures::stream::iter(entries)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().starts_with("shard 2: applying entries 2..=3:"), "{err}");
+        assert!(sm.storage.get_data(b"h2").unwrap().is_none(), "nothing of the failed run was written");
+
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap_err();
+        assert!(snapshot.to_string().contains("shard 2: taking a snapshot"), "{snapshot}");
     }
 
     /// A meta shard state machine over a fresh store, and the map it publishes.
