@@ -54,6 +54,22 @@ pub async fn check_outcomes(client: &geokv_client::Client, outcomes: &Outcomes) 
     (acked, outcomes.len())
 }
 
+/// Under load, writers still running: every write acknowledged before
+/// this call (each key written once) is found with its value by a full scan
+/// made after it; writes still in flight may or may not show. Returns how
+/// many were checked.
+pub async fn check_acknowledged_so_far(client: &geokv_client::Client, outcomes: &Outcomes) -> usize {
+    let acked: BTreeMap<String, String> =
+        outcomes.lock().await.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect();
+    let kvs = wait_for("a full scan", DEFAULT_DEADLINE, || async { client.scan(..).collect().await.ok() }).await;
+    let stored: BTreeMap<String, String> =
+        kvs.into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap())).collect();
+    for (key, value) in &acked {
+        assert_eq!(stored.get(key), Some(value), "acknowledged write of {key} missing from a later scan");
+    }
+    acked.len()
+}
+
 /// Writes keys `<prefix>0000`, `<prefix>0001`, ... (value `v<i>`) through
 /// `client`, recording each outcome, until `count` writes, `time_limit`, or
 /// `stop` is set.

@@ -107,6 +107,8 @@ async fn a_drained_node_is_emptied_removed_and_refused_when_it_comes_back() {
     .await;
     let err = admin.remove_node(other, true).await.unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(_)) && err.to_string().contains("fewer than 3"), "{err}");
+    let err = admin.remove_node(9, false).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "removing a node that never was: {err}");
     assert!(admin.remove_node(drained, false).await.expect("a repeat").state == NodeState::Removed);
 
     // Back from the dead, with its data directory: refused, it stops again.

@@ -11,7 +11,8 @@
 //!    back to 3 replicas.
 //!
 //! Each step's duration, client error rate and p99 latency are printed; at
-//! the end a full scan matches every acknowledged write.
+//! the end a full scan matches every acknowledged write (and one before the
+//! topology changes, under load, every write acknowledged by then).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use geokv_client::{Client, NodeState, ShardMap};
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_outcomes, wait_for};
+use geokv_tests::{
+    ClusterOptions, DEFAULT_DEADLINE, Outcomes, TestCluster, check_acknowledged_so_far, check_outcomes, wait_for,
+};
 use tokio::sync::Mutex;
 
 const WRITERS: usize = 6;
@@ -145,6 +148,8 @@ async fn a_cluster_splits_grows_shrinks_and_heals_under_load() {
     })
     .await;
     report.push(("load splits to 16 shards", start, start.elapsed(), map.shards.len()));
+    let before = check_acknowledged_so_far(&admin, &outcomes).await;
+    eprintln!("before the topology changes: {before} acknowledged writes, every one found by a full scan");
 
     // 2. A node joins a 4th region; replicas and leaders rebalance onto it.
     let start = Instant::now();

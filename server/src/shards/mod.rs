@@ -786,6 +786,39 @@ mod tests {
         }
     }
 
+    /// Replica changes that cannot be made are refused, each with its
+    /// reason, and change nothing: unknown shard or node, a move to the same
+    /// node, a replica already there or not there, a node that takes no
+    /// replicas, and removing a shard's last replica.
+    #[test]
+    fn bad_replica_changes_are_refused_and_change_nothing() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west"), node(4, "eu-west")];
+        let mut map = ShardMap::initial(&nodes[..3], &[b"g".to_vec()], &[], 3).unwrap();
+        map.nodes.push(nodes[3].clone());
+        let change = |add, remove| ReplicaChange { add, remove };
+        let refuse = |map: &mut ShardMap, shard, c: ReplicaChange, why: &str| {
+            let before = map.clone();
+            let err = map.begin_replica_change(shard, c).unwrap_err();
+            assert!(err.contains(why), "{c:?}: {err}");
+            assert_eq!(*map, before, "{c:?} changed the map");
+        };
+        refuse(&mut map, 99, change(Some(4), Some(1)), "no shard 99");
+        refuse(&mut map, 1, change(Some(9), Some(1)), "no node 9");
+        refuse(&mut map, 1, change(Some(2), Some(2)), "to itself");
+        refuse(&mut map, 1, change(None, None), "must add or remove");
+        refuse(&mut map, 1, change(Some(2), Some(1)), "already holds a replica");
+        refuse(&mut map, 1, change(Some(4), Some(4)), "to itself");
+        refuse(&mut map, 1, change(Some(1), None), "already holds a replica");
+        map.nodes[3].state = NodeState::Draining;
+        refuse(&mut map, 1, change(Some(4), Some(1)), "takes no new replicas");
+        map.nodes[3].state = NodeState::Up;
+        // A shard down to one replica keeps it.
+        map.shards.iter_mut().find(|s| s.id == 1).unwrap().replicas = vec![3];
+        refuse(&mut map, 1, change(None, Some(3)), "last replica");
+        refuse(&mut map, 1, change(None, Some(1)), "holds no replica");
+        assert!(map.begin_replica_change(1, change(Some(4), Some(3))).unwrap(), "a move off it is fine");
+    }
+
     /// A merge is recorded on the left shard, frozen only with aligned
     /// replicas, cancelled only before its freeze, and finished once: the
     /// left shard takes the right one's range at the new epoch and the right
