@@ -558,7 +558,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
         setup.put(config.workload.warmup_key(), "warm").await?;
     }
     if config.workload == Workload::Bank {
-        setup_bank(&setup).await?;
+        setup_bank(lab, &setup).await?;
     }
     let mut clients = Vec::new();
     for slot in 0..config.clients {
@@ -889,7 +889,11 @@ async fn run_schedule(
 
 /// Writes every bank account's initial balance (retries on; not recorded:
 /// the checker knows the initial total).
-async fn setup_bank(client: &geokv_client::Client) -> Result<(), RunError> {
+/// Writes the accounts in one batch, then waits until every replica of
+/// their shard has applied it: the run starts from the same state on every
+/// node, so a bounded read in the first few hundred ms (allowed to miss
+/// writes that recent) cannot see the bank before it was opened.
+async fn setup_bank(lab: &Lab, client: &geokv_client::Client) -> Result<(), RunError> {
     let mut batch = client.batch();
     for i in 0..workload::ACCOUNTS {
         batch = batch.put(workload::account_key(i), workload::INITIAL_BALANCE.to_string());
@@ -897,6 +901,25 @@ async fn setup_bank(client: &geokv_client::Client) -> Result<(), RunError> {
     let result = batch.send().await?;
     if !result.applied {
         return Err(RunError::Config("the bank's initial batch was not applied".into()));
+    }
+    let started = Instant::now();
+    for node in lab.nodes() {
+        loop {
+            let status = lab.node_status(node.id).await.ok();
+            let group = status.as_ref().map(|s| s.groups.iter().find(|g| g.shard_id == result.shard_id));
+            match group {
+                // Not a replica of the bank's shard: nothing to wait for.
+                Some(None) => break,
+                Some(Some(g)) if g.applied_index >= result.version => break,
+                _ if started.elapsed() > WARMUP_TIMEOUT => {
+                    return Err(RunError::Config(format!(
+                        "node {} did not apply the bank's initial batch (index {}) within {WARMUP_TIMEOUT:?}",
+                        node.id, result.version
+                    )));
+                }
+                _ => tokio::time::sleep(PAUSE_AFTER_FAILURE).await,
+            }
+        }
     }
     Ok(())
 }
@@ -926,7 +949,8 @@ async fn liveness_phase(
         unsafe_redo_unknown: false,
     };
     let events = recorder.events();
-    let mut keys: Vec<(String, Op, Op)> = Vec::new();
+    // Per key: the writes to try in turn until one is ok, then the read.
+    let mut keys: Vec<(String, Vec<Op>, Op)> = Vec::new();
     // Values nobody else writes: above every slot's range.
     let liveness_value = |i: usize| (MAX_CLIENTS as u64 + 1) * (workload::MAX_OPS_PER_SLOT + 1) + i as u64;
     match config.workload {
@@ -937,14 +961,19 @@ async fn liveness_phase(
             }
             for (i, key) in seen.into_iter().enumerate() {
                 let write = Op::RegisterWrite { key: key.clone(), value: liveness_value(i) };
-                keys.push((key.clone(), write, Op::RegisterRead { key }));
+                keys.push((key.clone(), vec![write], Op::RegisterRead { key }));
             }
         }
         Workload::Set => {
-            keys.push(("set".into(), Op::SetAdd { element: liveness_value(0) }, Op::SetRead));
+            keys.push(("set".into(), vec![Op::SetAdd { element: liveness_value(0) }], Op::SetRead));
         }
         Workload::Bank => {
-            keys.push(("bank".into(), Op::BankTransfer { from: 0, to: 1, amount: 1 }, Op::BankRead));
+            // From each account in turn until one has the funds: a transfer
+            // refused for insufficient funds is an answer, not liveness.
+            let transfers = (0..workload::ACCOUNTS)
+                .map(|from| Op::BankTransfer { from, to: (from + 1) % workload::ACCOUNTS, amount: 1 })
+                .collect();
+            keys.push(("bank".into(), transfers, Op::BankRead));
         }
         Workload::Append => {
             let mut seen = BTreeSet::new();
@@ -953,7 +982,7 @@ async fn liveness_phase(
             }
             for (i, key) in seen.into_iter().enumerate() {
                 let append = Op::Append { key: key.clone(), element: liveness_value(i) };
-                keys.push((key.clone(), append, Op::ListRead { key }));
+                keys.push((key.clone(), vec![append], Op::ListRead { key }));
             }
         }
     }
@@ -971,11 +1000,17 @@ async fn liveness_phase(
     };
     let pc = ProcessClient { client, home, region: region.to_string() };
     let final_f = if config.workload == Workload::Register { None } else { Some("final-read") };
-    let checks = keys.iter().map(|(key, write, read)| {
+    let checks = keys.iter().map(|(key, writes, read)| {
         let pc = pc.clone();
         async move {
-            let process = recorder.fresh_process();
-            let kind = workload::execute(recorder, &settings, &pc, process, write).await;
+            let mut kind = EventType::Fail;
+            for write in writes {
+                let process = recorder.fresh_process();
+                kind = workload::execute(recorder, &settings, &pc, process, write).await;
+                if kind != EventType::Fail || healed_at.elapsed() > bound {
+                    break;
+                }
+            }
             let elapsed_ms = healed_at.elapsed().as_millis() as u64;
             let ok = kind == EventType::Ok;
             let error = (!ok).then(|| format!("the write ended {kind}"));
