@@ -139,8 +139,10 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// A client idle this long loses its exactly-once session.
     pub session_ttl_ms: u64,
-    /// Requests served concurrently by this node; more wait in the gRPC
-    /// layer (backpressure) instead of piling up memory.
+    /// Requests served concurrently on one connection; more wait in the
+    /// gRPC layer (HTTP/2 backpressure) instead of piling up memory. A
+    /// bound per connection, not per node: many connections can still
+    /// bring many requests in (no node-wide admission limit yet).
     pub max_concurrent_requests: usize,
 }
 
