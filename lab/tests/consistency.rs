@@ -17,18 +17,25 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_levels_from_every_region_with_the_leader_in_us_east() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = LabConfig::new(dir.path(), NodeProgram::Lab(env!("CARGO_BIN_EXE_geokv-lab").into()));
+/// A 3-region lab (kept in `dir`) whose shard of `key` is led from us-east,
+/// with `key` written there once: the lab, the shard, and a us-east client.
+async fn lab_led_from_us_east(dir: &std::path::Path, key: &str) -> (Lab, u64, geokv_client::Client) {
+    let mut config = LabConfig::new(dir, NodeProgram::Lab(env!("CARGO_BIN_EXE_geokv-lab").into()));
     config.start_timeout = DEADLINE;
     let lab = Lab::start(config).await.expect("the lab starts");
-    let key = "profile:42";
     let shard = lab.shard_of(key.as_bytes()).await.unwrap();
     let east = lab.nodes().iter().find(|n| n.region == "us-east").unwrap().id;
     lab.transfer_leader(shard, east, DEADLINE).await.expect("leadership moves to us-east");
-    let writer = lab.client_for_region("us-east").await.unwrap();
-    writer.put(key, "v0").await.expect("put");
+    let client = lab.client_for_region("us-east").await.unwrap();
+    client.put(key, "v0").await.expect("put");
+    (lab, shard, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_levels_from_every_region_with_the_leader_in_us_east() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "profile:42";
+    let (lab, shard, _writer) = lab_led_from_us_east(dir.path(), key).await;
 
     let levels = [
         Consistency::Linearizable,
@@ -104,15 +111,8 @@ async fn a_linearizable_read_at_the_leader_takes_one_quorum_round_trip() {
     const ONE_WAY_MS: u64 = 100;
     let round = Duration::from_millis(2 * ONE_WAY_MS);
     let dir = tempfile::tempdir().unwrap();
-    let mut config = LabConfig::new(dir.path(), NodeProgram::Lab(env!("CARGO_BIN_EXE_geokv-lab").into()));
-    config.start_timeout = DEADLINE;
-    let lab = Lab::start(config).await.expect("the lab starts");
     let key = "rounds:1";
-    let shard = lab.shard_of(key.as_bytes()).await.unwrap();
-    let east = lab.nodes().iter().find(|n| n.region == "us-east").unwrap().id;
-    lab.transfer_leader(shard, east, DEADLINE).await.expect("leadership moves to us-east");
-    let client = lab.client_for_region("us-east").await.unwrap();
-    client.put(key, "v0").await.expect("put");
+    let (lab, _, client) = lab_led_from_us_east(dir.path(), key).await;
     let nodes: Vec<_> = lab.nodes().iter().map(|n| geokv_lab::Endpoint::Node(n.id)).collect();
     lab.set_latency(&nodes, &nodes, false, Some(ONE_WAY_MS), None).unwrap();
     for _ in 0..3 {
