@@ -21,8 +21,8 @@
 //! entry is what every replica applies, so GC stays deterministic.
 //!
 //! Every applied write entry anchors, replays after a restart included, and
-//! a replica that opens its log anchors on its last session collection's
-//! time: a node that leads a shard right after it started, before any new
+//! a replica that opens its log, or installs a snapshot, anchors on the last
+//! session collection's time it holds: a node that leads a shard right after it started, before any new
 //! write, is held to the log's time too (its clock is not trusted on its
 //! own). That holds the log's clock back by the downtime until it catches
 //! up (at most twice real time), which only makes sessions live longer.

@@ -1344,6 +1344,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         };
         let kind = self.kind_after(meta, &header)?;
         let frozen = header.frozen.as_deref().map(decode::<FrozenRecord>).transpose()?;
+        let session_gc_ms = header.session_gc.as_deref().map(decode::<u64>).transpose()?;
         let new_map = match (&header.shard_map, &self.kind) {
             (Some(bytes), ShardKind::Meta { .. }) => Some(decode::<ShardMap>(bytes)?),
             _ => None,
@@ -1383,6 +1384,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         self.last_applied_index = meta.last_log_id.as_ref().map(|id| id.index);
         if let (Some(map), ShardKind::Meta { map_tx }) = (new_map, &self.kind) {
             map_tx.send_replace(Arc::new(map));
+        }
+        // The log's time as of the snapshot: a replica that leads before it
+        // applies a write is held to it too (see `raft::log_clock`).
+        if let (Some(clock), Some(gc_ms)) = (&self.log_clock, session_gc_ms) {
+            clock.applied(self.shard, gc_ms);
         }
         tracing::info!(shard = self.shard, last = ?meta.last_log_id, pairs, bytes, "installed snapshot");
         Ok(())
