@@ -136,13 +136,20 @@ impl ReadIndexBatcher {
 
 /// The leader-side round: a [`probe_round`] (one quorum round trip), or
 /// openraft's ReadIndex when the probe cannot decide; bounded by `timeout`.
+/// Either way it resolves only once this replica has applied the read
+/// index (the caller reads its state machine next), as openraft's does: a
+/// new leader can have committed more than it has applied yet.
 pub fn leader_round(raft: ShardRaft, shard: u64, peers: Arc<Peers>, timeout: Duration) -> Round {
     Arc::new(move || {
         let (raft, peers) = (raft.clone(), peers.clone());
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             match tokio::time::timeout_at(deadline, probe_round(&raft, shard, &peers)).await {
-                Ok(Probe::Confirmed(index)) => return Ok(index),
+                Ok(Probe::Confirmed(index)) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let applied = raft.wait(Some(left)).applied_index_at_least(Some(index), "read index").await;
+                    return applied.map(|_| index).map_err(|_| RoundError::TimedOut);
+                }
                 Err(_) => return Err(RoundError::TimedOut),
                 Ok(Probe::Undecided) => {}
             }
