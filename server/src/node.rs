@@ -733,9 +733,10 @@ impl Node {
     }
 
     /// Whether this node should get traffic, or why not: its groups have
-    /// started, no WAL fsync has failed, it holds the shard map, the map records it as a member that
-    /// serves (up or draining: not joining, down or removed), and its meta
-    /// shard replica knows a leader and has applied all it knows committed.
+    /// started, no WAL fsync has failed, it holds the shard map, the map
+    /// records it as a member that serves (up or draining: not joining, down
+    /// or removed), and its meta shard replica knows a leader and has
+    /// applied all it knows committed.
     /// The gRPC health service and `/readyz` report this.
     pub async fn readiness(&self) -> Result<(), String> {
         if !self.is_ready() {

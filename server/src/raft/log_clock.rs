@@ -22,10 +22,11 @@
 //!
 //! Every applied write entry anchors, replays after a restart included, and
 //! a replica that opens its log, or installs a snapshot, anchors on the last
-//! session collection's time it holds: a node that leads a shard right after it started, before any new
-//! write, is held to the log's time too (its clock is not trusted on its
-//! own). That holds the log's clock back by the downtime until it catches
-//! up (at most twice real time), which only makes sessions live longer.
+//! session collection's time it holds: a node that leads a shard right
+//! after it started, before any new write, is held to the log's time too
+//! (its clock is not trusted on its own). That holds the log's clock back
+//! by the downtime until it catches up (at most twice real time), which
+//! only makes sessions live longer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -118,8 +118,7 @@ fn run(
     failure: Arc<OnceLock<String>>,
 ) {
     let mut batch: Vec<Done> = Vec::new();
-    // The first failure, kept for ever: see the module comment.
-    let mut failed: Option<String> = None;
+    // `failure` holds the first failure for ever: see the module comment.
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_WAITERS_PER_SYNC {
@@ -128,7 +127,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        if failed.is_none() {
+        if failure.get().is_none() {
             syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(cause) = sync() {
                 tracing::error!(
@@ -136,13 +135,12 @@ fn run(
                     "WAL fsync failed; this node acknowledges nothing as durable any more: restart it \
                      (it recovers from what is on disk)"
                 );
-                let _ = failure.set(cause.clone());
-                failed = Some(cause);
+                let _ = failure.set(cause);
             }
         }
         waiters.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for done in batch.drain(..) {
-            done(match &failed {
+            done(match failure.get() {
                 None => Ok(()),
                 Some(cause) => Err(StorageError::SyncFailed(cause.clone())),
             });
