@@ -538,7 +538,7 @@ async fn drive(config: &RunConfig, lab: &Lab) -> Result<Driven, RunError> {
             config.time_limit.as_millis() as u64,
             lab.nodes().len(),
             shard,
-            config.election_timeout_max_ms.unwrap_or(nemesis::DEFAULT_ELECTION_TIMEOUT_MAX_MS),
+            config.election_timeout_max_ms.unwrap_or_else(nemesis::default_election_timeout_max_ms),
         ),
     };
     let path = config.out_dir.join("schedule.json");

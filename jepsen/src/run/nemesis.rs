@@ -41,9 +41,11 @@ pub const PAUSE_MIN_MS: u64 = 3_500;
 pub const DEFAULT_CLOCK_OFFSET_BOUND_MS: i64 = 50;
 const CLOCK_SKEW_FACTORS_TENTHS: [i64; 4] = [5, 20, 50, 200];
 
-/// The nodes' default `raft.election_timeout_max_ms`: the lease a follower
-/// promises its leader.
-pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// The nodes' default `raft.election_timeout_max_ms` (the server's own
+/// default, read from it): the lease a follower promises its leader.
+pub fn default_election_timeout_max_ms() -> u64 {
+    geokv_server::config::RaftConfig::default().election_timeout_max_ms
+}
 /// A `lease-race` window holds this long after the new leader can have been
 /// elected, for writes to it and lease reads at the old one.
 pub const LEASE_RACE_AFTER_MS: u64 = 2_000;
@@ -256,7 +258,7 @@ impl Schedule {
     /// A seeded schedule of `kinds` faults within `time_limit_ms`, for a lab
     /// of `nodes` nodes whose workload lives on `shard`.
     pub fn generate(seed: u64, kinds: &[NemesisKind], time_limit_ms: u64, nodes: usize, shard: u64) -> Schedule {
-        Schedule::generate_timed(seed, kinds, time_limit_ms, nodes, shard, DEFAULT_ELECTION_TIMEOUT_MAX_MS)
+        Schedule::generate_timed(seed, kinds, time_limit_ms, nodes, shard, default_election_timeout_max_ms())
     }
 
     /// As [`Schedule::generate`], for nodes whose `election_timeout_max_ms`
