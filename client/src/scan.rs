@@ -20,7 +20,7 @@ use std::pin::Pin;
 use futures::{Stream, TryStreamExt};
 use geokv_proto::kv as pb;
 
-use crate::{Client, Consistency, Error, KeyValue};
+use crate::{Client, Consistency, Error, KeyValue, ReadInfo};
 
 /// A key range in wire form: `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,12 +147,23 @@ impl<'a> Scan<'a> {
 
     /// Runs the scan: every pair in the range (up to the limit), in key order.
     pub async fn collect(self) -> Result<Vec<KeyValue>, Error> {
+        Ok(self.collect_with_info().await?.0)
+    }
+
+    /// Runs the scan like [`Scan::collect`], and also says what the pages
+    /// promised: the read info of the weakest page (the largest staleness
+    /// bound, `None` if any page could not bound its own), with `fell_back`
+    /// and `weaker_than_requested` set if any page's were. `None` when no
+    /// page was read (an empty range). Each page is its own read: together
+    /// they are no snapshot, but every pair was current within that bound of
+    /// the scan's start.
+    pub async fn collect_with_info(self) -> Result<(Vec<KeyValue>, Option<ReadInfo>), Error> {
         let mut pages = Pages::new(self)?;
         let mut out = Vec::new();
         while let Some(page) = pages.next_page().await? {
             out.extend(page);
         }
-        Ok(out)
+        Ok((out, pages.info))
     }
 
     /// Runs the scan as a stream of pairs in key order, one page fetched at a
@@ -190,6 +201,8 @@ struct Pages<'a> {
     last_key: Option<Vec<u8>>,
     consistency: Consistency,
     page_limit: u32,
+    /// The weakest page's read info so far (see [`Scan::collect_with_info`]).
+    info: Option<ReadInfo>,
 }
 
 impl<'a> Pages<'a> {
@@ -212,6 +225,7 @@ impl<'a> Pages<'a> {
             last_key: None,
             consistency: scan.consistency,
             page_limit: scan.page_limit,
+            info: None,
         })
     }
 
@@ -234,6 +248,11 @@ impl<'a> Pages<'a> {
             let page = self.client.execute(&cursor, self.consistency.needs_leader(), request).await?;
             check_page(&cursor, self.end.as_deref(), self.last_key.as_deref(), page_limit, &page)
                 .map_err(Error::Protocol)?;
+            let info = ReadInfo::from_proto(page.read.clone()).map_err(Error::Protocol)?;
+            self.info = Some(match self.info.take() {
+                Some(so_far) => weakest(so_far, info),
+                None => info,
+            });
             let mut kvs: Vec<KeyValue> = page.kvs.into_iter().map(KeyValue::from).collect();
             if let Some(remaining) = &mut self.remaining {
                 kvs.truncate(*remaining);
@@ -260,6 +279,17 @@ impl<'a> IntoFuture for Scan<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.collect())
     }
+}
+
+/// What two pages of one scan promise together: the info of the one with
+/// the larger staleness bound (an unknown bound is the largest), flags from
+/// either.
+fn weakest(a: ReadInfo, b: ReadInfo) -> ReadInfo {
+    let looser = |info: &ReadInfo| info.staleness_bound_ms.map_or((1, 0), |ms| (0, ms));
+    let fell_back = a.fell_back || b.fell_back;
+    let weaker_than_requested = a.weaker_than_requested || b.weaker_than_requested;
+    let worst = if looser(&b) > looser(&a) { b } else { a };
+    ReadInfo { fell_back, weaker_than_requested, ..worst }
 }
 
 /// The page size to ask for: what the caller still wants, capped by the
@@ -379,5 +409,26 @@ mod tests {
         }
         let repeated = check_page(b"a", None, Some(b"c"), 0, &page(&["c"], false, ""));
         assert!(repeated.unwrap_err().contains("out of order"));
+    }
+
+    #[test]
+    fn a_scan_promises_what_its_weakest_page_promised() {
+        let info = |bound: Option<u64>, node_id: u64, fell_back: bool| ReadInfo {
+            served: crate::Served::Level(Consistency::Stale),
+            node_id,
+            region: "r".into(),
+            applied_index: 1,
+            staleness_bound_ms: bound,
+            fell_back,
+            weaker_than_requested: false,
+        };
+        let both = weakest(info(Some(10), 1, true), info(Some(40), 2, false));
+        assert_eq!((both.staleness_bound_ms, both.node_id, both.fell_back), (Some(40), 2, true));
+        let both = weakest(info(Some(40), 1, false), info(Some(10), 2, false));
+        assert_eq!((both.staleness_bound_ms, both.node_id), (Some(40), 1));
+        let unknown = weakest(info(Some(40), 1, false), info(None, 2, false));
+        assert_eq!((unknown.staleness_bound_ms, unknown.node_id), (None, 2));
+        let unknown = weakest(info(None, 1, false), info(Some(0), 2, false));
+        assert_eq!((unknown.staleness_bound_ms, unknown.node_id), (None, 1));
     }
 }

@@ -89,6 +89,10 @@ pub struct GroupStatus {
     /// Eventual shards: tombstones still held (collected once every replica
     /// has seen them).
     pub ec_tombstones: u64,
+    /// Why this Raft group is stopped on the node (role `shutdown`): its
+    /// state on disk could not be read at start, or a storage error stopped
+    /// it. `None` while it runs.
+    pub error: Option<String>,
 }
 
 impl GroupStatus {
@@ -172,6 +176,7 @@ impl NodeStatus {
                         })
                         .collect(),
                     ec_tombstones: group.ec_tombstones,
+                    error: (!group.error.is_empty()).then_some(group.error),
                 })
                 .collect(),
             uptime_ms: status.uptime_ms,
@@ -316,6 +321,7 @@ mod tests {
             ec_outbox_depth: 0,
             ec_peers: vec![],
             ec_tombstones: 0,
+            error: None,
         }
     }
 

@@ -46,8 +46,14 @@ except Exception as e:
 ok = fail = info = 0
 for outcomes in r.get("op_counts", {}).values():
     ok += outcomes.get("ok", 0); fail += outcomes.get("fail", 0); info += outcomes.get("info", 0)
-bounds = r.get("checkers", {}).get("staleness_bounds", {})
-b = bounds.get("verdict", "-") if isinstance(bounds, dict) else "-"
+checkers = r.get("checkers", {})
+b = checkers.get("staleness_bounds", {}).get("verdict", "-")
+for w in ("set", "append", "bank"):
+    counts = checkers.get(w, {}).get("bounds")
+    if counts:
+        reported = counts["fresh"] + counts["bounded"]
+        held = checkers[w].get("bounds_held")
+        b = (f"{held}/{reported} held" if held is not None else f"{reported} reported (unchecked)") + f", {counts['unknown']} none"
 summary = r.get("summary", "").replace("|", "/")
 print(f"| `{flags}` | {r.get('verdict')}: {summary} | {ok} / {fail} / {info} | bounds {b} | {wall} s |", flush=True)
 PY

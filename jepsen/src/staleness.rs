@@ -12,7 +12,8 @@
 //!
 //! The same relaxation checks *every* read by what it promised, whatever
 //! level it asked for: `run` does that for each register run (the
-//! `staleness_bounds` checker), so every run also tells whether the bounds
+//! `staleness_bounds` checker), and the set and append checkers judge each
+//! read by [`promised_since`], so every run also tells whether the bounds
 //! geokv reported were true.
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::history::{Clock, History, Outcome};
+use crate::history::{Clock, Event, History, Outcome};
 
 /// Nanoseconds per millisecond.
 const NANOS_PER_MS: u64 = 1_000_000;
@@ -39,6 +40,34 @@ pub struct BoundCounts {
     pub unknown: u64,
 }
 
+impl BoundCounts {
+    /// Counts one `ok` read by its completion `event`, and returns the bound
+    /// it reported in ms (`Some(0)`: fresh; `None`: it promised nothing).
+    pub fn note(&mut self, event: &Event) -> Option<u64> {
+        let level = event.consistency.clone().unwrap_or_else(|| "unreported".into());
+        *self.reads_by_level.entry(level).or_default() += 1;
+        match event.staleness_bound_ms {
+            None => self.unknown += 1,
+            Some(0) => self.fresh += 1,
+            Some(_) => self.bounded += 1,
+        }
+        event.staleness_bound_ms
+    }
+
+    /// Reads checked by a bound they reported (fresh or bounded).
+    pub fn checked(&self) -> u64 {
+        self.fresh + self.bounded
+    }
+}
+
+/// The earliest time (in the history's nanoseconds) an `ok` read at
+/// `invoke_time` whose completion reported `bound_ms` may reflect: its
+/// invoke moved back by the bound. `None` for a bound of `None`: the read
+/// promised nothing.
+pub fn promised_since(invoke_time: u64, bound_ms: Option<u64>) -> Option<u64> {
+    bound_ms.map(|ms| invoke_time.saturating_sub(ms.saturating_mul(NANOS_PER_MS)))
+}
+
 /// A copy of `history` in which every `ok` read whose completion reports
 /// `staleness_bound_ms = δ > 0` is invoked δ earlier (the events keep their
 /// original times; only the operations the checker uses move), and every
@@ -55,26 +84,20 @@ pub fn relax_bounded_staleness(history: &History) -> Result<(History, BoundCount
             continue;
         }
         let completion = op.completion.expect("an ok operation has a completion");
-        let event = &history.events[completion];
-        let level = event.consistency.clone().unwrap_or_else(|| "unreported".into());
-        *counts.reads_by_level.entry(level).or_default() += 1;
-        let Some(bound_ms) = event.staleness_bound_ms else {
-            counts.unknown += 1;
+        let Some(bound_ms) = counts.note(&history.events[completion]) else {
             op.outcome = Outcome::Fail;
             continue;
         };
         if bound_ms == 0 {
-            counts.fresh += 1;
             continue;
         }
-        counts.bounded += 1;
         if history.clock != Clock::Nanoseconds {
             return Err(Error::Model {
                 line: history.lines[completion],
                 message: "staleness bounds need a history with a nanosecond clock".into(),
             });
         }
-        op.invoke_time = op.invoke_time.saturating_sub(bound_ms.saturating_mul(NANOS_PER_MS));
+        op.invoke_time = promised_since(op.invoke_time, Some(bound_ms)).expect("a bound");
     }
     Ok((relaxed, counts))
 }

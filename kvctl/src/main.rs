@@ -1757,6 +1757,12 @@ fn status_json(cluster: &ClusterStatus) -> Value {
                     let decisions: serde_json::Map<String, Value> =
                         status.topology_decisions.iter().map(|(kind, n)| (kind.clone(), json!(n))).collect();
                     node["topology_decisions"] = Value::Object(decisions);
+                    let stopped: serde_json::Map<String, Value> = status
+                        .groups
+                        .iter()
+                        .filter_map(|g| Some((g.shard_id.to_string(), json!(g.error.as_ref()?))))
+                        .collect();
+                    node["stopped_groups"] = Value::Object(stopped);
                 }
                 Err(err) => node["error"] = json!(err.to_string()),
             }
@@ -1943,6 +1949,23 @@ fn print_status(cluster: &ClusterStatus, style: Style) {
             "Topology decisions (by the meta shard's leader, counted since each node started; logged with reasons):"
         );
         for line in decided {
+            println!("{line}");
+        }
+    }
+    let stopped: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|report| Some((report.node.node_id, report.status.as_ref().ok()?)))
+        .flat_map(|(node, status)| {
+            status.groups.iter().filter_map(move |g| {
+                g.error.as_ref().map(|why| format!("  shard {} on node {node}: {why}", g.shard_id))
+            })
+        })
+        .collect();
+    if !stopped.is_empty() {
+        println!();
+        println!("Stopped groups (the shard runs on its other replicas; move the replica away or restore the node):");
+        for line in stopped {
             println!("{line}");
         }
     }

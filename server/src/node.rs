@@ -106,6 +106,11 @@ pub struct Node {
     /// installed their first snapshot: their data is not here yet, so they
     /// accept no log entries (see `awaits_snapshot`).
     awaiting_snapshot: Mutex<HashSet<u64>>,
+    /// Data shards whose group could not start on this node (corrupt or
+    /// unreadable state on disk), and why: the node serves its other shards,
+    /// reports these in its status, and does not retry them until it
+    /// restarts (see `failed_groups`).
+    failed: Mutex<BTreeMap<u64, String>>,
     ready: AtomicBool,
     started: Instant,
     /// When the meta shard's leader last sent this replica entries or a
@@ -193,6 +198,7 @@ impl Node {
             frozen: FrozenShards::default(),
             starting: tokio::sync::Mutex::new(()),
             awaiting_snapshot: Mutex::default(),
+            failed: Mutex::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
             meta_leader_heard: Mutex::new(None),
@@ -227,12 +233,19 @@ impl Node {
         // initial one. Each replica's range comes from its own stored record
         // when it has one: the map records a split before the shard's log
         // applies it.
+        //
+        // A data shard whose stored state cannot be read stops alone: the
+        // node serves its other shards (the meta shard is no such option).
         let map = self.shard_map();
         let mut data = Vec::new();
         for shard in map.shards_on(me).filter(|s| !s.is_eventual()) {
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
-            let sm = self.data_state_machine(shard.id, kind, limits)?;
-            data.push((shard.clone(), sm.range_is_stored()?, sm));
+            let opened =
+                self.data_state_machine(shard.id, kind, limits).and_then(|sm| Ok((sm.range_is_stored()?, sm)));
+            match opened {
+                Ok((is_stored, sm)) => data.push((shard.clone(), is_stored, sm)),
+                Err(e) => self.group_failed(shard.id, &e.into()),
+            }
         }
         let stored: Vec<(u64, crate::shards::KeyRange)> = data
             .iter()
@@ -261,8 +274,12 @@ impl Node {
                 }
                 sm.persist_range().await?;
             }
-            let raft = self.start_group(shard.id, sm, Some(&shard.replicas), &raft_config, &peers).await?;
-            self.groups.write().await.insert(shard.id, raft);
+            match self.start_group(shard.id, sm, Some(&shard.replicas), &raft_config, &peers).await {
+                Ok(raft) => {
+                    self.groups.write().await.insert(shard.id, raft);
+                }
+                Err(e) => self.group_failed(shard.id, &e),
+            }
         }
         // Replicas being added here (a move under way): learners, which get
         // the shard's data by snapshot from its leader.
@@ -285,6 +302,25 @@ impl Node {
         tokio::spawn(crate::topology::retire_replicas(self.clone()));
         tokio::spawn(crate::topology::manage_members(self.clone()));
         Ok(())
+    }
+
+    /// Records that shard `shard`'s group cannot run on this node, and why
+    /// (logged once, at error level).
+    fn group_failed(&self, shard: u64, error: &anyhow::Error) {
+        let why = format!("{error:#}");
+        tracing::error!(
+            shard,
+            cause = %why,
+            "shard {shard}'s state on this node cannot be read: its group is not started here (the node serves its \
+             other shards; the shard runs on its other replicas). Move the replica away (kvctl shard move) or \
+             restore this node's data."
+        );
+        self.failed.lock().expect("failed groups").insert(shard, why);
+    }
+
+    /// Data shards whose group could not start on this node, and why.
+    pub fn failed_groups(&self) -> BTreeMap<u64, String> {
+        self.failed.lock().expect("failed groups").clone()
     }
 
     /// An error saying this node was removed, if the map says so.
@@ -434,7 +470,8 @@ impl Node {
             }
         }
         for desc in map.shards_on(self.config.node_id).filter(|s| !s.is_eventual()) {
-            if self.group(desc.id).await.is_some() {
+            if self.group(desc.id).await.is_some() || self.failed.lock().expect("failed groups").contains_key(&desc.id)
+            {
                 continue;
             }
             if !matches!(has_stored_range(&self.storage, desc.id), Ok(true)) {

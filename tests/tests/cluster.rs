@@ -721,3 +721,53 @@ async fn health_follows_whether_a_node_can_serve() {
         assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
     }
 }
+
+/// Finding 9 of the correctness review: a data shard whose state on disk
+/// cannot be read stops alone, with a message naming it; the node starts,
+/// serves its other shards, and says in its status which group stopped and
+/// why. Before, any such shard made the whole node fail to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_state_on_disk_is_corrupt_stops_alone_and_the_node_serves_the_rest() {
+    use geokv_server::storage::{MetaFamily, Storage, apply_meta_tag, raft_meta_tag};
+    const SHARD_P: u64 = 3;
+    let mut c = start(ClusterOptions::default());
+    c.wait_all_leaders().await;
+    for (shard, key) in [(1, "a-before"), (SHARD_H, "h-before"), (SHARD_P, "p-before")] {
+        put_via_leader(&c, shard, key, "1").await;
+    }
+    // Node 3 holds a replica of every shard. Stopped, one shard's range
+    // record (read when its state machine opens) and another's vote (read
+    // when its Raft group starts) are overwritten with garbage.
+    c.kill(3);
+    {
+        let storage = Storage::open(&c.node(3).data_dir.join("db")).expect("open node 3's store");
+        let mut batch = storage.batch();
+        batch.put_meta(MetaFamily::Apply, SHARD_H, apply_meta_tag::RANGE, b"\xff\xff");
+        batch.put_meta(MetaFamily::Raft, SHARD_P, raft_meta_tag::VOTE, b"\xff");
+        storage.write_relaxed(batch).expect("corrupt");
+    }
+    c.restart(3);
+
+    // It starts, and its shard 1 replica catches up on writes made since.
+    put_via_leader(&c, 1, "a-after", "2").await;
+    let leader = c.wait_leader(1).await;
+    let committed = c.group_statuses(1).await[&leader].committed_index;
+    c.wait_applied(3, 1, committed).await;
+    assert_eq!(stale_get(&c, 3, "a-after").await.as_deref(), Some(&b"2"[..]));
+
+    // The two shards stopped on node 3, each with a reason naming it; their
+    // other replicas still take writes.
+    let status = c.status(3).await.expect("node 3 answers");
+    let stopped: BTreeMap<u64, String> =
+        status.groups.iter().filter(|g| !g.error.is_empty()).map(|g| (g.shard_id, g.error.clone())).collect();
+    assert_eq!(stopped.keys().copied().collect::<Vec<_>>(), vec![SHARD_H, SHARD_P], "{stopped:?}");
+    for (shard, why) in &stopped {
+        assert!(why.contains(&format!("shard {shard}")), "{why}");
+        let group = status.groups.iter().find(|g| g.shard_id == *shard).unwrap();
+        assert_eq!(group.role, "shutdown");
+    }
+    put_via_leader(&c, SHARD_H, "h-after", "2").await;
+    put_via_leader(&c, SHARD_P, "p-after", "2").await;
+    let log = c.log(3);
+    assert!(log.contains("its group is not started here"), "the log says what happened");
+}

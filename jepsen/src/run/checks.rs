@@ -9,9 +9,11 @@
 //! - **lost**: an `ok` add missing from the final read;
 //! - **unexpected**: an element read that no process ever tried to add;
 //! - **failed but present**: a `fail` add (definitely not applied) read back;
-//! - **stale** (linearizable or lease reads only): a read missing an element
-//!   whose add completed before the read was invoked, or one a read that
-//!   completed before this read began had already seen.
+//! - **stale**: a read older than the staleness bound it reported (0 for
+//!   linearizable, lease and follower reads): one missing an element whose
+//!   add completed before the read's invoke moved back by its bound, or one
+//!   that a read completed before that moment had already seen. A read that
+//!   reported no bound promised nothing and is not checked for staleness.
 //!
 //! `info` adds may or may not appear: they are counted ("recovered" when the
 //! final read has them), never flagged.
@@ -19,7 +21,8 @@
 //! # Bank
 //!
 //! Every `ok` read (one scan of the bank's one shard) must show every account,
-//! no negative balance, and the initial total.
+//! no negative balance, and the initial total. How recent it is goes unchecked
+//! (its level and reported bound are counted).
 //!
 //! # Append (exactly-once)
 //!
@@ -36,9 +39,16 @@
 //! - **out of order**: `a` acknowledged before `b` was invoked, yet `b`
 //!   before `a` in the list.
 //!
-//! With linearizable, lease or follower reads also **stale**: a read missing
-//! an append acknowledged before it was invoked, or shorter than a read that
-//! completed before it began. `info` appends may be present (once) or not.
+//! And **stale**, judged as for the set by the bound each read reported: a
+//! read missing an append acknowledged before its invoke moved back by its
+//! bound, or shorter than a read that completed before that moment. `info`
+//! appends may be present (once) or not.
+//!
+//! Both checkers count the reads per level served and by what they promised
+//! ([`BoundCounts`]), and how many of the reads that reported a bound kept it
+//! (`bounds_held`).
+//!
+//! Times are the history's nanoseconds, as `run` records them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -47,6 +57,7 @@ use serde_json::Value;
 
 use crate::history::{History, Operation, Outcome};
 use crate::report::ReportVerdict;
+use crate::staleness::{BoundCounts, promised_since};
 
 /// Anomalies listed in full in a report; beyond this only counted.
 pub const MAX_LISTED: usize = 20;
@@ -68,24 +79,28 @@ pub struct SetResult {
     pub unexpected: Vec<String>,
     pub failed_but_present_count: usize,
     pub failed_but_present: Vec<u64>,
-    /// Whether stale reads count as anomalies (linearizable / lease reads).
-    pub reads_must_be_fresh: bool,
+    /// Reads older than the bound they reported.
     pub stale_reads: usize,
     /// Up to [`MAX_LISTED`]: (history operation index of the read, a missing element).
     pub stale_examples: Vec<(usize, u64)>,
+    /// The reads (final read included) by level and by what they promised.
+    pub bounds: BoundCounts,
+    /// Reads that reported a bound and kept it.
+    pub bounds_held: u64,
 }
 
 fn elements(value: &Value) -> Option<BTreeSet<u64>> {
     value.as_array()?.iter().map(Value::as_u64).collect()
 }
 
-/// Checks a set history. `reads_must_be_fresh`: reads were linearizable
-/// (or lease) reads, so a read may not miss what was acknowledged before it.
-pub fn check_set(history: &History, reads_must_be_fresh: bool) -> SetResult {
+/// Checks a set history; each read's staleness by the bound it reported.
+pub fn check_set(history: &History) -> SetResult {
     let mut attempted = BTreeSet::new();
     let mut outcome_of: HashMap<u64, Outcome> = HashMap::new();
-    // (invoke, complete, set) of ok reads in history order; the final read separately.
-    let mut reads: Vec<(usize, u64, u64, BTreeSet<u64>)> = Vec::new();
+    // (index, promised since, complete, set) of ok reads in history order;
+    // the final read separately.
+    let mut reads: Vec<(usize, Option<u64>, u64, BTreeSet<u64>)> = Vec::new();
+    let mut bounds = BoundCounts::default();
     let mut final_read: Option<BTreeSet<u64>> = None;
     let mut unexpected = BTreeSet::new();
     let mut acked_at: Vec<(u64, u64)> = Vec::new();
@@ -110,7 +125,8 @@ pub fn check_set(history: &History, reads_must_be_fresh: bool) -> SetResult {
                 if op.f == "final-read" {
                     final_read = Some(set.clone());
                 }
-                reads.push((op.index, op.invoke_time, op.complete_time.expect("ok completes"), set));
+                let since = promised_since(op.invoke_time, bounds.note(done));
+                reads.push((op.index, since, op.complete_time.expect("ok completes"), set));
             }
             _ => {}
         }
@@ -139,27 +155,36 @@ pub fn check_set(history: &History, reads_must_be_fresh: bool) -> SetResult {
         ),
         None => (Vec::new(), 0),
     };
-    // Stale reads: a read must hold every element acknowledged before it was
-    // invoked, and every element a read completed before it began had seen.
-    acked_at.sort_unstable();
-    let mut by_completion: Vec<&(usize, u64, u64, BTreeSet<u64>)> = reads.iter().collect();
-    by_completion.sort_by_key(|r| r.2);
+    // Stale reads: a read must hold every element acknowledged before the
+    // moment it promised to reflect, and every element a read completed
+    // before that moment had seen. An element is due from the earlier of
+    // its ack and the first completion of a read holding it; a read is
+    // stale when fewer of its elements are due by then than there are due
+    // elements. Linear in the reads' sizes (the search over earlier reads
+    // it replaces was quadratic).
+    let mut due: HashMap<u64, u64> = acked_at.iter().map(|(t, e)| (*e, *t)).collect();
+    for (_, _, complete, set) in &reads {
+        for e in set {
+            due.entry(*e).and_modify(|t| *t = (*t).min(*complete)).or_insert(*complete);
+        }
+    }
+    let mut due_order: Vec<(u64, u64)> = due.iter().map(|(e, t)| (*t, *e)).collect();
+    due_order.sort_unstable();
     let mut stale_reads = 0;
     let mut stale_examples = Vec::new();
-    for (index, invoke, _, set) in &reads {
-        let mut must: BTreeSet<u64> = acked_at.iter().take_while(|(t, _)| t < invoke).map(|(_, e)| *e).collect();
-        for earlier in by_completion.iter().take_while(|r| r.2 < *invoke) {
-            must.extend(earlier.3.iter().copied());
-        }
-        if let Some(missing) = must.difference(set).next() {
+    for (index, since, _, set) in &reads {
+        let Some(since) = *since else { continue };
+        let owed = due_order.partition_point(|(t, _)| *t < since);
+        let held = set.iter().filter(|e| due.get(e).is_some_and(|t| *t < since)).count();
+        if held < owed {
             stale_reads += 1;
             if stale_examples.len() < MAX_LISTED {
-                stale_examples.push((*index, *missing));
+                let missing = due_order[..owed].iter().find(|(_, e)| !set.contains(e)).expect("one is missing");
+                stale_examples.push((*index, missing.1));
             }
         }
     }
-    let stale_counts = reads_must_be_fresh && stale_reads > 0;
-    let bad = !lost.is_empty() || !unexpected.is_empty() || !failed_but_present.is_empty() || stale_counts;
+    let bad = !lost.is_empty() || !unexpected.is_empty() || !failed_but_present.is_empty() || stale_reads > 0;
     let verdict = if bad {
         ReportVerdict::Invalid
     } else if final_read.is_none() {
@@ -169,18 +194,22 @@ pub fn check_set(history: &History, reads_must_be_fresh: bool) -> SetResult {
     };
     let summary = match verdict {
         ReportVerdict::Valid => format!(
-            "no anomaly found in {} adds ({} acknowledged, {unknown} unknown, {recovered} of those present) and {} reads",
+            "no anomaly found in {} adds ({} acknowledged, {unknown} unknown, {recovered} of those present) and {} \
+             reads ({} kept the staleness bound they reported, {} reported none)",
             attempted.len(),
             acknowledged.len(),
-            reads.len()
+            reads.len(),
+            bounds.checked(),
+            bounds.unknown
         ),
         ReportVerdict::Inconclusive => "no final read after the heal succeeded: inconclusive, not a pass".into(),
         _ => format!(
-            "set anomalies: {} lost, {} unexpected, {} failed adds present, {stale_reads} stale reads{}",
+            "set anomalies: {} lost, {} unexpected, {} failed adds present, {stale_reads} of {} reads staler than \
+             their reported bound",
             lost.len(),
             unexpected.len(),
             failed_but_present.len(),
-            if reads_must_be_fresh { "" } else { " (allowed at this consistency)" }
+            bounds.checked()
         ),
     };
     SetResult {
@@ -197,9 +226,10 @@ pub fn check_set(history: &History, reads_must_be_fresh: bool) -> SetResult {
         unexpected: unexpected.into_iter().take(MAX_LISTED).collect(),
         failed_but_present_count: failed_but_present.len(),
         failed_but_present: failed_but_present.into_iter().take(MAX_LISTED).collect(),
-        reads_must_be_fresh,
         stale_reads,
         stale_examples,
+        bounds_held: bounds.checked() - stale_reads as u64,
+        bounds,
     }
 }
 
@@ -233,10 +263,14 @@ pub struct AppendResult {
     pub out_of_order_count: usize,
     /// (list, a, b): `a` was acknowledged before `b` was invoked, and `b` comes first.
     pub out_of_order: Vec<(String, u64, u64)>,
-    pub reads_must_be_fresh: bool,
+    /// Reads older than the bound they reported.
     pub stale_reads: usize,
     /// (list, history operation index of the read).
     pub stale_examples: Vec<(String, usize)>,
+    /// The reads (final reads included) by level and by what they promised.
+    pub bounds: BoundCounts,
+    /// Reads that reported a bound and kept it.
+    pub bounds_held: u64,
 }
 
 /// Appends `item` to `list` while it is shorter than [`MAX_LISTED`], and counts it.
@@ -252,16 +286,16 @@ fn note<T>(count: &mut usize, list: &mut Vec<T>, item: T) {
 struct ListOps<'a> {
     /// element -> its append.
     appends: BTreeMap<u64, &'a Operation>,
-    /// ok reads and final reads: (operation, elements as read).
-    reads: Vec<(&'a Operation, Vec<Value>)>,
+    /// ok reads and final reads: (operation, elements as read, the moment
+    /// it promised to reflect: see [`promised_since`]).
+    reads: Vec<(&'a Operation, Vec<Value>, Option<u64>)>,
     final_read: Option<Vec<Value>>,
 }
 
-/// Checks an append history. `reads_must_be_fresh`: reads were
-/// linearizable, lease or follower reads.
-pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResult {
+/// Checks an append history.
+pub fn check_append(history: &History) -> AppendResult {
     let mut lists: BTreeMap<&str, ListOps> = BTreeMap::new();
-    let mut r = AppendResult { reads_must_be_fresh, ..Default::default() };
+    let mut r = AppendResult::default();
     for op in &history.operations {
         let list = lists.entry(op.key.as_str()).or_default();
         match op.f.as_str() {
@@ -276,7 +310,8 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
                 if op.f == "final-read" {
                     list.final_read = Some(elements.clone());
                 }
-                list.reads.push((op, elements));
+                let since = promised_since(op.invoke_time, r.bounds.note(done));
+                list.reads.push((op, elements, since));
             }
             _ => {}
         }
@@ -291,7 +326,7 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
         let mut duplicated = BTreeSet::new();
         let mut failed = BTreeSet::new();
         let mut unexpected = BTreeSet::new();
-        for (_, elements) in &list.reads {
+        for (_, elements, _) in &list.reads {
             let mut seen = BTreeSet::new();
             for element in elements {
                 let Some(e) = element.as_u64() else {
@@ -322,8 +357,8 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
             note(&mut r.unexpected_count, &mut r.unexpected, (key.clone(), e));
         }
         // Every read a prefix of the longest one.
-        let longest = list.reads.iter().map(|(_, l)| l).max_by_key(|l| l.len()).cloned().unwrap_or_default();
-        for (op, elements) in &list.reads {
+        let longest = list.reads.iter().map(|(_, l, _)| l).max_by_key(|l| l.len()).cloned().unwrap_or_default();
+        for (op, elements, _) in &list.reads {
             if longest[..elements.len()] != elements[..] {
                 note(&mut r.divergent_count, &mut r.divergent, (key.clone(), op.index));
             }
@@ -357,13 +392,14 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
             None if !acked.is_empty() => r.lists_without_final_read += 1,
             None => {}
         }
-        // Stale: missing an append acknowledged before the read began, or
-        // shorter than a read that completed before it began.
-        for (op, elements) in &list.reads {
+        // Stale: missing an append acknowledged before the moment the read
+        // promised to reflect, or shorter than a read completed before it.
+        for (op, elements, since) in &list.reads {
+            let Some(since) = *since else { continue };
             let present: BTreeSet<u64> = elements.iter().filter_map(Value::as_u64).collect();
-            let missing = acked.iter().any(|(e, done)| *done < op.invoke_time && !present.contains(e));
-            let shorter = list.reads.iter().any(|(earlier, seen)| {
-                earlier.complete_time.is_some_and(|t| t < op.invoke_time) && seen.len() > elements.len()
+            let missing = acked.iter().any(|(e, done)| *done < since && !present.contains(e));
+            let shorter = list.reads.iter().any(|(earlier, seen, _)| {
+                earlier.complete_time.is_some_and(|t| t < since) && seen.len() > elements.len()
             });
             if missing || shorter {
                 r.stale_reads += 1;
@@ -380,7 +416,8 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
         + r.divergent_count
         + r.lost_count
         + r.out_of_order_count
-        + if reads_must_be_fresh { r.stale_reads } else { 0 };
+        + r.stale_reads;
+    r.bounds_held = r.bounds.checked() - r.stale_reads as u64;
     r.verdict = if bad > 0 {
         ReportVerdict::Invalid
     } else if r.lists_without_final_read > 0 || r.lists == 0 {
@@ -391,8 +428,15 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
     r.summary = match r.verdict {
         ReportVerdict::Valid => format!(
             "no anomaly found in {} appends to {} lists ({} acknowledged, {} unknown, {} of those present once) and \
-             {} reads",
-            r.attempted, r.lists, r.acknowledged, r.unknown, r.recovered, r.reads
+             {} reads ({} kept the staleness bound they reported, {} reported none)",
+            r.attempted,
+            r.lists,
+            r.acknowledged,
+            r.unknown,
+            r.recovered,
+            r.reads,
+            r.bounds_held,
+            r.bounds.unknown
         ),
         ReportVerdict::Inconclusive => format!(
             "{} lists with acknowledged appends have no final read after the heal: inconclusive, not a pass",
@@ -400,7 +444,7 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
         ),
         _ => format!(
             "append anomalies: {} duplicated, {} failed appends present, {} unexpected, {} divergent reads, {} lost, \
-             {} out of order, {} stale reads{}",
+             {} out of order, {} of {} reads staler than their reported bound",
             r.duplicated_count,
             r.failed_but_present_count,
             r.unexpected_count,
@@ -408,7 +452,7 @@ pub fn check_append(history: &History, reads_must_be_fresh: bool) -> AppendResul
             r.lost_count,
             r.out_of_order_count,
             r.stale_reads,
-            if reads_must_be_fresh { "" } else { " (allowed at this consistency)" }
+            r.bounds.checked()
         ),
     };
     r
@@ -434,6 +478,10 @@ pub struct BankResult {
     pub totals: BTreeMap<i64, usize>,
     pub anomaly_count: usize,
     pub anomalies: Vec<BankAnomaly>,
+    /// The reads by level and by the bound they reported: counted only. A
+    /// bank read is checked for a consistent total at some one moment, not
+    /// for how recent that moment was.
+    pub bounds: BoundCounts,
 }
 
 /// Checks a bank history: every ok read conserves `expected_total` over
@@ -443,12 +491,15 @@ pub fn check_bank(history: &History, accounts: usize, expected_total: i64) -> Ba
     let mut totals = BTreeMap::new();
     let mut anomalies = Vec::new();
     let mut anomaly_count = 0;
+    let mut bounds = BoundCounts::default();
     for op in &history.operations {
         if !matches!(op.f.as_str(), "read" | "final-read") || op.outcome != Outcome::Ok {
             continue;
         }
         reads += 1;
-        let balances = history.completion_of(op).expect("ok completes").value.clone();
+        let done = history.completion_of(op).expect("ok completes");
+        bounds.note(done);
+        let balances = done.value.clone();
         let values: Option<Vec<i64>> = balances.as_array().and_then(|a| a.iter().map(Value::as_i64).collect());
         let why = match values {
             None => Some("an account is missing or unreadable".to_string()),
@@ -489,7 +540,7 @@ pub fn check_bank(history: &History, accounts: usize, expected_total: i64) -> Ba
         ReportVerdict::Inconclusive => "no ok read: inconclusive, not a pass".into(),
         _ => format!("{anomaly_count} of {reads} reads break the bank's invariants"),
     };
-    BankResult { verdict, summary, expected_total, reads, totals, anomaly_count, anomalies }
+    BankResult { verdict, summary, expected_total, reads, totals, anomaly_count, anomalies, bounds }
 }
 
 #[cfg(test)]
@@ -509,11 +560,11 @@ mod tests {
             r#"{"process":0,"type":"invoke","f":"add","value":2,"time":3}"#,
             r#"{"process":0,"type":"ok","f":"add","value":2,"time":4}"#,
             r#"{"process":1,"type":"invoke","f":"read","time":5}"#,
-            r#"{"process":1,"type":"ok","f":"read","value":[1],"time":6}"#,
+            r#"{"process":1,"type":"ok","f":"read","value":[1],"time":6,"staleness_bound_ms":0}"#,
             r#"{"process":2,"type":"invoke","f":"final-read","time":7}"#,
-            r#"{"process":2,"type":"ok","f":"final-read","value":[1,9],"time":8}"#,
+            r#"{"process":2,"type":"ok","f":"final-read","value":[1,9],"time":8,"staleness_bound_ms":0}"#,
         ]);
-        let fresh = check_set(&h, true);
+        let fresh = check_set(&h);
         assert_eq!(fresh.verdict, ReportVerdict::Invalid);
         assert_eq!(fresh.lost, vec![2]);
         assert_eq!(fresh.unexpected, vec!["9".to_string()]);
@@ -535,18 +586,26 @@ mod tests {
         with_final.push(r#"{"process":2,"type":"ok","f":"final-read","value":[1,2],"time":8}"#);
         let mut sorted = with_final.clone();
         sorted.sort_by_key(|l| serde_json::from_str::<Value>(l).unwrap()["time"].as_u64());
-        let result = check_set(&history(&sorted), true);
+        let result = check_set(&history(&sorted));
         assert_eq!(result.verdict, ReportVerdict::Valid, "{result:?}");
         assert_eq!(result.recovered, 1);
         let mut sorted = lines.to_vec();
         sorted.sort_by_key(|l| serde_json::from_str::<Value>(l).unwrap()["time"].as_u64());
-        assert_eq!(check_set(&history(&sorted), true).verdict, ReportVerdict::Inconclusive);
+        assert_eq!(check_set(&history(&sorted)).verdict, ReportVerdict::Inconclusive);
     }
 
-    /// One append history line: `(process, type, f, value, time)` on list `l`.
+    /// One append history line: `(process, type, f, value, time)` on list
+    /// `l`; an ok read reports a staleness bound of 0 (a linearizable read).
     fn line(process: u64, kind: &str, f: &str, value: &str, time: u64) -> String {
+        let bound = if kind == "ok" && f.ends_with("read") { Some(0) } else { None };
+        bounded_line(process, kind, f, value, time, bound)
+    }
+
+    /// [`line`] with the staleness bound an ok read reports (`None`: none).
+    fn bounded_line(process: u64, kind: &str, f: &str, value: &str, time: u64, bound_ms: Option<u64>) -> String {
         let value = if value.is_empty() { String::new() } else { format!(r#","value":{value}"#) };
-        format!(r#"{{"process":{process},"type":"{kind}","f":"{f}","key":"l"{value},"time":{time}}}"#)
+        let bound = bound_ms.map_or(String::new(), |ms| format!(r#","staleness_bound_ms":{ms}"#));
+        format!(r#"{{"process":{process},"type":"{kind}","f":"{f}","key":"l"{value},"time":{time}{bound}}}"#)
     }
 
     fn appends(lines: &[String]) -> History {
@@ -565,7 +624,7 @@ mod tests {
             line(3, "invoke", "final-read", "", 7),
             line(3, "ok", "final-read", "[1,2]", 8),
         ]);
-        let r = check_append(&h, true);
+        let r = check_append(&h);
         assert_eq!(r.verdict, ReportVerdict::Valid, "{r:?}");
         assert_eq!((r.lists, r.acknowledged, r.unknown, r.recovered, r.reads), (1, 1, 1, 1, 2));
     }
@@ -582,7 +641,7 @@ mod tests {
             line(3, "invoke", "final-read", "", 7),
             line(3, "ok", "final-read", "[1,2,1]", 8),
         ]);
-        let r = check_append(&h, false);
+        let r = check_append(&h);
         assert_eq!(r.verdict, ReportVerdict::Invalid);
         assert_eq!(r.duplicated, vec![("l".to_string(), 1)]);
         assert_eq!(r.failed_but_present, vec![("l".to_string(), 2)]);
@@ -606,17 +665,61 @@ mod tests {
             line(3, "invoke", "final-read", "", 9),
             line(3, "ok", "final-read", "[2,1]", 10),
         ]);
-        let r = check_append(&h, true);
+        let r = check_append(&h);
         assert_eq!(r.verdict, ReportVerdict::Invalid);
         assert_eq!(r.out_of_order, vec![("l".to_string(), 1, 2)]);
         assert_eq!(r.divergent_count, 1, "{r:?}");
         assert_eq!(r.stale_reads, 2, "{r:?}");
-        // At a stale level stale reads are counted, not anomalies; the rest still are.
-        let r = check_append(&h, false);
-        assert_eq!((r.verdict, r.stale_reads), (ReportVerdict::Invalid, 2));
+        assert_eq!((r.bounds.fresh, r.bounds_held), (3, 1));
         // No final read: no pass.
         let h = appends(&[line(0, "invoke", "append", "1", 1), line(0, "ok", "append", "1", 2)]);
-        assert_eq!(check_append(&h, true).verdict, ReportVerdict::Inconclusive);
+        assert_eq!(check_append(&h).verdict, ReportVerdict::Inconclusive);
+    }
+
+    /// A read is judged by the bound it reported: 100 ms reaches back
+    /// before the append it misses, 1 ms does not, and no bound promises
+    /// nothing. Set and list alike.
+    #[test]
+    fn each_read_is_held_to_the_staleness_bound_it_reported() {
+        const MS: u64 = 1_000_000;
+        let list = |bound_ms: Option<u64>| {
+            appends(&[
+                line(0, "invoke", "append", "1", MS),
+                line(0, "ok", "append", "1", 2 * MS),
+                bounded_line(1, "invoke", "read", "", 50 * MS, None),
+                bounded_line(1, "ok", "read", "[]", 51 * MS, bound_ms),
+                line(2, "invoke", "final-read", "", 60 * MS),
+                line(2, "ok", "final-read", "[1]", 61 * MS),
+            ])
+        };
+        let r = check_append(&list(Some(100)));
+        assert_eq!((r.verdict, r.stale_reads, r.bounds.bounded, r.bounds_held), (ReportVerdict::Valid, 0, 1, 2));
+        let r = check_append(&list(Some(1)));
+        assert_eq!((r.verdict, r.stale_reads, r.bounds_held), (ReportVerdict::Invalid, 1, 1), "{r:?}");
+        assert!(r.summary.contains("1 of 2 reads staler than their reported bound"), "{}", r.summary);
+        let r = check_append(&list(None));
+        assert_eq!((r.verdict, r.bounds.unknown, r.bounds_held), (ReportVerdict::Valid, 1, 1));
+
+        let set = |bound: &str| {
+            let read = format!(r#"{{"process":1,"type":"ok","f":"read","value":[],"time":{}{bound}}}"#, 51 * MS);
+            history(&[
+                &format!(r#"{{"process":0,"type":"invoke","f":"add","value":1,"time":{MS}}}"#),
+                &format!(r#"{{"process":0,"type":"ok","f":"add","value":1,"time":{}}}"#, 2 * MS),
+                &format!(r#"{{"process":1,"type":"invoke","f":"read","time":{}}}"#, 50 * MS),
+                &read,
+                &format!(r#"{{"process":2,"type":"invoke","f":"final-read","time":{}}}"#, 60 * MS),
+                &format!(
+                    r#"{{"process":2,"type":"ok","f":"final-read","value":[1],"time":{},"staleness_bound_ms":0}}"#,
+                    61 * MS
+                ),
+            ])
+        };
+        let r = check_set(&set(r#","consistency":"bounded","staleness_bound_ms":100"#));
+        assert_eq!((r.verdict, r.bounds.reads_by_level["bounded"], r.bounds_held), (ReportVerdict::Valid, 1, 2));
+        let r = check_set(&set(r#","consistency":"bounded","staleness_bound_ms":1"#));
+        assert_eq!((r.verdict, r.stale_reads), (ReportVerdict::Invalid, 1));
+        let r = check_set(&set(r#","consistency":"stale""#));
+        assert_eq!((r.verdict, r.bounds.unknown), (ReportVerdict::Valid, 1));
     }
 
     #[test]

@@ -1150,21 +1150,13 @@ fn finish(config: &RunConfig, driven: Driven) -> Result<RunOutcome, RunError> {
             result
         }
         Workload::Set => {
-            let fresh = matches!(
-                config.read_consistency,
-                Consistency::Linearizable | Consistency::Lease | Consistency::Follower
-            );
-            let result = checks::check_set(&history, fresh);
+            let result = checks::check_set(&history);
             let verdict = result.verdict;
             checkers.insert("set".into(), serde_json::to_value(&result).expect("results serialise"));
             CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }
         }
         Workload::Append => {
-            let fresh = matches!(
-                config.read_consistency,
-                Consistency::Linearizable | Consistency::Lease | Consistency::Follower
-            );
-            let result = checks::check_append(&history, fresh);
+            let result = checks::check_append(&history);
             let verdict = result.verdict;
             checkers.insert("append".into(), serde_json::to_value(&result).expect("results serialise"));
             CheckResult { verdict: plain_verdict(verdict), keys: Vec::new(), elapsed_ms: 0.0 }

@@ -317,9 +317,13 @@ impl ShardStateMachine {
         Ok(())
     }
 
+    /// A record of this shard's state machine; one that does not decode is
+    /// an error naming the shard and the record.
     fn apply_meta<T: serde::de::DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
         match self.storage.get_meta(MetaFamily::Apply, self.shard, tag)? {
-            Some(b) => Ok(Some(decode(&b)?)),
+            Some(b) => decode(&b).map(Some).map_err(|e| {
+                io::Error::new(e.kind(), format!("shard {}: corrupt stored record (apply tag {tag}): {e}", self.shard))
+            }),
             None => Ok(None),
         }
     }

@@ -209,6 +209,20 @@ impl Admin for AdminService {
                 start: desc.map(|d| d.start.clone()).unwrap_or_default(),
                 end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
                 mode: ShardMode::Raft as i32,
+                error: m.running_state.as_ref().err().map(|fatal| fatal.to_string()).unwrap_or_default(),
+                ..GroupStatus::default()
+            });
+        }
+        for (shard, error) in self.node.failed_groups() {
+            let desc = map.shard(shard);
+            groups.push(GroupStatus {
+                shard_id: shard,
+                role: "shutdown".into(),
+                epoch: desc.map_or(0, |d| d.epoch),
+                start: desc.map(|d| d.start.clone()).unwrap_or_default(),
+                end: desc.and_then(|d| d.end.clone()).unwrap_or_default(),
+                mode: ShardMode::Raft as i32,
+                error,
                 ..GroupStatus::default()
             });
         }
