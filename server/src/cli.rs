@@ -243,6 +243,11 @@ struct NodeArgs {
     /// (which can then be stale). Never in production.
     #[arg(long, env = "GEOKV_UNSAFE_NO_VOTE_QUARANTINE")]
     unsafe_no_vote_quarantine: bool,
+    /// FAULT INJECTION, for tests only: once this file exists, every WAL
+    /// fsync fails (as on a dying disk). The node must then stop
+    /// acknowledging writes and report itself not ready.
+    #[arg(long, env = "GEOKV_FAULT_FAIL_FSYNC_WHEN_EXISTS", value_name = "PATH")]
+    fault_fail_fsync_when_exists: Option<PathBuf>,
     /// Build a shard snapshot after this many log entries since the last one
     /// (default: 10000).
     #[arg(long, env = "GEOKV_SNAPSHOT_EVERY_ENTRIES")]
@@ -351,6 +356,9 @@ impl NodeArgs {
         }
         if self.unsafe_no_vote_quarantine {
             c.raft.unsafe_no_vote_quarantine = true;
+        }
+        if let Some(trigger) = self.fault_fail_fsync_when_exists {
+            c.fault_fail_fsync_when_exists = trigger;
         }
         if self.auth.is_some() {
             c.tls.auth = self.auth;

@@ -232,6 +232,10 @@ pub struct Config {
     /// WAN emulator can tell which node a connection comes from.
     pub outgoing_ip: String,
     pub data_dir: PathBuf,
+    /// A fault injector for tests: once this file exists, every WAL fsync
+    /// fails (as on a dying disk), so the node must stop acknowledging
+    /// writes. Empty: off (always, outside tests).
+    pub fault_fail_fsync_when_exists: PathBuf,
     /// Every member of the initial cluster. Identical on every node: the
     /// initial shard map is computed from it.
     pub initial_cluster: Vec<Member>,
@@ -340,6 +344,7 @@ impl Default for Config {
             metrics_listen: String::new(),
             outgoing_ip: String::new(),
             data_dir: PathBuf::from("geokv-data"),
+            fault_fail_fsync_when_exists: PathBuf::new(),
             initial_cluster: Vec::new(),
             join: Vec::new(),
             advertise_addr: String::new(),

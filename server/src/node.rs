@@ -125,7 +125,15 @@ impl Node {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        let storage = Storage::open(&config.data_dir.join("db"))
+        let trigger = &config.fault_fail_fsync_when_exists;
+        let fault = (!trigger.as_os_str().is_empty()).then_some(trigger.as_path());
+        if let Some(trigger) = fault {
+            tracing::warn!(
+                trigger = %trigger.display(),
+                "FAULT INJECTION: every WAL fsync fails once the trigger file exists (a test setting)"
+            );
+        }
+        let storage = Storage::open_with_fault(&config.data_dir.join("db"), fault)
             .with_context(|| format!("cannot open storage under {}", config.data_dir.display()))?;
         anyhow::ensure!(config.node_id != 0, "node id not set: a joining node gets one before it opens");
         // A joining node starts with no map: it learns the cluster's as a
@@ -240,8 +248,7 @@ impl Node {
         let mut data = Vec::new();
         for shard in map.shards_on(me).filter(|s| !s.is_eventual()) {
             let kind = ShardKind::Data { start: shard.start.clone(), end: shard.end.clone(), epoch: shard.epoch };
-            let opened =
-                self.data_state_machine(shard.id, kind, limits).and_then(|sm| Ok((sm.range_is_stored()?, sm)));
+            let opened = self.data_state_machine(shard.id, kind, limits).and_then(|sm| Ok((sm.range_is_stored()?, sm)));
             match opened {
                 Ok((is_stored, sm)) => data.push((shard.clone(), is_stored, sm)),
                 Err(e) => self.group_failed(shard.id, &e.into()),

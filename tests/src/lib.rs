@@ -158,6 +158,8 @@ pub struct TestNode {
     /// A certificate and key this node starts with instead of the
     /// cluster's ([`TestCluster::set_node_certificate`]).
     certificate: Option<(PathBuf, PathBuf)>,
+    /// Arguments this node alone starts with ([`TestCluster::set_node_args`]).
+    own_args: Vec<String>,
 }
 
 impl TestNode {
@@ -278,6 +280,7 @@ impl TestCluster {
                 paused: false,
                 joins_in: None,
                 certificate: None,
+                own_args: Vec::new(),
             })
             .collect();
         let mut cluster = TestCluster { binary: binary.into(), dir, nodes, args, env, tls: opts.tls };
@@ -336,6 +339,12 @@ impl TestCluster {
 
     /// Node `id` starts (at its next restart) with this certificate and key
     /// instead of the cluster's node certificate.
+    /// Node `id` starts with `args` on top of the cluster's from its next
+    /// start on.
+    pub fn set_node_args(&mut self, id: u64, args: Vec<String>) {
+        self.node_mut(id).own_args = args;
+    }
+
     pub fn set_node_certificate(&mut self, id: u64, cert: PathBuf, key: PathBuf) {
         self.node_mut(id).certificate = Some((cert, key));
     }
@@ -383,6 +392,7 @@ impl TestCluster {
             paused: false,
             joins_in: Some(region.to_string()),
             certificate: None,
+            own_args: Vec::new(),
         });
         self.restart(id);
         id
@@ -412,6 +422,7 @@ impl TestCluster {
             .filter(|a| node.joins_in.is_none() || !a.starts_with("--initial-cluster="))
             .filter(|a| own_certificate.is_empty() || !(a.starts_with("--tls-cert=") || a.starts_with("--tls-key=")))
             .chain(&own_certificate)
+            .chain(&node.own_args)
             .collect();
         let child = Command::new(&binary)
             .args(&identity)

@@ -771,3 +771,66 @@ async fn a_shard_whose_state_on_disk_is_corrupt_stops_alone_and_the_node_serves_
     let log = c.log(3);
     assert!(log.contains("its group is not started here"), "the log says what happened");
 }
+
+/// Finding 6 of the correctness review ("fsyncgate"): once a WAL fsync
+/// fails, a node acknowledges no further write, refuses new ones as
+/// `UNAVAILABLE` before proposing (known not applied), and reports itself
+/// not ready; the other replicas carry on, and after a restart on a healthy
+/// disk every acknowledged write is there. Before the fix the fsync thread
+/// logged the failure and completed later waiters with `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_fsync_a_node_acknowledges_no_write_and_is_not_ready() {
+    let mut c = start(ClusterOptions { metrics: true, ..Default::default() });
+    // Each node's disk fails once its own trigger file exists.
+    let trigger = |c: &TestCluster, id: u64| c.dir().join(format!("fail-fsync-{id}"));
+    for id in 1..=3 {
+        c.kill(id);
+        c.set_node_args(id, vec![format!("--fault-fail-fsync-when-exists={}", trigger(&c, id).display())]);
+        c.restart(id);
+    }
+    c.wait_all_leaders().await;
+    put_via_leader(&c, SHARD_H, "h-before", "1").await;
+    let leader = c.wait_leader(SHARD_H).await;
+
+    // The disk starts failing under the shard's leader.
+    let trigger = trigger(&c, leader);
+    std::fs::write(&trigger, b"").unwrap();
+    let mut kv = c.kv(leader).await;
+    let first = kv.put(put_req("h-during", "2")).await;
+    assert!(first.is_err(), "a write whose log fsync failed is not acknowledged: {first:?}");
+    let refused = wait_for("writes refused as unavailable", DEFAULT_DEADLINE, || {
+        let mut kv = kv.clone();
+        async move { kv.put(put_req("h-refused", "3")).await.err().filter(|s| s.code() == Code::Unavailable) }
+    })
+    .await;
+    assert!(refused.message().contains("fsync failed"), "{}", refused.message());
+    let (line, body) = c.http_get(leader, "/readyz").await.expect("readyz answers");
+    assert!(line.contains("503") && body.contains("fsync"), "{line}: {body}");
+
+    // The others elect a leader and take writes.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = wait_for("a new leader of the shard", DEFAULT_DEADLINE, || async {
+        let groups = c.group_statuses(SHARD_H).await;
+        others.iter().copied().find(|id| groups.get(id).is_some_and(|g| g.role == "leader"))
+    })
+    .await;
+    let mut kv = c.kv(new_leader).await;
+    wait_for("a write at the new leader", DEFAULT_DEADLINE, || {
+        let mut kv = kv.clone();
+        async move { kv.put(put_req("h-after", "4")).await.ok() }
+    })
+    .await;
+    assert!(kv.put(put_req("h-after-2", "5")).await.is_ok());
+
+    // Restarted on a healthy disk, the node recovers what is really on disk
+    // and catches up: every acknowledged write, and no refused one.
+    std::fs::remove_file(&trigger).unwrap();
+    c.kill(leader);
+    c.restart(leader);
+    let committed = c.group_statuses(SHARD_H).await[&new_leader].committed_index;
+    c.wait_applied(leader, SHARD_H, committed).await;
+    for (key, value) in [("h-before", "1"), ("h-after", "4"), ("h-after-2", "5")] {
+        assert_eq!(stale_get(&c, leader, key).await.as_deref(), Some(value.as_bytes()), "{key}");
+    }
+    assert_eq!(stale_get(&c, leader, "h-refused").await, None, "a refused write was not applied");
+}

@@ -429,14 +429,7 @@ pub fn check_append(history: &History) -> AppendResult {
         ReportVerdict::Valid => format!(
             "no anomaly found in {} appends to {} lists ({} acknowledged, {} unknown, {} of those present once) and \
              {} reads ({} kept the staleness bound they reported, {} reported none)",
-            r.attempted,
-            r.lists,
-            r.acknowledged,
-            r.unknown,
-            r.recovered,
-            r.reads,
-            r.bounds_held,
-            r.bounds.unknown
+            r.attempted, r.lists, r.acknowledged, r.unknown, r.recovered, r.reads, r.bounds_held, r.bounds.unknown
         ),
         ReportVerdict::Inconclusive => format!(
             "{} lists with acknowledged appends have no final read after the heal: inconclusive, not a pass",

@@ -834,8 +834,12 @@ fn set_elements<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<Value> {
 
 /// Every element of the set, by one scan of its prefix.
 pub async fn read_set(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
-    let (kvs, info) =
-        client.scan(SET_PREFIX..SET_END).consistency(consistency).collect_with_info().await.map_err(|e| classify(&e))?;
+    let (kvs, info) = client
+        .scan(SET_PREFIX..SET_END)
+        .consistency(consistency)
+        .collect_with_info()
+        .await
+        .map_err(|e| classify(&e))?;
     Ok((set_elements(kvs.iter().map(|kv| kv.key.as_slice())), scan_meta(consistency, info.as_ref())))
 }
 
@@ -855,8 +859,12 @@ pub async fn read_set_local(
 /// Every account's balance (`null`: missing, or not a number), by one scan
 /// of the bank's range (one shard: one read).
 pub async fn read_bank(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
-    let (kvs, info) =
-        client.scan(BANK_PREFIX..BANK_END).consistency(consistency).collect_with_info().await.map_err(|e| classify(&e))?;
+    let (kvs, info) = client
+        .scan(BANK_PREFIX..BANK_END)
+        .consistency(consistency)
+        .collect_with_info()
+        .await
+        .map_err(|e| classify(&e))?;
     let mut balances = vec![Value::Null; ACCOUNTS];
     for kv in kvs {
         let name = String::from_utf8_lossy(&kv.key[BANK_PREFIX.len()..]).into_owned();

@@ -176,6 +176,12 @@ impl Storage {
 
     /// Opens (or creates) the node's database under `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Storage>, StorageError> {
+        Storage::open_with_fault(dir, None)
+    }
+
+    /// [`Storage::open`], with a fault injector for tests: once the file
+    /// `fail_fsync_when` exists, every WAL fsync fails (as on a dying disk).
+    pub fn open_with_fault(dir: &Path, fail_fsync_when: Option<&Path>) -> Result<Arc<Storage>, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -186,7 +192,10 @@ impl Storage {
         opts.set_keep_log_file_num(4);
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-        let syncer = Syncer::start(db.clone());
+        let syncer = match fail_fsync_when {
+            None => Syncer::start(db.clone()),
+            Some(trigger) => Syncer::start_failing_when(db.clone(), trigger.to_path_buf()),
+        };
         let storage = Storage { db, syncer };
         storage.recover_installs()?;
         storage.drop_legacy_snapshots()?;

@@ -50,6 +50,18 @@ impl Syncer {
         Syncer::start_with(Box::new(move || db.flush_wal(true).map_err(|e| e.to_string())))
     }
 
+    /// A syncer that fsyncs `db`'s WAL until the file `trigger` exists, and
+    /// from then on fails every fsync without trying it (a fault injector
+    /// for tests: `geokv --fault-fail-fsync-when-exists`).
+    pub fn start_failing_when(db: Arc<DB>, trigger: std::path::PathBuf) -> Syncer {
+        Syncer::start_with(Box::new(move || {
+            if trigger.exists() {
+                return Err(format!("injected fault: {} exists", trigger.display()));
+            }
+            db.flush_wal(true).map_err(|e| e.to_string())
+        }))
+    }
+
     /// A syncer whose fsync is `sync` (the thread owns it, and with it
     /// whatever it holds, e.g. the DB).
     fn start_with(sync: SyncFn) -> Syncer {
