@@ -332,3 +332,69 @@ async fn an_eventual_shard_is_carved_from_a_raft_shard_at_runtime() {
     let w = raft_put(&c, "a-raft").await;
     assert!(!w.eventual && w.shard_id == 1, "the parent still serves its part");
 }
+
+/// Finding 3 of the correctness review: shard ids are allocated by the meta
+/// shard, so creates and splits sent to different nodes at the same moment
+/// get distinct ids, and every parent and every new shard takes writes
+/// after them. Before, each node picked `max + 1` from its own (possibly
+/// lagging) map: two creates could take one id, and the carve treated "id
+/// already in the map" as its own retry, leaving a parent at an old epoch
+/// that refused every write as `StaleEpoch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_splits_at_once_through_different_nodes_get_distinct_ids() {
+    use geokv_proto::admin::admin_client::AdminClient;
+    use geokv_proto::admin::{CreateShardRequest, SplitShardRequest};
+    // Shards [, g) [g, n) [n, u) [u, ..).
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions::default());
+    c.wait_all_leaders().await;
+    let admin = |node: u64| {
+        AdminClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", c.node(node).addr)).unwrap().connect_lazy(),
+        )
+    };
+    let create = |start: &str, end: &str| CreateShardRequest {
+        start: start.into(),
+        end: end.into(),
+        mode: pb::ShardMode::Eventual as i32,
+    };
+    let split =
+        |shard: u64, key: &str| SplitShardRequest { shard_id: shard, split_key: key.into(), ..Default::default() };
+    // Retried on UNAVAILABLE (a leader being found): each request is
+    // idempotent, so a repeat reports what was made.
+    let created = |node: u64, request: CreateShardRequest| {
+        let mut admin = admin(node);
+        wait_for("a create", DEFAULT_DEADLINE, move || {
+            let (mut admin, request) = (admin.clone(), request.clone());
+            async move { admin.create_shard(request).await.ok().map(|r| r.into_inner().shard_id) }
+        })
+    };
+    let splitted = |node: u64, request: SplitShardRequest| {
+        let mut admin = admin(node);
+        wait_for("a split", DEFAULT_DEADLINE, move || {
+            let (mut admin, request) = (admin.clone(), request.clone());
+            async move { admin.split_shard(request).await.ok().map(|r| r.into_inner().right_shard_id) }
+        })
+    };
+    // Round 1: two carves from different parents and a split of a third,
+    // each through a different node, at once.
+    let (a, b, s) =
+        tokio::join!(created(1, create("ev1/", "g")), created(2, create("tev/", "u")), splitted(3, split(4, "w")),);
+    // Round 2: a split of the shard a carve just shrank, a carve from the
+    // split's right half, and a split of shard 2, at once.
+    let (d, e, f) =
+        tokio::join!(splitted(1, split(1, "c")), created(2, create("zev/", "")), splitted(3, split(2, "k")),);
+    let ids = [a, b, s, d, e, f];
+    let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "every new shard has its own id: {ids:?}");
+    assert!(ids.iter().all(|id| *id > 4), "{ids:?}");
+
+    // Every shard takes writes: the parents (now at new epochs) and the new ones.
+    for key in ["a1", "d1", "h1", "m1", "p1", "v1", "x1"] {
+        let w = raft_put(&c, key).await;
+        assert!(!w.eventual, "{key} is on a Raft shard");
+    }
+    for key in ["ev1/a", "tev/a", "zev/a"] {
+        let w = raft_put(&c, key).await;
+        assert!(w.eventual, "{key} is on an eventual shard");
+    }
+}
