@@ -362,14 +362,14 @@ async fn creates_and_splits_at_once_through_different_nodes_get_distinct_ids() {
     // Retried on UNAVAILABLE (a leader being found): each request is
     // idempotent, so a repeat reports what was made.
     let created = |node: u64, request: CreateShardRequest| {
-        let mut admin = admin(node);
+        let admin = admin(node);
         wait_for("a create", DEFAULT_DEADLINE, move || {
             let (mut admin, request) = (admin.clone(), request.clone());
             async move { admin.create_shard(request).await.ok().map(|r| r.into_inner().shard_id) }
         })
     };
     let splitted = |node: u64, request: SplitShardRequest| {
-        let mut admin = admin(node);
+        let admin = admin(node);
         wait_for("a split", DEFAULT_DEADLINE, move || {
             let (mut admin, request) = (admin.clone(), request.clone());
             async move { admin.split_shard(request).await.ok().map(|r| r.into_inner().right_shard_id) }
