@@ -366,7 +366,9 @@ impl Node {
         peers: &Arc<Peers>,
     ) -> anyhow::Result<ShardRaft> {
         let me = self.config.node_id;
-        let log = ShardLogStore::new(shard, self.storage.clone());
+        let tail = Arc::new(crate::raft::log_tail::LogTail::default());
+        let sm = sm.with_log_tail(tail.clone());
+        let log = ShardLogStore::new(shard, self.storage.clone(), tail);
         let network = ShardNetwork::new(shard, peers.clone());
         // A restarted node may have promised its old leader not to vote for
         // anyone else for the lease that leader serves reads on; openraft

@@ -285,7 +285,8 @@ pub struct WriteOutcome {
     pub applied: bool,
     /// The log index of this write: the new version of every written key.
     pub version: u64,
-    /// Per op: whether the key existed before the op.
+    /// Per op: for a delete, whether the key existed before it; false for
+    /// a put (which does not read the key).
     pub existed: Vec<bool>,
     /// When not applied: the current record of every conditioned key, in order.
     pub current: Vec<Option<Record>>,

@@ -23,6 +23,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 
+use super::log_tail::LogTail;
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode};
 use crate::storage::{MetaFamily, Storage, raft_meta_tag};
 
@@ -31,11 +32,14 @@ use crate::storage::{MetaFamily, Storage, raft_meta_tag};
 pub struct ShardLogStore {
     shard: u64,
     storage: Arc<Storage>,
+    /// The newest entries, decoded (shared with the readers and the state
+    /// machine, which drops what it applied).
+    tail: Arc<LogTail>,
 }
 
 impl ShardLogStore {
-    pub fn new(shard: u64, storage: Arc<Storage>) -> Self {
-        Self { shard, storage }
+    pub fn new(shard: u64, storage: Arc<Storage>, tail: Arc<LogTail>) -> Self {
+        Self { shard, storage, tail }
     }
 
     /// A stored Raft record (vote, committed, last purged: `tag`); one that
@@ -79,6 +83,9 @@ impl RaftLogReader<TypeConfig> for ShardLogStore {
             Bound::Excluded(x) => *x,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(entries) = self.tail.get(from, to) {
+            return Ok(entries);
+        }
         self.storage
             .read_log(self.shard, from, to)?
             .into_iter()
@@ -135,21 +142,28 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     {
         let mut batch = self.storage.batch();
         let mut previous: Option<u64> = None;
+        let mut appended = Vec::new();
         for entry in entries {
             let index = entry.index();
             if let Some(p) = previous {
                 assert_eq!(index, p + 1, "shard {}: non-consecutive append {p} then {index}", self.shard);
             }
             previous = Some(index);
-            batch.put_log(self.shard, index, &encode(&entry));
+            let bytes = encode(&entry);
+            batch.put_log(self.shard, index, &bytes);
+            appended.push((entry, bytes.len()));
         }
         self.storage.write_relaxed(batch)?;
+        for (entry, size) in &appended {
+            self.tail.appended(entry, *size);
+        }
         self.storage.on_durable(move |res| callback.io_completed(res.map_err(io::Error::from)));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.tail.truncated(from);
         let mut batch = self.storage.batch();
         batch.delete_log_from(self.shard, from);
         // A truncation that is lost in a crash leaves entries that openraft
@@ -159,6 +173,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.tail.drop_through(log_id.index());
         let mut batch = self.storage.batch();
         // The marker goes in the same batch as the deletion: the log state
         // never shows a hole without the marker that explains it.
@@ -191,7 +206,7 @@ mod tests {
         batch.put_log(7, 2, &encode(&entry(1, 5)));
         batch.put_log(7, 3, b"\xff\xff not an entry");
         storage.write_relaxed(batch).unwrap();
-        let mut log = ShardLogStore::new(7, storage);
+        let mut log = ShardLogStore::new(7, storage, Arc::default());
 
         assert_eq!(log.try_get_log_entries(1..2).await.unwrap(), vec![entry(1, 1)]);
         let misplaced = log.try_get_log_entries(1..3).await.unwrap_err();

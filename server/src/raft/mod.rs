@@ -20,6 +20,7 @@
 pub mod command;
 pub mod log_clock;
 pub mod log_store;
+pub mod log_tail;
 pub mod network;
 pub mod read_index;
 pub mod snapshot;

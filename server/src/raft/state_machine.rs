@@ -123,6 +123,8 @@ pub struct ShardStateMachine {
     /// Told the newest write-entry time applied, so that this node, as
     /// leader, proposes times that follow the log's clock.
     log_clock: Option<Arc<crate::raft::log_clock::LogClock>>,
+    /// The log's in-memory tail: entries applied here are dropped from it.
+    log_tail: Option<Arc<crate::raft::log_tail::LogTail>>,
 }
 
 /// The data shards frozen for a merge on this node, with their freeze
@@ -237,6 +239,7 @@ impl ShardStateMachine {
             frozen: None,
             frozen_shards: None,
             log_clock: None,
+            log_tail: None,
         };
         sm.last_applied_index = sm.applied_log_id()?.map(|id| id.index);
         sm.frozen = sm.apply_meta::<FrozenRecord>(apply_meta_tag::FROZEN)?;
@@ -252,6 +255,12 @@ impl ShardStateMachine {
             map_tx.send_replace(Arc::new(map));
         }
         Ok(sm)
+    }
+
+    /// Drops entries from `tail` once they are applied here.
+    pub fn with_log_tail(mut self, tail: Arc<crate::raft::log_tail::LogTail>) -> Self {
+        self.log_tail = Some(tail);
+        self
     }
 
     /// Tells `clock` the newest write-entry time applied, and now, the time
@@ -370,6 +379,9 @@ impl ShardStateMachine {
         overlay: &mut Overlay,
     ) -> io::Result<CommandResult> {
         let s = cmd.session;
+        // The session's header, read once: nothing below changes it before
+        // it is updated at the end.
+        let mut session_header = SessionHeader::default();
         if s.client_id != 0 {
             if let Some(saved) = self.read_session(&result_key(s.client_id, s.sequence), overlay)? {
                 return decode(&saved);
@@ -383,6 +395,7 @@ impl ShardStateMachine {
                 let r = Rejection::SessionExpired { client_id: s.client_id, sequence: s.sequence };
                 return Ok(CommandResult::Rejected(r));
             }
+            session_header = header;
             if let Some(bytes) = self.read_session(&marker_key(s.client_id), overlay)? {
                 let marker: SessionMarker = decode(&bytes)?;
                 if s.sequence < marker.next_sequence {
@@ -423,14 +436,18 @@ impl ShardStateMachine {
         } else {
             let mut existed = Vec::with_capacity(cmd.ops.len());
             for op in &cmd.ops {
-                existed.push(self.read_record(op.key(), overlay)?.is_some());
                 match op {
+                    // A put does not read the key: its answer does not say
+                    // whether the key existed (a point read per put was a
+                    // tenth of a node's CPU under write load).
                     super::command::Op::Put { key, value } => {
+                        existed.push(false);
                         let record = Record { value: value.clone(), version: index };
                         batch.put_data(key, &encode(&record));
                         overlay.data.insert(key.clone(), Some(record));
                     }
                     super::command::Op::Delete { key } => {
+                        existed.push(self.read_record(key, overlay)?.is_some());
                         batch.delete_data(key);
                         overlay.data.insert(key.clone(), None);
                     }
@@ -445,11 +462,7 @@ impl ShardStateMachine {
             let saved = encode(&result);
             batch.put_session(self.shard, &rk, &saved);
             overlay.sessions.insert(rk.to_vec(), Some(saved));
-            let mut header: SessionHeader = self
-                .read_session(&header_key(s.client_id), overlay)?
-                .map(|b| decode(&b))
-                .transpose()?
-                .unwrap_or_default();
+            let mut header = session_header;
             header.last_active_ms = header.last_active_ms.max(cmd.proposed_at_ms);
             header.first_incomplete = header.first_incomplete.max(s.first_incomplete);
             if let Err(at) = header.saved.binary_search(&s.sequence) {
@@ -1329,6 +1342,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             .apply_run(&run)
             .await
             .map_err(|e| failed(self.shard, &format!("applying entries {first}..={last}"), e))?;
+        if let Some(tail) = &self.log_tail {
+            tail.drop_through(last);
+        }
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(result);
