@@ -6,10 +6,12 @@
 //! *arrived before the round started* may be served once the replica has
 //! applied up to that index: the read index is at least the commit index at
 //! the read's arrival. So reads queue up, and a round takes everyone queued
-//! when it starts. Up to a few rounds run at once: a read that arrives
+//! when it starts. Several rounds run at once: a read that arrives
 //! mid-round starts the next one right away rather than waiting a whole
 //! round for the current one to finish. Under load this turns N rounds into
-//! a handful per round trip.
+//! a handful per round trip. How many may run at once follows how long the
+//! batcher's rounds take: 4 while they are fast (a LAN), 16 once they
+//! average 10 ms or more (a WAN), see [`rounds_allowed`].
 //!
 //! The same batcher serves two kinds of rounds: on the leader, a ReadIndex
 //! ([`leader_round`]); on a follower, one RPC asking the leader for its read
@@ -75,18 +77,48 @@ pub enum RoundError {
     TimedOut,
 }
 
-/// Rounds one batcher runs at once. A read that arrives while rounds are in
-/// flight starts a new one (up to this many) instead of waiting for the
-/// current one to finish, so a read costs one round, not up to two. At 4,
-/// eight concurrent readers across the WAN already queued (p99 two rounds,
-/// leader and follower reads alike); at 16 the 3-region bench's p99 is one
-/// round. Past it, reads batch into the next round as before.
-const MAX_ROUNDS_IN_FLIGHT: usize = 16;
+/// Rounds one batcher runs at once while its rounds are fast. A read that
+/// arrives while rounds are in flight starts a new one (up to the bound)
+/// instead of waiting for the current one to finish, so a read costs one
+/// round, not up to two; past the bound, reads batch into the next round.
+/// Each round costs a quorum of RPCs, so on a LAN, where a round takes a
+/// fraction of a millisecond and waiting for one costs little, few rounds
+/// batch many reads: 16 there cost about a quarter of the linearizable read
+/// throughput at 64 clients against 4 (docs/benchmarks.md).
+const ROUNDS_IN_FLIGHT_WHEN_FAST: usize = 4;
+
+/// Rounds one batcher runs at once once its rounds are slow (across a WAN):
+/// at 4, eight concurrent readers already queued behind a whole round (p99
+/// two rounds, leader and follower reads alike); at 16 the 3-region bench's
+/// p99 is one round.
+const ROUNDS_IN_FLIGHT_WHEN_SLOW: usize = 16;
+
+/// A batcher whose rounds take this long on average (see [`Queue::note_round`])
+/// counts as slow.
+const SLOW_ROUND: Duration = Duration::from_millis(10);
+
+/// How many rounds may be in flight when rounds take `typical` on average:
+/// waiting for a round to finish is worth a new round only when a round is
+/// long.
+fn rounds_allowed(typical: Duration) -> usize {
+    if typical >= SLOW_ROUND { ROUNDS_IN_FLIGHT_WHEN_SLOW } else { ROUNDS_IN_FLIGHT_WHEN_FAST }
+}
 
 #[derive(Default)]
 struct Queue {
     in_flight: usize,
     waiting: Vec<oneshot::Sender<RoundResult>>,
+    /// A moving average of how long this batcher's rounds took (zero
+    /// before the first).
+    typical_round: Duration,
+}
+
+impl Queue {
+    /// Folds one round's duration into the average (weight 1/8: a change of
+    /// network shows within a few dozen rounds).
+    fn note_round(&mut self, took: Duration) {
+        self.typical_round = if self.typical_round.is_zero() { took } else { (self.typical_round * 7 + took) / 8 };
+    }
 }
 
 /// One shard's batcher for one kind of round.
@@ -103,7 +135,7 @@ impl ReadIndexBatcher {
         let start = {
             let mut q = self.queue.lock().expect("read queue lock");
             q.waiting.push(tx);
-            let start = q.in_flight < MAX_ROUNDS_IN_FLIGHT;
+            let start = q.in_flight < rounds_allowed(q.typical_round);
             if start {
                 q.in_flight += 1;
             }
@@ -129,7 +161,9 @@ impl ReadIndexBatcher {
             };
             counters.read_index_rounds.fetch_add(1, Ordering::Relaxed);
             counters.read_index_reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let started = tokio::time::Instant::now();
             let result = round().await;
+            self.queue.lock().expect("read queue lock").note_round(started.elapsed());
             for waiter in batch {
                 let _ = waiter.send(result.clone());
             }
@@ -269,6 +303,29 @@ pub async fn lease_read(raft: &ShardRaft, lease: Duration) -> RoundResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LAN rounds (well under a millisecond, a few under load) keep few in
+    /// flight; WAN rounds (tens of ms) get many; the average follows a
+    /// change of network within a few dozen rounds.
+    #[test]
+    fn many_rounds_in_flight_only_when_rounds_are_slow() {
+        let mut q = Queue::default();
+        assert_eq!(rounds_allowed(q.typical_round), ROUNDS_IN_FLIGHT_WHEN_FAST);
+        q.note_round(Duration::from_millis(64));
+        assert_eq!(q.typical_round, Duration::from_millis(64), "the first round sets the average");
+        assert_eq!(rounds_allowed(q.typical_round), ROUNDS_IN_FLIGHT_WHEN_SLOW);
+        for _ in 0..40 {
+            q.note_round(Duration::from_micros(400));
+        }
+        assert!(q.typical_round < Duration::from_millis(1), "{:?}", q.typical_round);
+        assert_eq!(rounds_allowed(q.typical_round), ROUNDS_IN_FLIGHT_WHEN_FAST);
+        q.note_round(Duration::from_millis(30));
+        assert_eq!(rounds_allowed(q.typical_round), ROUNDS_IN_FLIGHT_WHEN_FAST, "one slow round is not enough");
+        for _ in 0..20 {
+            q.note_round(Duration::from_millis(30));
+        }
+        assert_eq!(rounds_allowed(q.typical_round), ROUNDS_IN_FLIGHT_WHEN_SLOW);
+    }
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {
         ids.iter().copied().collect()
