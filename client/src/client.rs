@@ -638,6 +638,13 @@ impl Client {
                     self.forget_leader(shard.shard_id, &target.addr);
                 }
                 Failure::Declined(_) | Failure::Unavailable(_) | Failure::MaybeProcessed(_) => {}
+                // The node did nothing: ask it again once it has had the
+                // time it asked for (and at least the backoff).
+                Failure::Overloaded { retry_after_ms, .. } => {
+                    tried.remove(&target.addr);
+                    let pause = Duration::from_millis(retry_after_ms).max(backoff.next_delay());
+                    sleep_until_or(deadline, pause).await;
+                }
                 // The leader proposed the write and lost track of it; it is
                 // the best place to ask again (with the same session), and if
                 // it lost leadership it will name the new leader.

@@ -67,7 +67,7 @@ pub enum Error {
     },
 
     /// The server refused the request with a status this client does not
-    /// retry (e.g. `Unimplemented`, `ResourceExhausted`).
+    /// retry (e.g. `Unimplemented`, or `ResourceExhausted` without an overload hint).
     #[error("server refused the request ({code:?}): {message}; check the server logs")]
     Server {
         /// The gRPC status code.
@@ -161,6 +161,10 @@ pub(crate) enum Failure {
     /// Timeout, cancellation, unknown or internal error: the request may
     /// have been processed. Retry (writes with the same session).
     MaybeProcessed(String),
+    /// The node admits no more requests at once (`RESOURCE_EXHAUSTED` with
+    /// a retry hint). Nothing was done: retry on the same node after the
+    /// hint.
+    Overloaded { retry_after_ms: u64, message: String },
     /// Any other status: final.
     Rejected { code: Code, message: String },
     /// The client could not route the request (no shard covers the key, or
@@ -181,6 +185,7 @@ impl Failure {
             | Failure::InvalidArgument(_)
             | Failure::NotSent(_)
             | Failure::Declined(_)
+            | Failure::Overloaded { .. }
             | Failure::Rejected { .. }
             | Failure::NoRoute(_) => false,
         }
@@ -212,6 +217,7 @@ impl Failure {
             Failure::NotSent(message) => format!("could not connect: {message}"),
             Failure::Declined(message) | Failure::Unavailable(message) => format!("unavailable: {message}"),
             Failure::MaybeProcessed(message) => message.clone(),
+            Failure::Overloaded { message, .. } => format!("overloaded: {message}"),
             Failure::Rejected { code, message } => format!("{code:?}: {message}"),
             Failure::NoRoute(message) => message.clone(),
         }
@@ -270,6 +276,9 @@ fn classify_detail(kind: error_detail::Kind, message: String) -> Failure {
         }
         error_detail::Kind::Indeterminate(indeterminate) => {
             Failure::Indeterminate { shard_id: indeterminate.shard_id, message }
+        }
+        error_detail::Kind::Overloaded(overloaded) => {
+            Failure::Overloaded { retry_after_ms: overloaded.retry_after_ms, message }
         }
     }
 }
@@ -358,6 +367,18 @@ mod tests {
         let failure = classify(&status);
         assert!(matches!(failure, Failure::Indeterminate { shard_id: 5, .. }));
         assert!(failure.may_have_applied());
+    }
+
+    #[test]
+    fn an_overloaded_node_did_nothing_and_says_when_to_retry() {
+        let overloaded = geokv_proto::kv::Overloaded { node_id: 2, retry_after_ms: 20 };
+        let status = with_detail(Code::ResourceExhausted, error_detail::Kind::Overloaded(overloaded));
+        let failure = classify(&status);
+        assert!(matches!(failure, Failure::Overloaded { retry_after_ms: 20, .. }), "{failure:?}");
+        assert!(!failure.may_have_applied());
+        // Without the detail (another server), RESOURCE_EXHAUSTED stays final.
+        let bare = classify(&Status::resource_exhausted("busy"));
+        assert!(matches!(bare, Failure::Rejected { code: Code::ResourceExhausted, .. }), "{bare:?}");
     }
 
     #[test]

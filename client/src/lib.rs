@@ -32,6 +32,9 @@
 //! - `WrongShard`: the cached map is stale; fetch a newer one (first from the
 //!   node that said so) and route again.
 //! - a refused connection: the node is down; try the next replica.
+//! - `Overloaded { retry_after_ms }` (`RESOURCE_EXHAUSTED`: the node admits
+//!   no more requests at once, nothing was done): wait the hint, at least
+//!   the backoff, and resend to the same node.
 //!
 //! Every operation is bounded by [`ClientConfig::max_attempts`] RPCs and a
 //! total [`ClientConfig::deadline`]; each RPC by

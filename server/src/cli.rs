@@ -273,6 +273,15 @@ struct NodeArgs {
     /// Raft (default: 1048576).
     #[arg(long, env = "GEOKV_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
+    /// Requests served at once on one client connection; more wait in
+    /// HTTP/2 flow control (default: 1024).
+    #[arg(long, env = "GEOKV_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: Option<usize>,
+    /// Client requests this node serves at once over all connections; one
+    /// more is refused at once with RESOURCE_EXHAUSTED and a retry hint,
+    /// nothing done, and clients back off (default: 4096).
+    #[arg(long, env = "GEOKV_MAX_INFLIGHT_REQUESTS")]
+    max_inflight_requests: Option<usize>,
     /// PEM file of the cluster CA ([tls] ca_file). With --tls-cert and
     /// --tls-key every connection is TLS and peers need a node certificate
     /// from this CA.
@@ -327,6 +336,8 @@ impl NodeArgs {
             c.limits.session_ttl_ms => self.session_ttl_ms,
             c.limits.max_key_bytes => self.max_key_bytes,
             c.limits.max_value_bytes => self.max_value_bytes,
+            c.limits.max_concurrent_requests => self.max_concurrent_requests,
+            c.limits.max_inflight_requests => self.max_inflight_requests,
         }
         set! {
             c.advertise_addr => self.advertise_addr,
@@ -584,6 +595,8 @@ mod tests {
             ("session_ttl_ms", c.limits.session_ttl_ms.to_string()),
             ("max_key_bytes", c.limits.max_key_bytes.to_string()),
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
+            ("max_concurrent_requests", c.limits.max_concurrent_requests.to_string()),
+            ("max_inflight_requests", c.limits.max_inflight_requests.to_string()),
             ("node_dead_after_ms", c.node_dead_after_ms.to_string()),
             ("rebalance", c.rebalance.to_string()),
             ("max_moves_in_flight", c.max_moves_in_flight.to_string()),

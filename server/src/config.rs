@@ -140,10 +140,14 @@ pub struct Limits {
     /// A client idle this long loses its exactly-once session.
     pub session_ttl_ms: u64,
     /// Requests served concurrently on one connection; more wait in the
-    /// gRPC layer (HTTP/2 backpressure) instead of piling up memory. A
-    /// bound per connection, not per node: many connections can still
-    /// bring many requests in (no node-wide admission limit yet).
+    /// gRPC layer (HTTP/2 backpressure) instead of piling up memory.
     pub max_concurrent_requests: usize,
+    /// Client requests (the Kv service) one node serves at once, over all
+    /// connections; one more is refused at once with `RESOURCE_EXHAUSTED`
+    /// and a retry hint (nothing done), so an overload costs the node a
+    /// bounded amount of memory and clients back off instead of queueing.
+    /// Raft and admin traffic is not counted.
+    pub max_inflight_requests: usize,
 }
 
 /// The shortest `limits.session_ttl_ms` accepted. A client retries a write
@@ -169,6 +173,7 @@ impl Default for Limits {
             request_timeout_ms: 10_000,
             session_ttl_ms: 60 * 60 * 1000,
             max_concurrent_requests: 1_024,
+            max_inflight_requests: 4_096,
         }
     }
 }
@@ -584,6 +589,7 @@ impl Config {
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("limits.session_ttl_ms", l.session_ttl_ms),
             ("limits.max_concurrent_requests", l.max_concurrent_requests as u64),
+            ("limits.max_inflight_requests", l.max_inflight_requests as u64),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));

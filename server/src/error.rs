@@ -40,6 +40,13 @@ pub enum Error {
     /// permission it lacks, never data.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The node serves as many client requests as it admits at once;
+    /// nothing was done, retry after the hint.
+    #[error(
+        "node {node} is serving its limit of {limit} requests at once (limits.max_inflight_requests); nothing was \
+         done: retry after {retry_after_ms} ms"
+    )]
+    Overloaded { node: u64, limit: usize, retry_after_ms: u64 },
     /// A bug or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,7 +57,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NotLeader { .. } | Error::WrongShard { .. } | Error::Indeterminate { .. } | Error::Unavailable(_)
+            Error::NotLeader { .. }
+                | Error::WrongShard { .. }
+                | Error::Indeterminate { .. }
+                | Error::Unavailable(_)
+                | Error::Overloaded { .. }
         )
     }
 
@@ -65,6 +76,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Overloaded { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -99,6 +111,9 @@ impl From<Error> for Status {
             }
             Error::Indeterminate { shard, .. } => {
                 with_detail(error_detail::Kind::Indeterminate(kv::Indeterminate { shard_id: shard }))
+            }
+            Error::Overloaded { node, retry_after_ms, .. } => {
+                with_detail(error_detail::Kind::Overloaded(kv::Overloaded { node_id: node, retry_after_ms }))
             }
             Error::InvalidArgument(_)
             | Error::Unavailable(_)

@@ -834,3 +834,66 @@ async fn after_a_failed_fsync_a_node_acknowledges_no_write_and_is_not_ready() {
     }
     assert_eq!(stale_get(&c, leader, "h-refused").await, None, "a refused write was not applied");
 }
+
+/// Overload protection: a node serves at most `limits.max_inflight_requests`
+/// client requests at once over all its connections. One more is refused
+/// at once with `RESOURCE_EXHAUSTED`, an `Overloaded` detail carrying a retry
+/// hint, and nothing done; the Rust client waits out the hint and gets
+/// every request through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_refuses_with_a_retry_hint_and_clients_back_off() {
+    use prost::Message;
+    let c = start(ClusterOptions {
+        metrics: true,
+        extra_args: vec!["--max-inflight-requests=2".into()],
+        ..Default::default()
+    });
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let kv = c.kv(leader).await;
+
+    // Bursts of 32 raw puts at once to the shard's leader, until one is
+    // refused (on a loaded machine a burst may not overlap enough).
+    let mut burst = 0;
+    let (refused, keys) = wait_for("a put refused as overloaded", DEFAULT_DEADLINE, || {
+        burst += 1;
+        let kv = kv.clone();
+        let keys: Vec<String> = (0..32).map(|i| format!("h-burst-{burst}-{i}")).collect();
+        async move {
+            let replies = futures::future::join_all(keys.iter().map(|key| {
+                let mut kv = kv.clone();
+                async move { kv.put(put_req(key, "v")).await }
+            }))
+            .await;
+            let refused: Vec<(String, tonic::Status)> =
+                keys.iter().cloned().zip(replies).filter_map(|(key, reply)| Some((key, reply.err()?))).collect();
+            (!refused.is_empty()).then_some((refused, keys))
+        }
+    })
+    .await;
+    assert!(refused.len() < keys.len(), "some of the burst got through");
+    let client = c.client().await;
+    for (key, status) in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("retry after"), "{}", status.message());
+        let detail = geokv_proto::kv::ErrorDetail::decode(status.details()).expect("an error detail");
+        let Some(geokv_proto::kv::error_detail::Kind::Overloaded(o)) = detail.kind else { panic!("{detail:?}") };
+        assert_eq!(o.node_id, leader);
+        assert!(o.retry_after_ms > 0);
+        assert!(client.get(key.as_bytes()).await.expect("read").is_none(), "a refused put did nothing: {key}");
+    }
+
+    // The Rust client gets 64 concurrent writes through the same limit.
+    let writes = futures::future::join_all((0..64).map(|i| {
+        let client = client.clone();
+        async move { client.put(format!("h-client-{i}").into_bytes(), b"v".to_vec()).await }
+    }))
+    .await;
+    for (i, w) in writes.iter().enumerate() {
+        assert!(w.is_ok(), "client write {i}: {w:?}");
+    }
+    let metrics = c.metrics(leader).await;
+    let exhausted: f64 =
+        metrics.iter().filter(|(k, _)| k.contains("code=\"ResourceExhausted\"")).map(|(_, v)| *v).sum();
+    assert!(exhausted >= refused.len() as f64, "counted in geokv_requests_total: {exhausted}");
+}

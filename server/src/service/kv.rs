@@ -33,6 +33,10 @@ use crate::raft::read_index::{RoundError, RoundResult};
 use crate::raft::{ShardRaft, TypeConfig, decode};
 use crate::shards::{ShardDesc, ShardMap};
 
+/// The retry hint an overloaded node gives (clients wait at least this
+/// long, plus their own backoff, before sending the request again).
+const OVERLOAD_RETRY_AFTER_MS: u64 = 20;
+
 pub struct KvService {
     node: Arc<Node>,
 }
@@ -428,7 +432,16 @@ impl KvService {
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        let res = f.await;
+        // Admission: a bounded number of client requests at once per node;
+        // one more is refused before anything is done.
+        let res = match self.node.admission.try_acquire() {
+            Ok(_permit) => f.await,
+            Err(_) => Err(Error::Overloaded {
+                node: self.node.config.node_id,
+                limit: self.node.config.limits.max_inflight_requests,
+                retry_after_ms: OVERLOAD_RETRY_AFTER_MS,
+            }),
+        };
         let code = match &res {
             Ok(_) => tonic::Code::Ok,
             Err(e) => {
