@@ -145,8 +145,14 @@ async fn every_replica_accepts_writes_and_says_so_and_atomic_ops_are_refused() {
 
 /// Kills node 3, writes (puts, overwrites, deletes) through nodes 1 and 2,
 /// restarts node 3 and waits for every replica to agree; returns what node 3
-/// holds.
-async fn write_while_node_3_is_down(c: &mut TestCluster, writes: usize) -> BTreeMap<String, (String, (u64, u32, u64))> {
+/// holds. With `outbox_bound`, node 3 restarts only once nodes 1 and 2 have
+/// trimmed their outboxes to it (the periodic collection does that; a quick
+/// run could otherwise bring node 3 back while every write is still kept).
+async fn write_while_node_3_is_down(
+    c: &mut TestCluster,
+    writes: usize,
+    outbox_bound: Option<f64>,
+) -> BTreeMap<String, (String, (u64, u32, u64))> {
     c.wait_all_leaders().await;
     put(c, 3, "ev/before", "written by 3").await;
     converged(c).await;
@@ -164,6 +170,20 @@ async fn write_while_node_3_is_down(c: &mut TestCluster, writes: usize) -> BTree
             expected.insert(key, value);
         }
     }
+    if let Some(bound) = outbox_bound {
+        wait_for("nodes 1 and 2 to trim their outboxes to the bound", DEFAULT_DEADLINE, || async {
+            for node in 1..=2 {
+                let metrics = c.metrics(node).await;
+                let depth: f64 =
+                    metrics.iter().filter(|(k, _)| k.starts_with("geokv_ec_outbox_depth")).map(|(_, v)| v).sum();
+                if depth > bound {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
     c.restart(3);
     let data = converged(c).await;
     let mut got: BTreeMap<String, String> = data.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
@@ -175,7 +195,7 @@ async fn write_while_node_3_is_down(c: &mut TestCluster, writes: usize) -> BTree
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_catches_up_from_the_outbox_after_restart() {
     let mut c = start(&[]);
-    write_while_node_3_is_down(&mut c, 120).await;
+    write_while_node_3_is_down(&mut c, 120, None).await;
     // Caught up by replay: no resync was needed.
     let m = c.metrics(1).await;
     assert!(!m.keys().any(|k| k.starts_with("geokv_ec_resyncs_total")), "no resync: {m:?}");
@@ -198,7 +218,7 @@ async fn a_killed_replica_catches_up_from_the_outbox_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_the_outbox_bound_is_resynced() {
     let mut c = start(&["--eventual-outbox-max-entries=10"]);
-    write_while_node_3_is_down(&mut c, 120).await;
+    write_while_node_3_is_down(&mut c, 120, Some(10.0)).await;
     let resyncs: f64 = c
         .metrics(1)
         .await
