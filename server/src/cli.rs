@@ -208,6 +208,25 @@ struct NodeArgs {
     /// oldest dropped first (default: 10000).
     #[arg(long, env = "GEOKV_EVENTUAL_CONFLICT_LOG_ENTRIES")]
     eventual_conflict_log_entries: Option<u64>,
+    /// Most writes in one eventual replication message (default: 256).
+    #[arg(long, env = "GEOKV_EVENTUAL_SHIP_BATCH_ENTRIES")]
+    eventual_ship_batch_entries: Option<usize>,
+    /// Most key and value bytes in one eventual replication message; a
+    /// single larger write still goes alone (default: 1048576).
+    #[arg(long, env = "GEOKV_EVENTUAL_SHIP_BATCH_BYTES")]
+    eventual_ship_batch_bytes: Option<usize>,
+    /// Eventual replication messages in flight per peer and shard before
+    /// waiting for acknowledgements (default: 32).
+    #[arg(long, env = "GEOKV_EVENTUAL_SHIP_WINDOW")]
+    eventual_ship_window: Option<usize>,
+    /// With nothing to ship, how often in ms an eventual replica tells each
+    /// peer how far its clock has got (default: 200).
+    #[arg(long, env = "GEOKV_EVENTUAL_HEARTBEAT_INTERVAL_MS")]
+    eventual_heartbeat_interval_ms: Option<u64>,
+    /// How often in ms acknowledged outbox entries and tombstones every
+    /// replica has seen are collected (default: 1000).
+    #[arg(long, env = "GEOKV_EVENTUAL_GC_INTERVAL_MS")]
+    eventual_gc_interval_ms: Option<u64>,
     /// Replicas per data shard, spread across regions, capped at the number
     /// of nodes (new clusters; default: 3).
     #[arg(long, env = "GEOKV_REPLICATION_FACTOR")]
@@ -277,6 +296,29 @@ struct NodeArgs {
     /// HTTP/2 flow control (default: 1024).
     #[arg(long, env = "GEOKV_MAX_CONCURRENT_REQUESTS")]
     max_concurrent_requests: Option<usize>,
+    /// Most operations in one batch request (default: 128).
+    #[arg(long, env = "GEOKV_MAX_BATCH_OPS")]
+    max_batch_ops: Option<usize>,
+    /// Most key and value bytes in one batch request (default: 4194304).
+    #[arg(long, env = "GEOKV_MAX_BATCH_BYTES")]
+    max_batch_bytes: Option<usize>,
+    /// Pairs in a scan page when the request names no limit (default: 1000).
+    #[arg(long, env = "GEOKV_DEFAULT_SCAN_LIMIT")]
+    default_scan_limit: Option<u32>,
+    /// The largest scan page a request may ask for (default: 10000).
+    #[arg(long, env = "GEOKV_MAX_SCAN_LIMIT")]
+    max_scan_limit: Option<u32>,
+    /// The most Raft log entries one append message carries (default: 512).
+    #[arg(long, env = "GEOKV_MAX_APPEND_ENTRIES")]
+    max_append_entries: Option<u64>,
+    /// A snapshot transfer making no progress for this many ms is abandoned
+    /// and resumed where the receiver got to (default: 60000).
+    #[arg(long, env = "GEOKV_SNAPSHOT_SEND_TIMEOUT_MS")]
+    snapshot_send_timeout_ms: Option<u64>,
+    /// How often in ms a leader confirms its leadership and pushes a safe
+    /// time to its followers, for bounded-staleness reads (default: 50).
+    #[arg(long, env = "GEOKV_SAFE_TIME_INTERVAL_MS")]
+    safe_time_interval_ms: Option<u64>,
     /// Client requests this node serves at once over all connections; one
     /// more is refused at once with RESOURCE_EXHAUSTED and a retry hint,
     /// nothing done, and clients back off (default: 4096).
@@ -338,6 +380,18 @@ impl NodeArgs {
             c.limits.max_value_bytes => self.max_value_bytes,
             c.limits.max_concurrent_requests => self.max_concurrent_requests,
             c.limits.max_inflight_requests => self.max_inflight_requests,
+            c.limits.max_batch_ops => self.max_batch_ops,
+            c.limits.max_batch_bytes => self.max_batch_bytes,
+            c.limits.default_scan_limit => self.default_scan_limit,
+            c.limits.max_scan_limit => self.max_scan_limit,
+            c.raft.max_append_entries => self.max_append_entries,
+            c.raft.snapshot_send_timeout_ms => self.snapshot_send_timeout_ms,
+            c.raft.safe_time_interval_ms => self.safe_time_interval_ms,
+            c.eventual.ship_batch_entries => self.eventual_ship_batch_entries,
+            c.eventual.ship_batch_bytes => self.eventual_ship_batch_bytes,
+            c.eventual.ship_window => self.eventual_ship_window,
+            c.eventual.heartbeat_interval_ms => self.eventual_heartbeat_interval_ms,
+            c.eventual.gc_interval_ms => self.eventual_gc_interval_ms,
         }
         set! {
             c.advertise_addr => self.advertise_addr,
@@ -576,6 +630,40 @@ mod tests {
         }
     }
 
+    /// Every field of `config/geokv.toml` can be set by a flag (and so by
+    /// its `GEOKV_*` variable).
+    #[test]
+    fn every_field_of_the_config_template_has_a_flag() {
+        // `[tls]` fields have shorter flags; an initial member is one
+        // `--initial-cluster` entry.
+        let renamed = [("tls.ca_file", "tls_ca"), ("tls.cert_file", "tls_cert"), ("tls.key_file", "tls_key")];
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/geokv.toml");
+        let template = std::fs::read_to_string(path).unwrap();
+        let command = Cli::command();
+        let mut section = String::new();
+        let mut missing = Vec::new();
+        for line in template.lines().map(|l| l.trim().trim_start_matches("# ")) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim_matches(['[', ']']).to_string();
+                continue;
+            }
+            let Some((key, _)) = line.split_once(" = ") else { continue };
+            if key.contains(' ') || key.starts_with('#') || section == "initial_cluster" {
+                continue;
+            }
+            let field = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
+            let flag = match renamed.iter().find(|(f, _)| *f == field) {
+                Some((_, flag)) => flag.to_string(),
+                None if section == "eventual" => format!("eventual_{key}"),
+                None => key.to_string(),
+            };
+            if !command.get_arguments().any(|a| a.get_id() == flag.as_str()) {
+                missing.push(field);
+            }
+        }
+        assert!(missing.is_empty(), "config fields without a flag: {missing:?}");
+    }
+
     /// The defaults `--help` names are the ones the node uses.
     #[test]
     fn stated_defaults_are_the_real_ones() {
@@ -597,6 +685,18 @@ mod tests {
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
             ("max_concurrent_requests", c.limits.max_concurrent_requests.to_string()),
             ("max_inflight_requests", c.limits.max_inflight_requests.to_string()),
+            ("max_batch_ops", c.limits.max_batch_ops.to_string()),
+            ("max_batch_bytes", c.limits.max_batch_bytes.to_string()),
+            ("default_scan_limit", c.limits.default_scan_limit.to_string()),
+            ("max_scan_limit", c.limits.max_scan_limit.to_string()),
+            ("max_append_entries", c.raft.max_append_entries.to_string()),
+            ("snapshot_send_timeout_ms", c.raft.snapshot_send_timeout_ms.to_string()),
+            ("safe_time_interval_ms", c.raft.safe_time_interval_ms.to_string()),
+            ("eventual_ship_batch_entries", c.eventual.ship_batch_entries.to_string()),
+            ("eventual_ship_batch_bytes", c.eventual.ship_batch_bytes.to_string()),
+            ("eventual_ship_window", c.eventual.ship_window.to_string()),
+            ("eventual_heartbeat_interval_ms", c.eventual.heartbeat_interval_ms.to_string()),
+            ("eventual_gc_interval_ms", c.eventual.gc_interval_ms.to_string()),
             ("node_dead_after_ms", c.node_dead_after_ms.to_string()),
             ("rebalance", c.rebalance.to_string()),
             ("max_moves_in_flight", c.max_moves_in_flight.to_string()),
