@@ -37,6 +37,18 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     node: NodeArgs,
+    /// Log lines as text for people, or as one JSON object per line for a
+    /// log collector (fields: timestamp, level, target, fields.message and
+    /// the event's own fields). The level filter comes from RUST_LOG
+    /// (default: info, openraft=warn).
+    #[arg(long, env = "GEOKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -559,9 +571,11 @@ where
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
     let on_signal = stop_tx.clone();

@@ -897,3 +897,19 @@ async fn an_overloaded_node_refuses_with_a_retry_hint_and_clients_back_off() {
         metrics.iter().filter(|(k, _)| k.contains("code=\"ResourceExhausted\"")).map(|(_, v)| *v).sum();
     assert!(exhausted >= refused.len() as f64, "counted in geokv_requests_total: {exhausted}");
 }
+
+/// `--log-format json`: every line a node logs is one JSON object with a
+/// timestamp, a level and a message, for log collectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let c = start(ClusterOptions { nodes: 3, extra_args: vec!["--log-format=json".into()], ..Default::default() });
+    c.wait_all_leaders().await;
+    let log = c.log(1);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["timestamp"].is_string() && event["level"].is_string(), "{line}");
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+}
