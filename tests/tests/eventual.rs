@@ -34,6 +34,12 @@ async fn delete(c: &TestCluster, node: u64, key: &str) -> pb::WriteResponse {
     c.kv(node).await.delete(req).await.unwrap_or_else(|e| panic!("delete {key} at node {node}: {e}")).into_inner()
 }
 
+/// The sum of `node`'s metric samples whose name (with labels) starts
+/// with `prefix`: a family over every shard and peer.
+async fn metric_total(c: &TestCluster, node: u64, prefix: &str) -> f64 {
+    c.metrics(node).await.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+}
+
 /// `key -> (value, hlc)` of the whole eventual range as `node` serves it.
 async fn state(c: &TestCluster, node: u64) -> Option<BTreeMap<String, (String, (u64, u32, u64))>> {
     let mut out = BTreeMap::new();
@@ -173,10 +179,7 @@ async fn write_while_node_3_is_down(
     if let Some(bound) = outbox_bound {
         wait_for("nodes 1 and 2 to trim their outboxes to the bound", DEFAULT_DEADLINE, || async {
             for node in 1..=2 {
-                let metrics = c.metrics(node).await;
-                let depth: f64 =
-                    metrics.iter().filter(|(k, _)| k.starts_with("geokv_ec_outbox_depth")).map(|(_, v)| v).sum();
-                if depth > bound {
+                if metric_total(c, node, "geokv_ec_outbox_depth").await > bound {
                     return None;
                 }
             }
@@ -202,13 +205,7 @@ async fn a_killed_replica_catches_up_from_the_outbox_after_restart() {
     wait_for("outboxes to drain", DEFAULT_DEADLINE, || async {
         let mut depth = 0.0;
         for n in 1..=3 {
-            depth += c
-                .metrics(n)
-                .await
-                .iter()
-                .filter(|(k, _)| k.starts_with("geokv_ec_outbox_depth"))
-                .map(|(_, v)| v)
-                .sum::<f64>();
+            depth += metric_total(&c, n, "geokv_ec_outbox_depth").await;
         }
         (depth == 0.0).then_some(())
     })
@@ -219,14 +216,8 @@ async fn a_killed_replica_catches_up_from_the_outbox_after_restart() {
 async fn a_replica_behind_the_outbox_bound_is_resynced() {
     let mut c = start(&["--eventual-outbox-max-entries=10"]);
     write_while_node_3_is_down(&mut c, 120, Some(10.0)).await;
-    let resyncs: f64 = c
-        .metrics(1)
-        .await
-        .iter()
-        .chain(c.metrics(2).await.iter())
-        .filter(|(k, _)| k.starts_with("geokv_ec_resyncs_total"))
-        .map(|(_, v)| v)
-        .sum();
+    let resyncs =
+        metric_total(&c, 1, "geokv_ec_resyncs_total").await + metric_total(&c, 2, "geokv_ec_resyncs_total").await;
     assert!(resyncs >= 1.0, "node 3 was past the outbox bound of nodes 1 and 2");
     // After the resync, replication goes on from the outbox.
     for node in 1..=2 {

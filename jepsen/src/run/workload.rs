@@ -403,15 +403,6 @@ fn read_meta(info: &geokv_client::ReadInfo) -> CompletionMeta {
     }
 }
 
-/// A scan's completion: what its weakest page reported, or (no page read)
-/// only the level asked for.
-fn scan_meta(consistency: Consistency, info: Option<&geokv_client::ReadInfo>) -> CompletionMeta {
-    info.map_or_else(
-        || CompletionMeta { consistency: Some(consistency.as_str().to_string()), ..Default::default() },
-        read_meta,
-    )
-}
-
 fn proto_read_meta(info: Option<&pb::ReadInfo>) -> CompletionMeta {
     let Some(info) = info else { return CompletionMeta::default() };
     let served = match pb::Consistency::try_from(info.served) {
@@ -832,15 +823,28 @@ fn set_elements<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<Value> {
     .collect()
 }
 
+/// Every pair in `[start, end)` at `consistency` through the client, and
+/// what the scan's weakest page reported (or, with no page read, the level
+/// asked for).
+async fn scan_with_meta(
+    client: &Client,
+    start: &str,
+    end: &str,
+    consistency: Consistency,
+) -> Result<(Vec<geokv_client::KeyValue>, CompletionMeta), OpError> {
+    let (kvs, info) =
+        client.scan(start..end).consistency(consistency).collect_with_info().await.map_err(|e| classify(&e))?;
+    let meta = info.as_ref().map_or_else(
+        || CompletionMeta { consistency: Some(consistency.as_str().to_string()), ..Default::default() },
+        read_meta,
+    );
+    Ok((kvs, meta))
+}
+
 /// Every element of the set, by one scan of its prefix.
 pub async fn read_set(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
-    let (kvs, info) = client
-        .scan(SET_PREFIX..SET_END)
-        .consistency(consistency)
-        .collect_with_info()
-        .await
-        .map_err(|e| classify(&e))?;
-    Ok((set_elements(kvs.iter().map(|kv| kv.key.as_slice())), scan_meta(consistency, info.as_ref())))
+    let (kvs, meta) = scan_with_meta(client, SET_PREFIX, SET_END, consistency).await?;
+    Ok((set_elements(kvs.iter().map(|kv| kv.key.as_slice())), meta))
 }
 
 /// Every element of the set as one replica (`node`) serves it.
@@ -859,12 +863,7 @@ pub async fn read_set_local(
 /// Every account's balance (`null`: missing, or not a number), by one scan
 /// of the bank's range (one shard: one read).
 pub async fn read_bank(client: &Client, consistency: Consistency) -> Result<(Vec<Value>, CompletionMeta), OpError> {
-    let (kvs, info) = client
-        .scan(BANK_PREFIX..BANK_END)
-        .consistency(consistency)
-        .collect_with_info()
-        .await
-        .map_err(|e| classify(&e))?;
+    let (kvs, meta) = scan_with_meta(client, BANK_PREFIX, BANK_END, consistency).await?;
     let mut balances = vec![Value::Null; ACCOUNTS];
     for kv in kvs {
         let name = String::from_utf8_lossy(&kv.key[BANK_PREFIX.len()..]).into_owned();
@@ -874,7 +873,7 @@ pub async fn read_bank(client: &Client, consistency: Consistency) -> Result<(Vec
             _ => return Err(OpError::definite(format!("unexpected bank key {name:?}"))),
         }
     }
-    Ok((balances, scan_meta(consistency, info.as_ref())))
+    Ok((balances, meta))
 }
 
 #[cfg(test)]

@@ -187,13 +187,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: openraft::testing::log_id::<TypeConfig>(term, 1, index),
-            payload: openraft::EntryPayload::Blank,
-        }
-    }
+    use crate::raft::blank_entry as entry;
 
     /// Corrupt bytes on disk are an error naming the shard and index, never
     /// a panic that would take every other shard of the node down with it.

@@ -58,6 +58,12 @@ impl Tail {
         }
     }
 
+    fn pop_back(&mut self) {
+        if let Some((_, size)) = self.entries.pop_back() {
+            self.bytes -= size;
+        }
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
@@ -90,9 +96,7 @@ impl LogTail {
     pub fn truncated(&self, from: u64) {
         let mut tail = self.lock();
         while tail.last_index().is_some_and(|last| last >= from) {
-            if let Some((_, size)) = tail.entries.pop_back() {
-                tail.bytes -= size;
-            }
+            tail.pop_back();
         }
     }
 
@@ -129,14 +133,7 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::TypeConfig;
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: openraft::testing::log_id::<TypeConfig>(term, 1, index),
-            payload: openraft::EntryPayload::Blank,
-        }
-    }
+    use crate::raft::blank_entry as entry;
 
     #[test]
     fn serves_only_ranges_it_holds_whole_and_follows_truncations_and_purges() {

@@ -79,6 +79,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
     bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// A blank entry at `index` of `term` (leader node 1), for the log's tests.
+#[cfg(test)]
+pub(crate) fn blank_entry(term: u64, index: u64) -> Entry {
+    Entry { log_id: openraft::testing::log_id::<TypeConfig>(term, 1, index), payload: openraft::EntryPayload::Blank }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
