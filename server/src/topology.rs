@@ -558,8 +558,12 @@ async fn members_pass(node: &Node, meta: &ShardRaft, seen: &mut Seen) -> Result<
     };
     let moving = !plan.is_empty();
     for (shard, change) in plan {
-        let cmd = Command::Meta(MetaCommand::BeginReplicaChange { shard, change });
-        match node.propose_internal(META_SHARD_ID, &cmd).await? {
+        let cmd = if why == "drain" {
+            MetaCommand::BeginDrainMove { shard, change }
+        } else {
+            MetaCommand::BeginReplicaChange { shard, change }
+        };
+        match node.propose_internal(META_SHARD_ID, &Command::Meta(cmd)).await? {
             CommandResult::Meta { .. } => {
                 node.metrics.topology_decision(if why == "drain" { "drain_move" } else { "rebalance_move" });
                 tracing::info!(shard, change = %describe(&change), "{why}: replica move recorded")

@@ -212,6 +212,12 @@ pub enum MetaCommand {
     RemoveUser { name: String },
     /// See [`crate::shards::ShardMap::grant_user`].
     GrantUser { name: String, grant: crate::auth::Grant, revoke: bool },
+    /// A drain's move off a leaving node: as [`MetaCommand::BeginReplicaChange`],
+    /// but refused unless the node it moves from is still leaving when the
+    /// entry applies, so a drain cancelled after the meta leader planned the
+    /// move starts none. See [`crate::shards::ShardMap::begin_drain_move`].
+    /// (Last, so that the encoding of every older variant is unchanged.)
+    BeginDrainMove { shard: u64, change: ReplicaChange },
 }
 
 /// A stored value and the log index of the write that produced it.
@@ -349,6 +355,9 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::BeginReplicaChange { shard, change }) => {
                 write!(f, "begin-replica-change(shard={shard}, {})", crate::shards::describe(change))
+            }
+            Command::Meta(MetaCommand::BeginDrainMove { shard, change }) => {
+                write!(f, "begin-drain-move(shard={shard}, {})", crate::shards::describe(change))
             }
             Command::Meta(MetaCommand::FinishReplicaChange { shard, change }) => {
                 write!(f, "finish-replica-change(shard={shard}, {})", crate::shards::describe(change))

@@ -569,6 +569,7 @@ impl ShardStateMachine {
                 ) => CommandResult::None,
                 EntryPayload::Normal(Command::Meta(
                     cmd @ (MetaCommand::BeginReplicaChange { .. }
+                    | MetaCommand::BeginDrainMove { .. }
                     | MetaCommand::FinishReplicaChange { .. }
                     | MetaCommand::CancelReplicaChange { .. }
                     | MetaCommand::SetNodeState { .. }
@@ -590,6 +591,7 @@ impl ShardStateMachine {
                                 MetaCommand::BeginReplicaChange { shard, change } => {
                                     map.begin_replica_change(*shard, *change)
                                 }
+                                MetaCommand::BeginDrainMove { shard, change } => map.begin_drain_move(*shard, *change),
                                 MetaCommand::FinishReplicaChange { shard, change } => {
                                     map.finish_replica_change(*shard, *change)
                                 }

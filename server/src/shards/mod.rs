@@ -384,6 +384,24 @@ impl ShardMap {
         self.shards.iter().filter(move |s| s.replicas.contains(&node))
     }
 
+    /// A drain's move, recorded as [`Self::begin_replica_change`] records it,
+    /// but only while the node it moves from is still leaving (draining,
+    /// removing or down): the meta leader plans drains from its copy of the
+    /// map, and a drain cancelled (or a down node back up) between that plan
+    /// and this entry's apply must start no move. A retry of a move already
+    /// recorded answers `Ok(false)` as before.
+    pub fn begin_drain_move(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
+        let recorded = self.shard(shard).is_some_and(|d| d.change == Some(change));
+        if !recorded {
+            let from = change.remove.ok_or("a drain's move must remove a replica from the leaving node")?;
+            let state = self.node(from).map(|n| n.state).ok_or_else(|| format!("no node {from} in the cluster"))?;
+            if !state.is_leaving() {
+                return Err(format!("node {from} is {} again: no drain move off it", state.as_str()));
+            }
+        }
+        self.begin_replica_change(shard, change)
+    }
+
     /// Records the intent to change `shard`'s replicas (a move: `add` and
     /// `remove`), or why it is refused. `Ok(false)`: this very change is
     /// already recorded (a retry), the map unchanged.
@@ -817,6 +835,30 @@ mod tests {
         refuse(&mut map, 1, change(None, Some(3)), "last replica");
         refuse(&mut map, 1, change(None, Some(1)), "holds no replica");
         assert!(map.begin_replica_change(1, change(Some(4), Some(3))).unwrap(), "a move off it is fine");
+    }
+
+    /// A drain's move is recorded only while its node is still leaving: a
+    /// drain cancelled between the meta leader's plan and the entry's apply
+    /// starts no move (CI once saw two moves start after a cancel). A move
+    /// recorded before the cancel still answers its retry.
+    #[test]
+    fn a_drain_move_is_refused_once_the_node_is_up_again() {
+        let nodes = [node(1, "us-east"), node(2, "us-west"), node(3, "eu-west"), node(4, "eu-west")];
+        let mut map = ShardMap::initial(&nodes[..3], &[b"g".to_vec()], &[], 3).unwrap();
+        map.nodes.push(nodes[3].clone());
+        let off_1 = ReplicaChange { add: Some(4), remove: Some(1) };
+        let before = map.clone();
+        let err = map.begin_drain_move(1, off_1).unwrap_err();
+        assert!(err.contains("node 1 is up again"), "{err}");
+        assert_eq!(map, before);
+        assert!(map.begin_drain_move(1, ReplicaChange { add: Some(4), remove: None }).is_err(), "not a move off");
+
+        map.set_node_state(1, NodeState::Draining).unwrap();
+        assert_eq!(map.begin_drain_move(1, off_1), Ok(true));
+        map.set_node_state(1, NodeState::Up).unwrap();
+        assert_eq!(map.begin_drain_move(1, off_1), Ok(false), "a retry of the recorded move");
+        let other = map.shards.iter().find(|s| s.id != 1 && s.placed_on(1)).map(|s| s.id).unwrap();
+        assert!(map.begin_drain_move(other, ReplicaChange { add: Some(4), remove: Some(1) }).is_err());
     }
 
     /// A merge is recorded on the left shard, frozen only with aligned
