@@ -122,6 +122,13 @@ pub struct ClusterOptions {
     /// [`TestCluster::certs_dir`], and [`TestCluster::client`] connects as
     /// root. Off: `--plaintext`.
     pub tls: bool,
+    /// Each node's listen address, in id order; empty: a free port on
+    /// 127.0.0.1 each. A cluster restarted from [`ClusterOptions::seed_dir`]
+    /// must listen where its shard map says its nodes are.
+    pub addrs: Vec<String>,
+    /// Start from a copy of the data directories `node-1`, `node-2`, … in
+    /// this directory (a fixture) instead of empty ones.
+    pub seed_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -139,6 +146,8 @@ impl Default for ClusterOptions {
             env: Vec::new(),
             rebalance: false,
             tls: false,
+            addrs: Vec::new(),
+            seed_dir: None,
         }
     }
 }
@@ -208,6 +217,20 @@ fn free_port() -> u16 {
     panic!("no free port in 20000..32000 after 1000 tries")
 }
 
+/// Copies directory `from` with everything under it to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display())) {
+        let path = entry.expect("directory entry").path();
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap_or_else(|e| panic!("copying {}: {e}", path.display()));
+        }
+    }
+}
+
 /// Polls `cond` until it returns `Some` or `deadline` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut cond: F) -> T
 where
@@ -233,7 +256,17 @@ impl TestCluster {
     pub fn start(binary: impl Into<PathBuf>, opts: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
-        let addrs: Vec<String> = ids.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let addrs: Vec<String> = if opts.addrs.is_empty() {
+            ids.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect()
+        } else {
+            assert_eq!(opts.addrs.len(), opts.nodes, "one address per node");
+            opts.addrs.clone()
+        };
+        if let Some(seed) = &opts.seed_dir {
+            for id in &ids {
+                copy_dir(&seed.join(format!("node-{id}")), &dir.path().join(format!("node-{id}")));
+            }
+        }
         let members: Vec<String> = ids
             .iter()
             .zip(&addrs)
