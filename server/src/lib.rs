@@ -36,6 +36,7 @@
 pub mod auth;
 pub mod certs;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod eventual;
@@ -49,6 +50,7 @@ pub mod shards;
 pub mod storage;
 pub mod tls;
 pub mod topology;
+pub mod upgrade;
 
 pub use config::Config;
 pub use node::{Node, serve};

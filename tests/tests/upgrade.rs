@@ -11,7 +11,8 @@
 //! describes how), with the binary of that release.
 //!
 //! The reverse, a directory from a newer format than this binary knows, is
-//! refused with a clear error and left untouched.
+//! refused with a clear error and left untouched (the same test: the
+//! fixture's addresses are fixed, so one cluster of it runs at a time).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,7 +76,12 @@ async fn eventual(c: &TestCluster, node: u64) -> Option<Vec<(String, String)>> {
         max_staleness_ms: 0,
     };
     let resp = c.kv(node).await.scan(req).await.ok()?.into_inner();
-    Some(resp.kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into(), String::from_utf8_lossy(&kv.value).into())).collect())
+    Some(
+        resp.kvs
+            .into_iter()
+            .map(|kv| (String::from_utf8_lossy(&kv.key).into(), String::from_utf8_lossy(&kv.value).into()))
+            .collect(),
+    )
 }
 
 const EVENTUAL: [(&str, &str); 2] = [("ev/a", "from node 1"), ("ev/b", "from node 2")];
@@ -183,4 +189,27 @@ async fn a_cluster_written_by_format_1_is_upgraded_and_serves_what_it_held() {
     check(&c).await;
     let got = client.get("z/new").await.unwrap().map(|v| v.value);
     assert_eq!(got.as_deref(), Some(&b"written after the upgrade"[..]));
+
+    // The reverse: a directory from a newer disk format than this build
+    // knows. The node refuses to start, says why and what to do, and
+    // changes nothing. (In this test: the fixture's addresses are fixed.)
+    c.terminate(3, Duration::from_secs(20)).expect("a clean stop");
+    let db_dir = c.node(3).data_dir.join("db");
+    let set_format = |value: &[u8]| {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_dir).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_dir, cfs).unwrap();
+        let before = db.get(b"geokv.disk_format").unwrap();
+        db.put(b"geokv.disk_format", value).unwrap();
+        before
+    };
+    assert_eq!(set_format(b"3").as_deref(), Some(&b"2"[..]), "the upgraded directory says format 2");
+    c.restart(3);
+    let status = c.wait_exit(3, DEFAULT_DEADLINE).await;
+    assert!(!status.success(), "{status}");
+    let log = c.log(3);
+    assert!(log.contains("holds disk format 3, written by a newer geokv"), "{log}");
+    assert!(log.contains("Run a release that reads format 3"), "{log}");
+    assert_eq!(set_format(b"3").as_deref(), Some(&b"3"[..]), "left as it was");
+    // The other two go on serving.
+    client.put("h/while-3-is-out", "x").await.expect("a write with two of three");
 }

@@ -54,7 +54,7 @@ use crate::storage::{Batch, EcFamily, Pair, Storage, StorageError};
 pub use hlc::{Clock, Hlc};
 
 /// `ec_meta` tags.
-mod tag {
+pub(crate) mod tag {
     pub const LAST_SEQ: u8 = 1;
     pub const FIRST_KEPT: u8 = 2;
     pub const ACKED: u8 = 3;
@@ -170,7 +170,7 @@ pub struct ShipAck {
 
 /// What the receiver remembers of one origin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Received {
+pub(crate) struct Received {
     incarnation: u64,
     seq: u64,
     /// Every write of the origin stamped `<= clock` has been received.

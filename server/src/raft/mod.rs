@@ -26,11 +26,6 @@ pub mod read_index;
 pub mod snapshot;
 pub mod state_machine;
 
-use std::io;
-
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 pub use command::{Command, CommandResult};
 pub use state_machine::ShardStateMachine;
 
@@ -68,16 +63,7 @@ pub fn within_lag(m: &openraft::RaftMetrics<TypeConfig>, peer: u64, lag: u64) ->
     matched_index(m, peer).is_some_and(|index| index + lag >= m.last_log_index.unwrap_or(0))
 }
 
-/// Encodes a value stored on disk or sent between nodes.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")
-}
-
-/// Decodes a value read from disk or received from a peer; corruption is an
-/// I/O error (`InvalidData`), never a panic.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
-    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
+pub use crate::codec::{decode, encode};
 
 /// A blank entry at `index` of `term` (leader node 1), for the log's tests.
 #[cfg(test)]
@@ -93,7 +79,8 @@ mod tests {
     /// Arbitrary bytes (and valid encodings with bytes flipped) decode into
     /// every peer message and stored record type as a value or an error,
     /// never a panic, and a length prefix that lies allocates nothing
-    /// near it (bincode reads lengths against the input it has).
+    /// near it (postcard reads lengths against the input it has; serde
+    /// preallocates at most 1 MiB from a length).
     #[test]
     fn arbitrary_peer_bytes_decode_or_fail_without_panicking() {
         use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};

@@ -62,7 +62,7 @@ pub enum ShardKind {
 }
 
 /// A data shard's stored range record: `(start, end, epoch)`.
-type RangeRecord = (Vec<u8>, Option<Vec<u8>>, u64);
+pub(crate) type RangeRecord = (Vec<u8>, Option<Vec<u8>>, u64);
 
 /// A key range `[start, end)` (`None`: to the end of the key space).
 type KeyRange = (Vec<u8>, Option<Vec<u8>>);
@@ -179,10 +179,10 @@ const MAX_SAVED_RESULTS_PER_SESSION: usize = 4096;
 /// RocksDB range deletions on this hot path would make every read pay for
 /// the accumulated tombstones).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct SessionHeader {
-    first_incomplete: u64,
-    last_active_ms: u64,
-    saved: Vec<u64>,
+pub(crate) struct SessionHeader {
+    pub(crate) first_incomplete: u64,
+    pub(crate) last_active_ms: u64,
+    pub(crate) saved: Vec<u64>,
 }
 
 fn header_key(client_id: u64) -> [u8; 8] {
@@ -202,7 +202,7 @@ fn marker_key(client_id: u64) -> [u8; 9] {
 /// Invariant: every sequence the session ever applied is below
 /// `next_sequence`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct SessionMarker {
+pub(crate) struct SessionMarker {
     /// Log time of the collection; the marker is dropped a TTL after it.
     collected_at_ms: u64,
     next_sequence: u64,

@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch};
 
+pub(crate) use snapshot::InstallMarker;
 pub use snapshot::{Pin, Section, Staged, Stager};
 pub use syncer::Syncer;
 
@@ -61,6 +62,51 @@ const CF_EC_OUTBOX: &str = "ec_outbox";
 const CF_EC_META: &str = "ec_meta";
 const ALL_CFS: [&str; 8] =
     [CF_RAFT_LOG, CF_RAFT_META, CF_DATA, CF_APPLY_META, CF_SESSIONS, CF_EC_DATA, CF_EC_OUTBOX, CF_EC_META];
+
+/// The disk format this build writes and reads: 2 (records as
+/// [`crate::codec`] encodes them). Kept as decimal text under
+/// [`FORMAT_KEY`] in RocksDB's default column family. Format 1 (bincode,
+/// no format key) is upgraded in place at open; a newer format is refused.
+pub const DISK_FORMAT: u32 = 2;
+const FORMAT_KEY: &[u8] = b"geokv.disk_format";
+/// While an upgrade runs: the family (its index in [`Family::ALL`]) and the
+/// last key rewritten, written with each batch so a stopped upgrade resumes.
+const UPGRADE_PROGRESS_KEY: &[u8] = b"geokv.upgrade_progress";
+
+/// A column family, as the upgrade of an older format sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    RaftLog,
+    RaftMeta,
+    Data,
+    ApplyMeta,
+    Sessions,
+    EcData,
+    EcOutbox,
+    EcMeta,
+}
+
+impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::RaftLog,
+        Family::RaftMeta,
+        Family::Data,
+        Family::ApplyMeta,
+        Family::Sessions,
+        Family::EcData,
+        Family::EcOutbox,
+        Family::EcMeta,
+    ];
+
+    pub fn cf_name(self) -> &'static str {
+        ALL_CFS[self as usize]
+    }
+}
+
+/// Rewrites one record `(family, key, value)` of disk format `from` in the
+/// current format: `Some(bytes)` to store, `None` to drop it, or why it
+/// cannot be read. [`crate::upgrade::record`] knows every format so far.
+pub type Upgrade<'a> = &'a dyn Fn(u32, Family, &[u8], &[u8]) -> Result<Option<Vec<u8>>, String>;
 
 /// The eventual mode's column families, whose keys its module lays out.
 ///
@@ -138,6 +184,10 @@ pub enum StorageError {
     Staging(String),
     #[error("fsync thread is gone")]
     SyncerGone,
+    /// The data directory's disk format is one this build cannot read, or
+    /// upgrading it failed.
+    #[error("{0}")]
+    Format(String),
     /// A WAL fsync failed on this node (maybe long ago): nothing written
     /// since is durable, and the node must be restarted.
     #[error("WAL fsync failed ({0}); this node no longer acknowledges writes until it is restarted")]
@@ -200,6 +250,12 @@ impl Storage {
     /// [`Storage::open`], with a fault injector for tests: once the file
     /// `fail_fsync_when` exists, every WAL fsync fails (as on a dying disk).
     pub fn open_with_fault(dir: &Path, fail_fsync_when: Option<&Path>) -> Result<Arc<Storage>, StorageError> {
+        Storage::open_with(dir, fail_fsync_when, &crate::upgrade::record)
+    }
+
+    /// Opens the database under `dir`, refusing a disk format newer than
+    /// [`DISK_FORMAT`] and upgrading an older one in place with `upgrade`.
+    fn open_with(dir: &Path, fail_fsync_when: Option<&Path>, upgrade: Upgrade) -> Result<Arc<Storage>, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -215,9 +271,124 @@ impl Storage {
             Some(trigger) => Syncer::start_failing_when(db.clone(), trigger.to_path_buf()),
         };
         let storage = Storage { db, syncer };
+        storage.check_format(dir, upgrade)?;
         storage.recover_installs()?;
         storage.drop_legacy_snapshots()?;
         Ok(Arc::new(storage))
+    }
+
+    /// The directory's disk format: the current one is fine, a new
+    /// directory gets it, format 1 (data and no format key) is upgraded,
+    /// anything else is refused with what to do.
+    fn check_format(&self, dir: &Path, upgrade: Upgrade) -> Result<(), StorageError> {
+        let found = match self.db.get(FORMAT_KEY)? {
+            None => None,
+            Some(text) => Some(String::from_utf8_lossy(&text).parse::<u32>().map_err(|_| {
+                StorageError::Format(format!(
+                    "{}: unreadable disk format key {:?}: not a geokv data directory, or a corrupt one",
+                    dir.display(),
+                    String::from_utf8_lossy(&text)
+                ))
+            })?),
+        };
+        match found {
+            Some(DISK_FORMAT) => Ok(()),
+            Some(newer) if newer > DISK_FORMAT => Err(StorageError::Format(format!(
+                "{} holds disk format {newer}, written by a newer geokv; this build reads formats 1 to \
+                 {DISK_FORMAT}. Run a release that reads format {newer} (going back to an older release is not \
+                 supported: restore a backup into a new directory instead)",
+                dir.display()
+            ))),
+            Some(other) => Err(StorageError::Format(format!(
+                "{}: disk format {other} is not one geokv ever wrote (1 to {DISK_FORMAT})",
+                dir.display()
+            ))),
+            None if self.is_empty()? => {
+                let mut wb = WriteBatch::default();
+                wb.put(FORMAT_KEY, DISK_FORMAT.to_string());
+                self.write_synced(wb)
+            }
+            None => self.upgrade_in_place(1, upgrade),
+        }
+    }
+
+    /// Whether no column family holds a record (a new data directory).
+    fn is_empty(&self) -> Result<bool, StorageError> {
+        for name in ALL_CFS {
+            if let Some(item) = self.db.iterator_cf(self.cf(name), IteratorMode::Start).next() {
+                item?;
+                return Ok(false);
+            }
+        }
+        Ok(self.db.iterator(IteratorMode::Start).next().is_none())
+    }
+
+    /// Rewrites every record of format `from` in the current format, family
+    /// by family in key order, in fsynced batches that each record how far
+    /// they got: a stop in the middle resumes there (records before the
+    /// mark are in the new format, records after it in the old). The format
+    /// key is written last.
+    fn upgrade_in_place(&self, from: u32, upgrade: Upgrade) -> Result<(), StorageError> {
+        const BATCH_RECORDS: usize = 1_000;
+        const BATCH_BYTES: usize = 4 << 20;
+        let started = std::time::Instant::now();
+        let (first, mut resume) = match self.db.get(UPGRADE_PROGRESS_KEY)? {
+            Some(mark) if !mark.is_empty() && (mark[0] as usize) < Family::ALL.len() => {
+                tracing::warn!(family = Family::ALL[mark[0] as usize].cf_name(), "resuming a stopped disk upgrade");
+                (mark[0] as usize, Some(mark[1..].to_vec()))
+            }
+            Some(_) => return Err(StorageError::Format("unreadable disk upgrade progress mark".into())),
+            None => (0, None),
+        };
+        tracing::warn!(from, to = DISK_FORMAT, "upgrading the data directory's disk format in place");
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for (i, family) in Family::ALL.iter().enumerate().skip(first) {
+            let cf = self.cf(family.cf_name());
+            let mut after = if i == first { resume.take() } else { None };
+            loop {
+                let mode = match &after {
+                    Some(k) => IteratorMode::From(k, Direction::Forward),
+                    None => IteratorMode::Start,
+                };
+                let mut wb = WriteBatch::default();
+                let (mut n, mut size, mut last) = (0usize, 0usize, None);
+                for item in self.db.iterator_cf(cf, mode) {
+                    let (k, v) = item?;
+                    if after.as_deref() == Some(&k[..]) {
+                        continue;
+                    }
+                    let rewritten = upgrade(from, *family, &k, &v).map_err(|e| {
+                        StorageError::Format(format!(
+                            "upgrading disk format {from} to {DISK_FORMAT}: {} record {}: {e}",
+                            family.cf_name(),
+                            hex(&k)
+                        ))
+                    })?;
+                    match rewritten {
+                        Some(new) => wb.put_cf(cf, &k, new),
+                        None => wb.delete_cf(cf, &k),
+                    }
+                    n += 1;
+                    size += k.len() + v.len();
+                    last = Some(k.to_vec());
+                    if n >= BATCH_RECORDS || size >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                let Some(last) = last else { break };
+                wb.put(UPGRADE_PROGRESS_KEY, [&[i as u8][..], &last].concat());
+                self.write_synced(wb)?;
+                records += n as u64;
+                bytes += size as u64;
+                after = Some(last);
+            }
+        }
+        let mut wb = WriteBatch::default();
+        wb.put(FORMAT_KEY, DISK_FORMAT.to_string());
+        wb.delete(UPGRADE_PROGRESS_KEY);
+        self.write_synced(wb)?;
+        tracing::warn!(records, bytes, took = ?started.elapsed(), "disk format upgraded from {from} to {DISK_FORMAT}");
+        Ok(())
     }
 
     /// Deletes the whole-shard snapshot blobs earlier versions stored (one
@@ -476,6 +647,11 @@ impl Storage {
     }
 }
 
+/// `bytes` as lowercase hex, for messages about keys.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A raw `(key, value)` pair read from a column family.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
@@ -607,6 +783,64 @@ fn prefixed(shard: u64, rest: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new directory is written in the current format; one from a newer
+    /// format is refused by name and left as it was.
+    #[test]
+    fn a_newer_disk_format_is_refused_and_a_new_directory_gets_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(storage.db.get(FORMAT_KEY).unwrap().as_deref(), Some(&b"2"[..]));
+        storage.db.put(FORMAT_KEY, b"3").unwrap();
+        drop(storage);
+        let err = Storage::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("holds disk format 3, written by a newer geokv"), "{err}");
+        let db = DB::open_cf(&Options::default(), dir.path(), ALL_CFS).unwrap();
+        assert_eq!(db.get(FORMAT_KEY).unwrap().as_deref(), Some(&b"3"[..]), "left as it was");
+        db.put(FORMAT_KEY, b"two").unwrap();
+        drop(db);
+        let err = Storage::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unreadable disk format key"), "{err}");
+    }
+
+    /// An upgrade rewrites every record once, also when it was stopped
+    /// half way (here: an error on the 1,500th record) and resumed.
+    #[test]
+    fn an_upgrade_stopped_half_way_resumes_and_rewrites_each_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut b = storage.batch();
+        for i in 0..2_500u32 {
+            b.put_data(format!("k{i:05}").as_bytes(), b"v");
+            b.put_log(i as u64 % 3, i as u64, b"e");
+        }
+        storage.write_relaxed(b).unwrap();
+        storage.db.delete(FORMAT_KEY).unwrap(); // as format 1 left it
+        drop(storage);
+
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let mark = |_: u32, _: Family, _: &[u8], v: &[u8]| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1_500 {
+                return Err("stopped".to_string());
+            }
+            Ok(Some([v, b"+"].concat()))
+        };
+        let err = Storage::open_with(dir.path(), None, &mark).unwrap_err().to_string();
+        assert!(err.contains("stopped"), "{err}");
+        let resumed = Storage::open_with(dir.path(), None, &mark).unwrap();
+        assert_eq!(resumed.db.get(FORMAT_KEY).unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(resumed.db.get(UPGRADE_PROGRESS_KEY).unwrap().is_none());
+        let data = resumed.scan_data(b"", None, usize::MAX).unwrap();
+        assert_eq!(data.len(), 2_500);
+        assert!(data.iter().all(|(_, v)| v == b"v+"), "every record rewritten exactly once");
+        for shard in 0..3 {
+            assert!(resumed.read_log(shard, 0, u64::MAX).unwrap().iter().all(|(_, v)| v == b"e+"));
+        }
+        // The first run committed one batch (1,000 log records) and failed
+        // on its 1,501st call; the second did the other 1,500 log records
+        // (500 of them again: their batch never committed) and the data.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1_501 + 1_500 + 2_500);
+    }
 
     #[test]
     fn log_keys_sort_by_shard_then_index() {

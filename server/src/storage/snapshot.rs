@@ -162,7 +162,7 @@ pub struct Staged {
 
 /// What an install does, durably recorded before it starts.
 #[derive(Debug, Serialize, Deserialize)]
-struct InstallMarker {
+pub(crate) struct InstallMarker {
     /// `(column family, file)` to ingest, in order.
     files: Vec<(String, PathBuf)>,
     /// `apply_meta` records of the shard to put (`Some`) or delete (`None`)
@@ -218,7 +218,7 @@ impl Storage {
         let files = staged.files.paths.iter().map(|(cf, p)| (cf.to_string(), p.clone())).collect();
         let marker = InstallMarker { files, records };
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.cf(CF_APPLY_META), meta_key(shard, apply_meta_tag::INSTALLING), bincode_encode(&marker));
+        wb.put_cf(self.cf(CF_APPLY_META), meta_key(shard, apply_meta_tag::INSTALLING), crate::codec::encode(&marker));
         self.write_synced(wb)?;
         staged.files.kept = true;
         self.finish_install(shard, marker)
@@ -257,7 +257,7 @@ impl Storage {
             let (k, v) = item?;
             if k.len() == 9 && k[8] == apply_meta_tag::INSTALLING {
                 let shard = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-                let marker: InstallMarker = bincode::deserialize(&v).map_err(|e| {
+                let marker: InstallMarker = crate::codec::decode(&v).map_err(|e| {
                     StorageError::Staging(format!("shard {shard}: undecodable snapshot install marker: {e}"))
                 })?;
                 pending.push((shard, marker));
@@ -276,7 +276,9 @@ impl Storage {
         Ok(finished)
     }
 
-    fn write_synced(&self, wb: WriteBatch) -> Result<(), StorageError> {
+    /// Writes `wb` with a WAL fsync before returning (outside the
+    /// group-commit path: installs, start-up).
+    pub(super) fn write_synced(&self, wb: WriteBatch) -> Result<(), StorageError> {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.write_opt(wb, &wo)?)
@@ -307,10 +309,6 @@ impl Stager {
         let files = std::mem::replace(&mut self.files, StagedFiles { paths: Vec::new(), kept: false });
         Ok(Staged { shard: self.shard, files, bytes: self.bytes })
     }
-}
-
-fn bincode_encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")
 }
 
 /// How many files the staging directory under database `dir` holds.
@@ -399,7 +397,11 @@ mod tests {
                 records: vec![(apply_meta_tag::APPLIED, Some(b"7".to_vec()))],
             };
             let mut wb = WriteBatch::default();
-            wb.put_cf(storage.cf(CF_APPLY_META), meta_key(5, apply_meta_tag::INSTALLING), bincode_encode(&marker));
+            wb.put_cf(
+                storage.cf(CF_APPLY_META),
+                meta_key(5, apply_meta_tag::INSTALLING),
+                crate::codec::encode(&marker),
+            );
             storage.write_synced(wb).unwrap();
             staged.files.kept = true;
             // And a transfer of another shard, cut off midway.
