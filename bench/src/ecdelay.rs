@@ -1,6 +1,6 @@
 //! Replication delay of geokv's eventual shards, from the nodes' Prometheus
-//! text: `geokv_ec_replication_delay_ms{shard,origin}` is a histogram kept
-//! by the *receiver* (apply time − the write's HLC physical ms, the origin's
+//! text: `geokv_ec_replication_delay_seconds{shard,origin}` is a histogram kept
+//! by the *receiver* (apply time − the write's HLC physical time, the origin's
 //! clock; every lab node runs on this host, so the clocks are one). The bench
 //! scrapes every node before and after its cells and reports the
 //! difference, so the preload's writes do not count.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The metric family.
-pub const FAMILY: &str = "geokv_ec_replication_delay_ms";
+pub const FAMILY: &str = "geokv_ec_replication_delay_seconds";
 
 /// One histogram series: cumulative bucket counts by upper bound (ms), its
 /// count and sum.
@@ -112,11 +112,12 @@ pub fn parse(text: &str, shards: Option<&[u64]>) -> BTreeMap<u64, BucketHistogra
         let h = out.entry(origin).or_default();
         match suffix {
             "_bucket" => {
+                // Seconds on the wire, milliseconds here.
                 let le = label("le").map_or(f64::INFINITY, |le| le.parse().unwrap_or(f64::INFINITY));
-                h.add_bucket(le, value as u64);
+                h.add_bucket(le * 1000.0, value as u64);
             }
             "_count" => h.count += value as u64,
-            "_sum" => h.sum += value,
+            "_sum" => h.sum += value * 1000.0,
             _ => {}
         }
     }
@@ -194,16 +195,16 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "\
-# TYPE geokv_ec_replication_delay_ms histogram
-geokv_ec_replication_delay_ms_bucket{shard=\"5\",origin=\"2\",le=\"10\"} 0
-geokv_ec_replication_delay_ms_bucket{shard=\"5\",origin=\"2\",le=\"20\"} 10
-geokv_ec_replication_delay_ms_bucket{shard=\"5\",origin=\"2\",le=\"40\"} 90
-geokv_ec_replication_delay_ms_bucket{shard=\"5\",origin=\"2\",le=\"100\"} 100
-geokv_ec_replication_delay_ms_bucket{shard=\"5\",origin=\"2\",le=\"+Inf\"} 100
-geokv_ec_replication_delay_ms_sum{shard=\"5\",origin=\"2\"} 3000
-geokv_ec_replication_delay_ms_count{shard=\"5\",origin=\"2\"} 100
-geokv_ec_replication_delay_ms_bucket{shard=\"6\",origin=\"3\",le=\"+Inf\"} 4
-geokv_ec_replication_delay_ms_count{shard=\"6\",origin=\"3\"} 4
+# TYPE geokv_ec_replication_delay_seconds histogram
+geokv_ec_replication_delay_seconds_bucket{shard=\"5\",origin=\"2\",le=\"0.01\"} 0
+geokv_ec_replication_delay_seconds_bucket{shard=\"5\",origin=\"2\",le=\"0.02\"} 10
+geokv_ec_replication_delay_seconds_bucket{shard=\"5\",origin=\"2\",le=\"0.04\"} 90
+geokv_ec_replication_delay_seconds_bucket{shard=\"5\",origin=\"2\",le=\"0.1\"} 100
+geokv_ec_replication_delay_seconds_bucket{shard=\"5\",origin=\"2\",le=\"+Inf\"} 100
+geokv_ec_replication_delay_seconds_sum{shard=\"5\",origin=\"2\"} 3
+geokv_ec_replication_delay_seconds_count{shard=\"5\",origin=\"2\"} 100
+geokv_ec_replication_delay_seconds_bucket{shard=\"6\",origin=\"3\",le=\"+Inf\"} 4
+geokv_ec_replication_delay_seconds_count{shard=\"6\",origin=\"3\"} 4
 geokv_ec_conflicts_total{shard=\"5\"} 0
 ";
 

@@ -596,7 +596,7 @@ pub async fn wan(
     if !delays.is_empty() {
         text.push_str(&format!(
             "\neventual shard {eventual_shard} ({}, replicas in {:?}): replication delay of the cells' writes at each \
-             receiver (geokv_ec_replication_delay_ms: apply time - the write's HLC ms; quantiles interpolated in the \
+             receiver (geokv_ec_replication_delay_seconds: apply time - the write's HLC time, read in ms; quantiles interpolated in the \
              histogram's buckets, 10 ms wide from 20 to 100 ms, then 25 to 150, 50 to 200, 100 to 300: each \
              quantile's bucket width is in results.json), next to the link's one-way delay (RTT/2)\n",
             load::EVENTUAL_RANGE,

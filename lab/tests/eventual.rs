@@ -7,7 +7,7 @@
 //! replica holds the same keys, values and timestamps. Printed (run with
 //! `--no-capture`; docs/lab.md quotes them): ack latency per region, and
 //! the replication delay each receiver measured per origin
-//! (`geokv_ec_replication_delay_ms`) next to the link's one-way delay.
+//! (`geokv_ec_replication_delay_seconds`) next to the link's one-way delay.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -217,16 +217,17 @@ async fn eventual_puts_ack_locally_and_replicate_about_one_way_later() {
     let mut conflicts = BTreeMap::new();
     for node in lab.nodes() {
         let text = lab.scrape_metrics(node.id).await.expect("metrics scrape");
-        for (labels, suffix, value) in samples(&text, "geokv_ec_replication_delay_ms") {
+        for (labels, suffix, value) in samples(&text, "geokv_ec_replication_delay_seconds") {
             let Some(origin) = labels.get("origin").and_then(|o| o.parse::<u64>().ok()) else { continue };
             let h = delay.entry((node.id, origin)).or_default();
             match suffix {
                 "_bucket" => {
+                    // Seconds on the wire, milliseconds here.
                     let le = labels.get("le").map_or(f64::INFINITY, |le| le.parse().unwrap_or(f64::INFINITY));
-                    h.add_bucket(le, value as u64);
+                    h.add_bucket(le * 1000.0, value as u64);
                 }
                 "_count" => h.count += value as u64,
-                "_sum" => h.sum += value,
+                "_sum" => h.sum += value * 1000.0,
                 _ => {}
             }
         }
@@ -249,7 +250,7 @@ async fn eventual_puts_ack_locally_and_replicate_about_one_way_later() {
         );
     }
     println!(
-        "replication delay at the receiver (apply time - write's HLC physical time), geokv_ec_replication_delay_ms:"
+        "replication delay at the receiver (apply time - write's HLC physical time), geokv_ec_replication_delay_seconds:"
     );
     for ((receiver, origin), h) in &delay {
         let (a, b) = (region_of(*receiver), region_of(*origin));

@@ -1180,7 +1180,7 @@ pub async fn serve(
         ),
     }
     let router = service::router(node.clone());
-    let incoming = crate::tls::incoming(listener, node.peers.tls().cloned());
+    let incoming = crate::tls::incoming(listener, node.peers.tls().cloned(), node.metrics.clone());
     let server = router.serve_with_incoming_shutdown(incoming, stop);
     // Graceful shutdown waits for every connection to close, but peers keep
     // theirs open (replication streams, keep-alive): after a grace period

@@ -267,6 +267,25 @@ enum ConnIo {
 pub struct Conn {
     io: ConnIo,
     info: ConnInfo,
+    _open: Open,
+}
+
+/// Counts a connection in the node's `geokv_connections` gauge while it
+/// lives.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(metrics: &crate::metrics::Metrics) -> Open {
+        metrics.connections_accepted.inc();
+        metrics.connections.inc();
+        Open(metrics.connections.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -334,7 +353,11 @@ impl AsyncWrite for Conn {
 /// certificate chain, expired certificate, plaintext client) is logged with
 /// the remote address and dropped. Ends, closing the listener, when the
 /// stream is dropped.
-pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> ReceiverStream<io::Result<Conn>> {
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
@@ -357,7 +380,8 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> ReceiverStream<
             }
             let Some(tls) = &tls else {
                 let info = ConnInfo { remote: Some(remote), tls: false, peer_name: None };
-                if tx.send(Ok(Conn { io: ConnIo::Plain(socket), info })).await.is_err() {
+                let conn = Conn { io: ConnIo::Plain(socket), info, _open: Open::new(&metrics) };
+                if tx.send(Ok(conn)).await.is_err() {
                     return;
                 }
                 continue;
@@ -365,6 +389,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> ReceiverStream<
             let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
@@ -386,7 +411,8 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<Tls>>) -> ReceiverStream<
                     .and_then(|cert| describe(cert).ok())
                     .and_then(|(name, _)| name);
                 let info = ConnInfo { remote: Some(remote), tls: true, peer_name };
-                let _ = tx.send(Ok(Conn { io: ConnIo::Tls(Box::new(stream)), info })).await;
+                let conn = Conn { io: ConnIo::Tls(Box::new(stream)), info, _open: Open::new(&metrics) };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });

@@ -894,7 +894,7 @@ async fn an_overloaded_node_refuses_with_a_retry_hint_and_clients_back_off() {
     }
     let metrics = c.metrics(leader).await;
     let exhausted: f64 =
-        metrics.iter().filter(|(k, _)| k.contains("code=\"ResourceExhausted\"")).map(|(_, v)| *v).sum();
+        metrics.iter().filter(|(k, _)| k.contains("code=\"RESOURCE_EXHAUSTED\"")).map(|(_, v)| *v).sum();
     assert!(exhausted >= refused.len() as f64, "counted in geokv_requests_total: {exhausted}");
 }
 
@@ -911,5 +911,98 @@ async fn json_logs_are_one_object_per_line() {
         let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(event["timestamp"].is_string() && event["level"].is_string(), "{line}");
         assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+/// Runs `promtool ARGS` with `stdin`, returning its exit status and output.
+fn promtool(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A live node's `/metrics` passes `promtool check metrics` (HELP and TYPE
+/// on every family, `_total` counters, base units), carries the families an
+/// SLO is built on, and the alert rules (`promtool check rules`) and the
+/// Grafana dashboard in docs/monitoring name only families nodes export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_the_dashboard_and_alerts_use_only_what_nodes_export() {
+    let c = start(ClusterOptions {
+        metrics: true,
+        extra_args: vec!["--eventual-ranges=ev/..ev0".into()],
+        ..Default::default()
+    });
+    c.wait_all_leaders().await;
+    let client = c.client().await;
+    client.put("h-metrics", "v").await.expect("put");
+    client.get("h-metrics").await.expect("linearizable get");
+    client.get_with("h-metrics", geokv_client::Consistency::Lease).await.expect("lease get");
+    client.put("ev/metrics", "v").await.expect("eventual put");
+    let shard = client.refresh_shard_map().await.unwrap().shard_for_key(b"h-metrics").unwrap().shard_id;
+    let leader = c.wait_leader(shard).await;
+    let (status, text) = c.http_get(leader, "/metrics").await.expect("metrics answer");
+    assert!(status.contains("200"), "{status}");
+
+    let (ok, out) = promtool(&["check", "metrics"], &text);
+    assert!(ok.success(), "promtool check metrics:\n{out}\n--- the metrics ---\n{text}");
+
+    let families: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let helped = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+    assert_eq!(helped, families.len(), "a HELP for every TYPE");
+    for family in [
+        "geokv_requests_total",
+        "geokv_request_duration_seconds",
+        "geokv_leader_changes_total",
+        "geokv_elections_total",
+        "geokv_apply_lag_entries",
+        "geokv_raft_committed_index",
+        "geokv_read_fallbacks_total",
+        "geokv_replication_lag_entries",
+        "geokv_ec_conflicts_total",
+        "geokv_ec_replication_lag_seconds",
+        "geokv_ec_catchup_seconds",
+        "geokv_rocksdb_sst_bytes",
+        "geokv_connections",
+        "geokv_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(families.contains(family), "{family} missing from:\n{text}");
+    }
+    assert!(text.contains("geokv_requests_total{method=\"put\",code=\"OK\"} "), "{text}");
+    assert!(text.contains("geokv_request_duration_seconds_bucket{method=\"get\",consistency=\"lease\",le=\"0.0005\"}"));
+    let connections = text.lines().find_map(|l| l.strip_prefix("geokv_connections ")).expect("a connections gauge");
+    assert!(connections.trim().parse::<f64>().unwrap() >= 1.0, "this scrape's client is connected");
+
+    // Every family the alert rules and the dashboard query is exported.
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring");
+    let rules = std::fs::read_to_string(docs.join("alerts.yml")).unwrap();
+    let (ok, out) = promtool(&["check", "rules", docs.join("alerts.yml").to_str().unwrap()], "");
+    assert!(ok.success(), "promtool check rules:\n{out}");
+    let dashboard = std::fs::read_to_string(docs.join("grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10), "a dashboard with its panels");
+    for source in [&rules, &dashboard] {
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(|c: char| c == 'g' || c == 'p') {
+            rest = &rest[at..];
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[name.len().max(1)..];
+            if !(name.starts_with("geokv_") || name.starts_with("process_")) || name.len() < 8 {
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+            assert!(families.contains(base) || families.contains(name.as_str()), "{name} is queried but not exported");
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! A fresh Debian or Ubuntu machine with only Rust cannot build geokv on its
 //! own: `librocksdb-sys`'s build script runs bindgen, which loads libclang,
 //! and compiles RocksDB's C++ with a C++ compiler; the benchmark tests start
-//! etcd 3.4 beside geokv; the harness's clock-skew run needs libfaketime; the
-//! test runner is cargo-nextest. This program
+//! etcd 3.4 beside geokv; the harness's clock-skew run needs libfaketime;
+//! the tests check the metrics and alert rules with promtool; the test
+//! runner is cargo-nextest. This program
 //! checks for each of them, installs what is missing (apt-get as root or
 //! through `sudo -n`, `cargo install` for nextest) and prints the exact
 //! command when it cannot, then builds and runs the task:
@@ -76,6 +77,7 @@ Each task first checks for what it needs and installs what is missing:
     a C++ compiler       apt package g++            (RocksDB is compiled from source)
     etcd 3.4             apt package etcd-server    (test, bench: the side-by-side benchmark)
     libfaketime          apt package faketime       (test: the harness's clock-skew run)
+    promtool             apt package prometheus     (test: checks /metrics and the alert rules)
     cargo-nextest        cargo install cargo-nextest --locked   (test)
 apt-get runs directly as root, else through `sudo -n`; when neither works the
 exact command is printed and nothing else happens. Supported: Debian and
@@ -89,7 +91,7 @@ fn main() -> ExitCode {
         "lab" => lab(rest),
         "test" => test(rest),
         "bench" => bench(rest),
-        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Nextest]),
+        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest]),
         "doctor" => doctor(),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -118,7 +120,7 @@ fn lab(mut args: Vec<OsString>) -> Result<(), String> {
 
 /// `cargo xtask test`: build every test binary (timed), then become nextest.
 fn test(args: Vec<OsString>) -> Result<(), String> {
-    ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Nextest])?;
+    ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest])?;
     // nextest builds exactly what `cargo test --no-run` builds; doing it here
     // first lets the build be timed and watched on its own.
     build(&["test", "--workspace", "--no-run"], "the tests")?;
@@ -152,7 +154,7 @@ fn bench(mut args: Vec<OsString>) -> Result<(), String> {
 /// `cargo xtask doctor`: one line per prerequisite.
 fn doctor() -> Result<(), String> {
     let mut missing = 0;
-    for need in [Need::Build, Need::Etcd, Need::Faketime, Need::Nextest] {
+    for need in [Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest] {
         for item in need.items() {
             let found = item.present();
             missing += usize::from(!found);
@@ -180,6 +182,8 @@ enum Need {
     Nextest,
     /// libfaketime: the harness's clock-skew runs.
     Faketime,
+    /// promtool: the tests check the metrics and the alert rules with it.
+    Promtool,
 }
 
 /// One prerequisite: how to tell it is there, and how to get it.
@@ -225,6 +229,12 @@ impl Need {
                 why: "the harness shifts node clocks with it",
                 present: || FAKETIME_LIBRARIES.iter().any(|p| Path::new(p).exists()),
                 install: Install::Apt(&["faketime"]),
+            }],
+            Need::Promtool => vec![Item {
+                name: "promtool",
+                why: "the tests check /metrics and docs/alerts.yml with it",
+                present: || succeeds(Command::new("promtool").arg("--version")),
+                install: Install::Apt(&["prometheus"]),
             }],
             Need::Nextest => vec![Item {
                 name: "cargo-nextest",

@@ -44,7 +44,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -159,8 +158,8 @@ impl ReadIndexBatcher {
                 }
                 std::mem::take(&mut q.waiting)
             };
-            counters.read_index_rounds.fetch_add(1, Ordering::Relaxed);
-            counters.read_index_reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counters.read_index_rounds.inc();
+            counters.read_index_reads.inc_by(batch.len() as u64);
             let started = tokio::time::Instant::now();
             let result = round().await;
             self.queue.lock().expect("read queue lock").note_round(started.elapsed());

@@ -293,6 +293,9 @@ impl KvService {
             }
             Consistency::Stale | Consistency::Eventual => (Consistency::Stale, false),
         };
+        if fell_back {
+            self.node.metrics.read_fallback(consistency_name(consistency), consistency_name(served));
+        }
         // Checked once the replica has applied what the read must see: a
         // shard not frozen by then has had no write on the merge's left
         // shard to its keys yet (that shard takes them only once every

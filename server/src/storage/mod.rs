@@ -446,6 +446,23 @@ impl Storage {
         self.syncer.sync()
     }
 
+    /// RocksDB's sizes per column family (its own properties: live SST
+    /// files, memtables), for metrics.
+    pub fn sizes(&self) -> Vec<CfSize> {
+        ALL_CFS
+            .iter()
+            .map(|name| {
+                let cf = self.cf(name);
+                let prop = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+                CfSize {
+                    cf: name,
+                    sst_bytes: prop("rocksdb.total-sst-files-size"),
+                    memtable_bytes: prop("rocksdb.size-all-mem-tables"),
+                }
+            })
+            .collect()
+    }
+
     /// How many fsyncs the syncer has issued and how many waiters they served.
     pub fn sync_stats(&self) -> (u64, u64) {
         self.syncer.stats()
@@ -650,6 +667,14 @@ impl Storage {
 /// `bytes` as lowercase hex, for messages about keys.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One column family's sizes ([`Storage::sizes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CfSize {
+    pub cf: &'static str,
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
 }
 
 /// A raw `(key, value)` pair read from a column family.
