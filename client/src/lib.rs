@@ -114,6 +114,8 @@
 //! ```
 
 mod backoff;
+#[cfg(feature = "backup")]
+pub mod backup;
 mod batch;
 mod client;
 mod config;

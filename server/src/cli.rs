@@ -83,6 +83,39 @@ enum Command {
         #[command(subcommand)]
         what: CertsCommand,
     },
+    /// Load a backup (`kvctl backup DIR`) into a new, empty cluster.
+    #[command(after_help = "\
+Checks every file of the backup against its SHA-256 in DIR/manifest.json, refuses
+a cluster that holds any key, recreates the backup's shard boundaries (splits;
+eventual ranges carved out as eventual shards), sets preferred leader regions the
+target has nodes in, then writes every key through ordinary batched writes. The
+target may have any number of nodes and any regions. Values come back as they
+were at the backup; versions are the new cluster's, and exactly-once sessions
+are not carried over (clients of the new cluster start new ones).
+
+EXAMPLES:
+  geokv restore /backups/2026-12-06 --endpoints 10.0.0.1:7001
+  geokv restore ./backup --endpoints https://127.0.0.1:7001 --cacert certs/ca.pem \\
+      --cert certs/client.root.pem --key certs/client.root-key.pem")]
+    Restore {
+        /// The backup directory.
+        dir: PathBuf,
+        /// Any node(s) of the target cluster, HOST:PORT (https:// for TLS).
+        #[arg(long, env = "GEOKV_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+        endpoints: Vec<String>,
+        /// CA certificate (PEM) of a TLS cluster.
+        #[arg(long, env = "GEOKV_CACERT")]
+        cacert: Option<PathBuf>,
+        /// Client certificate (PEM) and its key, to act as its user (root).
+        #[arg(long, env = "GEOKV_CERT", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, env = "GEOKV_KEY", requires = "cert")]
+        key: Option<PathBuf>,
+        /// Batches written at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -587,6 +620,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => run_node(cli.node.into_config()?, stop_rx).await,
         Some(Command::Certs { what }) => certs(what),
+        Some(Command::Restore { dir, endpoints, cacert, cert, key, parallel }) => {
+            let mut config = geokv_client::ClientConfig::new(endpoints);
+            if let Some(ca) = &cacert {
+                let identity = cert.as_deref().zip(key.as_deref());
+                config.tls = Some(geokv_client::ClientTls::from_files(ca, identity)?);
+            }
+            let client = geokv_client::Client::with_config(config).await?;
+            let done = geokv_client::backup::restore(&client, &dir, parallel).await?;
+            println!(
+                "restored {} shards, {} keys, {} bytes in {:.1} s ({} splits, {} eventual ranges made{})",
+                done.shards,
+                done.pairs,
+                done.bytes,
+                done.took_ms as f64 / 1000.0,
+                done.splits,
+                done.eventual_ranges,
+                if done.regions_missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; no node in preferred region(s) {}: left unset", done.regions_missing.join(", "))
+                }
+            );
+            Ok(())
+        }
         Some(Command::Dev { data_dir, port, metrics_port, tls_dir }) => {
             let configs = dev_configs(data_dir.clone(), port, metrics_port, tls_dir.as_deref());
             for c in &configs {

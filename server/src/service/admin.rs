@@ -146,6 +146,18 @@ impl Admin for AdminService {
         Ok(Response::new(GrantUserResponse { map_version, changed }))
     }
 
+    type ExportShardStream = super::export::ExportStream;
+
+    async fn export_shard(
+        &self,
+        req: Request<geokv_proto::admin::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        let shard_id = req.into_inner().shard_id;
+        let map = self.bootstrapped_map()?;
+        let desc = find_shard(&map, shard_id)?;
+        Ok(Response::new(super::export::export(&self.node, desc).await?))
+    }
+
     async fn list_users(&self, _req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         let map = self.bootstrapped_map()?;
         let users = map

@@ -8,6 +8,7 @@
 //! client crate.
 
 pub mod admin;
+pub mod export;
 pub mod kv;
 pub mod raft;
 
