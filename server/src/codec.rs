@@ -68,4 +68,16 @@ mod tests {
         // Varints: a small number is one byte after the format byte.
         assert_eq!(encode(&5u64), vec![RECORD_FORMAT, 5]);
     }
+
+    /// Keys and values marked as byte strings (serde_bytes) encode exactly
+    /// as the plain sequences of u8 they were, in this format and in
+    /// format 1's bincode: the marking changed no stored byte.
+    #[test]
+    fn byte_strings_encode_as_sequences_did() {
+        use crate::raft::command::Record;
+        let record = Record { value: b"value".to_vec(), version: 300 };
+        let as_sequence = (b"value".to_vec(), 300u64);
+        assert_eq!(encode(&record), encode(&as_sequence));
+        assert_eq!(bincode::serialize(&record).unwrap(), bincode::serialize(&as_sequence).unwrap());
+    }
 }

@@ -181,3 +181,52 @@ async fn a_backup_under_load_restores_into_another_shape_exactly_as_of_its_index
     let empty = fresh.client().await.scan(..).collect().await.unwrap();
     assert!(empty.is_empty(), "a refused restore wrote nothing");
 }
+
+/// Backup and restore times for a cluster holding `GEOKV_BACKUP_MIB` MiB
+/// (default 1024) of 64 KiB values over four Raft shards. Not in CI (it
+/// writes the data three times over, twice); docs/operations.md quotes a
+/// run: `cargo nextest run -p geokv-tests --test backup --run-ignored only
+/// --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures backup and restore of GEOKV_BACKUP_MIB MiB; run by hand"]
+async fn backup_and_restore_times_for_a_gib() {
+    use futures::StreamExt;
+    let mib: usize = std::env::var("GEOKV_BACKUP_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let value = "v".repeat(64 << 10);
+    let keys = mib * 16;
+    let source = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions::default());
+    source.wait_all_leaders().await;
+    let client = source.client().await;
+    let started = Instant::now();
+    futures::stream::iter((0..keys).map(|i| {
+        let (client, value) = (client.clone(), value.clone());
+        async move {
+            let prefix = ["b", "h", "p", "w"][i % 4];
+            client.put(format!("{prefix}/{i:08}"), &value).await.expect("load");
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    eprintln!("loaded {keys} keys ({mib} MiB) in {:?}", started.elapsed());
+    let dir = tempfile::tempdir().unwrap();
+    let backup_dir = dir.path().join("backup");
+    let started = Instant::now();
+    let manifest = backup::backup(&client, &backup_dir, backup::DEFAULT_PARALLEL).await.expect("backup");
+    let backup_took = started.elapsed();
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    drop(source);
+    let target = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), ClusterOptions::default());
+    target.wait_all_leaders().await;
+    let started = Instant::now();
+    let out = restore(&target, &backup_dir);
+    let restore_took = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let count = target.client().await.scan(..).limit(usize::MAX).collect().await.unwrap().len();
+    assert_eq!(count, keys);
+    eprintln!(
+        "backup of {keys} keys, {bytes} bytes: {backup_took:?} ({:.0} MiB/s); restore: {restore_took:?} ({:.0} MiB/s)",
+        bytes as f64 / (1 << 20) as f64 / backup_took.as_secs_f64(),
+        bytes as f64 / (1 << 20) as f64 / restore_took.as_secs_f64()
+    );
+}

@@ -108,6 +108,7 @@ fn tombstone_key(shard: u64, hlc: Hlc, key: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EcRecord {
     /// `None`: a tombstone (the key was deleted).
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub hlc: Hlc,
     /// The timestamp of the record this write overwrote where it was
@@ -125,6 +126,7 @@ impl EcRecord {
 /// One replicated write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EcWrite {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub record: EcRecord,
 }

@@ -101,6 +101,7 @@ pub struct WriteCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub expect: Expect,
 }
@@ -108,7 +109,7 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expect {
     Absent,
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Version(u64),
 }
 
@@ -125,8 +126,19 @@ impl Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    // Keys and values as byte strings, not sequences of u8: the same
+    // encoding in postcard (and in bincode 1), copied at once instead of
+    // byte by byte.
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -223,6 +235,7 @@ pub enum MetaCommand {
 /// A stored value and the log index of the write that produced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
 }
