@@ -14,7 +14,6 @@
 //!   success or as [`Error::Indeterminate`], never as a definite failure.
 
 use geokv_proto::kv::{ErrorDetail, ShardInfo, error_detail};
-use prost::Message;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in a geokv client call.
@@ -241,12 +240,10 @@ impl Error {
 pub(crate) fn classify(status: &Status) -> Failure {
     let message = with_root_cause(status);
     if !status.details().is_empty() {
-        match ErrorDetail::decode(status.details()) {
-            Ok(ErrorDetail { kind: Some(kind) }) => return classify_detail(kind, message),
-            Ok(ErrorDetail { kind: None }) => {}
-            Err(err) => {
-                tracing::warn!(code = ?status.code(), %message, cause = %err, "undecodable error details");
-            }
+        match geokv_proto::details::decode(status.details()) {
+            Some(ErrorDetail { kind: Some(kind) }) => return classify_detail(kind, message),
+            Some(ErrorDetail { kind: None }) => {}
+            None => tracing::warn!(code = ?status.code(), %message, "error details without geokv's ErrorDetail"),
         }
     }
     match status.code() {
@@ -320,7 +317,7 @@ mod tests {
 
     fn with_detail(code: Code, kind: error_detail::Kind) -> Status {
         let detail = ErrorDetail { kind: Some(kind) };
-        Status::with_details(code, "refused", detail.encode_to_vec().into())
+        Status::with_details(code, "refused", geokv_proto::details::encode(code as i32, "refused", &detail).into())
     }
 
     #[test]

@@ -292,6 +292,12 @@ fn weakest(a: ReadInfo, b: ReadInfo) -> ReadInfo {
     ReadInfo { fell_back, weaker_than_requested, ..worst }
 }
 
+/// Below this many pairs still wanted, a scan without a configured page
+/// limit asks for just those; above it, for the server's default page (a
+/// server refuses pages over its `max_scan_limit`, 10,000 by default, and
+/// the client does not know the setting).
+const SMALL_REMAINDER: u32 = 1_000;
+
 /// The page size to ask for: what the caller still wants, capped by the
 /// configured page limit (0 = the server's default).
 fn page_limit(remaining: Option<usize>, configured: u32) -> u32 {
@@ -299,7 +305,11 @@ fn page_limit(remaining: Option<usize>, configured: u32) -> u32 {
         None => configured,
         Some(remaining) => {
             let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
-            if configured == 0 { remaining } else { remaining.min(configured) }
+            match configured {
+                0 if remaining <= SMALL_REMAINDER => remaining,
+                0 => 0,
+                _ => remaining.min(configured),
+            }
         }
     }
 }
@@ -365,7 +375,12 @@ mod tests {
         assert_eq!(page_limit(Some(10), 0), 10);
         assert_eq!(page_limit(Some(10), 500), 10);
         assert_eq!(page_limit(Some(1000), 500), 500);
-        assert_eq!(page_limit(Some(usize::MAX), 0), u32::MAX);
+        assert_eq!(
+            page_limit(Some(usize::MAX), 0),
+            0,
+            "a huge limit: the server's default pages (once asked for u32::MAX, refused)"
+        );
+        assert_eq!(page_limit(Some(20_000), 0), 0);
     }
 
     fn page(keys: &[&str], more: bool, resume_key: &str) -> pb::ScanResponse {

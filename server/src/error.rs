@@ -6,7 +6,6 @@
 //! messages. Each variant maps to one stable gRPC code.
 
 use geokv_proto::kv::{self, ErrorDetail, error_detail};
-use prost::Message;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +91,8 @@ impl From<Error> for Status {
         let code = e.code();
         let with_detail = |kind: error_detail::Kind| {
             let detail = ErrorDetail { kind: Some(kind) };
-            Status::with_details(code, message.clone(), detail.encode_to_vec().into())
+            let details = geokv_proto::details::encode(code as i32, &message, &detail);
+            Status::with_details(code, message.clone(), details.into())
         };
         match e {
             Error::NotLeader { shard, leader_id, leader_addr, term } => {
@@ -171,7 +171,7 @@ mod tests {
         let status: Status =
             Error::NotLeader { shard: 3, leader_id: Some(2), leader_addr: Some("h:1".into()), term: 7 }.into();
         assert_eq!(status.code(), Code::FailedPrecondition);
-        let detail = ErrorDetail::decode(status.details()).unwrap();
+        let detail = geokv_proto::details::decode(status.details()).unwrap();
         match detail.kind {
             Some(error_detail::Kind::NotLeader(n)) => assert_eq!((n.shard_id, n.leader_id, n.term), (3, 2, 7)),
             other => panic!("unexpected detail {other:?}"),

@@ -16,6 +16,7 @@
 //! | `geokv_requests_total` | method, code | client requests by outcome |
 //! | `geokv_request_duration_seconds` | method, consistency | latency histogram |
 //! | `geokv_read_fallbacks_total` | requested, served | reads served at another level than asked (lease → linearizable, bounded → follower) |
+//! | `geokv_forwarded_requests_total` | method | requests forwarded to the leader for clients without a router |
 //! | `geokv_leader_changes_total`, `geokv_elections_total` | shard | leader changes seen, terms begun |
 //! | `geokv_raft_term`, `geokv_raft_is_leader` | shard | |
 //! | `geokv_raft_last_log_index`, `_committed_index`, `_applied_index` | shard | |
@@ -85,6 +86,11 @@ struct MethodCode {
 struct MethodLevel {
     method: &'static str,
     consistency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Method {
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +182,7 @@ pub struct Metrics {
     requests: Family<MethodCode, Counter>,
     latency: HistogramFamily<MethodLevel>,
     fallbacks: Family<Fallback, Counter>,
+    forwards: Family<Method, Counter>,
     decisions: Family<Kind, Counter>,
     /// The same decisions, for `kvctl status`.
     decision_counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -198,6 +205,7 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             fallbacks: Family::default(),
+            forwards: Family::default(),
             decisions: Family::default(),
             decision_counts: Mutex::default(),
             ec_conflicts: Family::default(),
@@ -219,6 +227,11 @@ impl Metrics {
     /// Counts a read served at `served` when `requested` was asked for.
     pub fn read_fallback(&self, requested: &'static str, served: &'static str) {
         self.fallbacks.get_or_create(&Fallback { requested, served }).inc();
+    }
+
+    /// Counts a client request forwarded to the node that can serve it.
+    pub fn forwarded(&self, method: &'static str) {
+        self.forwards.get_or_create(&Method { method }).inc();
     }
 
     /// Counts one decision of the meta leader's member loop (see the
@@ -311,6 +324,12 @@ impl Metrics {
             "read_fallbacks",
             "Reads served at another level than requested (lease to linearizable, bounded to follower).",
             self.fallbacks.clone(),
+        );
+        add_plain(
+            reg,
+            "forwarded_requests",
+            "Client requests this node forwarded to the shard's leader (generic clients without a router).",
+            self.forwards.clone(),
         );
         add_plain(reg, "leader_changes", "Leader changes this node saw, per shard.", self.leader_changes.clone());
         add_plain(

@@ -876,7 +876,7 @@ async fn an_overloaded_node_refuses_with_a_retry_hint_and_clients_back_off() {
     for (key, status) in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("retry after"), "{}", status.message());
-        let detail = geokv_proto::kv::ErrorDetail::decode(status.details()).expect("an error detail");
+        let detail = geokv_proto::details::decode(status.details()).expect("an error detail");
         let Some(geokv_proto::kv::error_detail::Kind::Overloaded(o)) = detail.kind else { panic!("{detail:?}") };
         assert_eq!(o.node_id, leader);
         assert!(o.retry_after_ms > 0);
@@ -1005,4 +1005,65 @@ async fn metrics_pass_promtool_and_the_dashboard_and_alerts_use_only_what_nodes_
             assert!(families.contains(base) || families.contains(name.as_str()), "{name} is queried but not exported");
         }
     }
+}
+
+/// The Python interpreter with grpcio, grpcio-tools, grpcio-health-checking,
+/// grpcio-reflection and grpcio-status (`cargo xtask setup` makes it:
+/// `$HOME/.cache/geokv-python`; `GEOKV_PYTHON` overrides).
+fn python() -> std::path::PathBuf {
+    std::env::var_os("GEOKV_PYTHON").map(Into::into).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/geokv-python/bin/python")
+    })
+}
+
+/// A gRPC client not written here (Python's grpcio, stubs generated from
+/// our protos at run time) finds the services by reflection, sees health
+/// SERVING, and puts and gets through every node, leader or not: a node
+/// that does not lead the key's shard forwards the request. A request that
+/// names its shard, as the Rust client's do, is not forwarded: NOT_LEADER,
+/// with the leader's address in the standard google.rpc.ErrorInfo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_grpc_client_reads_and_writes_through_every_node() {
+    let c = start(ClusterOptions { metrics: true, ..Default::default() });
+    c.wait_all_leaders().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/generic_client.py");
+    let protos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
+    let python = python();
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&protos)
+        .args(c.endpoints())
+        .output()
+        .unwrap_or_else(|e| panic!("{} ({e}): run `cargo xtask setup`", python.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the Python client failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let nodes = report["nodes"].as_object().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for (endpoint, node) in nodes {
+        assert_eq!(node["health"], "SERVING", "{endpoint}");
+        let services: Vec<&str> = node["services"].as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+        for service in ["geokv.kv.Kv", "geokv.admin.Admin", "grpc.health.v1.Health"] {
+            assert!(services.contains(&service), "{endpoint} lists {services:?}");
+        }
+        assert_eq!(node["puts"], 4, "{endpoint}");
+    }
+    let not_leader = &report["not_leader"];
+    assert_eq!(not_leader["code"], "FAILED_PRECONDITION", "{report}");
+    assert_eq!(not_leader["reason"], "NOT_LEADER", "{report}");
+    assert_eq!(not_leader["domain"], "geokv");
+    let leader_addr = not_leader["metadata"]["leader_addr"].as_str().unwrap();
+    assert!(c.endpoints().iter().any(|e| e == leader_addr), "{leader_addr}");
+    // Some node forwarded (each shard has one leader and three nodes were asked).
+    let mut forwarded = 0.0;
+    for id in 1..=3 {
+        forwarded += c
+            .metrics(id)
+            .await
+            .iter()
+            .filter(|(k, _)| k.starts_with("geokv_forwarded_requests_total"))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+    }
+    assert!(forwarded >= 8.0, "puts and gets at followers were forwarded: {forwarded}");
 }

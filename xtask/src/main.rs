@@ -78,6 +78,7 @@ Each task first checks for what it needs and installs what is missing:
     etcd 3.4             apt package etcd-server    (test, bench: the side-by-side benchmark)
     libfaketime          apt package faketime       (test: the harness's clock-skew run)
     promtool             apt package prometheus     (test: checks /metrics and the alert rules)
+    Python gRPC client   python3 -m venv ~/.cache/geokv-python, pip install grpcio ... (test)
     cargo-nextest        cargo install cargo-nextest --locked   (test)
 apt-get runs directly as root, else through `sudo -n`; when neither works the
 exact command is printed and nothing else happens. Supported: Debian and
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
         "lab" => lab(rest),
         "test" => test(rest),
         "bench" => bench(rest),
-        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest]),
+        "setup" => ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::PythonGrpc, Need::Nextest]),
         "doctor" => doctor(),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -120,7 +121,7 @@ fn lab(mut args: Vec<OsString>) -> Result<(), String> {
 
 /// `cargo xtask test`: build every test binary (timed), then become nextest.
 fn test(args: Vec<OsString>) -> Result<(), String> {
-    ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest])?;
+    ensure(&[Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::PythonGrpc, Need::Nextest])?;
     // nextest builds exactly what `cargo test --no-run` builds; doing it here
     // first lets the build be timed and watched on its own.
     build(&["test", "--workspace", "--no-run"], "the tests")?;
@@ -154,7 +155,7 @@ fn bench(mut args: Vec<OsString>) -> Result<(), String> {
 /// `cargo xtask doctor`: one line per prerequisite.
 fn doctor() -> Result<(), String> {
     let mut missing = 0;
-    for need in [Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::Nextest] {
+    for need in [Need::Build, Need::Etcd, Need::Faketime, Need::Promtool, Need::PythonGrpc, Need::Nextest] {
         for item in need.items() {
             let found = item.present();
             missing += usize::from(!found);
@@ -184,6 +185,8 @@ enum Need {
     Faketime,
     /// promtool: the tests check the metrics and the alert rules with it.
     Promtool,
+    /// A Python with grpcio: the tests' outside gRPC client.
+    PythonGrpc,
 }
 
 /// One prerequisite: how to tell it is there, and how to get it.
@@ -199,6 +202,37 @@ enum Install {
     Apt(&'static [&'static str]),
     /// `cargo install` arguments.
     Cargo(&'static [&'static str]),
+    /// A Python virtual environment with [`PYTHON_PACKAGES`] (pip, PyPI).
+    Python,
+}
+
+/// What the tests' Python client needs, from PyPI.
+const PYTHON_PACKAGES: [&str; 5] =
+    ["grpcio", "grpcio-tools", "grpcio-health-checking", "grpcio-reflection", "grpcio-status"];
+const PYTHON_IMPORTS: &str =
+    "import grpc, grpc_tools.protoc, grpc_health.v1, grpc_reflection.v1alpha, google.rpc.error_details_pb2";
+
+/// The tests' Python environment: `$HOME/.cache/geokv-python` (the tests
+/// look there, or at `GEOKV_PYTHON`).
+fn python_env() -> PathBuf {
+    PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cache/geokv-python")
+}
+
+/// Makes [`python_env`] with [`PYTHON_PACKAGES`]: `python3 -m venv`
+/// (Debian's python3-venv first when venv is missing), then pip.
+fn python_install() -> Result<(), String> {
+    let dir = python_env();
+    if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
+        println!("xtask: python3 venv is missing; installing python3-venv with apt-get");
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    let venv = Command::new("python3").args(["-m", "venv"]).arg(&dir).status();
+    if !venv.is_ok_and(|s| s.success()) {
+        return Err(format!("python3 -m venv {} failed", dir.display()));
+    }
+    let mut pip = Command::new(dir.join("bin/pip"));
+    pip.args(["install", "--quiet"]).args(PYTHON_PACKAGES);
+    run_timed(pip, "the tests' Python gRPC client")
 }
 
 impl Need {
@@ -232,9 +266,15 @@ impl Need {
             }],
             Need::Promtool => vec![Item {
                 name: "promtool",
-                why: "the tests check /metrics and docs/alerts.yml with it",
+                why: "the tests check /metrics and docs/monitoring/alerts.yml with it",
                 present: || succeeds(Command::new("promtool").arg("--version")),
                 install: Install::Apt(&["prometheus"]),
+            }],
+            Need::PythonGrpc => vec![Item {
+                name: "Python grpcio client (~/.cache/geokv-python)",
+                why: "the tests call every node with a gRPC client not written here",
+                present: || succeeds(Command::new(python_env().join("bin/python")).args(["-c", PYTHON_IMPORTS])),
+                install: Install::Python,
             }],
             Need::Nextest => vec![Item {
                 name: "cargo-nextest",
@@ -260,7 +300,7 @@ fn ensure(needs: &[Need]) -> Result<(), String> {
         .iter()
         .filter_map(|i| match i.install {
             Install::Apt(p) => Some(p),
-            Install::Cargo(_) => None,
+            Install::Cargo(_) | Install::Python => None,
         })
         .flatten()
         .copied()
@@ -283,6 +323,10 @@ fn ensure(needs: &[Need]) -> Result<(), String> {
                 item.name,
             )?;
         }
+    }
+    if missing.iter().any(|i| matches!(i.install, Install::Python)) {
+        println!("xtask: missing the tests' Python gRPC client; installing {}", PYTHON_PACKAGES.join(" "));
+        python_install()?;
     }
     for item in &missing {
         if !item.present() {

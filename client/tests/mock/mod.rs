@@ -181,7 +181,8 @@ impl State {
 
 pub fn status_with(code: Code, message: &str, kind: error_detail::Kind) -> Status {
     let detail = ErrorDetail { kind: Some(kind) };
-    Status::with_details(code, message, detail.encode_to_vec().into())
+    let details = geokv_proto::details::encode(code as i32, message, &detail);
+    Status::with_details(code, message, details.into())
 }
 
 pub fn indeterminate(shard_id: u64) -> Status {
@@ -662,6 +663,15 @@ impl Admin for Node {
         _request: Request<admin_pb::ListUsersRequest>,
     ) -> Result<Response<admin_pb::ListUsersResponse>, Status> {
         Err(Status::unimplemented("the mock cluster has no users"))
+    }
+
+    type ExportShardStream = tokio_stream::wrappers::ReceiverStream<Result<admin_pb::ExportChunk, Status>>;
+
+    async fn export_shard(
+        &self,
+        _request: Request<admin_pb::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        Err(Status::unimplemented("the mock cluster exports nothing"))
     }
 
     async fn join_cluster(

@@ -10,9 +10,11 @@
 //! then lost track of — timeout, leadership change, Raft stopping — is
 //! *indeterminate*, never failed.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use geokv_proto::kv::kv_client::KvClient;
 use geokv_proto::kv::kv_server::Kv;
 use geokv_proto::kv::{
     self as pb, BatchRequest, BatchResponse, CasRequest, CasResponse, Consistency, DeleteRequest, GetRequest,
@@ -468,10 +470,10 @@ fn raft_write_response(routed: &Routed, out: &WriteOutcome) -> WriteResponse {
     }
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
+/// The handlers, serving a request on this node (or saying where to go).
+impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
-    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    async fn get_here(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
@@ -493,7 +495,7 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
-    async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+    async fn put_here(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("put", "-", async {
@@ -512,7 +514,7 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
-    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+    async fn delete_here(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("delete", "-", async {
@@ -530,7 +532,7 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
-    async fn compare_and_swap(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+    async fn compare_and_swap_here(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("cas", "-", async {
@@ -560,7 +562,7 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+    async fn scan_here(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
@@ -632,7 +634,7 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
-    async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+    async fn batch_here(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let caller = Caller::of(&req)?;
         let req = req.into_inner();
         self.observed("batch", "-", async {
@@ -708,5 +710,154 @@ impl Kv for KvService {
             Ok(BatchResponse { applied: out.applied, version: out.version, current, shard_id: routed.shard.id })
         })
         .await
+    }
+}
+
+/// How many times a request may be forwarded (the node asked, maybe a
+/// replica that is not the leader, then the leader), counted in the
+/// `geokv-forwards` metadata.
+const MAX_FORWARDS: u32 = 2;
+const FORWARDS: &str = "geokv-forwards";
+
+/// What it takes to forward a request: its message (cloned before this
+/// node consumed it), the hops so far and the caller's deadline.
+struct Forward<T> {
+    message: T,
+    hops: u32,
+    deadline: Option<Instant>,
+}
+
+/// A gRPC timeout (`grpc-timeout`: an integer and a unit, H M S m u n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (n, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl KvService {
+    /// Whether a request that this node cannot serve is forwarded: yes for
+    /// one that does not name its shard (a generic gRPC client, which has
+    /// no router), up to [`MAX_FORWARDS`] hops; no for the Rust client,
+    /// which names the shard it routed to and learns from `NotLeader`.
+    fn forwardable<T: Clone>(&self, req: &Request<T>, header: Option<&RequestHeader>) -> Option<Forward<T>> {
+        if header.is_some_and(|h| h.shard_id != 0) {
+            return None;
+        }
+        let hops = req.metadata().get(FORWARDS).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let deadline =
+            req.metadata().get("grpc-timeout").and_then(|v| grpc_timeout(v.to_str().ok()?)).map(|t| Instant::now() + t);
+        (hops < MAX_FORWARDS).then(|| Forward { message: req.get_ref().clone(), hops, deadline })
+    }
+
+    /// `result`, or, when it says this node does not lead the shard and the
+    /// request may be forwarded, the answer of the node it names: sent over
+    /// the node's own peer connection (a cluster member; the caller's
+    /// permissions were checked here already) within the caller's deadline.
+    /// A forwarded write that gets no answer is reported indeterminate: it
+    /// may have been applied.
+    async fn or_forward<T, R, F, Fut>(
+        &self,
+        method: &'static str,
+        result: Result<Response<R>, Status>,
+        forward: Option<Forward<T>>,
+        write: bool,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(KvClient<tonic::transport::Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let (Err(status), Some(forward)) = (&result, forward) else { return result };
+        let Some(geokv_proto::kv::error_detail::Kind::NotLeader(hint)) =
+            geokv_proto::details::decode(status.details()).and_then(|d| d.kind)
+        else {
+            return result;
+        };
+        let me = &self.node.me;
+        if hint.leader_addr.is_empty() || hint.leader_addr == me.addr {
+            return result;
+        }
+        let timeout = forward
+            .deadline
+            .map_or(self.node.request_timeout(), |d| d.saturating_duration_since(Instant::now()))
+            .min(self.node.request_timeout());
+        let mut request = Request::new(forward.message);
+        request.set_timeout(timeout);
+        let hops = (forward.hops + 1).to_string().parse().expect("digits are valid metadata");
+        request.metadata_mut().insert(FORWARDS, hops);
+        let client = KvClient::new(self.node.peers.channel(&hint.leader_addr))
+            .max_decoding_message_size(geokv_proto::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(geokv_proto::MAX_GRPC_MESSAGE_BYTES);
+        self.node.metrics.forwarded(method);
+        let failed = |why: String| {
+            let cause = format!("forwarded to node {} at {}: {why}", hint.leader_id, hint.leader_addr);
+            Status::from(if write {
+                Error::Indeterminate { shard: hint.shard_id, cause }
+            } else {
+                Error::Unavailable(format!("shard {}: {cause}", hint.shard_id))
+            })
+        };
+        match tokio::time::timeout(timeout, call(client, request)).await {
+            Ok(Ok(response)) => Ok(response),
+            // Refused before it was sent (nothing listens there): this
+            // node's own answer stands, and says where to go.
+            Ok(Err(s))
+                if s.code() == tonic::Code::Unavailable && crate::error::status_chain(&s).contains("connect") =>
+            {
+                result
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Cancelled => {
+                Err(failed(s.message().to_string()))
+            }
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.get_here(req).await;
+        self.or_forward("get", result, forward, false, |mut c, r| async move { c.get(r).await }).await
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.put_here(req).await;
+        self.or_forward("put", result, forward, true, |mut c, r| async move { c.put(r).await }).await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.delete_here(req).await;
+        self.or_forward("delete", result, forward, true, |mut c, r| async move { c.delete(r).await }).await
+    }
+
+    async fn compare_and_swap(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.compare_and_swap_here(req).await;
+        self.or_forward("cas", result, forward, true, |mut c, r| async move { c.compare_and_swap(r).await }).await
+    }
+
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.scan_here(req).await;
+        self.or_forward("scan", result, forward, false, |mut c, r| async move { c.scan(r).await }).await
+    }
+
+    async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let result = self.batch_here(req).await;
+        self.or_forward("batch", result, forward, true, |mut c, r| async move { c.batch(r).await }).await
     }
 }
