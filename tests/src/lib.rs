@@ -205,7 +205,7 @@ pub struct TestCluster {
 /// start and its test waits out its deadline. Ports below the ephemeral range
 /// are never handed out that way; two tests picking the same one at random is
 /// the only race left.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use rand::Rng;
     let mut rng = rand::rng();
     for _ in 0..1_000 {
