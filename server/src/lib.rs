@@ -33,6 +33,7 @@
 //! What a node does not do yet is listed in docs/architecture.md ("What is
 //! not built yet").
 
+pub mod admission;
 pub mod auth;
 pub mod certs;
 pub mod cli;

@@ -511,7 +511,7 @@ async fn register_scraped(reg: &mut Registry, node: &Node) {
         Some(Unit::Bytes),
         sizes.iter().map(|s| (Cf { cf: s.cf }, as_i64(s.memtable_bytes))),
     );
-    let inflight = node.config.limits.max_inflight_requests.saturating_sub(node.admission.available_permits());
+    let inflight = node.admission.in_use();
     let gauge: Gauge = Gauge::default();
     gauge.set(as_i64(inflight as u64));
     add_plain(reg, "inflight_requests", "Client requests being served now (admission limit in use).", gauge);

@@ -73,9 +73,9 @@ pub struct Node {
     pub me: crate::config::Member,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
-    /// Client requests being served, at most `limits.max_inflight_requests`
-    /// (see `service::kv`: one more is refused as overloaded).
-    pub admission: tokio::sync::Semaphore,
+    /// Client requests being served, at most `limits.max_inflight_requests`,
+    /// and a short fair queue for the rest ([`crate::admission`]).
+    pub admission: crate::admission::Admission,
     /// Channels to every peer node, shared by all groups and by follower
     /// reads and safe-time pushes.
     pub peers: Arc<Peers>,
@@ -190,7 +190,7 @@ impl Node {
         )?;
         Ok(Arc::new(Node {
             me: config.me(),
-            admission: tokio::sync::Semaphore::new(config.limits.max_inflight_requests),
+            admission: crate::admission::Admission::new(config.limits.max_inflight_requests),
             config: Arc::new(config),
             storage,
             metrics,

@@ -685,7 +685,8 @@ impl Drop for TestCluster {
     }
 }
 
-fn channel(addr: &str) -> Channel {
+/// A new plaintext connection (lazy) to `addr`.
+pub fn channel(addr: &str) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("valid address")
         .connect_timeout(Duration::from_secs(2))

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use geokv_proto::kv::kv_client::KvClient;
 use geokv_proto::kv::{
     self as pb, BatchRequest, CasRequest, Consistency, Expectation, GetRequest, PutRequest, ScanRequest, WriteSession,
     expectation,
@@ -382,16 +383,19 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_applied() {
     let misrouted = PutRequest { header: Some(pb::RequestHeader { shard_id: 3, epoch: 1 }), ..put_req("h-x", "v") };
     let err = kv.put(misrouted).await.expect_err("wrong shard");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let detail = <pb::ErrorDetail as prost::Message>::decode(err.details()).expect("detail");
+    let detail = geokv_proto::details::decode(err.details()).expect("detail");
     match detail.kind {
         Some(pb::error_detail::Kind::WrongShard(w)) => assert_eq!(w.current.expect("current").shard_id, SHARD_H),
         other => panic!("expected WrongShard, got {other:?}"),
     }
 
-    // A follower refuses a write with a hint naming the leader.
+    // A follower refuses a write that names its shard (as a client with a
+    // router sends it) with a hint naming the leader; one that does not is
+    // forwarded to the leader.
     let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
-    let err = c.kv(follower).await.put(put_req("h-y", "v")).await.expect_err("follower");
-    let detail = <pb::ErrorDetail as prost::Message>::decode(err.details()).expect("detail");
+    let routed = PutRequest { header: Some(pb::RequestHeader { shard_id: SHARD_H, epoch: 0 }), ..put_req("h-y", "v") };
+    let err = c.kv(follower).await.put(routed).await.expect_err("follower");
+    let detail = geokv_proto::details::decode(err.details()).expect("detail");
     match detail.kind {
         Some(pb::error_detail::Kind::NotLeader(n)) => {
             assert_eq!(n.leader_id, leader);
@@ -399,6 +403,8 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_applied() {
         }
         other => panic!("expected NotLeader, got {other:?}"),
     }
+    let forwarded = c.kv(follower).await.put(put_req("h-y", "v")).await.expect("forwarded to the leader");
+    assert_eq!(forwarded.into_inner().shard_id, SHARD_H);
 
     // A CAS whose expectation fails is an answer, not an error.
     kv.put(put_req("h-cas", "one")).await.expect("put");
@@ -842,7 +848,6 @@ async fn after_a_failed_fsync_a_node_acknowledges_no_write_and_is_not_ready() {
 /// every request through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_node_refuses_with_a_retry_hint_and_clients_back_off() {
-    use prost::Message;
     let c = start(ClusterOptions {
         metrics: true,
         extra_args: vec!["--max-inflight-requests=2".into()],
@@ -1066,4 +1071,98 @@ async fn a_generic_grpc_client_reads_and_writes_through_every_node() {
             .sum::<f64>();
     }
     assert!(forwarded >= 8.0, "puts and gets at followers were forwarded: {forwarded}");
+}
+
+/// Resident memory of process `pid`, bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// Far more concurrent clients than the node admits (2,000 requests in
+/// flight over 40 connections, the limit 64): the excess is refused with
+/// RESOURCE_EXHAUSTED, the node's health and a probe read through the Rust
+/// client (which backs off on the hint) answer within their deadlines
+/// throughout, and the node's memory stays under a bound (512 MiB here;
+/// the run prints what it reached). Bounded: 2,000 clients, 6 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_clients_is_refused_in_part_and_the_node_stays_responsive_and_bounded() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    const CLIENTS: usize = 2_000;
+    const CONNECTIONS: usize = 40;
+    let c = start(ClusterOptions { extra_args: vec!["--max-inflight-requests=64".into()], ..Default::default() });
+    c.wait_all_leaders().await;
+    let leader = c.wait_leader(SHARD_H).await;
+    let addr = c.node(leader).addr.clone();
+    let pid = c.node(leader).pid().expect("running");
+    let rss_before = rss_bytes(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let channels: Vec<_> = (0..CONNECTIONS).map(|_| geokv_tests::channel(&addr)).collect();
+    let value = "v".repeat(1024);
+    let flood: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut kv = KvClient::new(channels[i % CONNECTIONS].clone());
+            let (stop, value) = (stop.clone(), value.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut refused, mut other) = (0u64, 0u64, 0u64);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    match kv.put(put_req(&format!("h-flood-{i}-{}", n % 4), &value)).await {
+                        Ok(_) => ok += 1,
+                        Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+                        Err(_) => other += 1,
+                    }
+                }
+                (ok, refused, other)
+            })
+        })
+        .collect();
+    let client = c.client().await;
+    let mut health = HealthClient::new(geokv_tests::channel(&addr));
+    let (mut probes, mut peak_rss, mut slowest_health, mut slowest_read) = (0, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = std::time::Instant::now();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(2), health.check(HealthCheckRequest { service: String::new() }))
+                .await
+                .expect("health answers within 2 s under the flood")
+                .expect("health answers");
+        statuses.push(reply.into_inner().status);
+        slowest_health = slowest_health.max(t.elapsed());
+        let t = std::time::Instant::now();
+        let t = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), client.get("h-probe"))
+            .await
+            .expect("a probe read answers within 10 s under the flood")
+            .expect("the probe read succeeds (the client backs off on the hint)");
+        slowest_read = slowest_read.max(t.elapsed());
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused, mut other) = (0, 0, 0);
+    for task in flood {
+        let (o, r, x) = task.await.unwrap();
+        (ok, refused, other) = (ok + o, refused + r, other + x);
+    }
+    eprintln!(
+        "{CLIENTS} clients over {CONNECTIONS} connections, limit 64: {ok} ok, {refused} refused, {other} other; \
+         {probes} probes, slowest health {slowest_health:?} (statuses {statuses:?}), slowest probe read \
+         {slowest_read:?}; \
+         RSS {} MiB before, peak {} MiB",
+        rss_before >> 20,
+        peak_rss >> 20
+    );
+    assert!(refused > 0 && ok > 0, "some refused, some served: {ok} ok, {refused} refused");
+    assert!(probes >= 3, "{probes}");
+    assert!(peak_rss < 512 << 20, "the node's memory stayed under 512 MiB: {} MiB", peak_rss >> 20);
 }

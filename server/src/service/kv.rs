@@ -433,15 +433,14 @@ impl KvService {
     async fn observed<T>(
         &self,
         op: &'static str,
+        conn: Option<std::net::SocketAddr>,
         consistency: &'static str,
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        // Admission: a bounded number of client requests at once per node;
-        // one more is refused before anything is done.
-        let res = match self.node.admission.try_acquire() {
-            Ok(_permit) => f.await,
-            Err(_) => Err(Error::Overloaded {
+        let res = match self.node.admission.admit(conn).await {
+            Some(_permit) => f.await,
+            None => Err(Error::Overloaded {
                 node: self.node.config.node_id,
                 limit: self.node.config.limits.max_inflight_requests,
                 retry_after_ms: OVERLOAD_RETRY_AFTER_MS,
@@ -475,9 +474,10 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn get_here(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.observed("get", consistency_name(consistency), async {
+        self.observed("get", conn, consistency_name(consistency), async {
             self.check_key(&req.key, "key")?;
             caller.check_key(Role::Read, &req.key)?;
             let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
@@ -497,8 +497,9 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn put_here(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("put", "-", async {
+        self.observed("put", conn, "-", async {
             self.check_key(&req.key, "key")?;
             caller.check_key(Role::Write, &req.key)?;
             self.check_value(&req.value)?;
@@ -516,8 +517,9 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn delete_here(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("delete", "-", async {
+        self.observed("delete", conn, "-", async {
             self.check_key(&req.key, "key")?;
             caller.check_key(Role::Write, &req.key)?;
             let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
@@ -534,8 +536,9 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn compare_and_swap_here(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("cas", "-", async {
+        self.observed("cas", conn, "-", async {
             self.check_key(&req.key, "key")?;
             caller.check_key(Role::Write, &req.key)?;
             if let Some(v) = &req.new_value {
@@ -564,9 +567,10 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn scan_here(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.observed("scan", consistency_name(consistency), async {
+        self.observed("scan", conn, consistency_name(consistency), async {
             let max_key = self.limits().max_key_bytes;
             if req.start.len() > max_key || req.end.len() > max_key {
                 return Err(Error::invalid(format!("scan bounds may be at most max_key_bytes = {max_key} bytes")));
@@ -636,8 +640,9 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
     async fn batch_here(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("batch", "-", async {
+        self.observed("batch", conn, "-", async {
             let l = self.limits();
             if req.ops.is_empty() {
                 return Err(Error::invalid("batch has no operations"));
