@@ -999,7 +999,7 @@ async fn metrics_pass_promtool_and_the_dashboard_and_alerts_use_only_what_nodes_
     assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10), "a dashboard with its panels");
     for source in [&rules, &dashboard] {
         let mut rest = source.as_str();
-        while let Some(at) = rest.find(|c: char| c == 'g' || c == 'p') {
+        while let Some(at) = rest.find(['g', 'p']) {
             rest = &rest[at..];
             let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             rest = &rest[name.len().max(1)..];
@@ -1137,7 +1137,6 @@ async fn a_flood_of_clients_is_refused_in_part_and_the_node_stays_responsive_and
                 .expect("health answers");
         statuses.push(reply.into_inner().status);
         slowest_health = slowest_health.max(t.elapsed());
-        let t = std::time::Instant::now();
         let t = std::time::Instant::now();
         tokio::time::timeout(Duration::from_secs(10), client.get("h-probe"))
             .await
