@@ -79,14 +79,14 @@ async fn the_systemd_environment_file_starts_a_tls_cluster() {
         .map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).unwrap())
         .collect();
     let mut nodes = Nodes(Vec::new());
-    for i in 0..3 {
+    for (i, port) in ports.iter().enumerate() {
         let path = |name: &str| -> PathBuf { certs.join(name) };
         let env: Vec<(String, String)> = template
             .iter()
             .map(|(k, v)| {
                 let v = match k.as_str() {
                     "GEOKV_NODE_ID" => (i + 1).to_string(),
-                    "GEOKV_LISTEN" => format!("127.0.0.1:{}", ports[i]),
+                    "GEOKV_LISTEN" => format!("127.0.0.1:{port}"),
                     "GEOKV_METRICS_LISTEN" => format!("127.0.0.1:{}", free_port()),
                     "GEOKV_DATA_DIR" => dir.path().join(format!("node-{i}")).display().to_string(),
                     "GEOKV_INITIAL_CLUSTER" => initial.join(","),
