@@ -556,6 +556,11 @@ mod tests {
         as_token(access_for("/geokv.admin.Admin/ListConflicts"), "t-read").unwrap();
         assert!(as_token(access_for("/geokv.admin.Admin/ListConflicts"), "t-app").is_err());
         as_token(access_for("/geokv.admin.Admin/GetShardMap"), "t-app").unwrap();
+        // A backup export holds whole shards: admins only.
+        let export = access_for("/geokv.admin.Admin/ExportShard");
+        assert!(matches!(as_token(export, "t-read"), Err(Error::PermissionDenied(_))));
+        assert!(matches!(as_token(export, "t-app"), Err(Error::PermissionDenied(_))));
+        as_token(export, "t-ops").unwrap();
         // Auth off: everything but the members' RPCs is unchecked.
         assert_eq!(identify(admin_rpc, true, false, Credentials::default(), &m).unwrap(), Caller::Unchecked);
     }
