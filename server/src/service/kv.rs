@@ -35,6 +35,11 @@ use crate::raft::read_index::{RoundError, RoundResult};
 use crate::raft::{ShardRaft, TypeConfig, decode};
 use crate::shards::{ShardDesc, ShardMap};
 
+/// A scan page holds at most this many bytes of keys and values (stored
+/// records), beside its count limit, so that one page of large values
+/// cannot make a response near the message limit (at least one pair).
+const SCAN_PAGE_BYTES: usize = 4 << 20;
+
 /// The retry hint an overloaded node gives (clients wait at least this
 /// long, plus their own backoff, before sending the request again).
 const OVERLOAD_RETRY_AFTER_MS: u64 = 20;
@@ -607,15 +612,19 @@ impl KvService {
                 (None, s) => s.clone(),
             };
             let mut rows = match &eventual {
-                None => self.node.storage.scan_data(&req.start, stop.as_deref(), limit + 1)?,
+                None => self.node.storage.scan_data_within(&req.start, stop.as_deref(), limit + 1, SCAN_PAGE_BYTES)?,
                 Some(replica) => {
                     let mut rows = replica.scan(&req.start, limit + 1)?;
                     rows.retain(|(k, _)| stop.as_ref().is_none_or(|s| k < s));
                     rows
                 }
             };
-            let (more, resume_key) = if rows.len() > limit {
-                let next = rows.pop().expect("more rows than the limit").0;
+            // A page ends at the limit or once its keys and values pass
+            // SCAN_PAGE_BYTES: the row that crossed it starts the next page.
+            let page_bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let over_budget = rows.len() > 1 && page_bytes > SCAN_PAGE_BYTES;
+            let (more, resume_key) = if rows.len() > limit || over_budget {
+                let next = rows.pop().expect("more rows than the page holds").0;
                 (true, next)
             } else {
                 match shard_end {
