@@ -128,15 +128,6 @@ fn sha256_hex(ctx: ring::digest::Context) -> String {
     hex(ctx.finish().as_ref())
 }
 
-/// The digest `ExportTrailer.sha256` is over.
-fn add_pair(ctx: &mut ring::digest::Context, pair: &ExportPair) {
-    ctx.update(&(pair.key.len() as u64).to_le_bytes());
-    ctx.update(&pair.key);
-    ctx.update(&(pair.value.len() as u64).to_le_bytes());
-    ctx.update(&pair.value);
-    ctx.update(&pair.version.to_le_bytes());
-}
-
 impl Client {
     /// Opens shard `shard`'s export stream (see `Admin.ExportShard`): from
     /// its leader for a Raft shard (every replica is tried; the others
@@ -231,7 +222,7 @@ async fn export_one(client: &Client, dir: &Path, shard: u64) -> Result<ManifestS
             header = Some(h.clone());
         }
         for pair in &chunk.pairs {
-            add_pair(&mut pair_digest, pair);
+            geokv_proto::export_pair_digest_input(pair, |bytes| pair_digest.update(bytes));
             bytes += (pair.key.len() + pair.value.len()) as u64;
         }
         pairs += chunk.pairs.len() as u64;

@@ -22,6 +22,17 @@ pub mod raft {
     tonic::include_proto!("geokv.raft");
 }
 
+/// What `ExportTrailer.sha256` covers, for one pair: the key's length (u64
+/// little-endian), the key, the value's length, the value, the version.
+/// The exporting node and the backup check it with the same function.
+pub fn export_pair_digest_input(pair: &admin::ExportPair, mut update: impl FnMut(&[u8])) {
+    update(&(pair.key.len() as u64).to_le_bytes());
+    update(&pair.key);
+    update(&(pair.value.len() as u64).to_le_bytes());
+    update(&pair.value);
+    update(&pair.version.to_le_bytes());
+}
+
 /// Error details in the gRPC richer error model (see `ErrorDetail` in
 /// kv.proto): what a server sends and every client decodes.
 pub mod details {

@@ -365,8 +365,9 @@ struct NodeArgs {
     #[arg(long, env = "GEOKV_SAFE_TIME_INTERVAL_MS")]
     safe_time_interval_ms: Option<u64>,
     /// Client requests this node serves at once over all connections; one
-    /// more is refused at once with RESOURCE_EXHAUSTED and a retry hint,
-    /// nothing done, and clients back off (default: 4096).
+    /// more waits up to 1 s for a slot (at most 2 waiting per connection),
+    /// else is refused with RESOURCE_EXHAUSTED and a retry hint, nothing
+    /// done, and clients back off (default: 4096).
     #[arg(long, env = "GEOKV_MAX_INFLIGHT_REQUESTS")]
     max_inflight_requests: Option<usize>,
     /// PEM file of the cluster CA ([tls] ca_file). With --tls-cert and

@@ -143,10 +143,12 @@ pub struct Limits {
     /// gRPC layer (HTTP/2 backpressure) instead of piling up memory.
     pub max_concurrent_requests: usize,
     /// Client requests (the Kv service) one node serves at once, over all
-    /// connections; one more is refused at once with `RESOURCE_EXHAUSTED`
-    /// and a retry hint (nothing done), so an overload costs the node a
-    /// bounded amount of memory and clients back off instead of queueing.
-    /// Raft and admin traffic is not counted.
+    /// connections. One more waits for a slot, first come first served, up
+    /// to 1 s while its connection has fewer than 2 waiting; otherwise, and
+    /// after the wait, it is refused with `RESOURCE_EXHAUSTED` and a retry
+    /// hint (nothing done), so an overload costs the node a bounded amount
+    /// of memory and clients back off ([`crate::admission`]). Raft and admin
+    /// traffic is not counted.
     pub max_inflight_requests: usize,
 }
 

@@ -842,8 +842,9 @@ async fn after_a_failed_fsync_a_node_acknowledges_no_write_and_is_not_ready() {
 }
 
 /// Overload protection: a node serves at most `limits.max_inflight_requests`
-/// client requests at once over all its connections. One more is refused
-/// at once with `RESOURCE_EXHAUSTED`, an `Overloaded` detail carrying a retry
+/// client requests at once over all its connections. One more waits
+/// briefly (two per connection at most), the rest are refused with
+/// `RESOURCE_EXHAUSTED`, an `Overloaded` detail carrying a retry
 /// hint, and nothing done; the Rust client waits out the hint and gets
 /// every request through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,11 +39,7 @@ impl Digest {
     }
 
     fn add(&mut self, pair: &ExportPair) {
-        self.0.update(&(pair.key.len() as u64).to_le_bytes());
-        self.0.update(&pair.key);
-        self.0.update(&(pair.value.len() as u64).to_le_bytes());
-        self.0.update(&pair.value);
-        self.0.update(&pair.version.to_le_bytes());
+        geokv_proto::export_pair_digest_input(pair, |bytes| self.0.update(bytes));
     }
 }
 
