@@ -6,13 +6,14 @@
 //! its gRPC connections to peers. Layers, bottom up (see `docs/architecture.md`):
 //!
 //! - [`storage`]: RocksDB column families and group-commit durability; the only
-//!   module that names `rocksdb`;
+//!   module that names `rocksdb`; [`codec`] (how records are encoded) and
+//!   [`upgrade`] (older disk formats, rewritten at open);
 //! - [`raft`]: openraft's type configuration, log store, state machine and
 //!   network over storage;
 //! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`, plus the standard
-//!   health service and reflection) and [`metrics`] (`/metrics`, `/healthz`,
-//!   `/readyz`);
+//!   health service and reflection), [`admission`] (the in-flight limit)
+//!   and [`metrics`] (`/metrics`, `/healthz`, `/readyz`);
 //! - [`tls`] (certificates, the TLS accept loop and peer dialling),
 //!   [`auth`] (who may call what: peers, users, roles) and [`certs`]
 //!   (`geokv certs`, a development CA);
