@@ -370,6 +370,14 @@ struct NodeArgs {
     /// done, and clients back off (default: 4096).
     #[arg(long, env = "GEOKV_MAX_INFLIGHT_REQUESTS")]
     max_inflight_requests: Option<usize>,
+    /// Bytes of read results this node holds for clients at once, from
+    /// the read until the client took the response (HTTP/2 flow control);
+    /// a connection may hold a quarter. A read finding no room waits up to
+    /// 1 s, one over its connection's share is refused at once, both with
+    /// RESOURCE_EXHAUSTED and a retry hint: slow readers cost bounded memory
+    /// (at least 16 MiB = 16777216; 256 MiB by default; default: 268435456).
+    #[arg(long, env = "GEOKV_MAX_RESPONSE_BYTES")]
+    max_response_bytes: Option<usize>,
     /// PEM file of the cluster CA ([tls] ca_file). With --tls-cert and
     /// --tls-key every connection is TLS and peers need a node certificate
     /// from this CA.
@@ -426,6 +434,7 @@ impl NodeArgs {
             c.limits.max_value_bytes => self.max_value_bytes,
             c.limits.max_concurrent_requests => self.max_concurrent_requests,
             c.limits.max_inflight_requests => self.max_inflight_requests,
+            c.limits.max_response_bytes => self.max_response_bytes,
             c.limits.max_batch_ops => self.max_batch_ops,
             c.limits.max_batch_bytes => self.max_batch_bytes,
             c.limits.default_scan_limit => self.default_scan_limit,
@@ -757,6 +766,7 @@ mod tests {
             ("max_value_bytes", c.limits.max_value_bytes.to_string()),
             ("max_concurrent_requests", c.limits.max_concurrent_requests.to_string()),
             ("max_inflight_requests", c.limits.max_inflight_requests.to_string()),
+            ("max_response_bytes", c.limits.max_response_bytes.to_string()),
             ("max_batch_ops", c.limits.max_batch_ops.to_string()),
             ("max_batch_bytes", c.limits.max_batch_bytes.to_string()),
             ("default_scan_limit", c.limits.default_scan_limit.to_string()),

@@ -150,6 +150,15 @@ pub struct Limits {
     /// of memory and clients back off ([`crate::admission`]). Raft and admin
     /// traffic is not counted.
     pub max_inflight_requests: usize,
+    /// Bytes of read results (gets, scan pages, failed conditions' current
+    /// values) one node holds for clients at once, from before the read
+    /// until HTTP/2 flow control let the client take the response; one
+    /// connection may hold a quarter of it. A read that finds no room waits
+    /// up to 1 s, one over its connection's share is refused at once; both
+    /// with `RESOURCE_EXHAUSTED` and a retry hint, nothing done. So clients
+    /// that ask for much and read slowly cost the node at most this much
+    /// memory ([`crate::admission::ResponseBudget`]). At least 16 MiB.
+    pub max_response_bytes: usize,
 }
 
 /// The shortest `limits.session_ttl_ms` accepted. A client retries a write
@@ -158,6 +167,9 @@ pub struct Limits {
 /// when leaders' clocks differ. A retry that still comes later is refused
 /// (the collected session leaves a marker), never applied twice.
 pub const MIN_SESSION_TTL_MS: u64 = 60_000;
+
+/// The smallest `limits.max_response_bytes` accepted.
+pub const MIN_RESPONSE_BYTES: usize = 16 << 20;
 
 /// The largest `max_moves_in_flight` accepted: each move ships a whole
 /// shard, and more at once only make every one of them slower.
@@ -176,6 +188,7 @@ impl Default for Limits {
             session_ttl_ms: 60 * 60 * 1000,
             max_concurrent_requests: 1_024,
             max_inflight_requests: 4_096,
+            max_response_bytes: 256 << 20,
         }
     }
 }
@@ -592,6 +605,7 @@ impl Config {
             ("limits.session_ttl_ms", l.session_ttl_ms),
             ("limits.max_concurrent_requests", l.max_concurrent_requests as u64),
             ("limits.max_inflight_requests", l.max_inflight_requests as u64),
+            ("limits.max_response_bytes", l.max_response_bytes as u64),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
@@ -603,6 +617,15 @@ impl Config {
                 format!(
                     "must be at least {MIN_SESSION_TTL_MS} ms: a session must outlive every retry of its writes \
                      (clients retry for up to their deadline, 10 s by default)"
+                ),
+            ));
+        }
+        if l.max_response_bytes < MIN_RESPONSE_BYTES {
+            return Err(invalid(
+                "limits.max_response_bytes",
+                format!(
+                    "must be at least {} MiB: a scan page alone may take 4 MiB and a connection a quarter",
+                    MIN_RESPONSE_BYTES >> 20
                 ),
             ));
         }

@@ -39,13 +39,11 @@ pub enum Error {
     /// permission it lacks, never data.
     #[error("{0}")]
     PermissionDenied(String),
-    /// The node serves as many client requests as it admits at once;
+    /// The node serves as many client requests as it admits at once, or
+    /// holds as many responses not yet taken as it may (`why` says which);
     /// nothing was done, retry after the hint.
-    #[error(
-        "node {node} is serving its limit of {limit} requests at once (limits.max_inflight_requests); nothing was \
-         done: retry after {retry_after_ms} ms"
-    )]
-    Overloaded { node: u64, limit: usize, retry_after_ms: u64 },
+    #[error("node {node}: {why}; nothing was done: retry after {retry_after_ms} ms")]
+    Overloaded { node: u64, why: String, retry_after_ms: u64 },
     /// A bug or a storage failure.
     #[error("internal error: {0}")]
     Internal(String),

@@ -12,8 +12,8 @@
 //!   network over storage;
 //! - [`shards`]: the shard map (ranges, epochs, replicas with regions);
 //! - [`service`]: the gRPC services (`Kv`, `Raft`, `Admin`, plus the standard
-//!   health service and reflection), [`admission`] (the in-flight limit)
-//!   and [`metrics`] (`/metrics`, `/healthz`, `/readyz`);
+//!   health service and reflection), [`admission`] (the in-flight limit
+//!   and the room for responses) and [`metrics`] (`/metrics`, `/healthz`, `/readyz`);
 //! - [`tls`] (certificates, the TLS accept loop and peer dialling),
 //!   [`auth`] (who may call what: peers, users, roles) and [`certs`]
 //!   (`geokv certs`, a development CA);

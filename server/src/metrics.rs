@@ -29,6 +29,7 @@
 //! | `geokv_rocksdb_sst_bytes`, `geokv_rocksdb_memtable_bytes` | cf | RocksDB sizes per column family |
 //! | `geokv_connections`, `geokv_connections_accepted_total` | | gRPC connections open, accepted |
 //! | `geokv_inflight_requests` | | client requests being served (the admission limit's use) |
+//! | `geokv_response_reserved_bytes` | | room reserved for read results not yet taken by clients (against `limits.max_response_bytes`) |
 //! | `geokv_ec_replication_delay_seconds` | shard, origin | eventual: receive time − the write's timestamp |
 //! | `geokv_ec_replication_lag_entries`, `geokv_ec_replication_lag_seconds` | shard, peer | eventual: writes the peer has not acknowledged, and the age of the oldest |
 //! | `geokv_ec_outbox_depth` | shard | eventual: entries kept for some peer |
@@ -515,6 +516,15 @@ async fn register_scraped(reg: &mut Registry, node: &Node) {
     let gauge: Gauge = Gauge::default();
     gauge.set(as_i64(inflight as u64));
     add_plain(reg, "inflight_requests", "Client requests being served now (admission limit in use).", gauge);
+    let reserved: Gauge = Gauge::default();
+    reserved.set(as_i64(node.responses.in_use_bytes()));
+    add(
+        reg,
+        "response_reserved",
+        "Bytes reserved for read results not yet taken by their clients (against limits.max_response_bytes).",
+        Some(Unit::Bytes),
+        reserved,
+    );
     let stopped: Gauge = Gauge::default();
     stopped.set(node.failed_groups().len() as i64);
     add_plain(reg, "raft_groups_stopped", "Raft groups stopped on this node by a storage error.", stopped);

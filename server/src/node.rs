@@ -76,6 +76,9 @@ pub struct Node {
     /// Client requests being served, at most `limits.max_inflight_requests`,
     /// and a short fair queue for the rest ([`crate::admission`]).
     pub admission: crate::admission::Admission,
+    /// Room for read results until their clients took them, at most
+    /// `limits.max_response_bytes` ([`crate::admission::ResponseBudget`]).
+    pub responses: crate::admission::ResponseBudget,
     /// Channels to every peer node, shared by all groups and by follower
     /// reads and safe-time pushes.
     pub peers: Arc<Peers>,
@@ -191,6 +194,7 @@ impl Node {
         Ok(Arc::new(Node {
             me: config.me(),
             admission: crate::admission::Admission::new(config.limits.max_inflight_requests),
+            responses: crate::admission::ResponseBudget::new(config.limits.max_response_bytes),
             config: Arc::new(config),
             storage,
             metrics,

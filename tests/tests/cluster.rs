@@ -1167,6 +1167,122 @@ async fn a_flood_of_clients_is_refused_in_part_and_the_node_stays_responsive_and
     assert!(peak_rss < 512 << 20, "the node's memory stayed under 512 MiB: {} MiB", peak_rss >> 20);
 }
 
+/// Clients that ask for large scans and never read the answers (raw
+/// HTTP/2 whose flow-control windows stay shut) hold at most their share of
+/// `limits.max_response_bytes` (32 MiB here, 8 MiB per connection): 3
+/// connections x 32 scans of ~3.6 MiB pages would otherwise leave ~345 MiB
+/// of answers in the node. The excess is refused with RESOURCE_EXHAUSTED,
+/// another client's get and whole scan (21 MiB) are served meanwhile, the
+/// node grows by less than 96 MiB, and once the slow connections close,
+/// their room is given back. Bounded: 96 requests, each with its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_their_answers_hold_bounded_memory() {
+    use prost::Message;
+    const SLOW_CONNECTIONS: usize = 3;
+    const SCANS_PER_CONNECTION: usize = 32;
+    let c = start(ClusterOptions {
+        extra_args: vec![format!("--max-response-bytes={}", 32 << 20)],
+        metrics: true,
+        ..Default::default()
+    });
+    c.wait_all_leaders().await;
+    let client = c.client().await;
+    let value = "v".repeat(900 << 10);
+    for i in 0..24 {
+        client.put(format!("h-slow-{i:02}"), &value).await.expect("put");
+    }
+    client.put("h-probe", "small").await.expect("put");
+    let leader = c.wait_leader(SHARD_H).await;
+    let addr = c.node(leader).addr.clone();
+    let pid = c.node(leader).pid().expect("running");
+    let rss_before = rss_bytes(pid);
+    let scan = ScanRequest {
+        header: None,
+        start: "h-slow-".into(),
+        end: "h-slow.".into(),
+        limit: 100,
+        consistency: Consistency::Linearizable as i32,
+        max_staleness_ms: 0,
+    };
+    let mut frame = vec![0u8];
+    frame.extend((scan.encoded_len() as u32).to_be_bytes());
+    scan.encode(&mut frame).expect("encode");
+    let frame = bytes::Bytes::from(frame);
+    let (mut served, mut refused) = (0, 0);
+    let mut slow = Vec::new();
+    for _ in 0..SLOW_CONNECTIONS {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let (mut sender, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        let driver = tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for _ in 0..SCANS_PER_CONNECTION {
+            sender = sender.ready().await.expect("a stream");
+            let request = http::Request::post(format!("http://{addr}/geokv.kv.Kv/Scan"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request");
+            let (answer, mut stream) = sender.send_request(request, false).expect("send");
+            stream.send_data(frame.clone(), true).expect("send the scan");
+            answers.push(answer);
+        }
+        let mut unread = Vec::new();
+        for answer in answers {
+            let answer = tokio::time::timeout(Duration::from_secs(20), answer)
+                .await
+                .expect("each scan answered within 20 s")
+                .expect("an HTTP/2 response");
+            // An error comes trailers-only: grpc-status in the headers.
+            match answer.headers().get("grpc-status").map(|v| v.to_str().unwrap_or("?").to_string()) {
+                None => {
+                    served += 1;
+                    unread.push(answer.into_body());
+                }
+                Some(code) if code == "8" => refused += 1,
+                Some(code) => panic!("a scan failed with grpc-status {code}: {:?}", answer.headers()),
+            }
+        }
+        slow.push((sender, driver, unread));
+    }
+    let reserved = c.metrics(leader).await.get("geokv_response_reserved_bytes").copied().unwrap_or(-1.0);
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), client.get("h-probe"))
+        .await
+        .expect("a probe get answers within 15 s")
+        .expect("the probe get succeeds");
+    let all = tokio::time::timeout(Duration::from_secs(30), client.scan("h-slow-".."h-slow.").collect())
+        .await
+        .expect("a whole scan within 30 s")
+        .expect("another client's scan is served");
+    assert_eq!(all.len(), 24);
+    let probes = t.elapsed();
+    let peak_rss = rss_bytes(pid);
+    eprintln!(
+        "{SLOW_CONNECTIONS} connections that do not read x {SCANS_PER_CONNECTION} scans of ~3.6 MiB: {served} \
+         served (left unread), {refused} refused; {} MiB reserved; probe get and 21 MiB scan in {probes:?}; RSS {} \
+         MiB before, {} MiB with the answers unread",
+        reserved as u64 >> 20,
+        rss_before >> 20,
+        peak_rss >> 20
+    );
+    assert!(refused > 0 && served >= SLOW_CONNECTIONS, "{served} served, {refused} refused");
+    assert!(reserved > 0.0 && reserved <= (32 << 20) as f64, "reserved {reserved} bytes");
+    assert!(
+        peak_rss.saturating_sub(rss_before) < 96 << 20,
+        "unread answers grew the node by {} MiB",
+        peak_rss.saturating_sub(rss_before) >> 20
+    );
+    // Closing the connections drops the answers and gives their room back.
+    for (sender, driver, unread) in slow {
+        drop((sender, unread));
+        driver.abort();
+    }
+    wait_for("the room of dropped answers given back", DEFAULT_DEADLINE, || async {
+        (c.metrics(leader).await.get("geokv_response_reserved_bytes").copied() == Some(0.0)).then_some(())
+    })
+    .await;
+}
+
 /// A follower that stops (SIGSTOP: its sockets open, answering nothing)
 /// while the leader takes writes costs the leader a bounded amount of
 /// memory, not memory in proportion to what the follower misses: the

@@ -405,9 +405,11 @@ impl EcShard {
     }
 
     /// Up to `limit` records (tombstones included) from `start` to the end
-    /// of the shard's range, in key order.
-    pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
-        Ok(self.node.storage.scan_ec(EcFamily::Data, start, self.desc.end.as_deref(), limit, false)?)
+    /// of the shard's range, in key order, ending early once their keys and
+    /// values pass `max_bytes` (at least one record).
+    pub fn scan(&self, start: &[u8], limit: usize, max_bytes: usize) -> Result<Vec<Pair>, Error> {
+        let end = self.desc.end.as_deref();
+        Ok(self.node.storage.scan_ec_within(EcFamily::Data, start, end, limit, max_bytes, false)?)
     }
 
     /// Accepts a local write (`value = None`: delete) and returns once it is
@@ -925,7 +927,7 @@ mod tests {
         let (last, first_kept, _) = a.shard.positions();
         assert_eq!((last, first_kept), (10, 7), "outbox_max_entries = 4 keeps the newest 4");
         // The entries b needs are gone: a resync (pages, then the marker).
-        let rows = a.shard.scan(b"ev/", 100).unwrap();
+        let rows = a.shard.scan(b"ev/", 100, usize::MAX).unwrap();
         let writes = rows.into_iter().map(|(key, v)| EcWrite { key, record: decode(&v).unwrap() }).collect();
         b.shard.receive(a.ship(ShipBody::Resync(writes))).await.unwrap();
         let (seq, clock) = a.shard.watermark();

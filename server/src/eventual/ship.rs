@@ -199,7 +199,8 @@ fn next_message(shard: &EcShard, peer: u64, position: &mut Position) -> Result<O
     if durable < *seq {
         return Ok(None);
     }
-    let rows = shard.scan(from_key, cfg.ship_batch_entries).map_err(|e| format!("resync scan: {e}"))?;
+    let rows =
+        shard.scan(from_key, cfg.ship_batch_entries, cfg.ship_batch_bytes).map_err(|e| format!("resync scan: {e}"))?;
     if rows.is_empty() {
         // The peer applies messages in order: once it has the marker, the
         // outbox entries after the watermark follow.

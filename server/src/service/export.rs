@@ -120,7 +120,7 @@ pub async fn export(node: &Arc<Node>, desc: ShardDesc) -> Result<ExportStream, S
         tokio::task::spawn_blocking(move || {
             let mut from = desc.start.clone();
             loop {
-                let page = match ec.scan(&from, 1024) {
+                let page = match ec.scan(&from, 1024, CHUNK_BYTES) {
                     Ok(page) => page,
                     Err(e) => return out.fail(Status::internal(format!("eventual shard {shard}: {e}"))),
                 };
@@ -136,8 +136,10 @@ pub async fn export(node: &Arc<Node>, desc: ShardDesc) -> Result<ExportStream, S
                     }
                 }
                 match page.last() {
-                    Some((last, _)) if page.len() == 1024 => from = [last.as_slice(), &[0]].concat(),
-                    _ => break,
+                    // A page ends at 1,024 records or at CHUNK_BYTES: an
+                    // empty page ends the range.
+                    Some((last, _)) => from = [last.as_slice(), &[0]].concat(),
+                    None => break,
                 }
             }
             out.finish();

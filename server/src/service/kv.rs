@@ -22,8 +22,10 @@ use geokv_proto::kv::{
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::admission::{Reservation, ResponseHold};
 use crate::auth::{Caller, Role};
 use crate::error::Error;
 use crate::eventual::{EcRecord, EcShard};
@@ -43,6 +45,11 @@ const SCAN_PAGE_BYTES: usize = 4 << 20;
 /// The retry hint an overloaded node gives (clients wait at least this
 /// long, plus their own backoff, before sending the request again).
 const OVERLOAD_RETRY_AFTER_MS: u64 = 20;
+
+/// Protobuf bytes around one pair in a response (tags, lengths, version,
+/// clock), and around the pairs: what a reservation adds to keys and values.
+const PAIR_OVERHEAD_BYTES: usize = 64;
+const RESPONSE_OVERHEAD_BYTES: usize = 1024;
 
 pub struct KvService {
     node: Arc<Node>,
@@ -445,11 +452,10 @@ impl KvService {
         let start = Instant::now();
         let res = match self.node.admission.admit(conn).await {
             Some(_permit) => f.await,
-            None => Err(Error::Overloaded {
-                node: self.node.config.node_id,
-                limit: self.node.config.limits.max_inflight_requests,
-                retry_after_ms: OVERLOAD_RETRY_AFTER_MS,
-            }),
+            None => Err(self.overloaded(format!(
+                "it serves its limit of {} requests at once (limits.max_inflight_requests)",
+                self.node.config.limits.max_inflight_requests
+            ))),
         };
         let code = match &res {
             Ok(_) => tonic::Code::Ok,
@@ -460,6 +466,36 @@ impl KvService {
         };
         self.node.metrics.observe(op, consistency, code, start.elapsed());
         res.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Room for responses: what a read may return, and the reservation.
+impl KvService {
+    /// The largest pair a response may carry, with its protobuf overhead.
+    fn max_pair_bytes(&self) -> usize {
+        self.limits().max_key_bytes + self.limits().max_value_bytes + PAIR_OVERHEAD_BYTES
+    }
+
+    /// The most a scan page of `limit` pairs may hold: up to
+    /// [`SCAN_PAGE_BYTES`] of keys and values plus the pair that crossed it.
+    fn scan_page_bound(&self, limit: usize) -> usize {
+        (SCAN_PAGE_BYTES + self.max_pair_bytes()).min(limit.saturating_add(1).saturating_mul(self.max_pair_bytes()))
+            + self.scan_overhead(limit)
+    }
+
+    /// What a page of `limit` pairs holds beside its keys and values.
+    fn scan_overhead(&self, limit: usize) -> usize {
+        limit.saturating_add(1).saturating_mul(PAIR_OVERHEAD_BYTES) + RESPONSE_OVERHEAD_BYTES
+    }
+
+    /// Room for a response of up to `bytes` to connection `conn`
+    /// ([`crate::admission::ResponseBudget`]), or `RESOURCE_EXHAUSTED`.
+    async fn reserve(&self, conn: Option<std::net::SocketAddr>, bytes: usize) -> Result<Reservation, Error> {
+        self.node.responses.reserve(conn, bytes).await.map_err(|why| self.overloaded(why.to_string()))
+    }
+
+    fn overloaded(&self, why: String) -> Error {
+        Error::Overloaded { node: self.node.config.node_id, why, retry_after_ms: OVERLOAD_RETRY_AFTER_MS }
     }
 }
 
@@ -482,21 +518,29 @@ impl KvService {
         let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.observed("get", conn, consistency_name(consistency), async {
-            self.check_key(&req.key, "key")?;
-            caller.check_key(Role::Read, &req.key)?;
-            let routed = match self.route_any(&req.key, req.header.as_ref()).await? {
-                Target::Raft(routed) => routed,
-                Target::Eventual(replica) => {
-                    let kv = replica.get(&req.key)?.and_then(|r| ec_kv(req.key.clone(), r));
-                    return Ok(GetResponse { kv, read: Some(self.eventual_read_info(&replica, consistency)) });
-                }
-            };
-            let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
-            let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
-            Ok(GetResponse { kv, read: Some(read) })
-        })
-        .await
+        let hold = ResponseHold::default();
+        let response = self
+            .observed("get", conn, consistency_name(consistency), async {
+                self.check_key(&req.key, "key")?;
+                caller.check_key(Role::Read, &req.key)?;
+                let response = match self.route_any(&req.key, req.header.as_ref()).await? {
+                    Target::Raft(routed) => {
+                        let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
+                        hold.set(self.reserve(conn, self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES).await?);
+                        let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
+                        GetResponse { kv, read: Some(read) }
+                    }
+                    Target::Eventual(replica) => {
+                        hold.set(self.reserve(conn, self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES).await?);
+                        let kv = replica.get(&req.key)?.and_then(|r| ec_kv(req.key.clone(), r));
+                        GetResponse { kv, read: Some(self.eventual_read_info(&replica, consistency)) }
+                    }
+                };
+                hold.shrink_to(response.encoded_len());
+                Ok(response)
+            })
+            .await?;
+        Ok(hold.attach(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
@@ -543,30 +587,47 @@ impl KvService {
         let caller = Caller::of(&req)?;
         let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("cas", conn, "-", async {
-            self.check_key(&req.key, "key")?;
-            caller.check_key(Role::Write, &req.key)?;
-            if let Some(v) = &req.new_value {
-                self.check_value(v)?;
-            }
-            let expect = expectation(req.expected, "compare-and-swap")?;
-            let routed = self.route(&req.key, req.header.as_ref(), "compare-and-swap").await?;
-            let condition = Condition { key: req.key.clone(), expect };
-            let op = match req.new_value {
-                Some(value) => Op::Put { key: req.key.clone(), value },
-                None => Op::Delete { key: req.key.clone() },
-            };
-            let deletes = matches!(op, Op::Delete { .. });
-            let out = self.propose(&routed, session(req.session), vec![condition], vec![op]).await?;
-            let shard_id = routed.shard.id;
-            Ok(if out.applied {
-                CasResponse { swapped: true, version: if deletes { 0 } else { out.version }, current: None, shard_id }
-            } else {
-                let current = out.current.into_iter().next().flatten().map(|r| kv(req.key, r));
-                CasResponse { swapped: false, version: current.as_ref().map_or(0, |c| c.version), current, shard_id }
+        let hold = ResponseHold::default();
+        let response = self
+            .observed("cas", conn, "-", async {
+                self.check_key(&req.key, "key")?;
+                caller.check_key(Role::Write, &req.key)?;
+                if let Some(v) = &req.new_value {
+                    self.check_value(v)?;
+                }
+                let expect = expectation(req.expected, "compare-and-swap")?;
+                let routed = self.route(&req.key, req.header.as_ref(), "compare-and-swap").await?;
+                let condition = Condition { key: req.key.clone(), expect };
+                let op = match req.new_value {
+                    Some(value) => Op::Put { key: req.key.clone(), value },
+                    None => Op::Delete { key: req.key.clone() },
+                };
+                let deletes = matches!(op, Op::Delete { .. });
+                let out = self.propose(&routed, session(req.session), vec![condition], vec![op]).await?;
+                let shard_id = routed.shard.id;
+                Ok(if out.applied {
+                    CasResponse {
+                        swapped: true,
+                        version: if deletes { 0 } else { out.version },
+                        current: None,
+                        shard_id,
+                    }
+                } else {
+                    let current = out.current.into_iter().next().flatten().map(|r| kv(req.key, r));
+                    let response = CasResponse {
+                        swapped: false,
+                        version: current.as_ref().map_or(0, |c| c.version),
+                        current,
+                        shard_id,
+                    };
+                    // Nothing was written: the current value may wait for room
+                    // like a read, and be refused as one.
+                    hold.set(self.reserve(conn, response.encoded_len()).await?);
+                    response
+                })
             })
-        })
-        .await
+            .await?;
+        Ok(hold.attach(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -575,75 +636,88 @@ impl KvService {
         let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.observed("scan", conn, consistency_name(consistency), async {
-            let max_key = self.limits().max_key_bytes;
-            if req.start.len() > max_key || req.end.len() > max_key {
-                return Err(Error::invalid(format!("scan bounds may be at most max_key_bytes = {max_key} bytes")));
-            }
-            let end = (!req.end.is_empty()).then_some(req.end.clone());
-            if end.as_ref().is_some_and(|e| *e <= req.start) {
-                return Err(Error::invalid(format!(
-                    "scan range is empty or inverted: start {:?} is not below end {:?}",
-                    String::from_utf8_lossy(&req.start),
-                    String::from_utf8_lossy(&req.end)
-                )));
-            }
-            caller.check_range(Role::Read, &req.start, &req.end)?;
-            let (default, max) = (self.limits().default_scan_limit, self.limits().max_scan_limit);
-            let limit = match req.limit {
-                0 => default,
-                n if n > max => {
-                    return Err(Error::invalid(format!("scan limit {n} exceeds max_scan_limit = {max}")));
+        let hold = ResponseHold::default();
+        let response = self
+            .observed("scan", conn, consistency_name(consistency), async {
+                let max_key = self.limits().max_key_bytes;
+                if req.start.len() > max_key || req.end.len() > max_key {
+                    return Err(Error::invalid(format!("scan bounds may be at most max_key_bytes = {max_key} bytes")));
                 }
-                n => n,
-            } as usize;
-            let (read, shard_end, eventual) = match self.route_any(&req.start, req.header.as_ref()).await? {
-                Target::Raft(routed) => {
-                    let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
-                    (read, routed.shard.end.clone(), None)
+                let end = (!req.end.is_empty()).then_some(req.end.clone());
+                if end.as_ref().is_some_and(|e| *e <= req.start) {
+                    return Err(Error::invalid(format!(
+                        "scan range is empty or inverted: start {:?} is not below end {:?}",
+                        String::from_utf8_lossy(&req.start),
+                        String::from_utf8_lossy(&req.end)
+                    )));
                 }
-                Target::Eventual(replica) => {
-                    (self.eventual_read_info(&replica, consistency), replica.desc.end.clone(), Some(replica))
-                }
-            };
-            let stop = match (&end, &shard_end) {
-                (Some(e), Some(s)) => Some(e.min(s).clone()),
-                (Some(e), None) => Some(e.clone()),
-                (None, s) => s.clone(),
-            };
-            let mut rows = match &eventual {
-                None => self.node.storage.scan_data_within(&req.start, stop.as_deref(), limit + 1, SCAN_PAGE_BYTES)?,
-                Some(replica) => {
-                    let mut rows = replica.scan(&req.start, limit + 1)?;
-                    rows.retain(|(k, _)| stop.as_ref().is_none_or(|s| k < s));
-                    rows
-                }
-            };
-            // A page ends at the limit or once its keys and values pass
-            // SCAN_PAGE_BYTES: the row that crossed it starts the next page.
-            let page_bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
-            let over_budget = rows.len() > 1 && page_bytes > SCAN_PAGE_BYTES;
-            let (more, resume_key) = if rows.len() > limit || over_budget {
-                let next = rows.pop().expect("more rows than the page holds").0;
-                (true, next)
-            } else {
-                match shard_end {
-                    Some(s) if end.as_ref().is_none_or(|e| s < *e) => (true, s),
-                    _ => (false, Vec::new()),
-                }
-            };
-            let mut kvs = Vec::with_capacity(rows.len());
-            for (k, v) in rows {
-                if eventual.is_some() {
-                    // Tombstones count toward the page but are not returned.
-                    kvs.extend(ec_kv(k, decode::<EcRecord>(&v)?));
+                caller.check_range(Role::Read, &req.start, &req.end)?;
+                let (default, max) = (self.limits().default_scan_limit, self.limits().max_scan_limit);
+                let limit = match req.limit {
+                    0 => default,
+                    n if n > max => {
+                        return Err(Error::invalid(format!("scan limit {n} exceeds max_scan_limit = {max}")));
+                    }
+                    n => n,
+                } as usize;
+                let (read, shard_end, eventual) = match self.route_any(&req.start, req.header.as_ref()).await? {
+                    Target::Raft(routed) => {
+                        let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
+                        (read, routed.shard.end.clone(), None)
+                    }
+                    Target::Eventual(replica) => {
+                        (self.eventual_read_info(&replica, consistency), replica.desc.end.clone(), Some(replica))
+                    }
+                };
+                let stop = match (&end, &shard_end) {
+                    (Some(e), Some(s)) => Some(e.min(s).clone()),
+                    (Some(e), None) => Some(e.clone()),
+                    (None, s) => s.clone(),
+                };
+                // Room for the page: all it may hold if free, else what is free
+                // (a shorter page), at least one pair.
+                let at_least = self.max_pair_bytes() + self.scan_overhead(limit);
+                let reservation = self.node.responses.reserve_within(conn, at_least, self.scan_page_bound(limit)).await;
+                let reservation = reservation.map_err(|why| self.overloaded(why.to_string()))?;
+                let budget = (reservation.bytes() as usize).saturating_sub(at_least).min(SCAN_PAGE_BYTES);
+                hold.set(reservation);
+                let mut rows = match &eventual {
+                    None => self.node.storage.scan_data_within(&req.start, stop.as_deref(), limit + 1, budget)?,
+                    Some(replica) => {
+                        let mut rows = replica.scan(&req.start, limit + 1, budget)?;
+                        rows.retain(|(k, _)| stop.as_ref().is_none_or(|s| k < s));
+                        rows
+                    }
+                };
+                // A page ends at the limit or once its keys and values pass its
+                // budget (SCAN_PAGE_BYTES, less when the node is short of room
+                // for responses): the row that crossed it starts the next page.
+                let page_bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let over_budget = rows.len() > 1 && page_bytes > budget;
+                let (more, resume_key) = if rows.len() > limit || over_budget {
+                    let next = rows.pop().expect("more rows than the page holds").0;
+                    (true, next)
                 } else {
-                    kvs.push(kv(k, decode::<Record>(&v)?));
+                    match shard_end {
+                        Some(s) if end.as_ref().is_none_or(|e| s < *e) => (true, s),
+                        _ => (false, Vec::new()),
+                    }
+                };
+                let mut kvs = Vec::with_capacity(rows.len());
+                for (k, v) in rows {
+                    if eventual.is_some() {
+                        // Tombstones count toward the page but are not returned.
+                        kvs.extend(ec_kv(k, decode::<EcRecord>(&v)?));
+                    } else {
+                        kvs.push(kv(k, decode::<Record>(&v)?));
+                    }
                 }
-            }
-            Ok(ScanResponse { kvs, resume_key, more, read: Some(read) })
-        })
-        .await
+                let response = ScanResponse { kvs, resume_key, more, read: Some(read) };
+                hold.shrink_to(response.encoded_len());
+                Ok(response)
+            })
+            .await?;
+        Ok(hold.attach(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
@@ -651,79 +725,90 @@ impl KvService {
         let caller = Caller::of(&req)?;
         let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
         let req = req.into_inner();
-        self.observed("batch", conn, "-", async {
-            let l = self.limits();
-            if req.ops.is_empty() {
-                return Err(Error::invalid("batch has no operations"));
-            }
-            let count = req.ops.len() + req.conditions.len();
-            if count > l.max_batch_ops {
-                return Err(Error::invalid(format!(
-                    "batch has {count} operations and conditions; the limit is max_batch_ops = {}",
-                    l.max_batch_ops
-                )));
-            }
-            let mut ops = Vec::with_capacity(req.ops.len());
-            let mut bytes = 0usize;
-            for (i, op) in req.ops.into_iter().enumerate() {
-                let op = match op.op {
-                    Some(pb::batch_op::Op::Put(p)) => {
-                        self.check_key(&p.key, &format!("key of op {i}"))?;
-                        self.check_value(&p.value)?;
-                        caller.check_key(Role::Write, &p.key)?;
-                        Op::Put { key: p.key, value: p.value }
-                    }
-                    Some(pb::batch_op::Op::Delete(d)) => {
-                        self.check_key(&d.key, &format!("key of op {i}"))?;
-                        caller.check_key(Role::Write, &d.key)?;
-                        Op::Delete { key: d.key }
-                    }
-                    None => return Err(Error::invalid(format!("batch op {i} is neither put nor delete"))),
-                };
-                bytes += op.key().len() + if let Op::Put { value, .. } = &op { value.len() } else { 0 };
-                ops.push(op);
-            }
-            let mut conditions = Vec::with_capacity(req.conditions.len());
-            for (i, c) in req.conditions.into_iter().enumerate() {
-                self.check_key(&c.key, &format!("key of condition {i}"))?;
-                caller.check_key(Role::Read, &c.key)?;
-                bytes += c.key.len();
-                conditions.push(Condition { key: c.key, expect: expectation(c.expected, &format!("condition {i}"))? });
-            }
-            if bytes > l.max_batch_bytes {
-                return Err(Error::invalid(format!(
-                    "batch carries {bytes} bytes; the limit is max_batch_bytes = {}",
-                    l.max_batch_bytes
-                )));
-            }
-            let routed = self.route(ops[0].key(), req.header.as_ref(), "an atomic batch").await?;
-            let keys = ops.iter().map(Op::key).chain(conditions.iter().map(|c| c.key.as_slice()));
-            for key in keys {
-                if !routed.shard.contains(key) {
-                    let other = self.node.shard_map().shard_for_key(key).map_or(0, |s| s.id);
+        let hold = ResponseHold::default();
+        let response = self
+            .observed("batch", conn, "-", async {
+                let l = self.limits();
+                if req.ops.is_empty() {
+                    return Err(Error::invalid("batch has no operations"));
+                }
+                let count = req.ops.len() + req.conditions.len();
+                if count > l.max_batch_ops {
                     return Err(Error::invalid(format!(
-                        "batch keys span shards {} and {other}; a batch is atomic within one shard only",
-                        routed.shard.id
+                        "batch has {count} operations and conditions; the limit is max_batch_ops = {}",
+                        l.max_batch_ops
                     )));
                 }
-            }
-            let condition_keys: Vec<Vec<u8>> = conditions.iter().map(|c| c.key.clone()).collect();
-            let out = self.propose(&routed, session(req.session), conditions, ops).await?;
-            let current = if out.applied {
-                Vec::new()
-            } else {
-                condition_keys
-                    .into_iter()
-                    .zip(out.current)
-                    .map(|(key, r)| match r {
-                        Some(r) => kv(key, r),
-                        None => pb::KeyValue { key, value: Vec::new(), version: 0, hlc: None, origin: 0 },
-                    })
-                    .collect()
-            };
-            Ok(BatchResponse { applied: out.applied, version: out.version, current, shard_id: routed.shard.id })
-        })
-        .await
+                let mut ops = Vec::with_capacity(req.ops.len());
+                let mut bytes = 0usize;
+                for (i, op) in req.ops.into_iter().enumerate() {
+                    let op = match op.op {
+                        Some(pb::batch_op::Op::Put(p)) => {
+                            self.check_key(&p.key, &format!("key of op {i}"))?;
+                            self.check_value(&p.value)?;
+                            caller.check_key(Role::Write, &p.key)?;
+                            Op::Put { key: p.key, value: p.value }
+                        }
+                        Some(pb::batch_op::Op::Delete(d)) => {
+                            self.check_key(&d.key, &format!("key of op {i}"))?;
+                            caller.check_key(Role::Write, &d.key)?;
+                            Op::Delete { key: d.key }
+                        }
+                        None => return Err(Error::invalid(format!("batch op {i} is neither put nor delete"))),
+                    };
+                    bytes += op.key().len() + if let Op::Put { value, .. } = &op { value.len() } else { 0 };
+                    ops.push(op);
+                }
+                let mut conditions = Vec::with_capacity(req.conditions.len());
+                for (i, c) in req.conditions.into_iter().enumerate() {
+                    self.check_key(&c.key, &format!("key of condition {i}"))?;
+                    caller.check_key(Role::Read, &c.key)?;
+                    bytes += c.key.len();
+                    conditions
+                        .push(Condition { key: c.key, expect: expectation(c.expected, &format!("condition {i}"))? });
+                }
+                if bytes > l.max_batch_bytes {
+                    return Err(Error::invalid(format!(
+                        "batch carries {bytes} bytes; the limit is max_batch_bytes = {}",
+                        l.max_batch_bytes
+                    )));
+                }
+                let routed = self.route(ops[0].key(), req.header.as_ref(), "an atomic batch").await?;
+                let keys = ops.iter().map(Op::key).chain(conditions.iter().map(|c| c.key.as_slice()));
+                for key in keys {
+                    if !routed.shard.contains(key) {
+                        let other = self.node.shard_map().shard_for_key(key).map_or(0, |s| s.id);
+                        return Err(Error::invalid(format!(
+                            "batch keys span shards {} and {other}; a batch is atomic within one shard only",
+                            routed.shard.id
+                        )));
+                    }
+                }
+                let condition_keys: Vec<Vec<u8>> = conditions.iter().map(|c| c.key.clone()).collect();
+                let out = self.propose(&routed, session(req.session), conditions, ops).await?;
+                let current = if out.applied {
+                    Vec::new()
+                } else {
+                    condition_keys
+                        .into_iter()
+                        .zip(out.current)
+                        .map(|(key, r)| match r {
+                            Some(r) => kv(key, r),
+                            None => pb::KeyValue { key, value: Vec::new(), version: 0, hlc: None, origin: 0 },
+                        })
+                        .collect()
+                };
+                let response =
+                    BatchResponse { applied: out.applied, version: out.version, current, shard_id: routed.shard.id };
+                if !response.applied {
+                    // Nothing was written: the current values may wait for room
+                    // like a read, and be refused as one.
+                    hold.set(self.reserve(conn, response.encoded_len()).await?);
+                }
+                Ok(response)
+            })
+            .await?;
+        Ok(hold.attach(response))
     }
 }
 
@@ -739,6 +824,7 @@ struct Forward<T> {
     message: T,
     hops: u32,
     deadline: Option<Instant>,
+    conn: Option<std::net::SocketAddr>,
 }
 
 /// A gRPC timeout (`grpc-timeout`: an integer and a unit, H M S m u n).
@@ -768,7 +854,8 @@ impl KvService {
         let hops = req.metadata().get(FORWARDS).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let deadline =
             req.metadata().get("grpc-timeout").and_then(|v| grpc_timeout(v.to_str().ok()?)).map(|t| Instant::now() + t);
-        (hops < MAX_FORWARDS).then(|| Forward { message: req.get_ref().clone(), hops, deadline })
+        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        (hops < MAX_FORWARDS).then(|| Forward { message: req.get_ref().clone(), hops, deadline, conn })
     }
 
     /// `result`, or, when it says this node does not lead the shard and the
@@ -776,16 +863,19 @@ impl KvService {
     /// the node's own peer connection (a cluster member; the caller's
     /// permissions were checked here already) within the caller's deadline.
     /// A forwarded write that gets no answer is reported indeterminate: it
-    /// may have been applied.
+    /// may have been applied. A forwarded read first reserves room for
+    /// `read_bytes` of answer, held until its client took it.
     async fn or_forward<T, R, F, Fut>(
         &self,
         method: &'static str,
         result: Result<Response<R>, Status>,
         forward: Option<Forward<T>>,
         write: bool,
+        read_bytes: usize,
         call: F,
     ) -> Result<Response<R>, Status>
     where
+        R: prost::Message,
         F: FnOnce(KvClient<tonic::transport::Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
@@ -803,6 +893,10 @@ impl KvService {
             .deadline
             .map_or(self.node.request_timeout(), |d| d.saturating_duration_since(Instant::now()))
             .min(self.node.request_timeout());
+        let hold = ResponseHold::default();
+        if !write {
+            hold.set(self.reserve(forward.conn, read_bytes).await?);
+        }
         let mut request = Request::new(forward.message);
         request.set_timeout(timeout);
         let hops = (forward.hops + 1).to_string().parse().expect("digits are valid metadata");
@@ -820,7 +914,10 @@ impl KvService {
             })
         };
         match tokio::time::timeout(timeout, call(client, request)).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                hold.shrink_to(response.get_ref().encoded_len());
+                Ok(hold.attach(response))
+            }
             // Refused before it was sent (nothing listens there): this
             // node's own answer stands, and says where to go.
             Ok(Err(s))
@@ -842,36 +939,42 @@ impl Kv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.get_here(req).await;
-        self.or_forward("get", result, forward, false, |mut c, r| async move { c.get(r).await }).await
+        let bytes = self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES;
+        self.or_forward("get", result, forward, false, bytes, |mut c, r| async move { c.get(r).await }).await
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.put_here(req).await;
-        self.or_forward("put", result, forward, true, |mut c, r| async move { c.put(r).await }).await
+        self.or_forward("put", result, forward, true, 0, |mut c, r| async move { c.put(r).await }).await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.delete_here(req).await;
-        self.or_forward("delete", result, forward, true, |mut c, r| async move { c.delete(r).await }).await
+        self.or_forward("delete", result, forward, true, 0, |mut c, r| async move { c.delete(r).await }).await
     }
 
     async fn compare_and_swap(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.compare_and_swap_here(req).await;
-        self.or_forward("cas", result, forward, true, |mut c, r| async move { c.compare_and_swap(r).await }).await
+        self.or_forward("cas", result, forward, true, 0, |mut c, r| async move { c.compare_and_swap(r).await }).await
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
+        let limit = match req.get_ref().limit {
+            0 => self.limits().default_scan_limit,
+            n => n.min(self.limits().max_scan_limit),
+        };
+        let bytes = self.scan_page_bound(limit as usize);
         let result = self.scan_here(req).await;
-        self.or_forward("scan", result, forward, false, |mut c, r| async move { c.scan(r).await }).await
+        self.or_forward("scan", result, forward, false, bytes, |mut c, r| async move { c.scan(r).await }).await
     }
 
     async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.batch_here(req).await;
-        self.or_forward("batch", result, forward, true, |mut c, r| async move { c.batch(r).await }).await
+        self.or_forward("batch", result, forward, true, 0, |mut c, r| async move { c.batch(r).await }).await
     }
 }

@@ -23,7 +23,9 @@ use tower::layer::util::{Identity, Stack};
 use crate::node::Node;
 
 /// All services of `node`, with message size and concurrency bounds.
-pub fn router(node: Arc<Node>) -> Router<Stack<crate::auth::AuthLayer, Identity>> {
+pub fn router(
+    node: Arc<Node>,
+) -> Router<Stack<crate::admission::ResponseHoldLayer, Stack<crate::auth::AuthLayer, Identity>>> {
     let max = geokv_proto::MAX_GRPC_MESSAGE_BYTES;
     let kv =
         KvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
@@ -44,6 +46,7 @@ pub fn router(node: Arc<Node>) -> Router<Stack<crate::auth::AuthLayer, Identity>
         .concurrency_limit_per_connection(node.config.limits.max_concurrent_requests)
         .tcp_nodelay(true)
         .layer(crate::auth::AuthLayer::new(Arc::new(NodeAuth(node.clone()))))
+        .layer(crate::admission::ResponseHoldLayer)
         .add_service(kv)
         .add_service(raft)
         .add_service(admin)

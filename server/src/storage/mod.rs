@@ -645,6 +645,21 @@ impl Storage {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Pair>, StorageError> {
+        self.scan_ec_within(family, start, end, limit, usize::MAX, reverse)
+    }
+
+    /// [`Storage::scan_ec`] that also stops once the keys and values read
+    /// pass `max_bytes` (the pair that crossed it included), as
+    /// [`Storage::scan_data_within`] does.
+    pub fn scan_ec_within(
+        &self,
+        family: EcFamily,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, StorageError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
         if let Some(end) = end {
@@ -652,9 +667,14 @@ impl Storage {
         }
         let mode = if reverse { IteratorMode::End } else { IteratorMode::Start };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self.db.iterator_cf_opt(self.cf(family.cf_name()), ro, mode).take(limit) {
             let (k, v) = item?;
+            bytes = bytes.saturating_add(k.len() + v.len());
             out.push((k.to_vec(), v.to_vec()));
+            if bytes > max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
