@@ -574,8 +574,10 @@ Examples:
             lowers a shard's fault tolerance. A node that is down can be drained: its shards \
             keep a quorum without it and the new replicas are fed by their leaders.\n\n\
             Refused, changing nothing, when some replica would have nowhere to go (every \
-            other up node already holds that shard: add a node first) or is on an eventual \
-            shard (whose replicas cannot move yet).",
+            other up node already holds that shard: add a node first). Replicas of eventual \
+            shards move too: the new one is seeded with the whole range by every other \
+            replica, the leaving one stops taking writes, and it is removed once the staying \
+            replicas have acknowledged everything it accepted.",
         after_help = "\
 Examples:
   kvctl node drain 3                  waits (up to --wait) until node 3 holds no replica

@@ -575,23 +575,48 @@ impl Node {
         self.groups.read().await.iter().map(|(id, r)| (*id, r.clone())).collect()
     }
 
-    /// Starts a replica (and its shippers and collector) of every eventual
-    /// shard of the current map placed on this node and not running yet.
+    /// Makes the eventual replicas here match the current map: starts a
+    /// replica (and its shippers and collector) of every eventual shard
+    /// placed on this node (a replica, or the one being added) and not
+    /// running yet; gives running ones their members as the map has them now
+    /// (shippers for new members); and stops and deletes a replica the map
+    /// no longer places here (it left the shard by a replica change).
     fn start_eventual_shards(self: &Arc<Self>) -> anyhow::Result<()> {
         let me = self.config.node_id;
         let map = self.shard_map();
-        for desc in map.shards_on(me).filter(|s| s.is_eventual()) {
-            if self.eventual_shard(desc.id).is_some() {
+        for desc in map.placed_on(me).filter(|s| s.is_eventual()) {
+            if let Some(running) = self.eventual_shard(desc.id) {
+                let added = running.update(desc).with_context(|| format!("eventual shard {}", desc.id))?;
+                for peer in added {
+                    tokio::spawn(crate::eventual::ship::run(self.clone(), running.clone(), peer));
+                }
                 continue;
             }
             let shard = EcShard::open(self.ec.clone(), desc.clone())
                 .with_context(|| format!("cannot open eventual shard {}", desc.id))?;
             self.eventual.lock().expect("eventual shards").insert(desc.id, shard.clone());
-            for peer in desc.replicas.iter().copied().filter(|p| *p != me) {
+            let members: Vec<u64> = desc.replicas.iter().copied().chain(desc.adding()).collect();
+            for peer in members.into_iter().filter(|p| *p != me) {
                 tokio::spawn(crate::eventual::ship::run(self.clone(), shard.clone(), peer));
             }
             tokio::spawn(collect_eventual(self.clone(), shard));
-            tracing::info!(shard = desc.id, replicas = ?desc.replicas, "eventual shard started");
+            tracing::info!(shard = desc.id, replicas = ?desc.replicas, adding = ?desc.adding(), "eventual shard started");
+        }
+        let left: Vec<Arc<EcShard>> = self
+            .eventual_shards()
+            .into_iter()
+            .filter(|r| map.shard(r.id()).is_some_and(|d| d.is_eventual() && !d.placed_on(me)))
+            .collect();
+        for replica in left {
+            self.eventual.lock().expect("eventual shards").remove(&replica.id());
+            let node = self.clone();
+            tokio::spawn(async move {
+                match replica.retire().await {
+                    Ok(()) => tracing::info!(shard = replica.id(), "eventual replica left its shard: data deleted"),
+                    Err(e) => tracing::error!(shard = replica.id(), cause = %e, "cannot delete a replica that left"),
+                }
+                drop(node);
+            });
         }
         Ok(())
     }
@@ -1096,7 +1121,7 @@ async fn watch_for_new_shards(node: Arc<Node>, raft_config: Arc<openraft::Config
 /// tombstones every replica has seen.
 async fn collect_eventual(node: Arc<Node>, shard: Arc<EcShard>) {
     let interval = Duration::from_millis(node.config.eventual.gc_interval_ms);
-    while node.is_ready() {
+    while node.is_ready() && !shard.is_retired() {
         tokio::time::sleep(interval).await;
         if let Err(e) = shard.collect() {
             tracing::warn!(shard = shard.id(), cause = %e, "eventual shard collection failed");

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::shards::{ReplicaChange, ShardDesc, ShardMap};
+use crate::shards::{NodeState, ReplicaChange, ShardDesc, ShardMap};
 
 /// Replica changes under way in the cluster at once, at most, unless the
 /// config says otherwise (`max_moves_in_flight`; each ships a whole shard as
@@ -30,9 +30,6 @@ pub fn drain_blockers(map: &ShardMap, node: u64) -> Vec<String> {
         .iter()
         .filter(|s| s.placed_on(node))
         .filter_map(|s| {
-            if s.is_eventual() {
-                return Some(format!("shard {} is eventual: its replicas cannot move yet", s.id));
-            }
             let load = replica_counts(map);
             target(map, s, node, &everyone, &load).is_none().then(|| {
                 format!(
@@ -53,11 +50,21 @@ pub fn plan_drains(map: &ShardMap, live: &BTreeSet<u64>, max_moves_in_flight: us
     let mut budget = max_moves_in_flight.saturating_sub(map.shards.iter().filter(|s| s.change.is_some()).count());
     let mut load = replica_counts(map);
     let mut plan = Vec::new();
-    for shard in map.shards.iter().filter(|s| s.change.is_none() && !s.is_eventual() && !map.in_merge(s.id)) {
+    for shard in map.shards.iter().filter(|s| s.change.is_none() && !map.in_merge(s.id)) {
         if budget == 0 {
             break;
         }
-        let Some(from) = shard.replicas.iter().copied().find(|r| leaving.contains(r)) else { continue };
+        // A down replica first: it restores the shard's fault tolerance.
+        let down = |r: &u64| map.node(*r).is_some_and(|n| n.state == NodeState::Down);
+        let from = shard.replicas.iter().copied().find(down);
+        let Some(from) = from.or_else(|| shard.replicas.iter().copied().find(|r| leaving.contains(r))) else {
+            continue;
+        };
+        // An eventual shard's leaving replica ships what it accepted to every
+        // staying one before it goes: not while one of those is down.
+        if shard.is_eventual() && shard.replicas.iter().any(|r| *r != from && down(r)) {
+            continue;
+        }
         let Some(to) = target(map, shard, from, live, &load) else { continue };
         *load.entry(to).or_default() += 1;
         budget -= 1;
@@ -89,7 +96,7 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<u64>, max_moves_in_flight:
     let mut load = replica_counts(map);
     let mut planned: BTreeSet<u64> = BTreeSet::new();
     let mut plan = Vec::new();
-    let movable = |s: &&ShardDesc| s.change.is_none() && !s.is_eventual() && !map.in_merge(s.id);
+    let movable = |s: &&ShardDesc| s.change.is_none() && !map.in_merge(s.id);
 
     // Spread first: it is what survives a region's loss.
     for shard in map.shards.iter().filter(movable) {
@@ -518,6 +525,26 @@ mod tests {
         // Node 5 does not answer: the next best, in a covered region.
         let live: BTreeSet<u64> = [1, 2, 3, 4].into();
         assert_eq!(plan_drains(&m, &live, M), vec![(1, ReplicaChange { add: Some(4), remove: Some(3) })]);
+    }
+
+    /// A down replica moves before a draining one of the same shard (it
+    /// restores fault tolerance); an eventual shard's replica is not moved
+    /// while another of its replicas is down (the leaving one must ship what
+    /// it took to every staying one first); otherwise eventual shards drain
+    /// like Raft ones.
+    #[test]
+    fn down_replicas_move_first_and_eventual_ones_wait_for_their_peers() {
+        let nodes = [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "c")];
+        let mut m = map(&nodes, &[&[1, 2, 3], &[1, 2, 3]]);
+        m.shards[1].mode = crate::shards::ShardMode::Eventual;
+        set(&mut m, 1, NodeState::Draining);
+        let removed = |plan: &[(u64, ReplicaChange)]| plan.iter().map(|(s, c)| (*s, c.remove)).collect::<Vec<_>>();
+        assert_eq!(removed(&plan_drains(&m, &all(&m), 4)), [(1, Some(1)), (2, Some(1))]);
+        assert!(drain_blockers(&m, 1).is_empty(), "eventual replicas move too");
+        set(&mut m, 2, NodeState::Down);
+        assert_eq!(removed(&plan_drains(&m, &all(&m), 4)), [(1, Some(2)), (2, Some(2))], "the down replica first");
+        set(&mut m, 3, NodeState::Down);
+        assert_eq!(removed(&plan_drains(&m, &all(&m), 4)), [(1, Some(2))], "not the eventual one: 3 is down too");
     }
 
     #[test]

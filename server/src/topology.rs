@@ -43,6 +43,7 @@ use crate::raft::command::{Command, CommandResult, MergeCommand, MetaCommand};
 use crate::raft::state_machine::stored_range;
 use crate::raft::{ShardRaft, matched_index, within_lag};
 use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, describe};
+use geokv_proto::admin::GroupStatus;
 
 /// How often every node looks for replica changes to carry out (as the
 /// shard's leader) and for replicas to retire.
@@ -88,6 +89,28 @@ pub async fn carry_out_replica_changes(node: Arc<Node>) {
     while node.is_ready() {
         tokio::time::sleep(RECONCILE_INTERVAL).await;
         let map = node.shard_map();
+        for desc in map.shards.iter().filter(|s| s.change.is_some() && s.is_eventual()) {
+            // Eventual shards have no leader: the meta shard's leader
+            // carries their changes out.
+            let Some(meta) = node.group(META_SHARD_ID).await else { continue };
+            if !meta.is_leader() || !running.lock().expect("running changes").insert(desc.id) {
+                continue;
+            }
+            let (node, desc, running) = (node.clone(), desc.clone(), running.clone());
+            tokio::spawn(async move {
+                let change = desc.change.expect("filtered on a change");
+                match step_eventual(&node, &desc, change).await {
+                    Ok(Progress::Waiting(why)) => tracing::debug!(shard = desc.id, "replica change waits: {why}"),
+                    Ok(Progress::Done) => {
+                        tracing::info!(shard = desc.id, change = %describe(&change), "eventual replica change made")
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = desc.id, change = %describe(&change), cause = %e, "replica change step failed")
+                    }
+                }
+                running.lock().expect("running changes").remove(&desc.id);
+            });
+        }
         for desc in map.shards.iter().filter(|s| s.change.is_some() && !s.is_eventual()) {
             let Some(raft) = node.group(desc.id).await else { continue };
             if !raft.is_leader() || !running.lock().expect("running changes").insert(desc.id) {
@@ -186,6 +209,141 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
     raft.change_membership(ChangeMembers::ReplaceAllVoters(target.clone()), false).await.map_err(|e| e.to_string())?;
     tracing::info!(shard = desc.id, voters = ?target, "group voters changed");
     finish(node, desc.id, change).await
+}
+
+/// Takes the next step of `change` on eventual shard `desc`, from the meta
+/// shard's leader, by asking the replicas where they stand (each check is
+/// made afresh, so a new meta leader resumes):
+///
+/// 1. every member ships its writes to the new replica, first as a resync
+///    of its whole range; the new one is seeded once it has heard a
+///    position from every other replica that is not down (a new replica
+///    that goes down first is given up, as for Raft shards);
+/// 2. the replica leaving takes no client writes from when its map records
+///    the change; it is removed once every staying replica has acknowledged
+///    everything it accepted, so no write it acknowledged is lost. One that
+///    is down cannot ship: what it accepted and had not shipped is lost
+///    with it (an eventual write is durable on the replica that took it).
+/// 3. the map records the new replicas, and the one that left deletes its
+///    copy ([`crate::node::Node`]'s eventual replica sync).
+async fn step_eventual(node: &Node, desc: &ShardDesc, change: ReplicaChange) -> Result<Progress, String> {
+    let map = node.shard_map();
+    let down = |id: u64| map.node(id).is_none_or(|n| n.state == NodeState::Down);
+    let status = |id: u64| {
+        let addr = map.node(id).map(|n| n.addr.clone());
+        async move {
+            let addr = addr.ok_or_else(|| format!("no node {id} in the map"))?;
+            let reply = node.probe_peer(&addr).await.map_err(|e| format!("node {id}: {e}"))?;
+            let group = reply
+                .groups
+                .into_iter()
+                .find(|g| g.shard_id == desc.id && g.mode == geokv_proto::kv::ShardMode::Eventual as i32);
+            Ok::<_, String>(group)
+        }
+    };
+    // Only what the decision reads: the new replica's status while it is
+    // one, the leaving one's while it is up.
+    let adding = change.add.filter(|a| !desc.replicas.contains(a) && !down(*a));
+    let removing = change.remove.filter(|r| desc.replicas.contains(r) && !down(*r));
+    let added = match adding {
+        Some(a) => status(a).await?,
+        None => None,
+    };
+    let leaving = match removing {
+        Some(r) => status(r).await?,
+        None => None,
+    };
+    match eventual_step(desc, change, &down, added.as_ref(), leaving.as_ref()) {
+        EventualStep::Wait(why) => Ok(Progress::Waiting(why)),
+        EventualStep::GiveUp(why) => {
+            let cmd = Command::Meta(MetaCommand::CancelReplicaChange { shard: desc.id, change });
+            match node.propose_internal(META_SHARD_ID, &cmd).await? {
+                CommandResult::Meta { .. } => {
+                    tracing::warn!(shard = desc.id, change = %describe(&change), "replica change given up: {why}");
+                    Ok(Progress::Waiting(format!("given up: {why}")))
+                }
+                CommandResult::Rejected(r) => Err(format!("the shard map refused to drop the change: {r}")),
+                other => Err(format!("unexpected answer from the meta shard: {other:?}")),
+            }
+        }
+        EventualStep::Finish { lost_with } => {
+            if let Some(gone) = lost_with {
+                tracing::warn!(
+                    shard = desc.id,
+                    node = gone,
+                    "removing the replica of a down node: writes it accepted and had not shipped are lost with it"
+                );
+            }
+            finish(node, desc.id, change).await
+        }
+    }
+}
+
+/// What to do next about an eventual shard's replica change.
+#[derive(Debug, PartialEq, Eq)]
+enum EventualStep {
+    Wait(String),
+    GiveUp(String),
+    /// Record the change as made; `lost_with`: the leaving replica is down,
+    /// and what it had not shipped goes with it.
+    Finish {
+        lost_with: Option<u64>,
+    },
+}
+
+/// The decision of [`step_eventual`], from the map's view of `desc` and
+/// `change`, which nodes are down, and the statuses of the replica being
+/// added (`added`, while it is not yet one and not down) and of the one
+/// leaving (`leaving`, while it is up); `None`: it holds no replica yet.
+fn eventual_step(
+    desc: &ShardDesc,
+    change: ReplicaChange,
+    down: &dyn Fn(u64) -> bool,
+    added: Option<&GroupStatus>,
+    leaving: Option<&GroupStatus>,
+) -> EventualStep {
+    let staying = change.apply_to(&desc.replicas);
+    if let Some(add) = change.add.filter(|a| !desc.replicas.contains(a)) {
+        if down(add) {
+            return EventualStep::GiveUp(format!("node {add} is down"));
+        }
+        let Some(g) = added else { return EventualStep::Wait(format!("node {add} holds no replica yet")) };
+        let missing: Vec<u64> =
+            desc.replicas.iter().copied().filter(|r| *r != add && !down(*r) && !g.ec_heard_from.contains(r)).collect();
+        if !missing.is_empty() {
+            return EventualStep::Wait(format!("new replica {add} not yet seeded by {missing:?}"));
+        }
+    }
+    let Some(remove) = change.remove.filter(|r| desc.replicas.contains(r)) else {
+        return EventualStep::Finish { lost_with: None };
+    };
+    if down(remove) {
+        return EventualStep::Finish { lost_with: Some(remove) };
+    }
+    // Every staying replica must get what the leaving one accepted from it
+    // (no other replica relays it): with one of them down the change could
+    // neither finish safely nor wait for long. Given up; the down replica's
+    // own replacement goes first (placement plans it first).
+    if let Some(peer) = staying.iter().copied().find(|p| down(*p)) {
+        return EventualStep::GiveUp(format!("staying replica {peer} is down: its replacement goes first"));
+    }
+    let Some(g) = leaving else { return EventualStep::Wait(format!("node {remove} reports no replica")) };
+    if !g.ec_leaving {
+        return EventualStep::Wait(format!("node {remove} does not yet refuse writes"));
+    }
+    if g.ec_durable_seq < g.ec_last_seq {
+        return EventualStep::Wait(format!("node {remove} has writes not yet durable"));
+    }
+    for peer in staying {
+        let acked = g.ec_peers.iter().find(|p| p.node_id == peer).map_or(0, |p| p.acked_seq);
+        if acked < g.ec_last_seq {
+            return EventualStep::Wait(format!(
+                "node {peer} has acknowledged node {remove}'s writes up to {acked} of {}",
+                g.ec_last_seq
+            ));
+        }
+    }
+    EventualStep::Finish { lost_with: None }
 }
 
 /// Gives up `change`, whose new replica went down while still a learner
@@ -813,6 +971,89 @@ mod tests {
 
     fn range(start: &str, end: Option<&str>) -> crate::shards::KeyRange {
         (start.as_bytes().to_vec(), end.map(|e| e.as_bytes().to_vec()))
+    }
+
+    fn eventual_desc(replicas: &[u64], change: ReplicaChange) -> ShardDesc {
+        ShardDesc {
+            id: 7,
+            epoch: 3,
+            start: b"ev/".to_vec(),
+            end: Some(b"ev0".to_vec()),
+            replicas: replicas.to_vec(),
+            preferred_leader_region: None,
+            mode: crate::shards::ShardMode::Eventual,
+            change: Some(change),
+            merge: None,
+            auto_split: false,
+        }
+    }
+
+    /// The leaving replica's status: `last` writes accepted (all durable),
+    /// and what each peer acknowledged.
+    fn leaving(last: u64, acked: &[(u64, u64)]) -> GroupStatus {
+        GroupStatus {
+            ec_leaving: true,
+            ec_last_seq: last,
+            ec_durable_seq: last,
+            ec_peers: acked
+                .iter()
+                .map(|(node_id, acked_seq)| geokv_proto::admin::EcPeer {
+                    node_id: *node_id,
+                    acked_seq: *acked_seq,
+                    ..Default::default()
+                })
+                .collect(),
+            ..GroupStatus::default()
+        }
+    }
+
+    fn heard(from: &[u64]) -> GroupStatus {
+        GroupStatus { ec_heard_from: from.to_vec(), ec_seeding: true, ..GroupStatus::default() }
+    }
+
+    /// Moving node 1's replica of an eventual shard to node 4: not before
+    /// node 4 has heard from every other replica, nor before node 1 refuses
+    /// writes and every staying replica (4 included) acknowledged all it
+    /// accepted; a down new replica or a down staying one gives the move
+    /// up; a down leaving one is removed, its unshipped writes lost.
+    #[test]
+    fn an_eventual_replica_leaves_only_once_the_staying_ones_have_its_writes() {
+        let change = ReplicaChange { add: Some(4), remove: Some(1) };
+        let desc = eventual_desc(&[1, 2, 3], change);
+        let none_down = |_: u64| false;
+        let wait = |step: EventualStep| matches!(step, EventualStep::Wait(_));
+        assert!(wait(eventual_step(&desc, change, &none_down, None, None)), "no replica on 4 yet");
+        assert!(wait(eventual_step(&desc, change, &none_down, Some(&heard(&[1, 2])), None)), "3 not heard");
+        let seeded = heard(&[1, 2, 3]);
+        let all_acked = leaving(50, &[(2, 50), (3, 50), (4, 50)]);
+        let not_refusing = GroupStatus { ec_leaving: false, ..all_acked.clone() };
+        assert!(wait(eventual_step(&desc, change, &none_down, Some(&seeded), Some(&not_refusing))));
+        let behind = leaving(50, &[(2, 50), (3, 49), (4, 50)]);
+        assert!(wait(eventual_step(&desc, change, &none_down, Some(&seeded), Some(&behind))), "3 lacks one");
+        let new_one_behind = leaving(50, &[(2, 50), (3, 50), (4, 12)]);
+        assert!(wait(eventual_step(&desc, change, &none_down, Some(&seeded), Some(&new_one_behind))));
+        let not_durable = GroupStatus { ec_durable_seq: 49, ..all_acked.clone() };
+        assert!(wait(eventual_step(&desc, change, &none_down, Some(&seeded), Some(&not_durable))));
+        assert_eq!(
+            eventual_step(&desc, change, &none_down, Some(&seeded), Some(&all_acked)),
+            EventualStep::Finish { lost_with: None }
+        );
+        // Node 3 (staying) down: given up, so its own replacement can go first.
+        let three_down = |n: u64| n == 3;
+        assert!(matches!(
+            eventual_step(&desc, change, &three_down, Some(&heard(&[1, 2])), Some(&behind)),
+            EventualStep::GiveUp(_)
+        ));
+        // The new replica down: given up.
+        let four_down = |n: u64| n == 4;
+        assert!(matches!(eventual_step(&desc, change, &four_down, None, Some(&all_acked)), EventualStep::GiveUp(_)));
+        // The leaving replica down: seeded by the others, then removed.
+        let one_down = |n: u64| n == 1;
+        assert!(wait(eventual_step(&desc, change, &one_down, Some(&heard(&[2])), None)));
+        assert_eq!(
+            eventual_step(&desc, change, &one_down, Some(&heard(&[2, 3])), None),
+            EventualStep::Finish { lost_with: Some(1) }
+        );
     }
 
     #[test]

@@ -409,3 +409,116 @@ async fn creates_and_splits_at_once_through_different_nodes_get_distinct_ids() {
         assert!(w.eventual, "{key} is on an eventual shard");
     }
 }
+
+/// A replica of an eventual shard moves to a node that held none (4 nodes,
+/// the shard on 3) while every replica takes writes directly (at most 150
+/// each): the new replica is seeded by a full resync from every other one;
+/// the leaving replica refuses writes once its map records the move
+/// (UNAVAILABLE: nothing written) and is removed only after the staying
+/// replicas acknowledged everything it accepted. Every acknowledged write
+/// ends on every final replica, and the old one deletes its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_replica_moves_without_losing_an_acknowledged_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const WRITES_PER_REPLICA: usize = 150;
+    let extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
+    let opts = ClusterOptions { nodes: 4, extra_args, ..ClusterOptions::default() };
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let map = admin.refresh_shard_map().await.expect("map");
+    let shard = map.shard_for_key(RANGE_START.as_bytes()).expect("the eventual shard").clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let from = replicas[0];
+    for n in &replicas {
+        for i in 0..20 {
+            put(&c, *n, &format!("ev/pre-{n}-{i:02}"), "before the move").await;
+        }
+    }
+
+    let acked: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
+    let (refused, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for n in replicas.iter().copied() {
+        let mut kv = c.kv(n).await;
+        let (acked, refused, failed, stop) = (acked.clone(), refused.clone(), failed.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..WRITES_PER_REPLICA {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (key, value) = (format!("ev/w{n}-{i:03}"), format!("written at node {n}"));
+                let req = pb::PutRequest {
+                    header: None,
+                    session: None,
+                    key: key.clone().into(),
+                    value: value.clone().into(),
+                };
+                match kv.put(req).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                    Err(s) if s.code() == Code::Unavailable => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    wait_for("writes before the move", DEFAULT_DEADLINE, || async {
+        (acked.lock().unwrap().len() >= 60).then_some(())
+    })
+    .await;
+
+    let moved = admin.move_replica(shard.shard_id, from, to).await.expect("the move is recorded");
+    assert!(moved.created);
+    let done = admin.wait_for_replica_change(shard.shard_id, DEFAULT_DEADLINE).await.expect("the move is made");
+    let mut now: Vec<u64> = done.replicas.iter().map(|r| r.node_id).collect();
+    now.sort();
+    let mut expected: Vec<u64> = replicas.iter().copied().filter(|r| *r != from).chain([to]).collect();
+    expected.sort();
+    assert_eq!(now, expected);
+    assert!(done.epoch > shard.epoch);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    wait_for(&format!("node {from} to drop its replica"), DEFAULT_DEADLINE, || async {
+        let status = c.status(from).await?;
+        (!status.groups.iter().any(|g| g.shard_id == shard.shard_id)).then_some(())
+    })
+    .await;
+    let acked = acked.lock().unwrap().clone();
+    let held = wait_for("the final replicas to hold the same data", DEFAULT_DEADLINE, || async {
+        let mut states = Vec::new();
+        for n in &expected {
+            states.push(state(&c, *n).await?);
+        }
+        states.windows(2).all(|w| w[0] == w[1]).then(|| states.pop()).flatten()
+    })
+    .await;
+    let missing: Vec<&String> = acked.keys().filter(|k| held.get(*k).map(|(v, _)| v) != acked.get(*k)).collect();
+    eprintln!(
+        "eventual move {from} -> {to}: {} writes acknowledged, {} refused by the leaving replica, {} failed \
+         otherwise; {} keys on every final replica",
+        acked.len(),
+        refused.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        held.len()
+    );
+    assert!(missing.is_empty(), "acknowledged writes missing after the move: {missing:?}");
+    for n in &replicas {
+        assert!(held.contains_key(&format!("ev/pre-{n}-19")), "node {n}'s writes before the move");
+    }
+    // The old node holds no replica: a write sent there is taken by a
+    // replica (forwarded for a client that names no shard).
+    let w = put(&c, from, "ev/late", "after the move").await;
+    assert!(w.origin != from && expected.contains(&w.origin), "accepted by node {}", w.origin);
+}

@@ -37,7 +37,7 @@ pub mod hlc;
 pub mod ship;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -334,9 +334,34 @@ struct State {
     received: HashMap<u64, Received>,
 }
 
+/// Which nodes hold an eventual shard, as the map last said: its replicas,
+/// and a replica change under way (see [`EcShard::update`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Roles {
+    replicas: Vec<u64>,
+    adding: Option<u64>,
+    removing: Option<u64>,
+}
+
+impl Roles {
+    fn of(desc: &ShardDesc) -> Roles {
+        let (adding, removing) = desc.change.map_or((None, None), |c| (c.add, c.remove));
+        Roles { replicas: desc.replicas.clone(), adding, removing }
+    }
+
+    /// Every node that holds the shard's data or is being given it: the
+    /// replicas plus the one being added. Each ships its writes to all.
+    fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.replicas.iter().copied().chain(self.adding.filter(|a| !self.replicas.contains(a)))
+    }
+}
+
 /// One eventual shard's replica on this node.
 pub struct EcShard {
+    /// The shard as the map described it when this replica started: its
+    /// id and range (which do not change); its members are in `roles`.
     pub desc: ShardDesc,
+    roles: Mutex<Roles>,
     node: Arc<EcNode>,
     state: Mutex<State>,
     /// The last outbox sequence known durable (shippers send up to it).
@@ -345,6 +370,9 @@ pub struct EcShard {
     tombstones: AtomicI64,
     /// Writes accepted locally and received, for status.
     pub received_total: AtomicU64,
+    /// Set (under the state lock) when this replica left its shard and its
+    /// records are deleted: nothing writes for it any more.
+    retired: AtomicBool,
 }
 
 /// How a record that met an existing one fared.
@@ -367,7 +395,8 @@ impl EcShard {
         let first_kept = u64_at(tag::FIRST_KEPT)?.unwrap_or(1);
         let mut received = HashMap::new();
         let mut peers = BTreeMap::new();
-        for peer in desc.replicas.iter().copied().filter(|p| *p != node.me) {
+        let roles = Roles::of(&desc);
+        for peer in roles.members().filter(|p| *p != node.me) {
             let peer_key = peer.to_be_bytes();
             if let Some(b) = s.get_ec(EcFamily::Meta, &meta_key(id, tag::RECEIVED, &peer_key))? {
                 received.insert(peer, decode::<Received>(&b)?);
@@ -383,17 +412,135 @@ impl EcShard {
         let (durable_tx, _) = watch::channel(last_seq);
         Ok(Arc::new(EcShard {
             desc,
+            roles: Mutex::new(roles),
             node,
             state: Mutex::new(State { last_seq, first_kept, received }),
             durable_tx,
             peers: Mutex::new(peers),
             tombstones: AtomicI64::new(tombstones),
             received_total: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }))
     }
 
     pub fn id(&self) -> u64 {
         self.desc.id
+    }
+
+    /// Takes the members the map now gives the shard (`desc`, the same
+    /// shard): a node being added becomes a peer (this node ships its
+    /// writes to it, first as a whole-range resync), a node removed stops
+    /// being one and its positions here are dropped (should it come back,
+    /// it starts afresh). Returns the new peers, whose shippers the caller
+    /// starts.
+    pub fn update(&self, desc: &ShardDesc) -> Result<Vec<u64>, Error> {
+        let me = self.node.me;
+        let new = Roles::of(desc);
+        // Lock order: state, then roles; so roles is let go before state.
+        let (added, gone) = {
+            let mut roles = self.roles.lock().expect("ec roles");
+            if *roles == new {
+                return Ok(Vec::new());
+            }
+            let before: Vec<u64> = roles.members().collect();
+            let after: Vec<u64> = new.members().collect();
+            tracing::info!(shard = self.id(), replicas = ?new.replicas, adding = ?new.adding,
+                removing = ?new.removing, "eventual shard members changed");
+            *roles = new;
+            let added: Vec<u64> = after.iter().copied().filter(|p| *p != me && !before.contains(p)).collect();
+            let gone: Vec<u64> = before.into_iter().filter(|p| *p != me && !after.contains(p)).collect();
+            (added, gone)
+        };
+        {
+            // A member that joins while this replica runs has acknowledged
+            // nothing of it (positions stored from an earlier time it was a
+            // member are stale, and dropped below).
+            let mut peers = self.peers.lock().expect("ec peers");
+            for peer in &added {
+                peers.insert(*peer, PeerState::default());
+            }
+            for peer in &gone {
+                peers.remove(peer);
+            }
+        }
+        // Positions of a member that left, or of a new member from an
+        // earlier time it was one, are forgotten: a node that comes back
+        // starts its sequences afresh, and is sent everything again.
+        if !gone.is_empty() || !added.is_empty() {
+            let mut b = self.node.storage.batch();
+            let mut st = self.state.lock().expect("ec state");
+            for peer in gone.iter().chain(&added) {
+                for t in [tag::ACKED, tag::RECEIVED] {
+                    b.delete_ec(EcFamily::Meta, &meta_key(self.id(), t, &peer.to_be_bytes()));
+                }
+                st.received.remove(peer);
+            }
+            self.node.storage.write_relaxed(b)?;
+        }
+        Ok(added)
+    }
+
+    /// The shard's replicas as the map last said (the one being added not
+    /// among them until the change is made).
+    pub fn replicas(&self) -> Vec<u64> {
+        self.roles.lock().expect("ec roles").replicas.clone()
+    }
+
+    /// Whether `node` is a member (a replica, or the one being added).
+    pub fn is_member(&self, node: u64) -> bool {
+        self.roles.lock().expect("ec roles").members().any(|m| m == node)
+    }
+
+    /// The node being added to the shard, if any.
+    pub fn adding(&self) -> Option<u64> {
+        self.roles.lock().expect("ec roles").adding
+    }
+
+    /// This replica is being added: it is seeded by the others and serves
+    /// no client requests until the map makes it a replica.
+    pub fn is_seeding(&self) -> bool {
+        let roles = self.roles.lock().expect("ec roles");
+        roles.adding == Some(self.node.me) && !roles.replicas.contains(&self.node.me)
+    }
+
+    /// This replica is being removed: it takes no client writes, and leaves
+    /// once the staying replicas have everything it accepted.
+    pub fn is_leaving(&self) -> bool {
+        self.roles.lock().expect("ec roles").removing == Some(self.node.me)
+    }
+
+    /// The other members this replica has heard a position from.
+    pub fn heard_from(&self) -> Vec<u64> {
+        let members: Vec<u64> = self.roles.lock().expect("ec roles").members().collect();
+        let st = self.state.lock().expect("ec state");
+        members
+            .into_iter()
+            .filter(|m| *m != self.node.me && st.received.get(m).is_some_and(|g| g.clock > Hlc::default()))
+            .collect()
+    }
+
+    /// Deletes this replica's data, outbox and positions (it left the
+    /// shard); durable when this returns. Nothing writes for the replica
+    /// afterwards: the flag is set under the state lock, which every writer
+    /// holds while it checks it and issues its write.
+    pub async fn retire(&self) -> Result<(), Error> {
+        let id = self.id();
+        let durable = {
+            let _st = self.state.lock().expect("ec state");
+            self.retired.store(true, Ordering::SeqCst);
+            let mut b = self.node.storage.batch();
+            b.delete_ec_data_range(&self.desc.start, self.desc.end.as_deref());
+            b.delete_ec_range(EcFamily::Meta, &meta_key(id, 0, &[]), &meta_key(id + 1, 0, &[]));
+            b.delete_ec_range(EcFamily::Outbox, &outbox_key(id, 0), &outbox_key(id + 1, 0));
+            self.node.storage.write_durable(b)?
+        };
+        durable.await?;
+        Ok(())
+    }
+
+    /// Whether this replica left its shard ([`EcShard::retire`]).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The record under `key`, tombstones included.
@@ -417,6 +564,17 @@ impl EcShard {
     pub async fn write(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Receipt, Error> {
         let (seq, receipt, durable) = {
             let mut st = self.state.lock().expect("ec state");
+            // Checked under the state lock: a write that passed has its
+            // sequence before a status that reports the replica leaving.
+            if self.is_leaving() || self.is_seeding() || self.is_retired() {
+                return Err(Error::Unavailable(format!(
+                    "the replica of eventual shard {} on node {} is {}: nothing was written; another replica takes the \
+                     write",
+                    self.id(),
+                    self.node.me,
+                    if self.is_seeding() { "still being seeded" } else { "leaving it" }
+                )));
+            }
             let existing = self.get(&key)?;
             let hlc = self.node.clock.now_for_write().map_err(|e| {
                 Error::Unavailable(format!(
@@ -511,7 +669,7 @@ impl EcShard {
     /// everything it says is durable.
     pub async fn receive(&self, ship: Ship) -> Result<ShipAck, String> {
         let from = ship.from;
-        if !self.desc.replicas.contains(&from) {
+        if !self.is_member(from) {
             return Err(format!("node {from} is not a replica of eventual shard {}", self.id()));
         }
         self.node.clock.observe(ship.clock).map_err(|e| {
@@ -523,6 +681,14 @@ impl EcShard {
         }
         let (ack, durable) = {
             let mut st = self.state.lock().expect("ec state");
+            if self.is_retired() {
+                return Err(format!("this node's replica of eventual shard {} left it", self.id()));
+            }
+            // Again under the lock: positions of a member that just left
+            // must not be stored after [`EcShard::update`] dropped them.
+            if !self.is_member(from) {
+                return Err(format!("node {from} is no longer a replica of eventual shard {}", self.id()));
+            }
             let mut got = st.received.get(&from).copied().unwrap_or_default();
             if got.incarnation != ship.incarnation {
                 // The sender's data was created anew: its sequences restart.
@@ -580,11 +746,11 @@ impl EcShard {
 
     /// Every write stamped `<=` this, from every origin, is here.
     fn local_stable(&self, st: &State) -> Hlc {
-        self.desc
-            .replicas
-            .iter()
-            .filter(|r| **r != self.node.me)
-            .map(|r| st.received.get(r).map_or(Hlc::default(), |g| g.clock))
+        let roles = self.roles.lock().expect("ec roles");
+        roles
+            .members()
+            .filter(|r| *r != self.node.me)
+            .map(|r| st.received.get(&r).map_or(Hlc::default(), |g| g.clock))
             .min()
             .unwrap_or_else(|| self.node.clock.peek())
     }
@@ -690,6 +856,10 @@ impl EcShard {
     /// Records `peer`'s acknowledgement durably (no fsync needed: a lost
     /// position only replays entries the peer skips as duplicates).
     pub fn save_acked(&self, peer: u64, acked: u64) -> Result<(), Error> {
+        let _st = self.state.lock().expect("ec state");
+        if self.is_retired() || !self.is_member(peer) {
+            return Ok(());
+        }
         let mut b = self.node.storage.batch();
         b.put_ec(EcFamily::Meta, &meta_key(self.id(), tag::ACKED, &peer.to_be_bytes()), &encode(&acked));
         self.node.storage.write_relaxed(b)?;
@@ -704,6 +874,9 @@ impl EcShard {
         let min_acked = self.peers.lock().expect("ec peers").values().map(|p| p.acked).min();
         {
             let mut st = self.state.lock().expect("ec state");
+            if self.is_retired() {
+                return Ok(());
+            }
             let durable = *self.durable_tx.borrow();
             let mut keep_from = min_acked.map_or(durable + 1, |a| a + 1).min(st.last_seq + 1);
             let bound = self.node.config.outbox_max_entries;

@@ -55,10 +55,11 @@ enum Sent {
     Heartbeat,
 }
 
-/// Ships `shard`'s writes to `peer` until the node stops.
+/// Ships `shard`'s writes to `peer` until the node stops, the peer is no
+/// longer a member of the shard, or this replica left it.
 pub async fn run(node: Arc<Node>, shard: Arc<EcShard>, peer: u64) {
     let mut backoff = BACKOFF_MIN;
-    while node.is_ready() {
+    while shipping(&node, &shard, peer) {
         match session(&node, &shard, peer).await {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(cause) => {
@@ -80,8 +81,15 @@ pub async fn run(node: Arc<Node>, shard: Arc<EcShard>, peer: u64) {
     }
 }
 
+/// Whether this node still ships `shard` to `peer`.
+fn shipping(node: &Node, shard: &Arc<EcShard>, peer: u64) -> bool {
+    node.is_ready()
+        && shard.is_member(peer)
+        && node.eventual_shard(shard.id()).is_some_and(|running| Arc::ptr_eq(&running, shard))
+}
+
 /// One stream's life: returns `Ok` when the peer asked to rewind (reconnect
-/// at once), `Err` on any failure.
+/// at once) or is no longer shipped to, `Err` on any failure.
 async fn session(node: &Arc<Node>, shard: &Arc<EcShard>, peer: u64) -> Result<(), String> {
     let cfg = &shard.node().config;
     let addr = node.shard_map().node(peer).map(|n| n.addr.clone()).ok_or(format!("node {peer} not in the map"))?;
@@ -100,12 +108,22 @@ async fn session(node: &Arc<Node>, shard: &Arc<EcShard>, peer: u64) -> Result<()
 
     let acked = shard.peers.lock().expect("ec peers").get(&peer).map_or(0, |p| p.acked);
     let mut position = Position::Outbox { next: acked + 1 };
+    if acked == 0 && shard.adding() == Some(peer) {
+        // A replica being added is seeded with the whole range, whatever
+        // the outbox still keeps, then follows the outbox.
+        let (seq, clock) = shard.watermark();
+        tracing::info!(shard = shard.id(), peer, "seeding a new replica: full resync");
+        if let Some(p) = shard.peers.lock().expect("ec peers").get_mut(&peer) {
+            p.resyncing = true;
+        }
+        position = Position::Resync { from_key: shard.desc.start.clone(), seq, clock };
+    }
     let mut in_flight: VecDeque<(Sent, Instant)> = VecDeque::new();
     let mut durable_rx = shard.durable_rx();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_since = Instant::now();
-    while node.is_ready() {
+    while shipping(node, shard, peer) {
         while in_flight.len() < cfg.ship_window {
             let Some((body, sent)) = next_message(shard, peer, &mut position)? else { break };
             send(shard, &tx, body).await?;

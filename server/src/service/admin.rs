@@ -242,7 +242,7 @@ impl Admin for AdminService {
             groups.push(GroupStatus {
                 shard_id: replica.id(),
                 role: "eventual".into(),
-                voters: replica.desc.replicas.clone(),
+                voters: replica.replicas(),
                 epoch: replica.desc.epoch,
                 start: replica.desc.start.clone(),
                 end: replica.desc.end.clone().unwrap_or_default(),
@@ -261,6 +261,10 @@ impl Admin for AdminService {
                     })
                     .collect(),
                 ec_tombstones: replica.tombstones(),
+                ec_heard_from: replica.heard_from(),
+                ec_leaving: replica.is_leaving(),
+                ec_durable_seq: replica.positions().2,
+                ec_seeding: replica.is_seeding(),
                 ..GroupStatus::default()
             });
         }
@@ -575,11 +579,6 @@ impl Admin for AdminService {
             return Ok(Response::new(MoveReplicaResponse { map_version: map.version, created: false }));
         }
         if shard.change.is_none() {
-            if shard.is_eventual() {
-                return Err(Status::failed_precondition(format!(
-                    "shard {shard_id} is eventual: replica moves are built for Raft shards only"
-                )));
-            }
             if !shard.replicas.contains(&from_node) {
                 return Err(Status::failed_precondition(format!(
                     "node {from_node} holds no replica of shard {shard_id} (replicas: {:?})",

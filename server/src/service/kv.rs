@@ -214,6 +214,13 @@ impl KvService {
         if shard.is_eventual()
             && let Some(replica) = self.node.eventual_shard(shard.id)
         {
+            if replica.is_seeding() {
+                return Err(Error::Unavailable(format!(
+                    "the replica of eventual shard {} on node {} is still being seeded: nothing was done; ask one of \
+                     its replicas {:?}",
+                    shard.id, self.node.config.node_id, shard.replicas
+                )));
+            }
             return Ok(Target::Eventual(replica));
         }
         match self.node.group(shard.id).await {

@@ -406,8 +406,7 @@ impl ShardMap {
     /// `remove`), or why it is refused. `Ok(false)`: this very change is
     /// already recorded (a retry), the map unchanged.
     ///
-    /// Refused: an unknown shard or node, an eventual shard, another change
-    /// under way, adding a replica the shard has, removing one it does not
+    /// Refused: an unknown shard or node, another change under way, adding a replica the shard has, removing one it does not
     /// have, a change that is no change, removing the last replica.
     pub fn begin_replica_change(&mut self, shard: u64, change: ReplicaChange) -> Result<bool, String> {
         let ReplicaChange { add, remove } = change;
@@ -431,9 +430,6 @@ impl ShardMap {
                  the merge is done",
                 m.right
             ));
-        }
-        if desc.is_eventual() {
-            return Err(format!("shard {shard} is eventual: replica changes are built for Raft shards only"));
         }
         match (add, remove) {
             (None, None) => return Err("a replica change must add or remove a replica".into()),

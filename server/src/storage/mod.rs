@@ -775,6 +775,12 @@ impl Batch<'_> {
         self.wb.delete_cf(self.storage.cf(family.cf_name()), key);
     }
 
+    /// Deletes an eventual shard's records in its range `[start, end)`
+    /// (`None`: to the end of the key space).
+    pub fn delete_ec_data_range(&mut self, start: &[u8], end: Option<&[u8]>) {
+        self.delete_ec_range(EcFamily::Data, start, end.unwrap_or(&PAST_EVERY_KEY));
+    }
+
     /// Deletes the keys of `family` in `[start, end)` (one range tombstone:
     /// for occasional bulk collection, not per write).
     pub fn delete_ec_range(&mut self, family: EcFamily, start: &[u8], end: &[u8]) {
