@@ -227,7 +227,7 @@ impl Client {
     ///
     /// Errors: [`Error::NotFound`] for an unknown shard or node;
     /// [`Error::InvalidArgument`] when `from == to`;
-    /// [`Error::FailedPrecondition`] for an eventual shard, a `from` that
+    /// [`Error::FailedPrecondition`] for a `from` that
     /// holds no replica or a `to` that holds one, another change of the
     /// shard under way, or a `to` that does not answer;
     /// [`Error::Unavailable`] when the retries ran out (repeating is safe).
@@ -373,8 +373,7 @@ impl Client {
     /// [`Client::wait_for_drain`].
     ///
     /// [`Error::NotFound`] for an unknown node; [`Error::FailedPrecondition`]
-    /// when a replica would have nowhere to go (or is on an eventual shard),
-    /// or the node was removed.
+    /// when a replica would have nowhere to go, or the node was removed.
     pub async fn drain_node(&self, node: u64) -> Result<NodeChange, Error> {
         self.send_drain(node, false).await
     }

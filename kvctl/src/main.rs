@@ -765,7 +765,7 @@ Examples:
     /// Move Raft shard SHARD's replica from node --from to node --to, and
     /// wait until the move is done.
     #[command(
-        long_about = "Move Raft shard SHARD's replica from node --from to node --to. The cluster \
+        long_about = "Move shard SHARD's replica from node --from to node --to. The cluster \
             records the move in the shard map, then the shard's leader carries it out: the new \
             replica joins as a learner (it does not vote, so the shard tolerates as many failures \
             as before), gets a snapshot and the log, and once caught up becomes a voter in place of \
@@ -776,10 +776,14 @@ Examples:
             goes on if kvctl stops waiting) and prints the shard's replicas; --no-wait returns once \
             the move is recorded. Repeating the command while the move is under way is safe (it \
             reports the move recorded earlier). One change per shard at a time: a move, or a split, \
-            waits for the one under way.",
+            waits for the one under way.\n\n\
+            An eventual shard has no leader: the meta shard's leader carries its move out. Every \
+            other replica sends the new one the whole range, then its new writes; the old replica \
+            stops taking writes at once (clients write to another replica) and leaves once every \
+            staying replica has acknowledged everything it accepted.",
         after_help = "\
 Refused, changing nothing: an unknown shard or node, --from equal to --to, --from not holding a
-replica, --to holding one already or not answering, an eventual shard, another change under way.
+replica, --to holding one already or not answering, another change under way.
 Prints \"moved shard S from node A to node B: replicas ...; map version V\".
 
 Examples:
