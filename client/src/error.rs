@@ -100,7 +100,7 @@ pub enum Error {
 
     /// An admin request named a shard (or node) the cluster does not have.
     /// Nothing was changed.
-    #[error("not found: {0}; check the id with `kvctl shards`")]
+    #[error("not found: {0}; check the id with `kvctl shards` (shards) or `kvctl node list` (nodes)")]
     NotFound(String),
 
     /// The server answered something that breaks the protocol (e.g. a scan
