@@ -168,6 +168,64 @@ async fn splits_under_writes_lose_nothing_and_survive_a_restart() {
     c.kill_all();
 }
 
+/// A shard whose data grows past `--split-size-bytes` (32 MiB here, by
+/// RocksDB's on-disk estimate: what its memtable holds counts once flushed)
+/// is split at its middle key by the meta shard's leader. Written: 96 MiB
+/// of incompressible 64 KiB values into [g, n) (load splitting off,
+/// automatic merges off); [g, n) splits, the other shards do not, and every
+/// value reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_shard_splits_on_its_own() {
+    use futures::StreamExt;
+    const VALUES: usize = 1536;
+    let options = ClusterOptions {
+        extra_args: vec![
+            format!("--split-size-bytes={}", 32 << 20),
+            "--split-load-entries-per-s=0".into(),
+            "--merge-size-bytes=0".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let value_of = |i: usize| -> Vec<u8> {
+        use rand::{RngCore, SeedableRng};
+        let mut value = vec![0u8; 64 << 10];
+        rand::rngs::StdRng::seed_from_u64(i as u64).fill_bytes(&mut value);
+        value
+    };
+    let start = Instant::now();
+    futures::stream::iter(0..VALUES)
+        .map(|i| {
+            let admin = admin.clone();
+            async move { admin.put(format!("h{i:05}"), value_of(i)).await.expect("put") }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let written = start.elapsed();
+    let map = wait_for("shard [g, n) split by its size", Duration::from_secs(120), || async {
+        let map = admin.refresh_shard_map().await.ok()?;
+        (map.shard(SHARD_G_N)?.end != b"n").then_some(map)
+    })
+    .await;
+    let took = start.elapsed();
+    let left = map.shard(SHARD_G_N).unwrap().clone();
+    let right = map.shard_for_key(&left.end).unwrap().clone();
+    assert!(left.end.as_slice() > b"h00000".as_slice() && left.end.as_slice() < b"h01536".as_slice(), "{left:?}");
+    assert_eq!(right.replicas.len(), 3, "{right:?}");
+    assert!(map.shard_for_key(b"a").unwrap().end == b"g" && map.shard_for_key(b"v").unwrap().start == b"u");
+    for i in (0..VALUES).step_by(97) {
+        let got = admin.get(format!("h{i:05}")).await.expect("get").map(|r| r.value);
+        assert_eq!(got, Some(value_of(i)), "h{i:05}");
+    }
+    eprintln!(
+        "96 MiB written in {written:?}; [g, n) split at {:?} {took:?} after the first write",
+        String::from_utf8_lossy(&left.end)
+    );
+}
+
 /// A shard under sustained write load past `--split-load-entries-per-s` is
 /// split on its own by the meta shard's leader, at the middle key of its
 /// data, while the writers go on; nothing acknowledged is lost.
