@@ -218,10 +218,11 @@ impl Client {
         })
     }
 
-    /// Moves Raft shard `shard`'s replica from node `from` to node `to`. The
+    /// Moves shard `shard`'s replica from node `from` to node `to`. The
     /// cluster records the move and returns; the shard's leader carries it
     /// out (learner, snapshot and log, joint-consensus voter change, the old
-    /// replica deleted), keeping the shard's fault tolerance throughout.
+    /// replica deleted), keeping the shard's fault tolerance throughout; for
+    /// an eventual shard the meta shard's leader does (docs/eventual.md).
     /// [`Client::wait_for_replica_change`] waits for it to finish. Retried
     /// like [`Client::create_shard`]: repeating a recorded move reports it.
     ///
@@ -232,13 +233,35 @@ impl Client {
     /// shard under way, or a `to` that does not answer;
     /// [`Error::Unavailable`] when the retries ran out (repeating is safe).
     pub async fn move_replica(&self, shard: u64, from: u64, to: u64) -> Result<MovedReplica, Error> {
+        self.send_move(shard, from, to, false).await
+    }
+
+    /// Cancels the move of `shard`'s replica from node `from` to node `to`
+    /// that the map records and that is not made yet: possible while the
+    /// new replica does not vote (a Raft shard's learner) and until an
+    /// eventual shard's move is made; the map then records no change and
+    /// the shard keeps its replicas. `created: false`: no such move was
+    /// under way (e.g. a repeat after it was cancelled).
+    ///
+    /// Errors as [`Client::move_replica`], and
+    /// [`Error::FailedPrecondition`] when the move completed first (or the
+    /// shard records another change); [`Error::Unavailable`] when it was
+    /// neither cancelled nor completed within the server's request timeout
+    /// (its new replica may vote already; repeating is safe).
+    pub async fn cancel_move(&self, shard: u64, from: u64, to: u64) -> Result<MovedReplica, Error> {
+        self.send_move(shard, from, to, true).await
+    }
+
+    async fn send_move(&self, shard: u64, from: u64, to: u64, cancel: bool) -> Result<MovedReplica, Error> {
         if from == to {
             return Err(Error::InvalidArgument(format!("from and to are both node {from}: nothing to move")));
         }
-        let request = admin_pb::MoveReplicaRequest { shard_id: shard, from_node: from, to_node: to };
+        let request = admin_pb::MoveReplicaRequest { shard_id: shard, from_node: from, to_node: to, cancel };
         let deadline = Instant::now() + self.config().deadline;
+        let unknown =
+            if cancel { "the move may or may not be cancelled now" } else { "the move may or may not be recorded now" };
         let (addr, reply) = self
-            .retry_admin("the move may or may not be recorded now", deadline, |addr, timeout| async move {
+            .retry_admin(unknown, deadline, |addr, timeout| async move {
                 let mut admin = admin_client(self.channel(&addr)?);
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(timeout);

@@ -782,20 +782,27 @@ Examples:
             An eventual shard has no leader: the meta shard's leader carries its move out. Every \
             other replica sends the new one the whole range, then its new writes; the old replica \
             stops taking writes at once (clients write to another replica) and leaves once every \
-            staying replica has acknowledged everything it accepted.",
+            staying replica has acknowledged everything it accepted.\n\n\
+            --cancel calls a recorded move off while it still can be: until the new replica votes \
+            (for a Raft shard, while it is a learner; for an eventual shard, until the move is \
+            made). The new replica is taken out and deletes its partial copy, the shard keeps its \
+            replicas. Once the new replica votes, the move completes and --cancel says so.",
         after_help = "\
 Refused, changing nothing: an unknown shard or node, --from equal to --to, --from not holding a
 replica, --to holding one already or not answering, another change under way.
+With --cancel: refused when the move completed first or the shard records another change;
+\"nothing to cancel\" when no such move is under way.
 Prints \"moved shard S from node A to node B: replicas ...; map version V\".
 
 Examples:
   kvctl shards                                REPLICAS shows where each shard is; CHANGE a move under way
   kvctl shard move 2 --from 1 --to 4
   kvctl shard move 2 --from 1 --to 4 --no-wait
-  kvctl --json shard move 2 --from 4 --to 1 --wait 10m"
+  kvctl --json shard move 2 --from 4 --to 1 --wait 10m
+  kvctl shard move 2 --from 1 --to 4 --cancel   while node 4 is still a learner"
     )]
     Move {
-        /// The Raft shard whose replica moves.
+        /// The shard whose replica moves.
         shard: u64,
         /// The node that gives up its replica.
         #[arg(long)]
@@ -809,6 +816,12 @@ Examples:
         /// How long to wait for the move to finish.
         #[arg(long, default_value = "5m", value_parser = parse_timeout)]
         wait: Duration,
+        /// Cancel this move instead: possible until its new replica votes
+        /// (a Raft shard's learner stage; an eventual shard's move until it
+        /// is made). The shard keeps its replicas; the new one's partial
+        /// copy is deleted.
+        #[arg(long, conflicts_with_all = ["no_wait"])]
+        cancel: bool,
     },
 }
 
@@ -1172,7 +1185,29 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Shard(ShardCommand::Move { shard, from, to, no_wait, wait }) => {
+        Command::Shard(ShardCommand::Move { shard, from, to, cancel: true, .. }) => {
+            let cancelled = client.cancel_move(shard, from, to).await.map_err(say)?;
+            let fields = json!({
+                "shard": shard,
+                "from": from,
+                "to": to,
+                "map_version": cancelled.map_version,
+                "cancelled": cancelled.created,
+            });
+            match out {
+                WriteOut::Json => print_json(&fields),
+                WriteOut::Table => print_record(&fields),
+                WriteOut::Simple if cancelled.created => println!(
+                    "cancelled the move of shard {shard} from node {from} to node {to}; map version {}",
+                    cancelled.map_version
+                ),
+                WriteOut::Simple => {
+                    println!("no move of shard {shard} from node {from} to node {to} is under way: nothing to cancel")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shard(ShardCommand::Move { shard, from, to, no_wait, wait, .. }) => {
             let moved = client.move_replica(shard, from, to).await.map_err(say)?;
             let mut fields = json!({
                 "shard": shard,
@@ -1188,8 +1223,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 if !replicas.contains(&to) {
                     return Err(format!(
                         "shard {shard}'s change ended without node {to} among its replicas ({replicas:?}): \
-                         the move was given up (node {to} went down while a learner: kvctl node list) or \
-                         replaced; see kvctl shards"
+                         the move was given up (node {to} went down while a learner: kvctl node list), \
+                         cancelled (kvctl shard move --cancel) or replaced; see kvctl shards"
                     ));
                 }
                 fields["done"] = json!(true);

@@ -64,6 +64,10 @@ const SAFE_TIME_POLL: Duration = Duration::from_millis(20);
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long an operator's request to cancel a move stays in force on a node
+/// (it reaches every node; the one carrying the move out acts on it).
+pub const MOVE_CANCEL_LAPSE: Duration = Duration::from_secs(30);
+
 pub struct Node {
     /// The times this node, as a leader, writes into write entries (see
     /// [`crate::raft::log_clock`]).
@@ -79,6 +83,11 @@ pub struct Node {
     /// Room for read results until their clients took them, at most
     /// `limits.max_response_bytes` ([`crate::admission::ResponseBudget`]).
     pub responses: crate::admission::ResponseBudget,
+    /// Moves an operator asked to cancel, by shard, with when: the node
+    /// that carries a move out (the shard's leader, or the meta leader for
+    /// an eventual shard) gives it up if it still can
+    /// ([`Node::cancel_requested`]).
+    move_cancels: Mutex<HashMap<u64, (crate::shards::ReplicaChange, Instant)>>,
     /// Channels to every peer node, shared by all groups and by follower
     /// reads and safe-time pushes.
     pub peers: Arc<Peers>,
@@ -195,6 +204,7 @@ impl Node {
             me: config.me(),
             admission: crate::admission::Admission::new(config.limits.max_inflight_requests),
             responses: crate::admission::ResponseBudget::new(config.limits.max_response_bytes),
+            move_cancels: Mutex::default(),
             config: Arc::new(config),
             storage,
             metrics,
@@ -619,6 +629,33 @@ impl Node {
             });
         }
         Ok(())
+    }
+
+    /// Records that an operator asked to cancel `change` of `shard`; it
+    /// lapses after [`MOVE_CANCEL_LAPSE`] (the operator's request has
+    /// long returned by then; asking again renews it).
+    pub fn request_cancel(&self, shard: u64, change: crate::shards::ReplicaChange) {
+        self.move_cancels.lock().expect("move cancels").insert(shard, (change, Instant::now()));
+    }
+
+    /// Whether an operator asked, recently, to cancel `change` of `shard`.
+    pub fn cancel_requested(&self, shard: u64, change: crate::shards::ReplicaChange) -> bool {
+        let mut cancels = self.move_cancels.lock().expect("move cancels");
+        cancels.retain(|_, (_, at)| at.elapsed() < MOVE_CANCEL_LAPSE);
+        cancels.get(&shard).is_some_and(|(c, _)| *c == change)
+    }
+
+    /// Forgets cancels of moves the map no longer records (cancelled or
+    /// made): a later move of the same replica is a new one.
+    fn prune_cancels(&self) {
+        let map = self.shard_map();
+        let mut cancels = self.move_cancels.lock().expect("move cancels");
+        cancels.retain(|shard, (change, _)| map.shard(*shard).is_some_and(|d| d.change == Some(*change)));
+    }
+
+    /// Forgets a cancel that can no longer be carried out.
+    pub fn forget_cancel(&self, shard: u64) {
+        self.move_cancels.lock().expect("move cancels").remove(&shard);
     }
 
     /// The replica of eventual shard `shard` on this node, if any.
@@ -1109,6 +1146,7 @@ async fn finish_splits(node: Arc<Node>) {
 async fn watch_for_new_shards(node: Arc<Node>, raft_config: Arc<openraft::Config>, limits: SessionLimits) {
     let mut rx = node.map_rx.clone();
     while node.is_ready() && rx.changed().await.is_ok() {
+        node.prune_cancels();
         if let Err(e) = node.start_eventual_shards() {
             tracing::error!(cause = %e, "cannot start a new eventual shard");
         }

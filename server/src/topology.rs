@@ -21,7 +21,8 @@
 //!    set ([`MetaCommand::FinishReplicaChange`]), and the replica that left
 //!    deletes its copy ([`retire_replicas`]).
 //!
-//! A change whose new replica is marked down while it is still a learner is
+//! A change whose new replica is marked down while it is still a learner,
+//! or that an operator cancels then (`kvctl shard move … --cancel`), is
 //! given up instead ([`MetaCommand::CancelReplicaChange`], after the learner
 //! is taken out of the group), so that a dead target does not hold the
 //! shard's changes up.
@@ -153,6 +154,18 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
     if committed.get_joint_config().len() == 1 && committed_voters == target {
         return finish(node, desc.id, change).await;
     }
+    if node.cancel_requested(desc.id, change)
+        && let Some(add) = change.add
+    {
+        // Until the new replica votes, taking it out leaves the group as it
+        // was; once it does (in the joint configuration), the change goes on.
+        if !m.membership_config.membership().voter_ids().any(|v| v == add) {
+            let is_member = m.membership_config.membership().get_node(&add).is_some();
+            return cancel(node, raft, desc.id, change, is_member, "cancelled by an operator".into()).await;
+        }
+        tracing::warn!(shard = desc.id, node = add, "move not cancelled: its new replica votes already; it completes");
+        node.forget_cancel(desc.id);
+    }
     // The map may record a split this group has not applied yet: a new
     // replica's snapshot would then hold the other half's keys.
     let local = stored_range(&node.storage, desc.id).map_err(|e| e.to_string())?;
@@ -163,7 +176,7 @@ async fn step(node: &Node, raft: &ShardRaft, desc: &ShardDesc, change: ReplicaCh
         let is_member = m.membership_config.membership().get_node(&add).is_some();
         let is_voter = m.membership_config.membership().voter_ids().any(|v| v == add);
         if !is_voter && node.shard_map().node(add).is_none_or(|n| n.state == NodeState::Down) {
-            return cancel(node, raft, desc.id, change, is_member).await;
+            return cancel(node, raft, desc.id, change, is_member, format!("node {add} is down")).await;
         }
         if !is_member {
             ensure_log_purged(raft).await?;
@@ -253,13 +266,19 @@ async fn step_eventual(node: &Node, desc: &ShardDesc, change: ReplicaChange) -> 
         Some(r) => status(r).await?,
         None => None,
     };
-    match eventual_step(desc, change, &down, added.as_ref(), leaving.as_ref()) {
+    let step = if node.cancel_requested(desc.id, change) {
+        EventualStep::GiveUp("cancelled by an operator".into())
+    } else {
+        eventual_step(desc, change, &down, added.as_ref(), leaving.as_ref())
+    };
+    match step {
         EventualStep::Wait(why) => Ok(Progress::Waiting(why)),
         EventualStep::GiveUp(why) => {
             let cmd = Command::Meta(MetaCommand::CancelReplicaChange { shard: desc.id, change });
             match node.propose_internal(META_SHARD_ID, &cmd).await? {
                 CommandResult::Meta { .. } => {
                     tracing::warn!(shard = desc.id, change = %describe(&change), "replica change given up: {why}");
+                    node.forget_cancel(desc.id);
                     Ok(Progress::Waiting(format!("given up: {why}")))
                 }
                 CommandResult::Rejected(r) => Err(format!("the shard map refused to drop the change: {r}")),
@@ -346,9 +365,11 @@ fn eventual_step(
     EventualStep::Finish { lost_with: None }
 }
 
-/// Gives up `change`, whose new replica went down while still a learner
-/// (it would otherwise hold the shard's changes up until it came back):
-/// takes the learner out of the group, then drops the change from the map.
+/// Gives up `change` before its new replica votes: that replica went down
+/// while still a learner (it would otherwise hold the shard's changes up
+/// until it came back), or an operator cancelled the move (`why` says
+/// which): takes the learner out of the group, then drops the change from
+/// the map.
 /// Only from the learner stage: once the new replica is a voter in the
 /// group's (joint) configuration the change goes forward, which needs a
 /// majority of the new voters, not the new one.
@@ -358,6 +379,7 @@ async fn cancel(
     shard: u64,
     change: ReplicaChange,
     is_member: bool,
+    why: String,
 ) -> Result<Progress, String> {
     let add = change.add.expect("a change that adds");
     if is_member {
@@ -368,8 +390,9 @@ async fn cancel(
     let cmd = Command::Meta(MetaCommand::CancelReplicaChange { shard, change });
     match node.propose_internal(META_SHARD_ID, &cmd).await? {
         CommandResult::Meta { .. } => {
-            tracing::warn!(shard, change = %describe(&change), "replica change given up: node {add} is down");
-            Ok(Progress::Waiting(format!("given up: node {add} is down")))
+            tracing::warn!(shard, change = %describe(&change), "replica change given up: {why}");
+            node.forget_cancel(shard);
+            Ok(Progress::Waiting(format!("given up: {why}")))
         }
         CommandResult::Rejected(r) => Err(format!("the shard map refused to drop the change: {r}")),
         other => Err(format!("unexpected answer from the meta shard: {other:?}")),

@@ -522,3 +522,53 @@ async fn an_eventual_replica_moves_without_losing_an_acknowledged_write() {
     let w = put(&c, from, "ev/late", "after the move").await;
     assert!(w.origin != from && expected.contains(&w.origin), "accepted by node {}", w.origin);
 }
+
+/// An eventual shard's move is cancelled before it is made (a staying
+/// replica paused, so the new one cannot be seeded): the map drops it, the
+/// replica that was leaving takes writes again, and the new one deletes
+/// what it had been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventual_move_can_be_cancelled_before_it_is_made() {
+    let extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
+    let opts = ClusterOptions { nodes: 4, extra_args, ..ClusterOptions::default() };
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let map = admin.refresh_shard_map().await.expect("map");
+    let shard = map.shard_for_key(RANGE_START.as_bytes()).expect("the eventual shard").clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let (from, paused) = (replicas[0], replicas[1]);
+    put(&c, from, "ev/before", "the move").await;
+    c.pause(paused);
+    assert!(admin.move_replica(shard.shard_id, from, to).await.expect("recorded").created);
+    wait_for(&format!("node {to} seeded by all but node {paused}"), DEFAULT_DEADLINE, || async {
+        let status = c.status(to).await?;
+        let g = status.groups.iter().find(|g| g.shard_id == shard.shard_id)?;
+        (g.ec_seeding && g.ec_heard_from.contains(&replicas[2])).then_some(())
+    })
+    .await;
+    let refused = c
+        .kv(from)
+        .await
+        .put(pb::PutRequest { header: None, session: None, key: "ev/during".into(), value: "x".into() })
+        .await;
+    assert!(refused.is_err() || refused.as_ref().is_ok_and(|w| w.get_ref().origin != from), "{refused:?}");
+    assert!(admin.cancel_move(shard.shard_id, from, to).await.expect("cancelled").created);
+    let now = admin.refresh_shard_map().await.expect("map");
+    let after = now.shard(shard.shard_id).unwrap();
+    assert!(!after.is_changing());
+    assert_eq!(after.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(), replicas);
+    wait_for(&format!("node {from} to take writes again"), DEFAULT_DEADLINE, || async {
+        let req = pb::PutRequest { header: None, session: None, key: "ev/after".into(), value: "y".into() };
+        let w = c.kv(from).await.put(req).await.ok()?.into_inner();
+        (w.origin == from).then_some(())
+    })
+    .await;
+    wait_for(&format!("node {to} to delete what it was sent"), DEFAULT_DEADLINE, || async {
+        let status = c.status(to).await?;
+        (!status.groups.iter().any(|g| g.shard_id == shard.shard_id)).then_some(())
+    })
+    .await;
+    c.resume(paused);
+}

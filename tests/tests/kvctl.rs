@@ -50,6 +50,8 @@ async fn topology_commands_refuse_bad_input_precisely_and_change_nothing() {
         (&["shard", "move", "2", "--from", "1", "--to", "9"], "not found: no node 9 in the cluster"),
         (&["shard", "move", "2", "--from", "1", "--to", "2"], "node 2 already holds a replica of shard 2"),
         (&["shard", "move", "2", "--from", "9", "--to", "2"], "not found: no node 9 in the cluster"),
+        (&["shard", "move", "2", "--from", "1", "--to", "9", "--cancel"], "not found: no node 9 in the cluster"),
+        (&["shard", "move", "99", "--from", "1", "--to", "2", "--cancel"], "not found: no shard 99"),
         (&["node", "drain", "9"], "not found: no node 9 in the cluster"),
         (&["node", "drain", "3"], "node 3 cannot be drained: shard 1 has nowhere to go"),
         (&["node", "remove", "9"], "not found: no node 9 in the cluster"),
@@ -64,6 +66,14 @@ async fn topology_commands_refuse_bad_input_precisely_and_change_nothing() {
         assert!(err.starts_with("error: ") && err.lines().count() == 1, "one line: {what}");
         assert!(err.contains(expected), "expected {expected:?}: {what}");
     }
+    // Cancelling a move that is not under way changes nothing either.
+    let (code, out, err) =
+        tokio::task::block_in_place(|| kvctl(&c, &["shard", "move", "2", "--from", "1", "--to", "2", "--cancel"]));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "no move of shard 2 from node 1 to node 2 is under way: nothing to cancel\n"),
+        "{err}"
+    );
     // The meta shard is not merged either.
     let (code, _, err) = tokio::task::block_in_place(|| kvctl(&c, &["shard", "merge", "0"]));
     assert_eq!(code, 1, "{err}");

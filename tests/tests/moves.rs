@@ -321,3 +321,58 @@ async fn a_move_to_a_node_that_dies_as_a_learner_is_given_up() {
 fn logs_say(c: &TestCluster, what: &str) -> bool {
     c.nodes.iter().any(|n| c.log(n.id).contains(what))
 }
+
+/// An operator cancels a move while its new replica is a learner (its node
+/// paused, so it cannot catch up): the map drops the move, the shard keeps
+/// its replicas and epoch and takes writes, the learner is taken out of the
+/// group, and the target deletes its partial copy once it runs again. A
+/// repeat finds nothing to cancel; a move that completed cannot be
+/// cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_can_be_cancelled_while_its_new_replica_is_a_learner() {
+    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options());
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let map = admin.refresh_shard_map().await.unwrap();
+    let shard = map.shard_for_key(b"a").expect("a shard for a").clone();
+    let id = shard.shard_id;
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let from = replicas[0];
+    admin.put("a-before", "the cancel").await.expect("put");
+
+    assert!(admin.move_replica(id, from, to).await.expect("move recorded").created);
+    c.pause(to);
+    wait_for(&format!("node {to} added as a learner"), DEFAULT_DEADLINE, || async {
+        let leader = c.wait_leader(id).await;
+        let group = c.group_statuses(id).await.remove(&leader)?;
+        group.learners.contains(&to).then_some(())
+    })
+    .await;
+    let cancelled = admin.cancel_move(id, from, to).await.expect("cancelled");
+    assert!(cancelled.created);
+    let now = admin.refresh_shard_map().await.unwrap();
+    let after = now.shard(id).unwrap();
+    assert!(!after.is_changing(), "{after:?}");
+    assert_eq!(after.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(), replicas);
+    assert_eq!(after.epoch, shard.epoch, "nothing was made: same epoch");
+    let leader = c.wait_leader(id).await;
+    let group = c.group_statuses(id).await.remove(&leader).expect("leader status");
+    assert!(!group.learners.contains(&to) && !group.voters.contains(&to), "{group:?}");
+    admin.put("a-after", "the cancel").await.expect("the shard takes writes");
+    assert!(!admin.cancel_move(id, from, to).await.expect("a repeat").created, "nothing left to cancel");
+
+    c.resume(to);
+    wait_for(&format!("node {to} to drop its partial copy"), DEFAULT_DEADLINE, || async {
+        let status = c.status(to).await?;
+        (!status.groups.iter().any(|g| g.shard_id == id)).then_some(())
+    })
+    .await;
+
+    // A move that completed is past cancelling.
+    admin.move_replica(id, from, to).await.expect("move recorded");
+    admin.wait_for_replica_change(id, DEFAULT_DEADLINE).await.expect("move done");
+    let err = admin.cancel_move(id, from, to).await.unwrap_err();
+    assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("is done")), "{err}");
+    assert_eq!(admin.get("a-before").await.expect("get").map(|r| r.value), Some(b"the cancel".to_vec()));
+}

@@ -1,6 +1,7 @@
 //! The `Admin` service: the shard map and this node's view of its groups.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use geokv_proto::admin::admin_server::Admin;
 use geokv_proto::admin::{
@@ -23,7 +24,7 @@ use crate::auth::{Grant, Role};
 use crate::node::Node;
 use crate::placement;
 use crate::raft::command::{Command, CommandResult, MetaCommand, Rejection, ShrinkCommand, SplitCommand};
-use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, ShardMap};
+use crate::shards::{META_SHARD_ID, NodeState, ReplicaChange, ShardDesc, ShardMap, describe};
 use openraft::error::{ClientWriteError, RaftError};
 
 /// Conflicts listed when the request asks for no limit.
@@ -33,7 +34,130 @@ pub struct AdminService {
     node: Arc<Node>,
 }
 
+/// Metadata marking a member's copy of a move's cancellation
+/// ([`AdminService::cancel_move`]): `record`, or `forget` once it ended.
+const CANCEL_HERE: &str = "geokv-cancel-here";
+const CANCEL_RECORD: &str = "record";
+const CANCEL_FORGET: &str = "forget";
+
 impl AdminService {
+    /// Cancels a recorded move (see `MoveReplicaRequest.cancel`). The
+    /// request reaches every member (`local`: this is that copy, which only
+    /// records it and says whether its map has the move under way), so that
+    /// whichever node carries the move out (the shard's leader; the meta
+    /// leader for an eventual shard), now or after a leader change, gives it
+    /// up if it still can. Then waits, up to the request timeout, for this
+    /// node's map to say how it ended (caught up at least with the newest
+    /// map a member answered with: this node's may lag).
+    async fn cancel_move(
+        &self,
+        shard_id: u64,
+        change: ReplicaChange,
+        local: bool,
+    ) -> Result<Response<MoveReplicaResponse>, Status> {
+        let map = self.bootstrapped_map()?;
+        find_shard(&map, shard_id)?;
+        for id in change.remove.iter().chain(change.add.iter()) {
+            find_node(&map, *id)?;
+        }
+        let under_way = |map: &ShardMap| map.shard(shard_id).is_some_and(|d| d.change == Some(change));
+        if under_way(&map) {
+            self.node.request_cancel(shard_id, change);
+        }
+        if local {
+            return Ok(Response::new(MoveReplicaResponse { map_version: map.version, created: under_way(&map) }));
+        }
+        let (mut newest, mut was_under_way) = (map.version, under_way(&map));
+        for reply in self.tell_members(&map, shard_id, change, CANCEL_RECORD).await {
+            newest = newest.max(reply.map_version);
+            was_under_way |= reply.created;
+        }
+        let result = self.await_cancel(shard_id, change, newest, was_under_way).await;
+        // Ended (cancelled, or found done): no member should act on it again.
+        self.node.forget_cancel(shard_id);
+        self.tell_members(&map, shard_id, change, CANCEL_FORGET).await;
+        result
+    }
+
+    /// Sends every other member its copy of a cancellation (`what`: record
+    /// or forget it), each within 1 s; the answers that came.
+    async fn tell_members(
+        &self,
+        map: &ShardMap,
+        shard_id: u64,
+        change: ReplicaChange,
+        what: &'static str,
+    ) -> Vec<MoveReplicaResponse> {
+        let (from, to) = (change.remove.unwrap_or(0), change.add.unwrap_or(0));
+        let me = self.node.config.node_id;
+        let mut replies = Vec::new();
+        for n in map.nodes.iter().filter(|n| n.id != me && n.state != NodeState::Removed) {
+            let mut admin = geokv_proto::admin::admin_client::AdminClient::new(self.node.peers.channel(&n.addr));
+            let mut request = Request::new(MoveReplicaRequest { shard_id, from_node: from, to_node: to, cancel: true });
+            request.metadata_mut().insert(CANCEL_HERE, what.parse().expect("valid metadata"));
+            request.set_timeout(Duration::from_secs(1));
+            match tokio::time::timeout(Duration::from_secs(1), admin.move_replica(request)).await {
+                Ok(Ok(reply)) => replies.push(reply.into_inner()),
+                Ok(Err(status)) => {
+                    tracing::debug!(node = n.id, cause = %status.message(), what, "cancel not delivered")
+                }
+                Err(_) => tracing::debug!(node = n.id, what, "cancel not delivered in time"),
+            }
+        }
+        replies
+    }
+
+    /// Waits until this node's map, at version `newest` or later, says how
+    /// the cancelled move ended (see [`AdminService::cancel_move`]).
+    async fn await_cancel(
+        &self,
+        shard_id: u64,
+        change: ReplicaChange,
+        newest: u64,
+        was_under_way: bool,
+    ) -> Result<Response<MoveReplicaResponse>, Status> {
+        let (from, to) = (change.remove.unwrap_or(0), change.add.unwrap_or(0));
+        let deadline = Instant::now() + self.node.request_timeout();
+        loop {
+            let now = self.node.shard_map();
+            if now.version >= newest {
+                let desc = find_shard(&now, shard_id)?;
+                let done = desc.replicas.contains(&to) && !desc.replicas.contains(&from);
+                match desc.change {
+                    Some(c) if c == change => {}
+                    Some(other) if !was_under_way => {
+                        return Err(Status::failed_precondition(format!(
+                            "shard {shard_id} records another change ({}), not a move from node {from} to node {to}",
+                            describe(&other)
+                        )));
+                    }
+                    _ if done => {
+                        return Err(Status::failed_precondition(format!(
+                            "the move of shard {shard_id} from node {from} to node {to} is done: nothing to cancel \
+                             (kvctl shard move {shard_id} --from {to} --to {from} moves it back)"
+                        )));
+                    }
+                    _ => {
+                        if was_under_way {
+                            tracing::info!(shard = shard_id, from, to, "replica move cancelled by an operator");
+                        }
+                        let (map_version, created) = (now.version, was_under_way);
+                        return Ok(Response::new(MoveReplicaResponse { map_version, created }));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "the move of shard {shard_id} from node {from} to node {to} was not cancelled within {:?}: its \
+                     new replica may vote already (then the move completes), or the shard has no leader now; \
+                     repeat to try again",
+                    self.node.request_timeout()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
@@ -556,7 +680,17 @@ impl Admin for AdminService {
     }
 
     async fn move_replica(&self, req: Request<MoveReplicaRequest>) -> Result<Response<MoveReplicaResponse>, Status> {
-        let MoveReplicaRequest { shard_id, from_node, to_node } = req.into_inner();
+        let here = req.metadata().get(CANCEL_HERE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let MoveReplicaRequest { shard_id, from_node, to_node, cancel } = req.into_inner();
+        if cancel {
+            if here.as_deref() == Some(CANCEL_FORGET) {
+                self.node.forget_cancel(shard_id);
+                let map_version = self.node.shard_map().version;
+                return Ok(Response::new(MoveReplicaResponse { map_version, created: false }));
+            }
+            let change = ReplicaChange { add: Some(to_node), remove: Some(from_node) };
+            return self.cancel_move(shard_id, change, here.is_some()).await;
+        }
         let map = self.node.shard_map();
         if map.version == 0 {
             return Err(Status::unavailable("the shard map is not bootstrapped yet; retry shortly"));
