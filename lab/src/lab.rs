@@ -91,6 +91,9 @@ impl NodeProgram {
 pub struct LabConfig {
     pub regions: RegionMatrix,
     pub nodes_per_region: usize,
+    /// Start nodes only in the matrix's first this many regions (`None`:
+    /// all); the others are there for [`Lab::add_node`] to join later.
+    pub start_regions: Option<usize>,
     /// Node data (`node-N/`), logs (`node-N.log`) and `lab.json`.
     pub data_dir: PathBuf,
     pub program: NodeProgram,
@@ -130,6 +133,7 @@ impl LabConfig {
         LabConfig {
             regions: RegionMatrix::default_matrix(),
             nodes_per_region: 1,
+            start_regions: None,
             data_dir: data_dir.into(),
             program,
             base_port: None,
@@ -150,7 +154,13 @@ impl LabConfig {
     /// Checks the invariants listed on the type.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        let total = self.nodes_per_region * self.regions.regions().len();
+        let regions = self.regions.regions().len();
+        if let Some(n) = self.start_regions
+            && !(1..=regions).contains(&n)
+        {
+            return bad(format!("start in {n} regions: the matrix has {regions}; 1 to {regions}"));
+        }
+        let total = self.total_nodes();
         if total == 0 || total > MAX_NODES {
             return bad(format!("{total} nodes: a lab runs 1 to {MAX_NODES}"));
         }
@@ -170,8 +180,14 @@ impl LabConfig {
         Ok(())
     }
 
-    fn total_nodes(&self) -> usize {
-        self.nodes_per_region * self.regions.regions().len()
+    /// Nodes the lab starts with.
+    pub fn total_nodes(&self) -> usize {
+        self.nodes_per_region * self.started_regions()
+    }
+
+    /// Regions the lab starts nodes in: the matrix's first ones.
+    pub fn started_regions(&self) -> usize {
+        self.start_regions.unwrap_or(self.regions.regions().len()).min(self.regions.regions().len())
     }
 }
 
@@ -389,7 +405,7 @@ impl Lab {
         let mut listeners = Vec::new();
         for index in 0..config.total_nodes() {
             let id = index as u64 + 1;
-            let region = regions[index % regions.len()].clone();
+            let region = regions[index % config.started_regions()].clone();
             let port = config.base_port.unwrap_or(0);
             let listener = TcpListener::bind((advertised_ip(id), port))
                 .await
@@ -552,11 +568,15 @@ impl Lab {
     }
 
     /// The address a client in `region` should use: the advertised address
-    /// of the region's first node.
+    /// of the region's first node (an error while the region has none: see
+    /// [`LabConfig::start_regions`]).
     pub fn endpoint_for_region(&self, region: &str) -> Result<String> {
         self.region_index(region)?;
         let nodes = self.nodes();
-        let node = nodes.iter().find(|n| n.region == region).expect("every region has a node");
+        let node = nodes
+            .iter()
+            .find(|n| n.region == region)
+            .ok_or_else(|| Error::State(format!("region {region} has no node yet (add-node --region {region})")))?;
         Ok(node.advertised.to_string())
     }
 
@@ -565,14 +585,16 @@ impl Lab {
         Ok(client_ip(self.region_index(region)?))
     }
 
-    /// Per region: endpoint and client source IP.
+    /// Per region that has a node: endpoint and client source IP.
     pub fn region_views(&self) -> Vec<RegionView> {
         self.regions()
             .iter()
-            .map(|region| RegionView {
-                region: region.clone(),
-                endpoint: self.endpoint_for_region(region).expect("known region"),
-                client_ip: self.client_ip_for_region(region).expect("known region"),
+            .filter_map(|region| {
+                Some(RegionView {
+                    region: region.clone(),
+                    endpoint: self.endpoint_for_region(region).ok()?,
+                    client_ip: self.client_ip_for_region(region).ok()?,
+                })
             })
             .collect()
     }

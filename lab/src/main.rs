@@ -139,6 +139,10 @@ struct UpArgs {
     regions: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     nodes_per_region: usize,
+    /// Start nodes in the matrix's first N regions only; `add-node --region`
+    /// joins one in the others later (default: every region).
+    #[arg(long)]
+    start_regions: Option<usize>,
     /// Random extra one-way delay up to this many ms on every link.
     #[arg(long, default_value_t = 0)]
     jitter_ms: u64,
@@ -395,6 +399,7 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
         config.regions = RegionMatrix::from_file(path)?;
     }
     config.nodes_per_region = args.nodes_per_region;
+    config.start_regions = args.start_regions;
     config.jitter_ms = args.jitter_ms;
     config.intra_region_rtt_ms = args.intra_region_rtt_ms;
     config.base_port = Some(args.base_port);
@@ -410,10 +415,10 @@ async fn up(args: UpArgs, data_dir: PathBuf) -> Result<(), geokv_lab::Error> {
     if let Some(ms) = args.node_dead_after_ms {
         config.node_args.push(format!("--node-dead-after-ms={ms}"));
     }
-    let total = config.nodes_per_region * config.regions.regions().len();
     println!(
-        "geokv-lab: starting {total} nodes in {} regions; waiting for every shard to elect a leader...",
-        config.regions.regions().len()
+        "geokv-lab: starting {} nodes in {} regions; waiting for every shard to elect a leader...",
+        config.total_nodes(),
+        config.started_regions()
     );
     let lab = tokio::select! {
         lab = Lab::start(config) => Arc::new(lab?),

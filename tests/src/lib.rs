@@ -7,6 +7,8 @@
 //! condition against a deadline (never a bare sleep): a loaded 2-core CI box
 //! may take seconds to elect a leader, and the tests must still pass.
 
+pub mod scenario;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -578,7 +580,13 @@ impl TestCluster {
         let mut out = String::new();
         for n in &self.nodes {
             let text = std::fs::read_to_string(&n.log_path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            // Backtrace frames would push the error they belong to out of
+            // the tail: leave them out.
+            let frame = |l: &&str| {
+                let t = l.trim_start();
+                t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+            };
+            let tail: Vec<&str> = text.lines().rev().filter(|l| !frame(l)).take(lines).collect();
             out.push_str(&format!("--- node {} ---\n", n.id));
             for l in tail.into_iter().rev() {
                 out.push_str(l);
