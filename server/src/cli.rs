@@ -361,7 +361,8 @@ struct NodeArgs {
     #[arg(long, env = "GEOKV_SNAPSHOT_SEND_TIMEOUT_MS")]
     snapshot_send_timeout_ms: Option<u64>,
     /// How often in ms a leader confirms its leadership and pushes a safe
-    /// time to its followers, for bounded-staleness reads (default: 50).
+    /// time to its followers, for bounded-staleness reads; only for shards
+    /// whose followers read in the last 60 s (default: 50).
     #[arg(long, env = "GEOKV_SAFE_TIME_INTERVAL_MS")]
     safe_time_interval_ms: Option<u64>,
     /// Client requests this node serves at once over all connections; one

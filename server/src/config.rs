@@ -87,7 +87,8 @@ pub struct RaftConfig {
     /// staleness; a node that sees a peer's clock further off refuses both.
     pub max_clock_offset_ms: u64,
     /// How often a leader confirms its leadership and pushes a safe time
-    /// (commit index as of a leader clock reading) to its followers.
+    /// (commit index as of a leader clock reading) to its followers, for
+    /// shards whose followers asked it for a read index in the last 60 s.
     pub safe_time_interval_ms: u64,
     /// UNSAFE, for the test harness's negative control only: believe every
     /// peer's clock however far off it is (no refusal of lease and bounded

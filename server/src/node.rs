@@ -61,6 +61,10 @@ const MAX_TRANSFER_LAG_ENTRIES: u64 = 16;
 /// safe time.
 const SAFE_TIME_POLL: Duration = Duration::from_millis(20);
 
+/// How long after a follower last asked for a read index its shard's
+/// leader keeps pushing safe times (see [`push_safe_times`]).
+pub const SAFE_TIME_DEMAND: Duration = Duration::from_secs(60);
+
 /// How often the background bootstrapper retries proposing the initial map.
 const BOOTSTRAP_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -88,6 +92,10 @@ pub struct Node {
     /// an eventual shard) gives it up if it still can
     /// ([`Node::cancel_requested`]).
     move_cancels: Mutex<HashMap<u64, (crate::shards::ReplicaChange, Instant)>>,
+    /// When a follower last asked this node, as a shard's leader, for a
+    /// read index (a follower read, or a bounded read that fell back): only
+    /// such shards get safe-time heartbeats ([`SAFE_TIME_DEMAND`]).
+    safe_time_wanted: Mutex<HashMap<u64, Instant>>,
     /// Channels to every peer node, shared by all groups and by follower
     /// reads and safe-time pushes.
     pub peers: Arc<Peers>,
@@ -205,6 +213,7 @@ impl Node {
             admission: crate::admission::Admission::new(config.limits.max_inflight_requests),
             responses: crate::admission::ResponseBudget::new(config.limits.max_response_bytes),
             move_cancels: Mutex::default(),
+            safe_time_wanted: Mutex::default(),
             config: Arc::new(config),
             storage,
             metrics,
@@ -653,6 +662,19 @@ impl Node {
         cancels.retain(|shard, (change, _)| map.shard(*shard).is_some_and(|d| d.change == Some(*change)));
     }
 
+    /// Whether followers of `shard` read recently (see [`push_safe_times`]).
+    fn safe_time_wanted(&self, shard: u64) -> bool {
+        let mut wanted = self.safe_time_wanted.lock().expect("safe-time demand");
+        match wanted.get(&shard) {
+            Some(at) if at.elapsed() < SAFE_TIME_DEMAND => true,
+            Some(_) => {
+                wanted.remove(&shard);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Forgets a cancel that can no longer be carried out.
     pub fn forget_cancel(&self, shard: u64) {
         self.move_cancels.lock().expect("move cancels").remove(&shard);
@@ -700,6 +722,7 @@ impl Node {
     /// when it holds one (no round trip, so a follower read costs one round
     /// trip to the leader), else from a batched ReadIndex round.
     pub async fn read_index_for_follower(&self, shard: u64, raft: &ShardRaft) -> RoundResult {
+        self.safe_time_wanted.lock().expect("safe-time demand").insert(shard, Instant::now());
         match self.lease_read_index(raft).await {
             Ok(index) => Ok(index),
             Err(_) => self.leader_read_index(shard, raft).await,
@@ -969,6 +992,13 @@ pub struct SafeTime {
 /// and pushes as soon as a quorum has acknowledged a newer one (polled every
 /// `SAFE_TIME_POLL`), so a follower's bound is about one quorum RTT plus the
 /// one-way delay plus the offset, not a heartbeat period more.
+///
+/// Only for shards whose followers read: a shard none of whose followers
+/// asked this leader for a read index (a follower read, or a bounded read
+/// that had no fresh enough safe time) within [`SAFE_TIME_DEMAND`] gets no
+/// heartbeat and no push from here, so idle shards cost nothing: the first
+/// bounded read of one falls back (a round trip to the leader), and the
+/// ones after it are local.
 async fn push_safe_times(node: Arc<Node>) {
     let interval = Duration::from_millis(node.config.raft.safe_time_interval_ms);
     let me = node.config.node_id;
@@ -982,7 +1012,7 @@ async fn push_safe_times(node: Arc<Node>) {
         }
         let mut per_peer: BTreeMap<u64, Vec<SafeTime>> = BTreeMap::new();
         for (shard, raft) in node.groups().await {
-            if shard == META_SHARD_ID || !raft.is_leader() {
+            if shard == META_SHARD_ID || !raft.is_leader() || !node.safe_time_wanted(shard) {
                 continue;
             }
             if beat {
