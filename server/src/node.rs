@@ -662,17 +662,11 @@ impl Node {
         cancels.retain(|shard, (change, _)| map.shard(*shard).is_some_and(|d| d.change == Some(*change)));
     }
 
-    /// Whether followers of `shard` read recently (see [`push_safe_times`]).
-    fn safe_time_wanted(&self, shard: u64) -> bool {
+    /// The shards whose followers read recently (see [`push_safe_times`]).
+    fn safe_time_wanted_shards(&self) -> Vec<u64> {
         let mut wanted = self.safe_time_wanted.lock().expect("safe-time demand");
-        match wanted.get(&shard) {
-            Some(at) if at.elapsed() < SAFE_TIME_DEMAND => true,
-            Some(_) => {
-                wanted.remove(&shard);
-                false
-            }
-            None => false,
-        }
+        wanted.retain(|_, at| at.elapsed() < SAFE_TIME_DEMAND);
+        wanted.keys().copied().collect()
     }
 
     /// Forgets a cancel that can no longer be carried out.
@@ -1011,8 +1005,10 @@ async fn push_safe_times(node: Arc<Node>) {
             next_beat = Instant::now() + interval;
         }
         let mut per_peer: BTreeMap<u64, Vec<SafeTime>> = BTreeMap::new();
-        for (shard, raft) in node.groups().await {
-            if shard == META_SHARD_ID || !raft.is_leader() || !node.safe_time_wanted(shard) {
+        // Only the shards followers read: with none, nothing to look at.
+        for shard in node.safe_time_wanted_shards() {
+            let Some(raft) = node.group(shard).await else { continue };
+            if shard == META_SHARD_ID || !raft.is_leader() {
                 continue;
             }
             if beat {
