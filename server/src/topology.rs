@@ -82,7 +82,8 @@ fn hold_merge_freeze() -> Duration {
 /// Bound on waiting for the leader's snapshot and log purge (step 1).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 
-/// Carries out, for every shard this node leads, the replica change the map
+/// Carries out, for every shard this node leads (and, on the meta shard's
+/// leader, every eventual shard), the replica change the map
 /// records. Each shard's steps run in their own task (one at a time per
 /// shard), so a slow change does not hold up the others.
 pub async fn carry_out_replica_changes(node: Arc<Node>) {
@@ -90,37 +91,23 @@ pub async fn carry_out_replica_changes(node: Arc<Node>) {
     while node.is_ready() {
         tokio::time::sleep(RECONCILE_INTERVAL).await;
         let map = node.shard_map();
-        for desc in map.shards.iter().filter(|s| s.change.is_some() && s.is_eventual()) {
+        for desc in map.shards.iter().filter(|s| s.change.is_some()) {
             // Eventual shards have no leader: the meta shard's leader
-            // carries their changes out.
-            let Some(meta) = node.group(META_SHARD_ID).await else { continue };
-            if !meta.is_leader() || !running.lock().expect("running changes").insert(desc.id) {
-                continue;
-            }
-            let (node, desc, running) = (node.clone(), desc.clone(), running.clone());
-            tokio::spawn(async move {
-                let change = desc.change.expect("filtered on a change");
-                match step_eventual(&node, &desc, change).await {
-                    Ok(Progress::Waiting(why)) => tracing::debug!(shard = desc.id, "replica change waits: {why}"),
-                    Ok(Progress::Done) => {
-                        tracing::info!(shard = desc.id, change = %describe(&change), "eventual replica change made")
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = desc.id, change = %describe(&change), cause = %e, "replica change step failed")
-                    }
-                }
-                running.lock().expect("running changes").remove(&desc.id);
-            });
-        }
-        for desc in map.shards.iter().filter(|s| s.change.is_some() && !s.is_eventual()) {
-            let Some(raft) = node.group(desc.id).await else { continue };
+            // carries their changes out; a Raft shard's leader its own.
+            let carrier = if desc.is_eventual() { META_SHARD_ID } else { desc.id };
+            let Some(raft) = node.group(carrier).await else { continue };
             if !raft.is_leader() || !running.lock().expect("running changes").insert(desc.id) {
                 continue;
             }
             let (node, desc, running) = (node.clone(), desc.clone(), running.clone());
             tokio::spawn(async move {
                 let change = desc.change.expect("filtered on a change");
-                match step(&node, &raft, &desc, change).await {
+                let progress = if desc.is_eventual() {
+                    step_eventual(&node, &desc, change).await
+                } else {
+                    step(&node, &raft, &desc, change).await
+                };
+                match progress {
                     Ok(Progress::Waiting(why)) => tracing::debug!(shard = desc.id, "replica change waits: {why}"),
                     Ok(Progress::Done) => {
                         tracing::info!(shard = desc.id, change = %describe(&change), "replica change made")

@@ -410,6 +410,21 @@ async fn creates_and_splits_at_once_through_different_nodes_get_distinct_ids() {
     }
 }
 
+/// 4 nodes, the eventual range on 3 of them: the cluster, a client, the
+/// eventual shard, its replicas and the node without one.
+async fn four_nodes_one_spare() -> (TestCluster, geokv_client::Client, geokv_client::Shard, Vec<u64>, u64) {
+    let extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
+    let opts = ClusterOptions { nodes: 4, extra_args, ..ClusterOptions::default() };
+    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts);
+    c.wait_all_leaders().await;
+    let admin = c.client().await;
+    let map = admin.refresh_shard_map().await.expect("map");
+    let shard = map.shard_for_key(RANGE_START.as_bytes()).expect("the eventual shard").clone();
+    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
+    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    (c, admin, shard, replicas, to)
+}
+
 /// A replica of an eventual shard moves to a node that held none (4 nodes,
 /// the shard on 3) while every replica takes writes directly (at most 150
 /// each): the new replica is seeded by a full resync from every other one;
@@ -422,15 +437,7 @@ async fn an_eventual_replica_moves_without_losing_an_acknowledged_write() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const WRITES_PER_REPLICA: usize = 150;
-    let extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
-    let opts = ClusterOptions { nodes: 4, extra_args, ..ClusterOptions::default() };
-    let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts);
-    c.wait_all_leaders().await;
-    let admin = c.client().await;
-    let map = admin.refresh_shard_map().await.expect("map");
-    let shard = map.shard_for_key(RANGE_START.as_bytes()).expect("the eventual shard").clone();
-    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
-    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let (c, admin, shard, replicas, to) = four_nodes_one_spare().await;
     let from = replicas[0];
     for n in &replicas {
         for i in 0..20 {
@@ -529,15 +536,7 @@ async fn an_eventual_replica_moves_without_losing_an_acknowledged_write() {
 /// what it had been sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventual_move_can_be_cancelled_before_it_is_made() {
-    let extra_args = vec![format!("--eventual-ranges={RANGE_START}..{RANGE_END}")];
-    let opts = ClusterOptions { nodes: 4, extra_args, ..ClusterOptions::default() };
-    let mut c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), opts);
-    c.wait_all_leaders().await;
-    let admin = c.client().await;
-    let map = admin.refresh_shard_map().await.expect("map");
-    let shard = map.shard_for_key(RANGE_START.as_bytes()).expect("the eventual shard").clone();
-    let replicas: Vec<u64> = shard.replicas.iter().map(|r| r.node_id).collect();
-    let to = (1..=4).find(|n| !replicas.contains(n)).expect("a node without a replica");
+    let (mut c, admin, shard, replicas, to) = four_nodes_one_spare().await;
     let (from, paused) = (replicas[0], replicas[1]);
     put(&c, from, "ev/before", "the move").await;
     c.pause(paused);
