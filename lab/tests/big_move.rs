@@ -19,22 +19,10 @@ use futures::StreamExt;
 use geokv_client::Consistency;
 use geokv_lab::regions::FOUR_REGIONS_TOML;
 use geokv_lab::{Endpoint, Lab, LabConfig, NodeProgram, RegionMatrix};
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
+use geokv_tests::rss_bytes;
 
 fn value_of(i: usize) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut value = vec![0u8; 1 << 20];
-    rand::rngs::StdRng::seed_from_u64(i as u64).fill_bytes(&mut value);
-    value
+    geokv_tests::incompressible_value(i as u64, 1 << 20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

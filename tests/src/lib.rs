@@ -30,6 +30,25 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// outcome is unknown (shared by the writers of a test).
 pub type Outcomes = std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, Option<String>>>>;
 
+/// Resident memory of process `pid`, bytes (Linux; 0 if it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// `len` random bytes, the same for the same `seed`: a value no
+/// compression shrinks, that a test can write and later check.
+pub fn incompressible_value(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut value = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut value);
+    value
+}
+
 /// Puts `key = value` and records its outcome in `outcomes`: the value when
 /// acknowledged, `None` when indeterminate or retryable; any other error
 /// fails the test.

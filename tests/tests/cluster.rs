@@ -12,7 +12,7 @@ use geokv_proto::kv::{
     self as pb, BatchRequest, CasRequest, Consistency, Expectation, GetRequest, PutRequest, ScanRequest, WriteSession,
     expectation,
 };
-use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, wait_for};
+use geokv_tests::{ClusterOptions, DEFAULT_DEADLINE, TestCluster, rss_bytes, wait_for};
 use tonic::Code;
 
 /// Data shard owning keys starting with `h` (see the module doc).
@@ -1072,16 +1072,6 @@ async fn a_generic_grpc_client_reads_and_writes_through_every_node() {
             .sum::<f64>();
     }
     assert!(forwarded >= 8.0, "puts and gets at followers were forwarded: {forwarded}");
-}
-
-/// Resident memory of process `pid`, bytes (Linux).
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    kib.unwrap_or(0) * 1024
 }
 
 /// Far more concurrent clients than the node admits (2,000 requests in

@@ -189,12 +189,7 @@ async fn a_large_shard_splits_on_its_own() {
     let c = TestCluster::start(env!("CARGO_BIN_EXE_geokv-node"), options);
     c.wait_all_leaders().await;
     let admin = c.client().await;
-    let value_of = |i: usize| -> Vec<u8> {
-        use rand::{RngCore, SeedableRng};
-        let mut value = vec![0u8; 64 << 10];
-        rand::rngs::StdRng::seed_from_u64(i as u64).fill_bytes(&mut value);
-        value
-    };
+    let value_of = |i: usize| geokv_tests::incompressible_value(i as u64, 64 << 10);
     let start = Instant::now();
     futures::stream::iter(0..VALUES)
         .map(|i| {
