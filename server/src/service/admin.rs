@@ -80,7 +80,7 @@ impl AdminService {
     }
 
     /// Sends every other member its copy of a cancellation (`what`: record
-    /// or forget it), each within 1 s; the answers that came.
+    /// or forget it), all at once, each within 1 s; the answers that came.
     async fn tell_members(
         &self,
         map: &ShardMap,
@@ -90,21 +90,27 @@ impl AdminService {
     ) -> Vec<MoveReplicaResponse> {
         let (from, to) = (change.remove.unwrap_or(0), change.add.unwrap_or(0));
         let me = self.node.config.node_id;
-        let mut replies = Vec::new();
-        for n in map.nodes.iter().filter(|n| n.id != me && n.state != NodeState::Removed) {
+        let sends = map.nodes.iter().filter(|n| n.id != me && n.state != NodeState::Removed).map(|n| {
             let mut admin = geokv_proto::admin::admin_client::AdminClient::new(self.node.peers.channel(&n.addr));
             let mut request = Request::new(MoveReplicaRequest { shard_id, from_node: from, to_node: to, cancel: true });
             request.metadata_mut().insert(CANCEL_HERE, what.parse().expect("valid metadata"));
             request.set_timeout(Duration::from_secs(1));
-            match tokio::time::timeout(Duration::from_secs(1), admin.move_replica(request)).await {
-                Ok(Ok(reply)) => replies.push(reply.into_inner()),
-                Ok(Err(status)) => {
-                    tracing::debug!(node = n.id, cause = %status.message(), what, "cancel not delivered")
+            let id = n.id;
+            async move {
+                match tokio::time::timeout(Duration::from_secs(1), admin.move_replica(request)).await {
+                    Ok(Ok(reply)) => Some(reply.into_inner()),
+                    Ok(Err(status)) => {
+                        tracing::debug!(node = id, cause = %status.message(), what, "cancel not delivered");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(node = id, what, "cancel not delivered in time");
+                        None
+                    }
                 }
-                Err(_) => tracing::debug!(node = n.id, what, "cancel not delivered in time"),
             }
-        }
-        replies
+        });
+        futures::future::join_all(sends).await.into_iter().flatten().collect()
     }
 
     /// Waits until this node's map, at version `newest` or later, says how
