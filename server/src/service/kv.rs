@@ -483,6 +483,11 @@ impl KvService {
         self.limits().max_key_bytes + self.limits().max_value_bytes + PAIR_OVERHEAD_BYTES
     }
 
+    /// The most a get's answer may hold: one pair.
+    fn get_bound(&self) -> usize {
+        self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES
+    }
+
     /// The most a scan page of `limit` pairs may hold: up to
     /// [`SCAN_PAGE_BYTES`] of keys and values plus the pair that crossed it.
     fn scan_page_bound(&self, limit: usize) -> usize {
@@ -506,6 +511,12 @@ impl KvService {
     }
 }
 
+/// The client's address, which admission and the response budget count
+/// per connection.
+fn connection<T>(req: &Request<T>) -> Option<std::net::SocketAddr> {
+    req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote)
+}
+
 fn raft_write_response(routed: &Routed, out: &WriteOutcome) -> WriteResponse {
     WriteResponse {
         version: out.version,
@@ -522,7 +533,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn get_here(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
         let hold = ResponseHold::default();
@@ -533,12 +544,12 @@ impl KvService {
                 let response = match self.route_any(&req.key, req.header.as_ref()).await? {
                     Target::Raft(routed) => {
                         let read = self.read_barrier(&routed, consistency, req.max_staleness_ms).await?;
-                        hold.set(self.reserve(conn, self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES).await?);
+                        hold.set(self.reserve(conn, self.get_bound()).await?);
                         let kv = self.read_record(&req.key)?.map(|r| kv(req.key.clone(), r));
                         GetResponse { kv, read: Some(read) }
                     }
                     Target::Eventual(replica) => {
-                        hold.set(self.reserve(conn, self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES).await?);
+                        hold.set(self.reserve(conn, self.get_bound()).await?);
                         let kv = replica.get(&req.key)?.and_then(|r| ec_kv(req.key.clone(), r));
                         GetResponse { kv, read: Some(self.eventual_read_info(&replica, consistency)) }
                     }
@@ -553,7 +564,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn put_here(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         self.observed("put", conn, "-", async {
             self.check_key(&req.key, "key")?;
@@ -573,7 +584,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn delete_here(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         self.observed("delete", conn, "-", async {
             self.check_key(&req.key, "key")?;
@@ -592,7 +603,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(key_len = req.get_ref().key.len()))]
     async fn compare_and_swap_here(&self, req: Request<CasRequest>) -> Result<Response<CasResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         let hold = ResponseHold::default();
         let response = self
@@ -640,7 +651,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn scan_here(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
         let hold = ResponseHold::default();
@@ -730,7 +741,7 @@ impl KvService {
     #[tracing::instrument(level = "debug", skip_all, fields(ops = req.get_ref().ops.len()))]
     async fn batch_here(&self, req: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let caller = Caller::of(&req)?;
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(&req);
         let req = req.into_inner();
         let hold = ResponseHold::default();
         let response = self
@@ -861,7 +872,7 @@ impl KvService {
         let hops = req.metadata().get(FORWARDS).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let deadline =
             req.metadata().get("grpc-timeout").and_then(|v| grpc_timeout(v.to_str().ok()?)).map(|t| Instant::now() + t);
-        let conn = req.extensions().get::<crate::tls::ConnInfo>().and_then(|c| c.remote);
+        let conn = connection(req);
         (hops < MAX_FORWARDS).then(|| Forward { message: req.get_ref().clone(), hops, deadline, conn })
     }
 
@@ -946,7 +957,7 @@ impl Kv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let forward = self.forwardable(&req, req.get_ref().header.as_ref());
         let result = self.get_here(req).await;
-        let bytes = self.max_pair_bytes() + RESPONSE_OVERHEAD_BYTES;
+        let bytes = self.get_bound();
         self.or_forward("get", result, forward, false, bytes, |mut c, r| async move { c.get(r).await }).await
     }
 
